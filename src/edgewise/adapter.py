@@ -1,0 +1,129 @@
+"""One adapter over TransformerLens hook names, for ``HookedTransformer`` (3.x) and
+``TransformerBridge`` (3.9 and 4.x) alike.
+
+The graph names hooks the 3.x way (``blocks.1.hook_q_input``); on 4.x bridges the
+canonical name carries ``attn.`` (``blocks.1.attn.hook_q_input``). ``hook_point`` tries
+both, so the rest of the library never asks which kind of model it has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgewise.graph import GraphSpec
+
+# Flags that make TransformerLens expose per-head results and per-head inputs.
+_FLAG_SETTERS = {
+    "use_attn_result": "set_use_attn_result",
+    "use_split_qkv_input": "set_use_split_qkv_input",
+    "use_attn_in": "set_use_attn_in",
+    "use_hook_mlp_in": "set_use_hook_mlp_in",
+}
+
+
+def _alternatives(name: str) -> list[str]:
+    """Equivalent spellings of a hook name across TransformerLens versions."""
+    alts = [name]
+    parts = name.split(".")
+    if len(parts) == 3 and parts[0] == "blocks":
+        leaf = parts[2]
+        if leaf in ("hook_q_input", "hook_k_input", "hook_v_input", "hook_attn_in"):
+            alts.append(f"blocks.{parts[1]}.attn.{leaf}")
+    if len(parts) == 4 and parts[2] == "attn" and parts[3] == "hook_result":
+        alts.append(f"blocks.{parts[1]}.hook_result")
+    return alts
+
+
+class HookAdapter:
+    """Finds hook points by name and switches on the hook flags edges need."""
+
+    def __init__(self, model: nn.Module):
+        hook_dict = getattr(model, "hook_dict", None)
+        if not isinstance(hook_dict, dict) or not hasattr(model, "cfg"):
+            raise TypeError(
+                f"{type(model).__name__} has no TransformerLens hook points. edgewise patches "
+                "TransformerLens models: load it as a transformer_lens.HookedTransformer or wrap "
+                "a Hugging Face model with transformer_lens.model_bridge.TransformerBridge."
+            )
+        self.model = model
+        self.hook_dict: dict[str, nn.Module] = hook_dict
+
+    @property
+    def cfg(self) -> Any:
+        return self.model.cfg
+
+    @property
+    def spec(self) -> GraphSpec:
+        return GraphSpec.from_config(self.cfg)
+
+    def enable_flags(self, flags: Iterable[str]) -> None:
+        """Turn on each TransformerLens flag in ``flags``; raise naming those it cannot."""
+        missing = []
+        for flag in flags:
+            setter = getattr(self.model, _FLAG_SETTERS[flag], None)
+            try:
+                if setter is None:
+                    raise NotImplementedError
+                setter(True)
+            except (NotImplementedError, AttributeError, AssertionError, ValueError) as e:
+                missing.append(f"{flag} ({type(e).__name__}: {e})" if str(e) else flag)
+        if missing:
+            raise ValueError(
+                f"{type(self.model).__name__} cannot switch on the hook flags edge patching needs: "
+                f"{', '.join(missing)}. Use a HookedTransformer, or a TransformerBridge booted from "
+                "a Hugging Face model (TransformerBridge.boot_transformers), which support them."
+            )
+
+    def resolve(self, name: str) -> str | None:
+        for alt in _alternatives(name):
+            if alt in self.hook_dict:
+                return alt
+        return None
+
+    def hook_point(self, name: str) -> nn.Module:
+        resolved = self.resolve(name)
+        if resolved is None:
+            raise KeyError(name)
+        return self.hook_dict[resolved]
+
+    def check_hooks(self, names: Iterable[str]) -> None:
+        """Raise a clear error if any hook in ``names`` is missing from the model."""
+        missing = [n for n in names if self.resolve(n) is None]
+        if missing:
+            shown = ", ".join(missing[:6]) + (" ..." if len(missing) > 6 else "")
+            raise ValueError(
+                f"{type(self.model).__name__} lacks hook points edge patching needs: {shown}. "
+                "They exist on HookedTransformer and on TransformerBridges of Hugging Face "
+                "models once use_attn_result, use_split_qkv_input and use_hook_mlp_in are set."
+            )
+
+    def probe(self, names: Iterable[str], device: torch.device | str) -> dict[str, tuple[int, ...]]:
+        """Run two tokens through the model and return the shape each hook in ``names``
+        saw. Raise if one never fires (some bridges list hooks that are never called)."""
+        names = list(names)
+        seen: dict[str, tuple[int, ...]] = {}
+        handles = []
+        try:
+            for name in names:
+
+                def record(_mod: nn.Module, _inp: Any, out: torch.Tensor, name: str = name) -> None:
+                    seen[name] = tuple(out.shape)
+
+                handles.append(self.hook_point(name).register_forward_hook(record))
+            with torch.inference_mode():
+                self.model(torch.zeros(1, 2, dtype=torch.long, device=device))
+        finally:
+            for h in handles:
+                h.remove()
+        silent = [n for n in names if n not in seen]
+        if silent:
+            raise ValueError(
+                f"These hooks of {type(self.model).__name__} never fire in a forward pass: "
+                f"{', '.join(silent[:6])}. TransformerBridge.boot_native models do not support "
+                "per-head hooks; boot the bridge from a Hugging Face model instead."
+            )
+        return seen

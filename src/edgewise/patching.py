@@ -1,0 +1,349 @@
+"""Patchable models: every edge patched in one forward pass, gradients for every mask in
+one backward pass.
+
+A destination's input is a sum of upstream source outputs. Patching edge ``(s, d)``
+replaces that source's contribution to that one destination::
+
+    input_d = current_input_d + sum_s mask[d, s] * (patch_out_s - current_out_s)
+
+``mask = 0`` leaves the edge as it is, ``mask = 1`` replaces it with the patch
+activation, values in between interpolate. Masks and patches are explicit arguments of
+:meth:`PatchableModel.patch` (a context manager that always removes its hooks), never
+state left on the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from edgewise.adapter import HookAdapter
+from edgewise.graph import DestModule, Graph, GraphSpec, SrcModule, build_graph
+from edgewise.types import DestNode, Edge, Node, SrcNode
+
+SliceOutput = Literal["last_seq", "not_first_seq"] | bool | None
+
+
+@dataclass
+class _Run:
+    """State of one patched forward pass: the ``patch - current`` difference of every
+    source computed so far, ``[n_srcs, batch, seq, d_model]``, and (when gradients are
+    on) the current source outputs, so gradients flow back to them."""
+
+    delta: torch.Tensor | None = None
+    current: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+class _PatchAdd(torch.autograd.Function):
+    """``x + einsum(mask, delta[lo:hi])`` with hand-written gradients.
+
+    The gradient of an edge's mask is ``sum_{batch, pos} grad_input_d . delta_s``
+    (exactly edge attribution patching at ``mask = 0``). The gradient flowing to the
+    current output of source ``s`` is ``-mask[d, s] * grad_input_d``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, mask, delta, eq, groups, *current):  # type: ignore[override]
+        ctx.eq, ctx.groups = eq, groups
+        ctx.save_for_backward(mask)
+        ctx.delta = delta  # a view of the run's buffer: its rows [lo, hi) never change again
+        if not bool(mask.any()):
+            ctx.zero = True
+            return x.clone()
+        ctx.zero = False
+        return x + torch.einsum(eq, mask.to(x.dtype), delta)
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        (mask,) = ctx.saved_tensors
+        lhs, rhs = ctx.eq.split("->")
+        m_sub, d_sub = lhs.split(",")
+        grad_mask = None
+        if ctx.needs_input_grad[1]:
+            grad_mask = torch.einsum(f"{rhs},{d_sub}->{m_sub}", g.float(), ctx.delta.float())
+        grads_current: list[torch.Tensor | None] = [None] * len(ctx.groups)
+        if not ctx.zero:
+            m = mask.to(g.dtype)
+            for i, (start, count, heads) in enumerate(ctx.groups):
+                if not ctx.needs_input_grad[5 + i]:
+                    continue
+                # -sum over the destination's heads of mask * grad, shaped like the source.
+                grad = -torch.einsum(f"{m_sub},{rhs}->{d_sub}", m[..., start : start + count], g)
+                # grad: [n, b, p, d] -> source layout [b, p, d] or [b, p, heads, d]
+                grads_current[i] = grad.permute(1, 2, 0, 3) if heads else grad[0]
+        return (g, grad_mask, None, None, None, *grads_current)
+
+
+class PatchableModel(nn.Module):
+    """A TransformerLens model with its edge graph. Calling it runs the model unchanged;
+    inside ``with model.patch(masks, patch_src_outs):`` every forward pass patches edges.
+
+    Attributes:
+        wrapped_model: the TransformerLens model.
+        nodes, srcs, dests, edges: the graph, in deterministic order.
+        n_edges: ``len(edges)``.
+        seq_len: number of token positions when edges are per position, else ``None``.
+        out_slice: index applied to the logits ``[batch, seq, vocab]`` to get the output
+            that metrics and algorithms use (by default the last position).
+        edge_dict: position (``None`` without token positions) -> edges at that position.
+        dest_modules / src_modules: hook name -> mask layout / source layout.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        graph: Graph,
+        adapter: HookAdapter,
+        out_slice: tuple[slice | int, ...],
+        device: torch.device,
+    ):
+        super().__init__()
+        self.wrapped_model = model
+        self.graph = graph
+        self.adapter = adapter
+        self.out_slice = out_slice
+        self.device = device
+        self.srcs: tuple[SrcNode, ...] = graph.srcs
+        self.dests: tuple[DestNode, ...] = graph.dests
+        self.nodes: tuple[Node, ...] = graph.srcs + graph.dests
+        self.edges: tuple[Edge, ...] = graph.edges
+        self.n_edges = graph.n_edges
+        self.seq_len = graph.seq_len
+        self.separate_qkv = graph.separate_qkv
+        self.factorized = graph.factorized
+        self.dest_modules: dict[str, DestModule] = {m.module_name: m for m in graph.dest_modules}
+        self.src_modules: dict[str, SrcModule] = {m.module_name: m for m in graph.src_modules}
+        self.edge_dict: dict[int | None, list[Edge]] = {}
+        for e in graph.edges:
+            self.edge_dict.setdefault(e.seq_idx, []).append(e)
+        self._edge_by_name = {(e.name, e.seq_idx): e for e in graph.edges}
+
+    @property
+    def cfg(self) -> Any:
+        return self.wrapped_model.cfg
+
+    @property
+    def tokenizer(self) -> Any:
+        return getattr(self.wrapped_model, "tokenizer", None)
+
+    def forward(self, tokens: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """Logits ``[batch, seq, vocab]`` for tokens ``[batch, seq]``."""
+        return self.wrapped_model(tokens, **kwargs)
+
+    def edge(self, name: str, seq_idx: int | None = None) -> Edge:
+        """The edge called ``name`` (e.g. ``"A0.1->A1.2.Q"``) at position ``seq_idx``."""
+        try:
+            return self._edge_by_name[(name, seq_idx)]
+        except KeyError:
+            raise KeyError(f"no edge {name!r} at seq_idx={seq_idx} in this graph") from None
+
+    # ------------------------------------------------------------------ masks
+    def new_masks(
+        self, value: float = 0.0, requires_grad: bool = False, dtype: torch.dtype = torch.float32
+    ) -> dict[str, torch.Tensor]:
+        """A fresh mask per destination module, filled with ``value``."""
+        return {
+            name: torch.full(m.mask_shape, value, dtype=dtype, device=self.device).requires_grad_(
+                requires_grad
+            )
+            for name, m in self.dest_modules.items()
+        }
+
+    def masks_from_edges(
+        self, edges: set[Edge] | list[Edge], value: float = 1.0, rest: float = 0.0
+    ) -> dict[str, torch.Tensor]:
+        """Masks with ``value`` on ``edges`` and ``rest`` everywhere else."""
+        masks = self.new_masks(rest)
+        for e in edges:
+            masks[e.dest.module_name][e.patch_idx] = value
+        return masks
+
+    # ------------------------------------------------------------------ sources
+    def src_outs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Every source's output on ``tokens``: ``[n_srcs, batch, seq, d_model]``."""
+        outs: list[torch.Tensor | None] = [None] * len(self.srcs)
+        handles = []
+
+        def make_hook(mod: SrcModule):
+            def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
+                if mod.n_heads is None:
+                    outs[mod.src_lo] = out
+                else:
+                    for h in range(mod.n_heads):
+                        outs[mod.src_lo + h] = out[:, :, h]
+
+            return hook
+
+        try:
+            for mod in self.graph.src_modules:
+                point = self.adapter.hook_point(mod.module_name)
+                handles.append(point.register_forward_hook(make_hook(mod)))
+            with torch.inference_mode():
+                self.wrapped_model(tokens)
+        finally:
+            for h in handles:
+                h.remove()
+        return torch.stack(outs).clone()  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ patching
+    @contextmanager
+    def patch(
+        self, masks: Mapping[str, torch.Tensor], patch_src_outs: torch.Tensor
+    ) -> Iterator[PatchableModel]:
+        """Within this context every forward pass patches edges by ``masks`` with
+        ``patch_src_outs`` (``[n_srcs, batch | 1, seq | 1, d_model]``).
+
+        The hooks are removed on exit, also after an exception."""
+        missing = set(self.dest_modules) - set(masks)
+        if missing:
+            raise ValueError(f"masks lack destination modules: {sorted(missing)[:4]}")
+        for name, m in self.dest_modules.items():
+            if tuple(masks[name].shape) != m.mask_shape:
+                raise ValueError(
+                    f"mask for {name} has shape {tuple(masks[name].shape)}, expected {m.mask_shape}"
+                )
+        if patch_src_outs.shape[0] != len(self.srcs):
+            raise ValueError(
+                f"patch_src_outs has {patch_src_outs.shape[0]} sources, the graph has "
+                f"{len(self.srcs)}: compute it with model.src_outs or src_ablations"
+            )
+        run = _Run()
+        first_src = self.graph.src_modules[0].module_name
+        handles = []
+
+        def src_hook(mod: SrcModule):
+            def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
+                if mod.module_name == first_src:  # a new forward pass starts
+                    b, s, d = out.shape[0], out.shape[1], out.shape[-1]
+                    run.delta = torch.empty(len(self.srcs), b, s, d, dtype=out.dtype, device=out.device)
+                    run.current = {}
+                assert run.delta is not None
+                with torch.no_grad():
+                    if mod.n_heads is None:
+                        run.delta[mod.src_lo].copy_(patch_src_outs[mod.src_lo] - out)
+                    else:
+                        hi = mod.src_lo + mod.n_heads
+                        heads_first = out.permute(2, 0, 1, 3)
+                        run.delta[mod.src_lo : hi].copy_(patch_src_outs[mod.src_lo : hi] - heads_first)
+                if torch.is_grad_enabled() and out.requires_grad:
+                    run.current[mod.src_lo] = out
+
+            return hook
+
+        def dest_hook(mod: DestModule, mask: torch.Tensor):
+            pos = "" if self.seq_len is None else "p"
+            if mod.n_heads is None:
+                eq = f"{pos}n,nbpd->bpd"
+            else:
+                eq = f"{pos}hn,nbpd->bphd"
+            # the source modules this destination reads, as (offset in mask, count, heads?)
+            groups = [
+                (s.src_lo - mod.src_lo, s.n_heads or 1, s.n_heads is not None)
+                for s in self.graph.src_modules
+                if mod.src_lo <= s.src_lo < mod.src_hi
+            ]
+
+            def hook(_m: nn.Module, _i: Any, x: torch.Tensor) -> torch.Tensor:
+                assert run.delta is not None
+                delta = run.delta[mod.src_lo : mod.src_hi]
+                current = [run.current.get(mod.src_lo + g[0]) for g in groups]
+                if all(c is not None for c in current):
+                    return _PatchAdd.apply(x, mask, delta, eq, groups, *current)
+                return _PatchAdd.apply(x, mask, delta, eq, [], *[])
+
+            return hook
+
+        try:
+            for mod in self.graph.src_modules:
+                handles.append(
+                    self.adapter.hook_point(mod.module_name).register_forward_hook(src_hook(mod))
+                )
+            for name, mod in self.dest_modules.items():
+                handles.append(
+                    self.adapter.hook_point(name).register_forward_hook(dest_hook(mod, masks[name]))
+                )
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+            run.delta, run.current = None, {}
+
+    def run_patched(
+        self, tokens: torch.Tensor, masks: Mapping[str, torch.Tensor], patch_src_outs: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits ``[batch, seq, vocab]`` with edges patched by ``masks``."""
+        with self.patch(masks, patch_src_outs):
+            return self(tokens)
+
+
+def _out_slice(slice_output: SliceOutput) -> tuple[slice | int, ...]:
+    if slice_output in ("last_seq", True):
+        return (slice(None), -1)
+    if slice_output == "not_first_seq":
+        return (slice(None), slice(1, None))
+    if slice_output in (None, False):
+        return (slice(None),)
+    raise ValueError(
+        f"slice_output must be 'last_seq', 'not_first_seq' or None, got {slice_output!r}"
+    )
+
+
+def patchable_model(
+    model: nn.Module,
+    factorized: bool = True,
+    slice_output: SliceOutput = "last_seq",
+    seq_len: int | None = None,
+    separate_qkv: bool = True,
+    device: torch.device | str | None = None,
+) -> PatchableModel:
+    """Wrap a TransformerLens ``HookedTransformer`` or ``TransformerBridge`` for edge patching.
+
+    Switches on the hook flags edges need (``use_attn_result``, ``use_split_qkv_input``
+    or ``use_attn_in``, ``use_hook_mlp_in``) on ``model`` itself, checks with a two-token
+    forward pass that every hook fires with the expected shape, and builds the graph.
+
+    Args:
+        model: the model; left unchanged apart from those flags.
+        factorized: factorized graph (every source to every later destination) or the
+            residual graph (one edge per component).
+        slice_output: which output positions metrics use: ``"last_seq"`` (``[:, -1]``),
+            ``"not_first_seq"`` (``[:, 1:]``) or ``None`` (all).
+        seq_len: if given, every edge exists per token position; inputs must then have
+            exactly ``seq_len`` tokens.
+        separate_qkv: separate Q, K and V destinations per head.
+        device: where masks live (default: the model's device). The model is moved there.
+    """
+    adapter = HookAdapter(model)
+    if device is None:
+        try:
+            device = next(model.parameters()).device
+        except StopIteration:
+            device = torch.device("cpu")
+    device = torch.device(device)
+    if any(p.device != device for p in model.parameters()):
+        model.to(device)
+    spec = GraphSpec.from_config(adapter.cfg)
+    flags = ["use_attn_result"]
+    if factorized:
+        flags.append("use_split_qkv_input" if separate_qkv else "use_attn_in")
+        if not spec.attn_only:
+            flags.append("use_hook_mlp_in")
+    adapter.enable_flags(flags)
+    graph = build_graph(spec, factorized=factorized, separate_qkv=separate_qkv, seq_len=seq_len)
+    hooks = [m.module_name for m in graph.src_modules] + [m.module_name for m in graph.dest_modules]
+    adapter.check_hooks(hooks)
+    shapes = adapter.probe(hooks, device)
+    for m in graph.dest_modules:
+        want = m.n_heads
+        got = shapes[m.module_name][2] if len(shapes[m.module_name]) == 4 else None
+        if want != got:
+            raise ValueError(
+                f"hook {m.module_name} has shape {shapes[m.module_name]}; the graph expects "
+                f"{want} heads there. Is the model's config (n_heads, n_key_value_heads) right?"
+            )
+    return PatchableModel(model, graph, adapter, _out_slice(slice_output), device)

@@ -1,0 +1,127 @@
+"""The vocabulary of edgewise: nodes, edges, scores, ablations and patch types.
+
+A *source* writes into the residual stream (the embedding, an attention head, an MLP);
+a *destination* reads from it (a head's query/key/value input, an MLP input, the final
+residual). An edge is a (source, destination) pair, optionally at one token position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Literal
+
+import torch
+
+BatchKey = int
+"""Deterministic key of a batch (a hash of its clean tokens)."""
+
+PruneScores = dict[str, torch.Tensor]
+"""Destination module name -> score tensor shaped like that destination's mask.
+Importance of an edge is ``abs(score)``; larger is more important."""
+
+CircuitOutputs = dict[int, dict[BatchKey, torch.Tensor]]
+"""Actual circuit size (edge count) -> batch key -> model output at the output slice."""
+
+
+class AblationType(Enum):
+    """What an ablated (patched) edge carries instead of the source's current output."""
+
+    RESAMPLE = "resample"  # the source's output on the other prompt of the same pair
+    ZERO = "zero"
+    TOKENWISE_MEAN_CLEAN = "tokenwise_mean_clean"  # per-position mean over the clean set
+    TOKENWISE_MEAN_CORRUPT = "tokenwise_mean_corrupt"
+    TOKENWISE_MEAN_CLEAN_AND_CORRUPT = "tokenwise_mean_clean_and_corrupt"
+    BATCH_TOKENWISE_MEAN = "batch_tokenwise_mean"  # per-position mean over the batch
+    BATCH_ALL_TOK_MEAN = "batch_all_tok_mean"  # mean over the batch and all positions
+
+    @property
+    def mean_over_dataset(self) -> bool:
+        return self.value.startswith("tokenwise_mean")
+
+    @property
+    def clean_dataset(self) -> bool:
+        return self in (AblationType.TOKENWISE_MEAN_CLEAN, AblationType.TOKENWISE_MEAN_CLEAN_AND_CORRUPT)
+
+    @property
+    def corrupt_dataset(self) -> bool:
+        return self in (
+            AblationType.TOKENWISE_MEAN_CORRUPT,
+            AblationType.TOKENWISE_MEAN_CLEAN_AND_CORRUPT,
+        )
+
+
+class PatchType(Enum):
+    """How a circuit is evaluated.
+
+    ``TREE_PATCH`` runs the clean input and ablates every edge *not* in the circuit.
+    ``EDGE_PATCH`` runs the corrupt input and restores the circuit's edges to their
+    clean-run values (resample ablation only).
+    """
+
+    EDGE_PATCH = "edge_patch"
+    TREE_PATCH = "tree_patch"
+
+
+QKV = Literal["q", "k", "v"]
+
+
+@dataclass(frozen=True, order=True)
+class Node:
+    """A component of the model.
+
+    Attributes:
+        name: human name, e.g. ``"A1.2"``, ``"A1.2.Q"``, ``"MLP 0"``, ``"Resid End"``.
+        module_name: the hook name whose tensor holds this node's activation.
+        layer: topological layer; an edge exists from a source to a destination only
+            when ``src.layer < dest.layer`` (factorized graph).
+        head_idx: index along the hook's head dimension, or ``None``.
+    """
+
+    name: str
+    module_name: str
+    layer: int
+    head_idx: int | None = None
+
+
+@dataclass(frozen=True, order=True)
+class SrcNode(Node):
+    """A node that writes into the residual stream. ``src_idx`` is its global position
+    in topological order (the index along the first dim of source-output tensors)."""
+
+    src_idx: int = 0
+
+
+@dataclass(frozen=True, order=True)
+class DestNode(Node):
+    """A node that reads from the residual stream.
+
+    ``qkv`` is ``"q"``, ``"k"`` or ``"v"`` for separate query/key/value inputs.
+    ``dest_idx`` is its position in topological order.
+    """
+
+    qkv: QKV | None = None
+    dest_idx: int = 0
+
+
+@dataclass(frozen=True)
+class Edge:
+    """An edge from ``src`` into ``dest``, at token position ``seq_idx`` (``None``: all
+    positions).
+
+    ``patch_idx`` is the index of this edge's entry in ``masks[dest.module_name]`` and in
+    ``prune_scores[dest.module_name]``.
+    """
+
+    src: SrcNode
+    dest: DestNode
+    seq_idx: int | None
+    patch_idx: tuple[int, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.src.name}->{self.dest.name}"
+
+    def __repr__(self) -> str:
+        pos = "" if self.seq_idx is None else f"@{self.seq_idx}"
+        return f"Edge({self.name}{pos})"
