@@ -1,0 +1,64 @@
+"""edgewise: automated circuit discovery in transformer language models.
+
+Everything a user calls is importable from here::
+
+    from edgewise import patchable_model, mask_gradient_prune_scores, run_circuits
+"""
+
+from edgewise.ablation import batch_src_ablations, src_ablations
+from edgewise.circuits import (
+    EdgeCounts,
+    circuit_edges,
+    edge_counts_util,
+    flat_prune_scores,
+    run_circuits,
+)
+from edgewise.data import (
+    PromptDataLoader,
+    PromptDataset,
+    PromptPair,
+    PromptPairBatch,
+    load_dataset_json,
+    load_datasets_from_json,
+    save_dataset_json,
+)
+from edgewise.graph import Graph, GraphSpec, build_graph
+from edgewise.metrics.answers import (
+    batch_answer_diffs,
+    batch_answer_vals,
+    measure_answer_diff,
+    measure_answer_val,
+    measure_correct_ans_percent,
+    measure_kl_div,
+    measure_logit_diff_percent,
+)
+from edgewise.patching import PatchableModel, patchable_model
+from edgewise.prune_algos import (
+    edge_attribution_patching_prune_scores,
+    mask_gradient_prune_scores,
+)
+from edgewise.types import (
+    AblationType,
+    BatchKey,
+    CircuitOutputs,
+    DestNode,
+    Edge,
+    Node,
+    PatchType,
+    PruneScores,
+    SrcNode,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AblationType", "BatchKey", "CircuitOutputs", "DestNode", "Edge", "EdgeCounts", "Graph",
+    "GraphSpec", "Node", "PatchType", "PatchableModel", "PromptDataLoader", "PromptDataset",
+    "PromptPair", "PromptPairBatch", "PruneScores", "SrcNode", "batch_answer_diffs",
+    "batch_answer_vals", "batch_src_ablations", "build_graph", "circuit_edges",
+    "edge_attribution_patching_prune_scores", "edge_counts_util", "flat_prune_scores",
+    "load_dataset_json", "load_datasets_from_json", "mask_gradient_prune_scores",
+    "measure_answer_diff", "measure_answer_val", "measure_correct_ans_percent",
+    "measure_kl_div", "measure_logit_diff_percent", "patchable_model", "run_circuits",
+    "save_dataset_json", "src_ablations",
+]

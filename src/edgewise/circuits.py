@@ -1,0 +1,211 @@
+"""Circuits from scores, and the model's output with only a circuit intact.
+
+A circuit of size ``k`` is the ``k`` edges of largest importance ``abs(score)``. Edges
+of equal importance enter together, so a requested size may resolve to a larger actual
+one; results are keyed by the actual size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from enum import Enum
+
+import torch
+from tqdm.auto import tqdm
+
+from edgewise.ablation import batch_src_ablations
+from edgewise.data import PromptDataLoader
+from edgewise.patching import PatchableModel
+from edgewise.types import AblationType, CircuitOutputs, Edge, PatchType, PruneScores
+
+
+class EdgeCounts(Enum):
+    """Default lists of circuit sizes for :func:`edge_counts_util`."""
+
+    ALL = "all"  # every size 0..n_edges
+    LOGARITHMIC = "logarithmic"  # 1..9, 10..90 step 10, 100..900 step 100, ...
+    GROUPS = "groups"  # one size per group of tied scores
+
+
+TestEdges = EdgeCounts | Sequence[int | float]
+
+
+def flat_prune_scores(prune_scores: PruneScores, model: PatchableModel | None = None) -> torch.Tensor:
+    """All scores in one 1-D float32 tensor, destination modules in graph order (or in
+    ``prune_scores`` order when ``model`` is None)."""
+    names = list(model.dest_modules) if model is not None else list(prune_scores)
+    return torch.cat([prune_scores[n].detach().flatten().float().cpu() for n in names])
+
+
+def _check_scores(model: PatchableModel, prune_scores: PruneScores) -> None:
+    for name, mod in model.dest_modules.items():
+        if name not in prune_scores:
+            raise ValueError(f"prune_scores has no entry for destination module {name}")
+        if tuple(prune_scores[name].shape) != mod.mask_shape:
+            raise ValueError(
+                f"prune_scores[{name!r}] has shape {tuple(prune_scores[name].shape)}, the graph "
+                f"expects {mod.mask_shape}: were the scores made for another model or seq_len?"
+            )
+        if torch.isnan(prune_scores[name]).any():
+            raise ValueError(f"prune_scores[{name!r}] contains NaN")
+
+
+def edge_counts_util(
+    edges: Sequence[Edge] | int,
+    test_counts: TestEdges | None = None,
+    prune_scores: PruneScores | None = None,
+    zero_edges: bool | None = None,
+    all_edges: bool | None = None,
+) -> list[int]:
+    """The circuit sizes to evaluate.
+
+    Args:
+        edges: the graph's edges (or their number).
+        test_counts: an :class:`EdgeCounts`, or a list of sizes (ints) and fractions of
+            all edges (floats). Default: ``GROUPS`` when the scores have fewer distinct
+            values than half the edges (as ACDC's do), else ``LOGARITHMIC`` above 200
+            edges and ``ALL`` below.
+        prune_scores: needed for ``GROUPS``.
+        zero_edges / all_edges: include 0 and ``n_edges`` (default: when more than one
+            size is asked for).
+
+    Returns:
+        Sorted, distinct sizes.
+    """
+    n_edges = edges if isinstance(edges, int) else len(edges)
+    flat = None
+    if prune_scores is not None:
+        flat = torch.cat([s.detach().flatten().float().cpu() for s in prune_scores.values()]).abs()
+    if test_counts is None:
+        if flat is not None and len(torch.unique(flat)) < n_edges / 2:
+            test_counts = EdgeCounts.GROUPS
+        else:
+            test_counts = EdgeCounts.LOGARITHMIC if n_edges > 200 else EdgeCounts.ALL
+    if test_counts == EdgeCounts.ALL:
+        counts = list(range(n_edges + 1))
+    elif test_counts == EdgeCounts.LOGARITHMIC:
+        counts = [
+            n for n in range(1, n_edges) if n % (10 ** max(math.floor(math.log10(n)) - 1, 0)) == 0
+        ]
+    elif test_counts == EdgeCounts.GROUPS:
+        if flat is None:
+            raise ValueError("EdgeCounts.GROUPS needs prune_scores")
+        _, group_sizes = torch.unique(flat, sorted=True, return_counts=True)
+        counts = torch.cumsum(group_sizes.flip(0), 0).tolist()
+    elif isinstance(test_counts, Sequence):
+        counts = []
+        for n in test_counts:
+            if isinstance(n, float):  # a fraction of all edges
+                if not 0.0 <= n <= 1.0:
+                    raise ValueError(f"fractional edge count {n} must be within [0, 1]")
+                counts.append(int(n_edges * n))
+            elif 0 <= n <= n_edges:
+                counts.append(int(n))
+            else:
+                raise ValueError(f"edge count {n} is outside 0..{n_edges}")
+    else:
+        raise ValueError(f"unknown test_counts {test_counts!r}")
+    several = len(counts) > 1
+    if (zero_edges if zero_edges is not None else several) and 0 not in counts:
+        counts.append(0)
+    if (all_edges if all_edges is not None else several) and n_edges not in counts:
+        counts.append(n_edges)
+    return sorted(set(counts))
+
+
+def circuit_thresholds(
+    flat_importance: torch.Tensor, counts: Sequence[int]
+) -> dict[int, float | None]:
+    """Actual size -> importance threshold (edges with importance >= it are in the
+    circuit; ``None``: the empty circuit) for each requested size. Ties enter together,
+    so the actual size of a request is the number of edges at least as important as the
+    ``k``-th."""
+    n = flat_importance.numel()
+    ordered = torch.sort(flat_importance, descending=True).values
+    out: dict[int, float | None] = {}
+    for k in counts:
+        if k <= 0:
+            out[0] = None
+            continue
+        threshold = ordered[min(k, n) - 1].item()
+        actual = int((flat_importance >= threshold).sum())
+        out[actual] = threshold
+    return dict(sorted(out.items()))
+
+
+def circuit_masks(
+    model: PatchableModel,
+    prune_scores: PruneScores,
+    threshold: float | None,
+    in_circuit_value: float,
+) -> dict[str, torch.Tensor]:
+    """Masks that are ``in_circuit_value`` on edges with ``abs(score) >= threshold`` and
+    ``1 - in_circuit_value`` elsewhere (``threshold=None``: no edge is in the circuit)."""
+    masks = {}
+    for name in model.dest_modules:
+        score = prune_scores[name].detach().abs().to(model.device)
+        inside = score >= threshold if threshold is not None else torch.zeros_like(score, dtype=torch.bool)
+        masks[name] = torch.where(inside, in_circuit_value, 1.0 - in_circuit_value).float()
+    return masks
+
+
+def circuit_edges(model: PatchableModel, prune_scores: PruneScores, size: int) -> list[Edge]:
+    """The edges of the circuit of (at least) ``size`` edges, in graph order."""
+    flat = flat_prune_scores(prune_scores, model).abs()
+    ((_, threshold),) = list(circuit_thresholds(flat, [size]).items())
+    if threshold is None:
+        return []
+    return [e for e in model.edges if abs(prune_scores[e.dest.module_name][e.patch_idx]) >= threshold]
+
+
+def run_circuits(
+    model: PatchableModel,
+    dataloader: PromptDataLoader,
+    test_edge_counts: Sequence[int],
+    prune_scores: PruneScores,
+    patch_type: PatchType = PatchType.TREE_PATCH,
+    ablation_type: AblationType = AblationType.RESAMPLE,
+    reverse_clean_corrupt: bool = False,
+    progress: bool = True,
+) -> CircuitOutputs:
+    """The model's output (at ``model.out_slice``) on every batch with only the circuit
+    of each size intact.
+
+    ``TREE_PATCH``: run the clean prompts, ablate every edge outside the circuit.
+    ``EDGE_PATCH``: run the corrupt prompts, give the circuit's edges their clean
+    values (resample ablation only). ``reverse_clean_corrupt`` swaps the roles.
+
+    Returns:
+        actual circuit size -> batch key -> output ``[batch, (seq,) vocab]``.
+    """
+    _check_scores(model, prune_scores)
+    if patch_type == PatchType.EDGE_PATCH and ablation_type != AblationType.RESAMPLE:
+        raise ValueError(
+            "EDGE_PATCH runs the corrupt prompt and restores circuit edges to their clean values, "
+            f"which only resample ablation defines; use TREE_PATCH with {ablation_type}"
+        )
+    flat = flat_prune_scores(prune_scores, model).abs()
+    thresholds = circuit_thresholds(flat, test_edge_counts)
+    if patch_type == PatchType.TREE_PATCH:
+        patches = batch_src_ablations(
+            model, dataloader, ablation_type, "clean" if reverse_clean_corrupt else "corrupt"
+        )
+    else:
+        patches = batch_src_ablations(
+            model, dataloader, AblationType.RESAMPLE, "corrupt" if reverse_clean_corrupt else "clean"
+        )
+    outputs: CircuitOutputs = {size: {} for size in thresholds}
+    bar = tqdm(total=len(thresholds) * len(dataloader), desc="circuits", disable=not progress)
+    with torch.inference_mode():
+        for batch in dataloader:
+            clean_input = (patch_type == PatchType.TREE_PATCH) != reverse_clean_corrupt
+            tokens = batch.clean if clean_input else batch.corrupt
+            for size, threshold in thresholds.items():
+                in_value = 0.0 if patch_type == PatchType.TREE_PATCH else 1.0
+                masks = circuit_masks(model, prune_scores, threshold, in_value)
+                logits = model.run_patched(tokens, masks, patches[batch.key])
+                outputs[size][batch.key] = logits[model.out_slice]
+                bar.update()
+    bar.close()
+    return outputs

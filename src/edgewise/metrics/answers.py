@@ -1,0 +1,161 @@
+"""Metrics of model outputs on prompt batches: answer differences, answer values,
+correct-answer rates, KL divergence to the full model, and their curves over circuit
+size."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from edgewise.data import PromptDataLoader, PromptPairBatch
+from edgewise.patching import PatchableModel
+from edgewise.types import CircuitOutputs
+
+ProbFunc = Literal["logits", "probs", "logprobs"]
+Measurements = list[tuple[int, float]]
+"""(circuit size, metric value) pairs, sorted by size."""
+
+
+def last_position(out: torch.Tensor) -> torch.Tensor:
+    """``[batch, vocab]`` from an output ``[batch, vocab]`` or ``[batch, seq, vocab]``."""
+    return out if out.ndim == 2 else out[:, -1]
+
+
+def apply_prob_func(logits: torch.Tensor, prob_func: ProbFunc) -> torch.Tensor:
+    if prob_func in ("logits", "logit"):
+        return logits
+    if prob_func in ("probs", "prob"):
+        return torch.softmax(logits, dim=-1)
+    if prob_func in ("logprobs", "logprob"):
+        return torch.log_softmax(logits, dim=-1)
+    raise ValueError(f"prob_func must be 'logits', 'probs' or 'logprobs', got {prob_func!r}")
+
+
+def _mean_gather(vals: torch.Tensor, idx: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    """Mean of ``vals[i, ..., idx[i]]`` per prompt (and position).
+
+    ``vals`` is ``[batch, vocab]`` or ``[batch, seq, vocab]``; ``idx`` is ``[batch, n]``
+    (the same answers at every position), ``[batch, seq, n]`` (answers per position) or
+    a list of 1-D tensors. Returns ``[batch]`` or ``[batch, seq]``."""
+    if isinstance(idx, torch.Tensor):
+        idx = idx.to(vals.device)
+        if idx.ndim == vals.ndim - 1:
+            idx = idx.unsqueeze(1).expand(*vals.shape[:-1], idx.shape[-1])
+        return vals.gather(-1, idx).mean(dim=-1)
+    return torch.stack([vals[i][..., a.to(vals.device)].mean(dim=-1) for i, a in enumerate(idx)])
+
+
+def batch_answer_diffs(vals: torch.Tensor, batch: PromptPairBatch) -> torch.Tensor:
+    """Per prompt (and position): mean over its answers minus mean over its wrong
+    answers. ``vals`` ``[batch, (seq,) vocab]``; returns ``[batch(, seq)]``."""
+    return _mean_gather(vals, batch.answers) - _mean_gather(vals, batch.wrong_answers)
+
+
+def batch_answer_vals(vals: torch.Tensor, batch: PromptPairBatch) -> torch.Tensor:
+    """Per prompt (and position): mean over its answers. Returns ``[batch(, seq)]``."""
+    return _mean_gather(vals, batch.answers)
+
+
+def _per_size(
+    dataloader: PromptDataLoader, circuit_outs: CircuitOutputs, fn
+) -> Measurements:
+    out: Measurements = []
+    for size, by_batch in sorted(circuit_outs.items()):
+        vals = [fn(by_batch[b.key], b) for b in dataloader]
+        out.append((size, torch.cat([v.flatten().float() for v in vals]).mean().item()))
+    return out
+
+
+def measure_answer_diff(
+    model: PatchableModel,
+    dataloader: PromptDataLoader,
+    circuit_outs: CircuitOutputs,
+    prob_func: ProbFunc = "logits",
+) -> Measurements:
+    """Mean answer difference (answers minus wrong answers) per circuit size."""
+    return _per_size(
+        dataloader,
+        circuit_outs,
+        lambda out, b: batch_answer_diffs(apply_prob_func(out, prob_func), b),
+    )
+
+
+def measure_answer_val(
+    model: PatchableModel,
+    dataloader: PromptDataLoader,
+    circuit_outs: CircuitOutputs,
+    prob_func: ProbFunc = "logits",
+) -> Measurements:
+    """Mean value of the answers per circuit size."""
+    return _per_size(
+        dataloader,
+        circuit_outs,
+        lambda out, b: batch_answer_vals(apply_prob_func(out, prob_func), b),
+    )
+
+
+def correct_answers(logits: torch.Tensor, batch: PromptPairBatch) -> torch.Tensor:
+    """Per prompt: 1 if the lowest-scoring answer beats the highest wrong answer."""
+    logits = last_position(logits)
+
+    def pick(idx, reduce):
+        if isinstance(idx, torch.Tensor):
+            return reduce(logits.gather(-1, idx.to(logits.device)), dim=-1)
+        return torch.stack([reduce(logits[i, a.to(logits.device)], dim=-1) for i, a in enumerate(idx)])
+
+    worst = pick(batch.answers, lambda x, dim: x.min(dim=dim).values)
+    best_wrong = pick(batch.wrong_answers, lambda x, dim: x.max(dim=dim).values)
+    return (worst > best_wrong).float()
+
+
+def measure_correct_ans_percent(
+    model: PatchableModel, dataloader: PromptDataLoader, circuit_outs: CircuitOutputs
+) -> Measurements:
+    """Percentage of prompts whose answers all beat every wrong answer, per size."""
+    return [(s, 100 * v) for s, v in _per_size(dataloader, circuit_outs, correct_answers)]
+
+
+def full_model_outputs(
+    model: PatchableModel, dataloader: PromptDataLoader, clean: bool = True
+) -> dict[int, torch.Tensor]:
+    """The unpatched model's output at ``model.out_slice`` per batch key."""
+    with torch.inference_mode():
+        return {
+            b.key: model(b.clean if clean else b.corrupt)[model.out_slice] for b in dataloader
+        }
+
+
+def kl_div_full(full: torch.Tensor, circuit: torch.Tensor) -> torch.Tensor:
+    """KL(full || circuit) of the softmax distributions, per prompt and position
+    (``[batch]`` or ``[batch, seq]``)."""
+    full_lp = torch.log_softmax(full.double(), dim=-1)
+    circ_lp = torch.log_softmax(circuit.double(), dim=-1)
+    return F.kl_div(circ_lp, full_lp, log_target=True, reduction="none").sum(dim=-1)
+
+
+def measure_kl_div(
+    model: PatchableModel,
+    dataloader: PromptDataLoader,
+    circuit_outs: CircuitOutputs,
+    full_outs: dict[int, torch.Tensor] | None = None,
+) -> Measurements:
+    """KL(full model || circuit) per circuit size, mean over prompts and output positions."""
+    full_outs = full_outs if full_outs is not None else full_model_outputs(model, dataloader)
+    return _per_size(dataloader, circuit_outs, lambda out, b: kl_div_full(full_outs[b.key], out))
+
+
+def measure_logit_diff_percent(
+    model: PatchableModel,
+    dataloader: PromptDataLoader,
+    circuit_outs: CircuitOutputs,
+    full_outs: dict[int, torch.Tensor] | None = None,
+) -> Measurements:
+    """The circuit's mean logit difference as a percentage of the full model's."""
+    full_outs = full_outs if full_outs is not None else full_model_outputs(model, dataloader)
+    full = torch.cat([batch_answer_diffs(full_outs[b.key], b).flatten() for b in dataloader])
+    full_mean = full.float().mean().item()
+    if full_mean == 0:
+        raise ValueError("the full model's logit difference is 0: the percentage is undefined")
+    return [(s, 100 * v / full_mean) for s, v in measure_answer_diff(model, dataloader, circuit_outs)]

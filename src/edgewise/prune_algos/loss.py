@@ -1,0 +1,58 @@
+"""The differentiable objectives that gradient-based scores take the gradient of."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from edgewise.data import PromptPairBatch
+from edgewise.metrics.answers import batch_answer_diffs, batch_answer_vals
+
+GradFunction = Literal["logit", "prob", "logprob", "logit_exp"]
+AnswerFunction = Literal["avg_diff", "avg_val", "mse"]
+
+
+def grad_values(logits: torch.Tensor, grad_function: GradFunction) -> torch.Tensor:
+    """``logit``: the logits; ``prob``: softmax; ``logprob``: log-softmax;
+    ``logit_exp``: ``exp(logits) / sum(exp(logits))`` with the denominator detached."""
+    if grad_function == "logit":
+        return logits
+    if grad_function == "prob":
+        return torch.softmax(logits, dim=-1)
+    if grad_function == "logprob":
+        return torch.log_softmax(logits, dim=-1)
+    if grad_function == "logit_exp":
+        shifted = logits - logits.max(dim=-1, keepdim=True).values.detach()
+        numerator = torch.exp(shifted)
+        return numerator / numerator.sum(dim=-1, keepdim=True).detach()
+    raise ValueError(
+        f"grad_function must be 'logit', 'prob', 'logprob' or 'logit_exp', got {grad_function!r}"
+    )
+
+
+def answer_loss(
+    vals: torch.Tensor, batch: PromptPairBatch, answer_function: AnswerFunction
+) -> torch.Tensor:
+    """Scalar loss of output values ``[batch, (seq,) vocab]``.
+
+    ``avg_diff``: minus the mean of (mean over answers minus mean over wrong answers);
+    ``avg_val``: minus the mean of the mean over answers; ``mse``: mean squared error
+    between ``vals`` and the real-valued ``batch.answers`` (same shape as ``vals``).
+    """
+    if answer_function == "avg_diff":
+        return -batch_answer_diffs(vals, batch).mean()
+    if answer_function == "avg_val":
+        return -batch_answer_vals(vals, batch).mean()
+    if answer_function == "mse":
+        answers = batch.answers
+        if not isinstance(answers, torch.Tensor):
+            raise ValueError("answer_function='mse' needs one answer tensor of the output's shape")
+        if answers.shape != vals.shape:
+            raise ValueError(
+                f"answer_function='mse' compares the output {tuple(vals.shape)} with real-valued "
+                f"answers of the same shape; the batch's answers are {tuple(answers.shape)}"
+            )
+        return F.mse_loss(vals, answers.to(vals))
+    raise ValueError(f"answer_function must be 'avg_diff', 'avg_val' or 'mse', got {answer_function!r}")

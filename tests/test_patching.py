@@ -1,0 +1,191 @@
+"""PatchableModel's one-pass patching equals an independent per-edge hook patcher."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from reference import reference_patched_logits
+from transformer_lens import HookedTransformerConfig
+
+from edgewise import GraphSpec, build_graph, patchable_model
+from edgewise.models import random_bridge, random_hooked_transformer
+
+torch.set_default_dtype(torch.float32)
+VOCAB = 20
+
+
+def random_binary_masks(pm, gen, p=0.5):
+    return {n: (torch.rand(m.mask_shape, generator=gen) < p).float()
+            for n, m in pm.dest_modules.items()}
+
+
+def tokens(gen, batch=3, seq=5):
+    return torch.randint(3, VOCAB, (batch, seq), generator=gen)
+
+
+def test_gpt2_small_graph_from_config_alone():
+    cfg = HookedTransformerConfig(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072,
+                                  n_ctx=1024, d_vocab=50257, act_fn="gelu_new")
+    g = build_graph(GraphSpec.from_config(cfg))
+    assert (len(g.srcs), len(g.dests), g.n_edges) == (157, 445, 32491)
+    assert g.edges[0].name == "Resid Start->A0.0.Q"
+    assert g.edges[-1].name == "MLP 11->Resid End"
+
+
+def test_graph_order_is_deterministic_and_patch_idx_is_unique():
+    spec = GraphSpec(n_layers=3, n_heads=4, n_kv_heads=2)
+    a, b = build_graph(spec, seq_len=3), build_graph(spec, seq_len=3)
+    assert a == b
+    seen = {(e.dest.module_name, e.patch_idx) for e in a.edges}
+    assert len(seen) == a.n_edges
+    sizes = {m.module_name: torch.Size(m.mask_shape).numel() for m in a.dest_modules}
+    assert sum(sizes.values()) == a.n_edges
+    # K/V destinations exist per KV head
+    assert sum(1 for d in a.dests if d.name.startswith("A0.") and d.name.endswith(".K")) == 2
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    n_layers=st.integers(1, 3),
+    n_heads=st.sampled_from([1, 2, 4]),
+    kv_div=st.sampled_from([1, 2]),
+    attn_only=st.booleans(),
+    parallel=st.booleans(),
+    use_seq=st.booleans(),
+    separate_qkv=st.booleans(),
+    factorized=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_random_binary_masks_match_reference_hooked(
+    n_layers, n_heads, kv_div, attn_only, parallel, use_seq, separate_qkv, factorized, seed
+):
+    n_kv = max(1, n_heads // kv_div)
+    if not separate_qkv:
+        n_kv = n_heads  # one input per head: no grouped K/V destinations
+    model = random_hooked_transformer(
+        n_layers=n_layers, n_heads=n_heads, d_head=2, d_vocab=VOCAB, n_kv_heads=n_kv,
+        attn_only=attn_only, parallel_attn_mlp=parallel and not attn_only,
+        positional_embedding_type="rotary" if n_kv != n_heads else "standard",
+        dtype=torch.float64, seed=seed,
+    )
+    gen = torch.Generator().manual_seed(seed)
+    pm = patchable_model(model, factorized=factorized, separate_qkv=separate_qkv,
+                         seq_len=5 if use_seq else None)
+    clean, corrupt = tokens(gen), tokens(gen)
+    patch = pm.src_outs(corrupt)
+    masks = random_binary_masks(pm, gen)
+    got = pm.run_patched(clean, masks, patch)
+    want = reference_patched_logits(pm, clean, masks, patch)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("arch,kv", [("gpt2", None), ("neox", None), ("llama", 2)])
+@pytest.mark.parametrize("use_seq", [False, True])
+def test_random_binary_masks_match_reference_bridge(arch, kv, use_seq):
+    model = random_bridge(arch, n_layers=2, n_heads=4, d_head=4, d_vocab=VOCAB, n_kv_heads=kv,
+                          dtype=torch.float64)
+    pm = patchable_model(model, seq_len=5 if use_seq else None)
+    if kv:
+        assert pm.dest_modules["blocks.0.hook_k_input"].mask_shape[-2] == kv
+    gen = torch.Generator().manual_seed(1)
+    clean, corrupt = tokens(gen), tokens(gen)
+    patch = pm.src_outs(corrupt)
+    for _ in range(2):
+        masks = random_binary_masks(pm, gen)
+        got = pm.run_patched(clean, masks, patch)
+        want = reference_patched_logits(pm, clean, masks, patch)
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
+MODEL_KINDS = {
+    "hooked": lambda: random_hooked_transformer(n_layers=2, d_vocab=VOCAB, dtype=torch.float64),
+    "hooked-gqa": lambda: random_hooked_transformer(
+        n_layers=2, d_vocab=VOCAB, n_kv_heads=2, positional_embedding_type="rotary",
+        dtype=torch.float64),
+    "bridge-gpt2": lambda: random_bridge("gpt2", d_vocab=VOCAB, dtype=torch.float64),
+    "bridge-llama": lambda: random_bridge("llama", d_vocab=VOCAB, n_kv_heads=2, dtype=torch.float64),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MODEL_KINDS))
+def test_all_zero_is_unpatched_and_all_one_is_corrupt(kind):
+    pm = patchable_model(MODEL_KINDS[kind]())
+    gen = torch.Generator().manual_seed(2)
+    clean, corrupt = tokens(gen), tokens(gen)
+    patch = pm.src_outs(corrupt)
+    torch.testing.assert_close(pm.run_patched(clean, pm.new_masks(0.0), patch), pm(clean),
+                               atol=1e-10, rtol=0)
+    torch.testing.assert_close(pm.run_patched(clean, pm.new_masks(1.0), patch), pm(corrupt),
+                               atol=1e-10, rtol=0)
+
+
+def test_token_position_edge_changes_nothing_before_its_position():
+    pm = patchable_model(MODEL_KINDS["hooked"](), seq_len=6)
+    gen = torch.Generator().manual_seed(3)
+    clean, corrupt = tokens(gen, seq=6), tokens(gen, seq=6)
+    patch = pm.src_outs(corrupt)
+    base = pm(clean)
+    for name in ["Resid Start->A1.0.K", "A0.1->MLP 1", "MLP 0->Resid End"]:
+        for pos in (2, 4):
+            edge = pm.edge(name, pos)
+            masks = pm.masks_from_edges([edge])
+            out = pm.run_patched(clean, masks, patch)
+            torch.testing.assert_close(out[:, :pos], base[:, :pos], atol=1e-12, rtol=0)
+            assert (out[:, pos:] - base[:, pos:]).abs().max() > 1e-6
+
+
+def test_fractional_masks_and_gradients_match_autograd_of_reference():
+    pm = patchable_model(MODEL_KINDS["hooked-gqa"](), seq_len=5)
+    gen = torch.Generator().manual_seed(4)
+    clean, corrupt = tokens(gen), tokens(gen)
+    patch = pm.src_outs(corrupt)
+    base = {n: torch.rand(m.mask_shape, generator=gen, dtype=torch.float64)
+            for n, m in pm.dest_modules.items()}
+    w = torch.randn(VOCAB, generator=gen, dtype=torch.float64)
+
+    def grads(fn):
+        masks = {n: v.clone().requires_grad_(True) for n, v in base.items()}
+        out = fn(clean, masks, patch)
+        (out * w).sum().backward()
+        return out.detach(), {n: m.grad for n, m in masks.items()}
+
+    got_out, got = grads(pm.run_patched)
+    want_out, want = grads(lambda t, m, p: reference_patched_logits(pm, t, m, p))
+    torch.testing.assert_close(got_out, want_out, atol=1e-8, rtol=0)
+    for name in got:
+        torch.testing.assert_close(got[name].double(), want[name], atol=1e-6, rtol=1e-6)
+
+
+def test_patch_context_restores_model_after_exception():
+    pm = patchable_model(MODEL_KINDS["hooked"]())
+    gen = torch.Generator().manual_seed(5)
+    clean, corrupt = tokens(gen), tokens(gen)
+    before = pm(clean)
+    n_hooks = sum(len(m._forward_hooks) for m in pm.wrapped_model.modules())
+    with pytest.raises(RuntimeError, match="boom"):
+        with pm.patch(pm.new_masks(1.0), pm.src_outs(corrupt)):
+            assert not torch.allclose(pm(clean), before)
+            raise RuntimeError("boom")
+    assert sum(len(m._forward_hooks) for m in pm.wrapped_model.modules()) == n_hooks
+    torch.testing.assert_close(pm(clean), before, atol=0, rtol=0)
+
+
+def test_model_without_hooks_gets_a_clear_error():
+    with pytest.raises(TypeError, match="no TransformerLens hook points"):
+        patchable_model(torch.nn.Linear(3, 3))
+    model = random_hooked_transformer(n_layers=1)
+    del model.hook_dict["blocks.0.hook_mlp_out"]
+    with pytest.raises(ValueError, match="lacks hook points.*blocks.0.hook_mlp_out"):
+        patchable_model(model)
+
+
+def test_bad_mask_shapes_and_patch_sizes_are_reported():
+    pm = patchable_model(MODEL_KINDS["hooked"]())
+    masks = pm.new_masks()
+    masks["blocks.0.hook_mlp_in"] = torch.zeros(3)
+    with pytest.raises(ValueError, match="blocks.0.hook_mlp_in has shape"):
+        pm.run_patched(torch.zeros(1, 3, dtype=torch.long), masks, pm.src_outs(torch.zeros(1, 3, dtype=torch.long)))
+    with pytest.raises(ValueError, match="sources"):
+        pm.run_patched(torch.zeros(1, 3, dtype=torch.long), pm.new_masks(), torch.zeros(2, 1, 3, 16))
