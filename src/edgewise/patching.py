@@ -65,7 +65,8 @@ class _PatchAdd(torch.autograd.Function):
         m_sub, d_sub = lhs.split(",")
         grad_mask = None
         if ctx.needs_input_grad[1]:
-            grad_mask = torch.einsum(f"{rhs},{d_sub}->{m_sub}", g.float(), ctx.delta.float())
+            acc = torch.promote_types(g.dtype, torch.float32)  # never below float32
+            grad_mask = torch.einsum(f"{rhs},{d_sub}->{m_sub}", g.to(acc), ctx.delta.to(acc))
         grads_current: list[torch.Tensor | None] = [None] * len(ctx.groups)
         if not ctx.zero:
             m = mask.to(g.dtype)

@@ -16,6 +16,7 @@ from edgewise.ablation import batch_src_ablations
 from edgewise.data import PromptDataLoader
 from edgewise.patching import PatchableModel
 from edgewise.prune_algos.loss import AnswerFunction, GradFunction, answer_loss, grad_values
+from edgewise.prune_algos.mask_gradient import score_dtype
 from edgewise.types import AblationType, Edge, PruneScores
 
 
@@ -39,7 +40,7 @@ def edge_attribution_patching_prune_scores(
     if ablation_type.mean_over_dataset:
         clean_corrupt = None
     patches = batch_src_ablations(model, dataloader, ablation_type, clean_corrupt)
-    scores = {n: torch.zeros(m.mask_shape, dtype=torch.float32, device=model.device)
+    scores = {n: torch.zeros(m.mask_shape, dtype=score_dtype(model), device=model.device)
               for n, m in model.dest_modules.items()}
     adapter = model.adapter
     for batch in tqdm(dataloader, desc="EAP", disable=not progress):
@@ -47,8 +48,12 @@ def edge_attribution_patching_prune_scores(
         handles = []
 
         def keep(name: str):
-            def hook(_m, _i, out: torch.Tensor) -> None:
-                acts[name] = out
+            # A hook's output may alias the residual stream (TransformerBridge's
+            # hook_mlp_in feeds ln2 the very tensor the skip connection adds), so give the
+            # destination its own copy and differentiate with respect to that.
+            def hook(_m, _i, out: torch.Tensor) -> torch.Tensor:
+                acts[name] = out.clone()
+                return acts[name]
 
             return hook
 
@@ -75,5 +80,5 @@ def edge_attribution_patching_prune_scores(
                 grad = grad[:, :, dest.head_idx]
             if edge.seq_idx is not None:
                 grad, diff = grad[:, edge.seq_idx], diff[:, edge.seq_idx]
-            scores[dest.module_name][edge.patch_idx] += (grad.double() * diff.double()).sum().float()
+            scores[dest.module_name][edge.patch_idx] += (grad.double() * diff.double()).sum()
     return scores

@@ -38,7 +38,8 @@ def mask_gradient_prune_scores(
     ``integrated_grad_samples=N``, at each of ``0, 1/N, ..., 1`` in turn), patching from
     the ablation given by ``ablation_type`` and ``clean_corrupt``. The output at
     ``model.out_slice`` goes through ``grad_function`` and ``answer_function``; each
-    mask's gradient is summed over batches and samples, in float32. That sum is the score.
+    mask's gradient is summed over batches and samples, in float32 (float64 for a float64
+    model; never in a model's bfloat16/float16). That sum is the score.
 
     With ``grad_function="logit"``, ``answer_function="avg_diff"`` and ``mask_val=0``
     this is exactly edge attribution patching: the score of ``(s, d)`` is
@@ -65,7 +66,7 @@ def mask_gradient_prune_scores(
         progress: show a progress bar.
 
     Returns:
-        Destination module name -> scores shaped like its mask (float32).
+        Destination module name -> scores shaped like its mask.
     """
     if (mask_val is None) == (integrated_grad_samples is None):
         raise ValueError(
@@ -94,14 +95,15 @@ def mask_gradient_prune_scores(
     else:
         groups = [list(model.dest_modules)]
 
-    scores = {n: torch.zeros(m.mask_shape, dtype=torch.float32, device=model.device)
+    dtype = score_dtype(model)
+    scores = {n: torch.zeros(m.mask_shape, dtype=dtype, device=model.device)
               for n, m in model.dest_modules.items()}
     bar = tqdm(total=len(dataloader) * len(groups) * len(values), desc="mask gradients",
                disable=not progress)
     for batch in dataloader:
         for group in groups:
             for value in values:
-                masks = model.new_masks(0.0)
+                masks = model.new_masks(0.0, dtype=dtype)
                 for name in group:
                     masks[name].fill_(value).requires_grad_(True)
                 with model.patch(masks, patches[batch.key]):
@@ -109,10 +111,15 @@ def mask_gradient_prune_scores(
                 loss = answer_loss(grad_values(logits, grad_function), batch, answer_function)
                 grads = torch.autograd.grad(loss, [masks[n] for n in group])
                 for name, grad in zip(group, grads):
-                    scores[name] += grad.float()
+                    scores[name] += grad
                 bar.update()
     bar.close()
     return scores
+
+
+def score_dtype(model: PatchableModel) -> torch.dtype:
+    """float32, or the model's dtype when that is wider (float64)."""
+    return torch.promote_types(next(model.wrapped_model.parameters()).dtype, torch.float32)
 
 
 def _module_layer(model: PatchableModel, module_name: str) -> int:
