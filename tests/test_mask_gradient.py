@@ -7,8 +7,6 @@ import itertools
 
 import pytest
 import torch
-from reference import reference_patched_logits
-from util import VOCAB, random_loader
 
 from edgewise import (
     AblationType,
@@ -19,6 +17,9 @@ from edgewise import (
 from edgewise.ablation import batch_src_ablations
 from edgewise.models import random_bridge, random_hooked_transformer
 from edgewise.prune_algos.loss import answer_loss, grad_values
+
+from reference import reference_patched_logits
+from util import VOCAB, random_loader
 
 
 def assert_scores_close(got, want, rel=1e-8):

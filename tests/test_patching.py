@@ -6,11 +6,12 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reference import reference_patched_logits
 from transformer_lens import HookedTransformerConfig
 
 from edgewise import GraphSpec, build_graph, patchable_model
 from edgewise.models import random_bridge, random_hooked_transformer
+
+from reference import reference_patched_logits
 
 torch.set_default_dtype(torch.float32)
 VOCAB = 20
@@ -63,11 +64,11 @@ def test_random_binary_masks_match_reference_hooked(
 ):
     n_kv = max(1, n_heads // kv_div)
     if not separate_qkv:
-        n_kv = n_heads  # one input per head: no grouped K/V destinations
+        n_kv = None  # one input per head: grouped K/V cannot be split per head
     model = random_hooked_transformer(
         n_layers=n_layers, n_heads=n_heads, d_head=2, d_vocab=VOCAB, n_kv_heads=n_kv,
         attn_only=attn_only, parallel_attn_mlp=parallel and not attn_only,
-        positional_embedding_type="rotary" if n_kv != n_heads else "standard",
+        positional_embedding_type="rotary" if n_kv not in (None, n_heads) else "standard",
         dtype=torch.float64, seed=seed,
     )
     gen = torch.Generator().manual_seed(seed)

@@ -78,6 +78,11 @@ class HookAdapter:
                 "a Hugging Face model (TransformerBridge.boot_transformers), which support them."
             )
 
+    def disable_flag(self, flag: str) -> None:
+        """Turn ``flag`` off if the model has it on."""
+        if getattr(self.cfg, flag, False):
+            getattr(self.model, _FLAG_SETTERS[flag])(False)
+
     def resolve(self, name: str) -> str | None:
         for alt in _alternatives(name):
             if alt in self.hook_dict:

@@ -162,7 +162,7 @@ def circuit_edges(model: PatchableModel, prune_scores: PruneScores, size: int) -
 def run_circuits(
     model: PatchableModel,
     dataloader: PromptDataLoader,
-    test_edge_counts: Sequence[int],
+    test_edge_counts: Sequence[int | float],
     prune_scores: PruneScores,
     patch_type: PatchType = PatchType.TREE_PATCH,
     ablation_type: AblationType = AblationType.RESAMPLE,
@@ -185,8 +185,8 @@ def run_circuits(
             "EDGE_PATCH runs the corrupt prompt and restores circuit edges to their clean values, "
             f"which only resample ablation defines; use TREE_PATCH with {ablation_type}"
         )
-    flat = flat_prune_scores(prune_scores, model).abs()
-    thresholds = circuit_thresholds(flat, test_edge_counts)
+    counts = edge_counts_util(model.n_edges, list(test_edge_counts), zero_edges=False, all_edges=False)
+    thresholds = circuit_thresholds(flat_prune_scores(prune_scores, model).abs(), counts)
     if patch_type == PatchType.TREE_PATCH:
         patches = batch_src_ablations(
             model, dataloader, ablation_type, "clean" if reverse_clean_corrupt else "corrupt"

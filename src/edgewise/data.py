@@ -49,6 +49,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from edgewise.types import BatchKey
+
 __all__ = [
     "BatchKey",
     "PromptDataLoader",
@@ -66,8 +68,6 @@ __all__ = [
     "shipped_dataset_names",
 ]
 
-BatchKey = int
-"""Deterministic key of a :class:`PromptPairBatch` (see :func:`batch_key`)."""
 
 _DATASETS_PACKAGE = "edgewise"
 _DATASETS_DIR = "datasets"

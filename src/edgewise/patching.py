@@ -331,6 +331,13 @@ def patchable_model(
     spec = GraphSpec.from_config(adapter.cfg)
     flags = ["use_attn_result"]
     if factorized:
+        # use_split_qkv_input and use_attn_in exclude each other (TransformerLens 4.x)
+        adapter.disable_flag("use_attn_in" if separate_qkv else "use_split_qkv_input")
+        if not separate_qkv and spec.n_kv_heads != spec.n_heads:
+            raise ValueError(
+                "separate_qkv=False gives one input per head, but with grouped-query attention "
+                "keys and values are shared between heads: use separate_qkv=True"
+            )
         flags.append("use_split_qkv_input" if separate_qkv else "use_attn_in")
         if not spec.attn_only:
             flags.append("use_hook_mlp_in")

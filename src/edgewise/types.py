@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 
 BatchKey = int
-"""Deterministic key of a batch (a hash of its clean tokens)."""
+"""Deterministic key of a batch (a hash of its clean and corrupt tokens)."""
 
 PruneScores = dict[str, torch.Tensor]
 """Destination module name -> score tensor shaped like that destination's mask.

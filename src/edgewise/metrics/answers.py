@@ -64,7 +64,7 @@ def _per_size(
     out: Measurements = []
     for size, by_batch in sorted(circuit_outs.items()):
         vals = [fn(by_batch[b.key], b) for b in dataloader]
-        out.append((size, torch.cat([v.flatten().float() for v in vals]).mean().item()))
+        out.append((size, torch.cat([v.flatten().double() for v in vals]).mean().item()))
     return out
 
 

@@ -42,29 +42,8 @@ def edge_attribution_patching_prune_scores(
     patches = batch_src_ablations(model, dataloader, ablation_type, clean_corrupt)
     scores = {n: torch.zeros(m.mask_shape, dtype=score_dtype(model), device=model.device)
               for n, m in model.dest_modules.items()}
-    adapter = model.adapter
     for batch in tqdm(dataloader, desc="EAP", disable=not progress):
-        acts: dict[str, torch.Tensor] = {}
-        handles = []
-
-        def keep(name: str):
-            # A hook's output may alias the residual stream (TransformerBridge's
-            # hook_mlp_in feeds ln2 the very tensor the skip connection adds), so give the
-            # destination its own copy and differentiate with respect to that.
-            def hook(_m, _i, out: torch.Tensor) -> torch.Tensor:
-                acts[name] = out.clone()
-                return acts[name]
-
-            return hook
-
-        names = {s.module_name for s in model.srcs} | set(model.dest_modules)
-        try:
-            for name in sorted(names):
-                handles.append(adapter.hook_point(name).register_forward_hook(keep(name)))
-            logits = model(batch.clean)[model.out_slice]
-        finally:
-            for h in handles:
-                h.remove()
+        logits, acts = _run_capturing(model, batch.clean)
         loss = answer_loss(grad_values(logits, grad_function), batch, answer_function)
         dest_names = list(model.dest_modules)
         grads = dict(zip(dest_names, torch.autograd.grad(loss, [acts[n] for n in dest_names])))
@@ -82,3 +61,29 @@ def edge_attribution_patching_prune_scores(
                 grad, diff = grad[:, edge.seq_idx], diff[:, edge.seq_idx]
             scores[dest.module_name][edge.patch_idx] += (grad.double() * diff.double()).sum()
     return scores
+
+
+def _run_capturing(model: PatchableModel, tokens: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Logits at ``model.out_slice`` and every source output and destination input."""
+    acts: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def keep(name: str):
+        # A hook's output may alias the residual stream (TransformerBridge's hook_mlp_in
+        # feeds ln2 the very tensor the skip connection adds), so give the destination
+        # its own copy and differentiate with respect to that.
+        def hook(_m, _i, out: torch.Tensor) -> torch.Tensor:
+            acts[name] = out.clone()
+            return acts[name]
+
+        return hook
+
+    names = {s.module_name for s in model.srcs} | set(model.dest_modules)
+    try:
+        for name in sorted(names):
+            handles.append(model.adapter.hook_point(name).register_forward_hook(keep(name)))
+        logits = model(tokens)[model.out_slice]
+    finally:
+        for h in handles:
+            h.remove()
+    return logits, acts

@@ -1,0 +1,172 @@
+"""run_circuits, circuit sizes and the metrics over circuit outputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from edgewise import (
+    AblationType,
+    EdgeCounts,
+    PatchType,
+    circuit_edges,
+    edge_counts_util,
+    measure_answer_diff,
+    measure_answer_val,
+    measure_correct_ans_percent,
+    measure_kl_div,
+    measure_logit_diff_percent,
+    patchable_model,
+    run_circuits,
+    src_ablations,
+)
+from edgewise.ablation import batch_src_ablations
+from edgewise.models import random_bridge, random_hooked_transformer
+
+from reference import reference_patched_logits
+from util import VOCAB, random_loader
+
+
+@pytest.fixture(scope="module")
+def pm():
+    return patchable_model(random_hooked_transformer(n_layers=2, d_vocab=VOCAB, dtype=torch.float64))
+
+
+def random_scores(pm, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return {n: torch.randn(m.mask_shape, generator=gen) for n, m in pm.dest_modules.items()}
+
+
+@pytest.mark.parametrize("ablation", list(AblationType))
+def test_all_edges_kept_is_clean_model_and_none_kept_is_fully_ablated(pm, ablation):
+    loader = random_loader(seed=1)
+    scores = random_scores(pm)
+    outs = run_circuits(pm, loader, [0, pm.n_edges], scores, ablation_type=ablation, progress=False)
+    assert sorted(outs) == [0, pm.n_edges]
+    patches = batch_src_ablations(pm, loader, ablation, None if ablation.mean_over_dataset else "corrupt")
+    for b in loader:
+        torch.testing.assert_close(outs[pm.n_edges][b.key], pm(b.clean)[pm.out_slice], atol=1e-10, rtol=0)
+        ablated = reference_patched_logits(pm, b.clean, pm.new_masks(1.0), patches[b.key])
+        torch.testing.assert_close(outs[0][b.key], ablated[pm.out_slice], atol=1e-10, rtol=0)
+        if ablation == AblationType.RESAMPLE:
+            torch.testing.assert_close(outs[0][b.key], pm(b.corrupt)[pm.out_slice], atol=1e-10, rtol=0)
+
+
+def test_edge_patch_restores_clean_edges_on_the_corrupt_run(pm):
+    loader = random_loader(seed=2)
+    scores = random_scores(pm, 1)
+    outs = run_circuits(pm, loader, [0, 7, pm.n_edges], scores, patch_type=PatchType.EDGE_PATCH,
+                        progress=False)
+    for b in loader:
+        torch.testing.assert_close(outs[pm.n_edges][b.key], pm(b.clean)[pm.out_slice], atol=1e-10, rtol=0)
+        torch.testing.assert_close(outs[0][b.key], pm(b.corrupt)[pm.out_slice], atol=1e-10, rtol=0)
+        # the 7 top edges carry clean values, every other edge the corrupt run's
+        masks = pm.masks_from_edges(circuit_edges(pm, scores, 7))
+        want = reference_patched_logits(pm, b.corrupt, masks, pm.src_outs(b.clean))
+        torch.testing.assert_close(outs[7][b.key], want[pm.out_slice], atol=1e-10, rtol=0)
+    with pytest.raises(ValueError, match="only resample ablation"):
+        run_circuits(pm, loader, [1], scores, patch_type=PatchType.EDGE_PATCH,
+                     ablation_type=AblationType.ZERO)
+
+
+def test_tree_patch_of_a_circuit_equals_reference_patching(pm):
+    loader = random_loader(seed=3)
+    scores = random_scores(pm, 2)
+    outs = run_circuits(pm, loader, [10], scores, progress=False)
+    top = circuit_edges(pm, scores, 10)
+    assert len(top) == 10
+    importance = sorted((abs(float(scores[e.dest.module_name][e.patch_idx])) for e in pm.edges), reverse=True)
+    assert min(abs(float(scores[e.dest.module_name][e.patch_idx])) for e in top) == importance[9]
+    for b in loader:
+        masks = pm.new_masks(1.0)
+        for e in top:
+            masks[e.dest.module_name][e.patch_idx] = 0.0
+        want = reference_patched_logits(pm, b.clean, masks, pm.src_outs(b.corrupt))
+        torch.testing.assert_close(outs[10][b.key], want[pm.out_slice], atol=1e-10, rtol=0)
+
+
+def test_tied_scores_enter_together_and_report_actual_sizes(pm):
+    loader = random_loader(seed=4)
+    scores = {n: torch.zeros(m.mask_shape) for n, m in pm.dest_modules.items()}
+    edges = pm.edges
+    for i, e in enumerate(edges[:10]):  # 4 edges of 3.0, 6 edges of -2.0 (importance 2)
+        scores[e.dest.module_name][e.patch_idx] = 3.0 if i < 4 else -2.0
+    outs = run_circuits(pm, loader, [1, 4, 5, 10, 0.5], scores, progress=False)
+    assert sorted(outs) == [4, 10, pm.n_edges]  # 0.5 of all edges ties with the zero scores
+    counts = edge_counts_util(pm.edges, EdgeCounts.GROUPS, scores)
+    assert counts == [0, 4, 10, pm.n_edges]
+
+
+def test_edge_counts_util_defaults_and_fractions():
+    assert edge_counts_util(10) == list(range(11))
+    log = edge_counts_util(1000)
+    assert log[:12] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11] and 110 in log and 111 not in log
+    assert log[-1] == 1000
+    assert edge_counts_util(200, [0.5, 3]) == [0, 3, 100, 200]
+    assert edge_counts_util(200, [7]) == [7]
+    with pytest.raises(ValueError, match="outside"):
+        edge_counts_util(5, [9])
+
+
+def test_metrics_against_hand_computation(pm):
+    loader = random_loader(seed=5, n_answers=[1, 2, 1, 3, 2, 1])
+    scores = random_scores(pm, 3)
+    outs = run_circuits(pm, loader, [0, 20, pm.n_edges], scores, progress=False)
+    full = {b.key: pm(b.clean)[:, -1] for b in loader}
+    diffs, vals, correct, kls = {}, {}, {}, {}
+    for size, by_batch in outs.items():
+        d, v, c, k = [], [], [], []
+        for b in loader:
+            out = by_batch[b.key]
+            for i in range(out.shape[0]):
+                a, w = b.answers[i], b.wrong_answers[i]
+                d.append(out[i, a].mean() - out[i, w].mean())
+                v.append(out[i, a].mean())
+                c.append(float(out[i, a].min() > out[i, w].max()))
+                p, q = full[b.key][i].softmax(-1), out[i].softmax(-1)
+                k.append((p * (p.log() - q.log())).sum())
+        diffs[size], vals[size] = torch.stack(d).mean().item(), torch.stack(v).mean().item()
+        correct[size], kls[size] = 100 * sum(c) / len(c), torch.stack(k).mean().item()
+    def check(measured, want, **kw):
+        assert [s for s, _ in measured] == sorted(want)
+        assert [v for _, v in measured] == pytest.approx([want[s] for s in sorted(want)], **kw)
+
+    check(measure_answer_diff(pm, loader, outs), diffs)
+    check(measure_answer_val(pm, loader, outs), vals)
+    check(measure_correct_ans_percent(pm, loader, outs), correct)
+    check(measure_kl_div(pm, loader, outs), kls, abs=1e-9)
+    assert dict(measure_kl_div(pm, loader, outs))[pm.n_edges] == pytest.approx(0.0, abs=1e-12)
+    pct = dict(measure_logit_diff_percent(pm, loader, outs))
+    assert pct[pm.n_edges] == pytest.approx(100.0)
+    assert pct[20] == pytest.approx(100 * diffs[20] / diffs[pm.n_edges])
+    probs = measure_answer_diff(pm, loader, outs, "probs")
+    assert all(-1 <= v <= 1 for _, v in probs)
+
+
+def test_dataset_mean_ablation_is_the_mean_source_output(pm):
+    loader = random_loader(seed=6)
+    mean = src_ablations(pm, loader, AblationType.TOKENWISE_MEAN_CLEAN_AND_CORRUPT)
+    outs = [pm.src_outs(t) for b in loader for t in (b.clean, b.corrupt)]
+    torch.testing.assert_close(mean, torch.cat(outs, dim=1).mean(dim=1, keepdim=True))
+
+
+def test_run_circuits_on_a_bridge_with_token_positions():
+    pm = patchable_model(random_bridge("gpt2", d_vocab=VOCAB, dtype=torch.float64), seq_len=5)
+    loader = random_loader(seed=7, seq_len_edges=True)
+    scores = random_scores(pm, 4)
+    outs = run_circuits(pm, loader, [0, 15, pm.n_edges], scores, progress=False)
+    top = circuit_edges(pm, scores, 15)
+    assert {e.seq_idx for e in top} - {None} and len(top) == 15
+    for b in loader:
+        torch.testing.assert_close(outs[pm.n_edges][b.key], pm(b.clean)[pm.out_slice], atol=1e-10, rtol=0)
+        masks = pm.masks_from_edges(set(pm.edges) - set(top))
+        want = reference_patched_logits(pm, b.clean, masks, pm.src_outs(b.corrupt))
+        torch.testing.assert_close(outs[15][b.key], want[pm.out_slice], atol=1e-10, rtol=0)
+
+
+def test_scores_of_the_wrong_shape_are_rejected(pm):
+    loader = random_loader()
+    scores = random_scores(pm)
+    scores["blocks.0.hook_mlp_in"] = torch.zeros(2)
+    with pytest.raises(ValueError, match="were the scores made for another model"):
+        run_circuits(pm, loader, [1], scores)
