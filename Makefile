@@ -19,7 +19,7 @@ demo: install
 	$(BIN)/python examples/demo.py
 
 test: install
-	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider
 
 test-all: install

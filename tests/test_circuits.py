@@ -170,3 +170,16 @@ def test_scores_of_the_wrong_shape_are_rejected(pm):
     scores["blocks.0.hook_mlp_in"] = torch.zeros(2)
     with pytest.raises(ValueError, match="were the scores made for another model"):
         run_circuits(pm, loader, [1], scores)
+
+
+def test_stacked_circuits_in_one_pass_equal_one_pass_each(pm):
+    loader = random_loader(seed=8)
+    scores = random_scores(pm, 5)
+    sizes = [0, 3, 17, 60, pm.n_edges]
+    one = run_circuits(pm, loader, sizes, scores, progress=False, circuits_per_pass=1)
+    for per_pass in (2, 5):
+        many = run_circuits(pm, loader, sizes, scores, progress=False, circuits_per_pass=per_pass)
+        assert sorted(many) == sorted(one)
+        for size in one:
+            for key in one[size]:
+                torch.testing.assert_close(many[size][key], one[size][key], atol=1e-10, rtol=0)

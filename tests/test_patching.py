@@ -190,3 +190,24 @@ def test_bad_mask_shapes_and_patch_sizes_are_reported():
         pm.run_patched(torch.zeros(1, 3, dtype=torch.long), masks, pm.src_outs(torch.zeros(1, 3, dtype=torch.long)))
     with pytest.raises(ValueError, match="sources"):
         pm.run_patched(torch.zeros(1, 3, dtype=torch.long), pm.new_masks(), torch.zeros(2, 1, 3, 16))
+
+
+def test_stacked_masks_patch_each_copy_of_the_batch_by_its_own_circuit():
+    pm = patchable_model(MODEL_KINDS["hooked-gqa"](), seq_len=5)
+    gen = torch.Generator().manual_seed(6)
+    clean, corrupt = tokens(gen), tokens(gen)
+    patch = pm.src_outs(corrupt)
+    circuits = [random_binary_masks(pm, gen) for _ in range(3)]
+    stacked = {n: torch.stack([c[n] for c in circuits]).requires_grad_(True) for n in circuits[0]}
+    out = pm.run_patched(clean.repeat(3, 1), stacked, patch).view(3, *clean.shape, VOCAB)
+    w = torch.randn(VOCAB, dtype=torch.float64, generator=gen)
+    (out * w).sum().backward()
+    for i, masks in enumerate(circuits):
+        masks = {n: m.double().requires_grad_(True) for n, m in masks.items()}
+        want = reference_patched_logits(pm, clean, masks, patch)
+        torch.testing.assert_close(out[i], want, atol=1e-8, rtol=0)
+        (want * w).sum().backward()
+        for n in masks:
+            torch.testing.assert_close(stacked[n].grad[i].double(), masks[n].grad, atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="repeat"):
+        pm.run_patched(clean, {n: m[:2].detach() for n, m in stacked.items()}, patch)

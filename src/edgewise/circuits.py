@@ -168,6 +168,7 @@ def run_circuits(
     ablation_type: AblationType = AblationType.RESAMPLE,
     reverse_clean_corrupt: bool = False,
     progress: bool = True,
+    circuits_per_pass: int | None = None,
 ) -> CircuitOutputs:
     """The model's output (at ``model.out_slice``) on every batch with only the circuit
     of each size intact.
@@ -195,17 +196,26 @@ def run_circuits(
         patches = batch_src_ablations(
             model, dataloader, AblationType.RESAMPLE, "corrupt" if reverse_clean_corrupt else "clean"
         )
+    sizes = list(thresholds.items())
+    per_pass = circuits_per_pass or (1 if model.device.type == "cpu" else min(len(sizes), 16))
+    in_value = 0.0 if patch_type == PatchType.TREE_PATCH else 1.0
+    clean_input = (patch_type == PatchType.TREE_PATCH) != reverse_clean_corrupt
     outputs: CircuitOutputs = {size: {} for size in thresholds}
-    bar = tqdm(total=len(thresholds) * len(dataloader), desc="circuits", disable=not progress)
+    bar = tqdm(total=len(sizes) * len(dataloader), desc="circuits", disable=not progress)
     with torch.inference_mode():
         for batch in dataloader:
-            clean_input = (patch_type == PatchType.TREE_PATCH) != reverse_clean_corrupt
             tokens = batch.clean if clean_input else batch.corrupt
-            for size, threshold in thresholds.items():
-                in_value = 0.0 if patch_type == PatchType.TREE_PATCH else 1.0
-                masks = circuit_masks(model, prune_scores, threshold, in_value)
-                logits = model.run_patched(tokens, masks, patches[batch.key])
-                outputs[size][batch.key] = logits[model.out_slice]
-                bar.update()
+            for i in range(0, len(sizes), per_pass):
+                chunk = sizes[i : i + per_pass]
+                masks = [circuit_masks(model, prune_scores, t, in_value) for _, t in chunk]
+                if len(chunk) == 1:
+                    logits = model.run_patched(tokens, masks[0], patches[batch.key])[None]
+                else:  # several circuits in one pass: copy c of the batch runs circuit c
+                    stacked = {n: torch.stack([m[n] for m in masks]) for n in masks[0]}
+                    logits = model.run_patched(tokens.repeat(len(chunk), 1), stacked, patches[batch.key])
+                    logits = logits.view(len(chunk), tokens.shape[0], *logits.shape[1:])
+                for (size, _), out in zip(chunk, logits):
+                    outputs[size][batch.key] = out[model.out_slice]
+                bar.update(len(chunk))
     bar.close()
     return outputs

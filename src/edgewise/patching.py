@@ -42,6 +42,10 @@ class _Run:
 class _PatchAdd(torch.autograd.Function):
     """``x + einsum(mask, delta[lo:hi])`` with hand-written gradients.
 
+    Masks carry a leading "copies" dim ``c``: the batch holds ``c`` copies of the
+    prompts, copy ``i`` patched by ``mask[i]`` (so many circuits run in one pass).
+    ``x`` is ``[c*b, p, (h,) d]``, ``delta`` ``[n, c*b, p, d]``.
+
     The gradient of an edge's mask is ``sum_{batch, pos} grad_input_d . delta_s``
     (exactly edge attribution patching at ``mask = 0``). The gradient flowing to the
     current output of source ``s`` is ``-mask[d, s] * grad_input_d``.
@@ -51,32 +55,36 @@ class _PatchAdd(torch.autograd.Function):
     def forward(ctx, x, mask, delta, eq, groups, *current):  # type: ignore[override]
         ctx.eq, ctx.groups = eq, groups
         ctx.save_for_backward(mask)
-        ctx.delta = delta  # a view of the run's buffer: its rows [lo, hi) never change again
+        # a view of the run's buffer: its rows [lo, hi) never change again in this pass
+        ctx.delta = delta.view(delta.shape[0], mask.shape[0], -1, *delta.shape[2:])
         if not bool(mask.any()):
             ctx.zero = True
             return x.clone()
         ctx.zero = False
-        return x + torch.einsum(eq, mask.to(x.dtype), delta)
+        return x + torch.einsum(eq, mask.to(x.dtype), ctx.delta).reshape(x.shape)
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
         (mask,) = ctx.saved_tensors
         lhs, rhs = ctx.eq.split("->")
         m_sub, d_sub = lhs.split(",")
+        copies = mask.shape[0]
+        gv = g.view(copies, -1, *g.shape[1:])
         grad_mask = None
         if ctx.needs_input_grad[1]:
             acc = torch.promote_types(g.dtype, torch.float32)  # never below float32
-            grad_mask = torch.einsum(f"{rhs},{d_sub}->{m_sub}", g.to(acc), ctx.delta.to(acc))
+            grad_mask = torch.einsum(f"{rhs},{d_sub}->{m_sub}", gv.to(acc), ctx.delta.to(acc))
         grads_current: list[torch.Tensor | None] = [None] * len(ctx.groups)
         if not ctx.zero:
             m = mask.to(g.dtype)
             for i, (start, count, heads) in enumerate(ctx.groups):
                 if not ctx.needs_input_grad[5 + i]:
                     continue
-                # -sum over the destination's heads of mask * grad, shaped like the source.
-                grad = -torch.einsum(f"{m_sub},{rhs}->{d_sub}", m[..., start : start + count], g)
-                # grad: [n, b, p, d] -> source layout [b, p, d] or [b, p, heads, d]
-                grads_current[i] = grad.permute(1, 2, 0, 3) if heads else grad[0]
+                # -sum over the destination's heads of mask * grad, shaped like the source:
+                # [n, c, b, p, d] -> [c*b, p, n, d] (heads) or [c*b, p, d]
+                grad = -torch.einsum(f"{m_sub},{rhs}->{d_sub}", m[..., start : start + count], gv)
+                grad = grad.permute(1, 2, 3, 0, 4) if heads else grad[0]
+                grads_current[i] = grad.reshape(g.shape[0], *grad.shape[2:])
         return (g, grad_mask, None, None, None, *grads_current)
 
 
@@ -199,14 +207,22 @@ class PatchableModel(nn.Module):
         """Within this context every forward pass patches edges by ``masks`` with
         ``patch_src_outs`` (``[n_srcs, batch | 1, seq | 1, d_model]``).
 
+        Masks may carry a leading dim of ``c`` circuits (``[c, *mask_shape]``): the input
+        must then be the prompts repeated ``c`` times (``tokens.repeat(c, 1)``), and copy
+        ``i`` of the batch is patched by circuit ``i``.
+
         The hooks are removed on exit, also after an exception."""
         missing = set(self.dest_modules) - set(masks)
         if missing:
             raise ValueError(f"masks lack destination modules: {sorted(missing)[:4]}")
+        first = next(iter(self.dest_modules.values()))
+        stacked = masks[first.module_name].ndim == len(first.mask_shape) + 1
+        copies = masks[first.module_name].shape[0] if stacked else 1
         for name, m in self.dest_modules.items():
-            if tuple(masks[name].shape) != m.mask_shape:
+            want = ((copies,) if stacked else ()) + m.mask_shape
+            if tuple(masks[name].shape) != want:
                 raise ValueError(
-                    f"mask for {name} has shape {tuple(masks[name].shape)}, expected {m.mask_shape}"
+                    f"mask for {name} has shape {tuple(masks[name].shape)}, expected {want}"
                 )
         if patch_src_outs.shape[0] != len(self.srcs):
             raise ValueError(
@@ -221,16 +237,20 @@ class PatchableModel(nn.Module):
             def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
                 if mod.module_name == first_src:  # a new forward pass starts
                     b, s, d = out.shape[0], out.shape[1], out.shape[-1]
+                    if b % copies:
+                        raise ValueError(
+                            f"masks stack {copies} circuits, so the batch ({b} prompts) must "
+                            f"hold {copies} copies of the prompts: use tokens.repeat({copies}, 1)"
+                        )
                     run.delta = torch.empty(len(self.srcs), b, s, d, dtype=out.dtype, device=out.device)
                     run.current = {}
                 assert run.delta is not None
                 with torch.no_grad():
-                    if mod.n_heads is None:
-                        run.delta[mod.src_lo].copy_(patch_src_outs[mod.src_lo] - out)
-                    else:
-                        hi = mod.src_lo + mod.n_heads
-                        heads_first = out.permute(2, 0, 1, 3)
-                        run.delta[mod.src_lo : hi].copy_(patch_src_outs[mod.src_lo : hi] - heads_first)
+                    hi = mod.src_lo + (mod.n_heads or 1)
+                    outs = out.permute(2, 0, 1, 3) if mod.n_heads else out[None]  # [n, c*b, s, d]
+                    outs = outs.reshape(outs.shape[0], copies, -1, *outs.shape[2:])
+                    delta = run.delta[mod.src_lo : hi]
+                    delta.view(outs.shape).copy_(patch_src_outs[mod.src_lo : hi, None] - outs)
                 if torch.is_grad_enabled() and out.requires_grad:
                     run.current[mod.src_lo] = out
 
@@ -238,10 +258,9 @@ class PatchableModel(nn.Module):
 
         def dest_hook(mod: DestModule, mask: torch.Tensor):
             pos = "" if self.seq_len is None else "p"
-            if mod.n_heads is None:
-                eq = f"{pos}n,nbpd->bpd"
-            else:
-                eq = f"{pos}hn,nbpd->bphd"
+            head = "" if mod.n_heads is None else "h"
+            eq = f"c{pos}{head}n,ncbpd->cbp{head}d"
+            mask = mask if stacked else mask[None]
             # the source modules this destination reads, as (offset in mask, count, heads?)
             groups = [
                 (s.src_lo - mod.src_lo, s.n_heads or 1, s.n_heads is not None)
