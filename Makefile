@@ -12,7 +12,7 @@ $(BIN)/.installed: pyproject.toml constraints-test.txt
 	$(BIN)/pip install --quiet -c constraints-test.txt -e ".[dev]"
 	touch $@
 
-.PHONY: install demo test lint bench
+.PHONY: install demo test test-all bench smoke-tl4
 install: $(BIN)/.installed
 
 demo: install
@@ -27,3 +27,12 @@ test-all: install
 
 bench: install
 	$(BIN)/python bench/bench_patch.py
+
+# Smoke run of the TransformerBridge path on TransformerLens 4.x (no HookedTransformer there).
+VENV4 := .venv-tl4
+smoke-tl4:
+	test -x $(VENV4)/bin/python || $(PY) -m venv $(VENV4)
+	$(VENV4)/bin/pip install --quiet torch==2.13.0
+	$(VENV4)/bin/pip install --quiet "transformer-lens>=4,<5" -e ".[dev]"
+	$(VENV4)/bin/python -m pytest -q -p no:cacheprovider -k "bridge or gpt2_small" \
+		tests/test_patching.py tests/test_mask_gradient.py tests/test_circuits.py

@@ -6,7 +6,6 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from transformer_lens import HookedTransformerConfig
 
 from edgewise import GraphSpec, build_graph, patchable_model
 from edgewise.models import random_bridge, random_hooked_transformer
@@ -27,7 +26,11 @@ def tokens(gen, batch=3, seq=5):
 
 
 def test_gpt2_small_graph_from_config_alone():
-    cfg = HookedTransformerConfig(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072,
+    try:
+        from transformer_lens import HookedTransformerConfig as Config
+    except ImportError:  # TransformerLens 4.x
+        from transformer_lens.config import TransformerBridgeConfig as Config
+    cfg = Config(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072,
                                   n_ctx=1024, d_vocab=50257, act_fn="gelu_new")
     g = build_graph(GraphSpec.from_config(cfg))
     assert (len(g.srcs), len(g.dests), g.n_edges) == (157, 445, 32491)
