@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 $(BIN)/.installed: pyproject.toml constraints-test.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints-test.txt -e ".[dev]"
+	$(BIN)/pip install --quiet -c constraints-test.txt -e ".[dev,tracr]"
 	touch $@
 
 .PHONY: install demo test test-all bench smoke-tl4

@@ -167,3 +167,18 @@ def test_exclusive_parameters_are_checked():
                                    integrated_grad_samples=5)
     with pytest.raises(ValueError, match="grad_function"):
         mask_gradient_prune_scores(pm, loader, None, "nope", "avg_diff", mask_val=0.0)
+
+
+def test_low_precision_model_accumulates_scores_in_float32():
+    loader = random_loader(seed=6)
+    scores = {}
+    for dtype in (torch.float64, torch.bfloat16):
+        model = random_hooked_transformer(n_layers=2, d_vocab=VOCAB, dtype=torch.float64, seed=3)
+        pm = patchable_model(model.to(dtype))
+        scores[dtype] = mask_gradient_prune_scores(pm, loader, None, "logit", "avg_diff",
+                                                   mask_val=0.0, progress=False)
+    assert all(v.dtype == torch.float32 for v in scores[torch.bfloat16].values())
+    lo = torch.cat([v.flatten() for v in scores[torch.bfloat16].values()]).double()
+    hi = torch.cat([v.flatten() for v in scores[torch.float64].values()])
+    assert torch.corrcoef(torch.stack([lo, hi]))[0, 1] > 0.99
+    assert (lo - hi).abs().max() < 0.05 * hi.abs().max()
