@@ -32,6 +32,13 @@ from edgewise.metrics.answers import (
     measure_kl_div,
     measure_logit_diff_percent,
 )
+from edgewise.metrics.faithfulness import (
+    Roc,
+    area_under_curve,
+    cpr_cmd,
+    faithfulness_curve,
+    measure_roc,
+)
 from edgewise.patching import PatchableModel, patchable_model
 from edgewise.prune_algos import (
     edge_attribution_patching_prune_scores,
@@ -60,5 +67,6 @@ __all__ = [
     "load_dataset_json", "load_datasets_from_json", "mask_gradient_prune_scores",
     "measure_answer_diff", "measure_answer_val", "measure_correct_ans_percent",
     "measure_kl_div", "measure_logit_diff_percent", "patchable_model", "run_circuits",
-    "save_dataset_json", "src_ablations",
+    "save_dataset_json", "src_ablations", "Roc", "area_under_curve", "cpr_cmd",
+    "faithfulness_curve", "measure_roc",
 ]
