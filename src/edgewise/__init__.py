@@ -23,6 +23,7 @@ from edgewise.data import (
     save_dataset_json,
 )
 from edgewise.graph import Graph, GraphSpec, build_graph
+from edgewise.io import load_mib_json, load_prune_scores, save_mib_json, save_prune_scores
 from edgewise.metrics.answers import (
     batch_answer_diffs,
     batch_answer_vals,
@@ -68,5 +69,6 @@ __all__ = [
     "measure_answer_diff", "measure_answer_val", "measure_correct_ans_percent",
     "measure_kl_div", "measure_logit_diff_percent", "patchable_model", "run_circuits",
     "save_dataset_json", "src_ablations", "Roc", "area_under_curve", "cpr_cmd",
-    "faithfulness_curve", "measure_roc",
+    "faithfulness_curve", "measure_roc", "load_mib_json", "load_prune_scores", "save_mib_json",
+    "save_prune_scores",
 ]
