@@ -183,3 +183,21 @@ def test_stacked_circuits_in_one_pass_equal_one_pass_each(pm):
         for size in one:
             for key in one[size]:
                 torch.testing.assert_close(many[size][key], one[size][key], atol=1e-10, rtol=0)
+
+
+def test_per_position_answers_correct_percent_and_mse():
+    from edgewise import PromptDataLoader, PromptDataset, measure_mse
+
+    clean = torch.tensor([[0, 1, 2], [0, 2, 1]])
+    answers = [torch.tensor([[1], [2]]), torch.tensor([[2], [0]])]  # per output position
+    loader = PromptDataLoader(PromptDataset(clean, clean, answers, answers), batch_size=2)
+    (batch,) = list(loader)
+    out = torch.zeros(2, 2, 3)
+    out[0, 0, 1] = out[0, 1, 2] = out[1, 0, 2] = 1.0  # 3 of 4 positions right
+    out[1, 1, 1] = 1.0
+    assert measure_correct_ans_percent(None, loader, {5: {batch.key: out}}) == [(5, 75.0)]
+    reals = [torch.tensor([[0.5], [1.0]]), torch.tensor([[0.0], [2.0]])]
+    loader = PromptDataLoader(PromptDataset(clean, clean, reals, reals), batch_size=2)
+    (batch,) = list(loader)
+    pred = torch.tensor([[[0.5], [0.0]], [[1.0], [2.0]]])
+    assert measure_mse(None, loader, {3: {batch.key: pred}}) == [(3, pytest.approx((1.0 + 1.0) / 4))]

@@ -32,6 +32,7 @@ from edgewise.metrics.answers import (
     measure_correct_ans_percent,
     measure_kl_div,
     measure_logit_diff_percent,
+    measure_mse,
 )
 from edgewise.metrics.faithfulness import (
     Roc,
@@ -70,5 +71,5 @@ __all__ = [
     "measure_kl_div", "measure_logit_diff_percent", "patchable_model", "run_circuits",
     "save_dataset_json", "src_ablations", "Roc", "area_under_curve", "cpr_cmd",
     "faithfulness_curve", "measure_roc", "load_mib_json", "load_prune_scores", "save_mib_json",
-    "save_prune_scores",
+    "save_prune_scores", "measure_mse",
 ]

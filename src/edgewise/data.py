@@ -271,6 +271,27 @@ def _as_tokens(value: Any, what: str, device: torch.device | str | None = None) 
     return tokens if device is None else tokens.to(device)
 
 
+def _as_answers(value: Any, what: str, device: torch.device | str | None = None) -> Tensor:
+    """Answers: token ids ``[n]`` (int64), per-position ids ``[seq, n]``, or real values
+    (float, for ``answer_function="mse"``) of any shape."""
+    if isinstance(value, Tensor):
+        tokens = value.detach()
+        if tokens.dtype == torch.bool or tokens.is_complex():
+            raise TypeError(f"{what}: answers must be token ids or real numbers, got {tokens.dtype}")
+        if not tokens.is_floating_point():
+            tokens = tokens.to(torch.int64)
+    else:
+        try:
+            tokens = torch.tensor(value, dtype=torch.int64 if value == [] else None)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{what}: expected token ids or numbers, got {value!r} ({e})") from None
+        if tokens.dtype == torch.bool or not (tokens.is_floating_point() or tokens.dtype == torch.int64):
+            raise TypeError(f"{what}: expected token ids or numbers, got {value!r}")
+        tokens = tokens.float() if tokens.is_floating_point() else tokens
+    tokens = tokens.reshape(1) if tokens.dim() == 0 else tokens
+    return tokens if device is None else tokens.to(device)
+
+
 def _check_vocab(tokens: Tensor, vocab_size: int | None, what: str) -> None:
     if tokens.numel() == 0:
         return
@@ -363,7 +384,12 @@ class PromptDataset(Dataset[PromptPair]):
 
         device = columns["clean"][0].device if isinstance(columns["clean"][0], Tensor) else None
         tensors: dict[str, list[Tensor]] = {
-            name: [_as_tokens(v, f"prompt {i}: {name}", device) for i, v in enumerate(col)]
+            name: [
+                (_as_answers if name.endswith("answers") else _as_tokens)(
+                    v, f"prompt {i}: {name}", device
+                )
+                for i, v in enumerate(col)
+            ]
             for name, col in columns.items()
         }
         for i in range(n):
@@ -378,7 +404,8 @@ class PromptDataset(Dataset[PromptPair]):
             if c.shape[0] == 0:
                 raise ValueError(f"prompt {i}: the prompts are empty")
             for name in _PROMPT_FIELDS:
-                _check_vocab(tensors[name][i], vocab_size, f"prompt {i}: {name}")
+                if not tensors[name][i].is_floating_point():  # real-valued answers: no ids
+                    _check_vocab(tensors[name][i], vocab_size, f"prompt {i}: {name}")
 
         self.lengths: Tensor = torch.tensor([int(c.shape[0]) for c in tensors["clean"]])
         self.pad_id: int | None = pad_id
@@ -565,6 +592,15 @@ def _answer_ids(
     value: Any, tokenizer: Any, prompt_idx: int, field: str, vocab_size: int | None
 ) -> Tensor:
     items = value if isinstance(value, list) else [value]
+    if items and all(isinstance(x, list) for x in items):  # one list of answers per position
+        rows = [_answer_ids(x, tokenizer, prompt_idx, field, vocab_size) for x in items]
+        if len({r.shape for r in rows}) != 1:
+            raise ValueError(f"prompt {prompt_idx}: {field} per position must all have one length")
+        return torch.stack(rows)
+    if items and all(isinstance(x, int | float) and not isinstance(x, bool) for x in items) and any(
+        isinstance(x, float) for x in items
+    ):  # real-valued answers (answer_function="mse")
+        return torch.tensor(items, dtype=torch.float32)
     ids: list[int] = []
     for j, item in enumerate(items):
         where = f"prompt {prompt_idx}: {field}[{j}]"
@@ -781,8 +817,8 @@ def _pairs_to_json_dict(
         {
             "clean": p.clean.tolist(),
             "corrupt": p.corrupt.tolist(),
-            "answers": p.answers.reshape(-1).tolist(),
-            "wrong_answers": p.wrong_answers.reshape(-1).tolist(),
+            "answers": p.answers.tolist(),
+            "wrong_answers": p.wrong_answers.tolist(),
         }
         for p in pairs
     ]

@@ -96,18 +96,28 @@ def measure_answer_val(
     )
 
 
+def _rows(out: torch.Tensor, idx: torch.Tensor | list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(values ``[vocab]``, ids) per prompt, or per prompt and position when the answers
+    are given per position (``[batch, seq, n]`` for an output ``[batch, seq, vocab]``)."""
+    if isinstance(idx, torch.Tensor) and idx.ndim == out.ndim == 3:
+        return [(out[i, p], idx[i, p]) for i in range(out.shape[0]) for p in range(out.shape[1])]
+    out = last_position(out)
+    return [(out[i], idx[i]) for i in range(out.shape[0])]
+
+
 def correct_answers(logits: torch.Tensor, batch: PromptPairBatch) -> torch.Tensor:
-    """Per prompt: 1 if the lowest-scoring answer beats the highest wrong answer."""
-    logits = last_position(logits)
-
-    def pick(idx, reduce):
-        if isinstance(idx, torch.Tensor):
-            return reduce(logits.gather(-1, idx.to(logits.device)), dim=-1)
-        return torch.stack([reduce(logits[i, a.to(logits.device)], dim=-1) for i, a in enumerate(idx)])
-
-    worst = pick(batch.answers, lambda x, dim: x.min(dim=dim).values)
-    best_wrong = pick(batch.wrong_answers, lambda x, dim: x.max(dim=dim).values)
-    return (worst > best_wrong).float()
+    """1 per prompt (and position, for per-position answers) where every answer beats
+    every wrong answer that is not itself an answer; with no such wrong answer, where
+    the top token is an answer. Returns a flat float tensor."""
+    results = []
+    for (vals, ans), (_, wrong) in zip(_rows(logits, batch.answers), _rows(logits, batch.wrong_answers)):
+        ans, wrong = ans.to(vals.device), wrong.to(vals.device)
+        wrong = wrong[~torch.isin(wrong, ans)]
+        if wrong.numel():
+            results.append(float(vals[ans].min() > vals[wrong].max()))
+        else:
+            results.append(float(bool(torch.isin(vals.argmax(), ans))))
+    return torch.tensor(results)
 
 
 def measure_correct_ans_percent(
@@ -115,6 +125,15 @@ def measure_correct_ans_percent(
 ) -> Measurements:
     """Percentage of prompts whose answers all beat every wrong answer, per size."""
     return [(s, 100 * v) for s, v in _per_size(dataloader, circuit_outs, correct_answers)]
+
+
+def measure_mse(
+    model: PatchableModel, dataloader: PromptDataLoader, circuit_outs: CircuitOutputs
+) -> Measurements:
+    """Mean squared error between outputs and real-valued answers (same shape), per size."""
+    return _per_size(
+        dataloader, circuit_outs, lambda out, b: (out.double() - b.answers.to(out.device).double()) ** 2
+    )
 
 
 def full_model_outputs(

@@ -1,0 +1,7 @@
+"""Official (hand-identified) circuits of known tasks, as sets of edges.
+
+Modules:
+    tracr: the tracr ``reverse`` and ``xproportion`` circuits
+        (:func:`edgewise.circuits_official.tracr.tracr_reverse_official_edges`,
+        :func:`edgewise.circuits_official.tracr.tracr_xproportion_official_edges`).
+"""
