@@ -75,14 +75,14 @@ def test_integrated_gradients_completeness():
 
     ends = (total(mask_val=0.0) + total(mask_val=1.0)) / 2
     mean_errors, trapezoid_errors = [], []
-    for n in (4, 16, 64):
+    for n in (4, 8, 32):
         s = total(integrated_grad_samples=n)
         mean_errors.append(abs(s / (n + 1) - delta))
         trapezoid_errors.append(abs((s - ends) / n - delta))
     assert mean_errors[0] > mean_errors[1] > mean_errors[2]
     assert mean_errors[2] < 0.25 * mean_errors[0]
     assert trapezoid_errors[2] < 0.01 * abs(delta)
-    assert trapezoid_errors[2] < 0.1 * trapezoid_errors[1]  # 1/N^2: 16x fewer steps, ~16x error
+    assert trapezoid_errors[2] < 0.15 * trapezoid_errors[1]  # 1/N^2: 4x the steps, ~16x less error
 
 
 def test_layer_mode_integrated_gradients_moves_one_layer_at_a_time():
