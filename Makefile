@@ -16,7 +16,7 @@ $(BIN)/.installed: pyproject.toml constraints-test.txt
 install: $(BIN)/.installed
 
 demo: install
-	$(BIN)/python examples/demo.py
+	$(BIN)/edgewise demo --out runs/demo
 
 test: install
 	$(BIN)/ruff check .

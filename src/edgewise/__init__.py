@@ -43,6 +43,8 @@ from edgewise.metrics.faithfulness import (
 )
 from edgewise.patching import PatchableModel, patchable_model
 from edgewise.prune_algos import (
+    ALGORITHMS,
+    acdc_prune_scores,
     edge_attribution_patching_prune_scores,
     mask_gradient_prune_scores,
 )
@@ -71,5 +73,5 @@ __all__ = [
     "measure_kl_div", "measure_logit_diff_percent", "patchable_model", "run_circuits",
     "save_dataset_json", "src_ablations", "Roc", "area_under_curve", "cpr_cmd",
     "faithfulness_curve", "measure_roc", "load_mib_json", "load_prune_scores", "save_mib_json",
-    "save_prune_scores", "measure_mse",
+    "save_prune_scores", "measure_mse", "ALGORITHMS", "acdc_prune_scores",
 ]

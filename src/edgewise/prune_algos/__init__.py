@@ -1,6 +1,61 @@
-"""Edge-scoring algorithms."""
+"""Edge-scoring algorithms, and one registry of them (used by the command line)."""
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgewise.prune_algos.acdc import acdc_prune_scores
 from edgewise.prune_algos.eap import edge_attribution_patching_prune_scores
 from edgewise.prune_algos.mask_gradient import mask_gradient_prune_scores
 
-__all__ = ["edge_attribution_patching_prune_scores", "mask_gradient_prune_scores"]
+
+@dataclass(frozen=True)
+class Algorithm:
+    """A scoring function ``(model, dataloader, official_edges, **params) -> PruneScores``
+    with its default parameters."""
+
+    name: str
+    function: Callable[..., Any]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def __call__(self, model: Any, dataloader: Any, official_edges: Any = None, **params: Any) -> Any:
+        return self.function(model, dataloader, official_edges, **{**self.defaults, **params})
+
+
+ALGORITHMS: dict[str, Algorithm] = {
+    "eap": Algorithm(
+        "eap", mask_gradient_prune_scores,
+        {"grad_function": "logit", "answer_function": "avg_diff", "mask_val": 0.0},
+        "edge attribution patching: one forward and one backward pass (Syed et al. 2023)",
+    ),
+    "ig": Algorithm(
+        "ig", mask_gradient_prune_scores,
+        {"grad_function": "logit", "answer_function": "avg_diff", "integrated_grad_samples": 10},
+        "integrated gradients over all masks from clean (0) to ablated (1)",
+    ),
+    "ig-layer": Algorithm(
+        "ig-layer", mask_gradient_prune_scores,
+        {"grad_function": "logit", "answer_function": "avg_diff", "integrated_grad_samples": 10,
+         "integrated_grad_mode": "layer"},
+        "integrated gradients, one destination layer's masks at a time",
+    ),
+    "acdc": Algorithm(
+        "acdc", acdc_prune_scores, {"tao_exps": [-5, -4, -3, -2], "tao_bases": [1, 3, 5, 7, 9]},
+        "ACDC (Conmy et al. 2023): greedy pruning per threshold, exact fast search",
+    ),
+    "eap-reference": Algorithm(
+        "eap-reference", edge_attribution_patching_prune_scores, {},
+        "edge attribution patching with plain hooks (slow reference)",
+    ),
+}
+
+__all__ = [
+    "ALGORITHMS",
+    "Algorithm",
+    "acdc_prune_scores",
+    "edge_attribution_patching_prune_scores",
+    "mask_gradient_prune_scores",
+]

@@ -1,0 +1,805 @@
+"""ACDC (Conmy et al. 2023, "Towards Automated Circuit Discovery for Mechanistic
+Interpretability") as prune scores: the score of an edge is the smallest threshold
+``tau`` at which ACDC removed it.
+
+The search is sequential, but almost all of its cost can be shared or skipped without
+changing a single decision:
+
+- **Reuse upstream.** Edges are visited from the output back to the input, so while the
+  input edges of a destination in block ``b`` are tested, every destination in blocks
+  ``< b`` still has all its masks at 0: everything before block ``b`` is the clean
+  model. Its residual stream and source outputs are computed once, and each test runs
+  only blocks ``b ..`` (``HookedTransformer``'s ``start_at_layer``), and the unembedding
+  only at the output positions. Head results come from ``hook_z`` (``z_h @ W_O[h]``)
+  rather than TransformerLens' ``use_attn_result``, which materialises a
+  ``[batch, pos, heads, d_head, d_model]`` intermediate. A check against the full model
+  at setup falls back to full forward passes if any of this does not reproduce it.
+  ``TransformerBridge`` cannot start mid-model (TransformerLens 3.9 raises
+  ``NotImplementedError`` for ``start_at_layer``), so bridges run full forward passes.
+- **Speculation.** The next ``k`` candidate edges of the current destination are tested
+  in one forward pass over ``k`` stacked copies of the batch, copy ``j`` with candidates
+  ``0 .. j`` ablated (it assumes the ones before it were removed). Results are accepted
+  in order; after the first kept edge the rest are recomputed.
+- **Sharing across taus.** All thresholds start in one group. A group holds the taus
+  whose searches made identical decisions so far and shares one state; it splits when a
+  loss increase falls between its taus (the taus above it remove the edge, the others
+  keep it), so each distinct search state is evaluated once.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from edgewise.data import PromptDataLoader, PromptPairBatch
+from edgewise.patching import PatchableModel
+from edgewise.types import AblationType, CircuitOutputs, DestNode, Edge, PatchType, PruneScores
+
+FaithfulnessTarget = Literal["kl_div", "mse"]
+Method = Literal["fast", "plain"]
+
+_CHECKPOINT_VERSION = 1
+
+
+# ---------------------------------------------------------------------------- order & loss
+def acdc_visit_order(model: PatchableModel) -> list[tuple[DestNode, list[Edge]]]:
+    """The order in which ACDC tests edges: a list of (destination, its input edges).
+
+    Destinations in reverse topological order (``reversed(model.dests)``: ``Resid End``,
+    then per block from the last to the first: ``MLP b``, the value inputs of the heads
+    from the last head to the first, then the key inputs, then the query inputs; with
+    ``separate_qkv=False`` one input per head). Within one destination the edges go by
+    token position from the last to the first (only with ``seq_len``), and within one
+    position by source from the last to the first (descending ``src_idx``: later blocks'
+    MLP and heads first, ``Resid Start`` last).
+    """
+    by_dest: dict[int, list[Edge]] = {}
+    for e in model.edges:
+        by_dest.setdefault(e.dest.dest_idx, []).append(e)
+    order = []
+    for d in reversed(model.dests):
+        edges = sorted(
+            by_dest.get(d.dest_idx, []),
+            key=lambda e: (-(e.seq_idx if e.seq_idx is not None else 0), -e.src.src_idx),
+        )
+        order.append((d, edges))
+    return order
+
+
+def faithfulness_loss(
+    circuit_out: torch.Tensor, full_out: torch.Tensor, target: FaithfulnessTarget
+) -> torch.Tensor:
+    """Loss of circuit outputs ``[k, batch, (pos,) vocab]`` against the full model's
+    ``[batch, (pos,) vocab]``, one float64 value per copy ``k``.
+
+    ``kl_div``: KL(full || circuit) of the softmax distributions, mean over batch and
+    output positions. ``mse``: mean squared error of the outputs (mean over every element).
+    """
+    circ = circuit_out.double()
+    full = full_out.double().unsqueeze(0)
+    if target == "kl_div":
+        full_lp = torch.log_softmax(full, dim=-1)
+        circ_lp = torch.log_softmax(circ, dim=-1)
+        kl = (full_lp.exp() * (full_lp - circ_lp)).sum(dim=-1)
+        return kl.flatten(1).mean(dim=1)
+    if target == "mse":
+        return ((circ - full) ** 2).flatten(1).mean(dim=1)
+    raise ValueError(f"faithfulness_target must be 'kl_div' or 'mse', got {target!r}")
+
+
+# ---------------------------------------------------------------------------- evaluators
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+
+
+def _block_of(hook_name: str) -> int | None:
+    m = _BLOCK.match(hook_name)
+    return int(m.group(1)) if m else None
+
+
+def _model_dtype(model: PatchableModel) -> torch.dtype:
+    return next(model.wrapped_model.parameters()).dtype
+
+
+class _PlainEvaluator:
+    """One full patched forward pass (``model.run_patched``) per circuit: the plain
+    sequential search, for benchmarks and checks."""
+
+    name = "plain"
+
+    def __init__(self, model: PatchableModel, tokens: torch.Tensor, patch: torch.Tensor):
+        self.model, self.tokens, self.patch = model, tokens, patch
+
+    def outputs(
+        self, masks: Mapping[str, torch.Tensor], module: str, cand: torch.Tensor
+    ) -> torch.Tensor:
+        outs = []
+        for j in range(cand.shape[0]):
+            m = dict(masks)
+            m[module] = cand[j]
+            with torch.inference_mode():
+                outs.append(self.model.run_patched(self.tokens, m, self.patch)[self.model.out_slice])
+        return torch.stack(outs)
+
+
+class _FastEvaluator:
+    """Patched forward passes of ``k`` circuits at once (the batch repeated ``k`` times,
+    per-copy masks for the destination under test), starting at the destination's block
+    when the model allows it.
+
+    Masks of every destination module other than ``module`` are shared by all copies.
+    Every destination upstream of ``module``'s block has all-zero masks (the search goes
+    backwards), so the residual stream entering that block and the outputs of every
+    source before it are the clean run's, computed once here.
+    """
+
+    name = "fast"
+
+    def __init__(
+        self,
+        model: PatchableModel,
+        tokens: torch.Tensor,
+        patch: torch.Tensor,
+        full_out: torch.Tensor,
+        partial: bool | None = None,
+    ):
+        self.model = model
+        self.wm = model.wrapped_model
+        self.tokens = tokens
+        self.patch = patch
+        self.B, self.S = tokens.shape
+        self.graph = model.graph
+        self.n_srcs = len(model.srcs)
+        self.d_model = int(model.cfg.d_model)
+        self.n_layers = int(model.cfg.n_layers)
+        self.out_slice = model.out_slice
+        self.dest_block = {m.module_name: _block_of(m.module_name) for m in self.graph.dest_modules}
+        self.src_block = {m.module_name: _block_of(m.module_name) for m in self.graph.src_modules}
+        from transformer_lens import HookedTransformer
+
+        can_partial = (
+            callable(getattr(self.wm, "input_to_embed", None))
+            and hasattr(self.wm, "unembed")
+            and "start_at_layer" in inspect.signature(self.wm.forward).parameters
+            and "stop_at_layer" in inspect.signature(self.wm.forward).parameters
+            and all(b is not None for b in self.dest_block.values())
+            and all(b is not None for b in self.src_block.values())
+            and isinstance(self.wm, HookedTransformer)
+        )
+        self.partial = can_partial if partial is None else (partial and can_partial)
+        # In partial forwards, compute each head's result from hook_z (z_h @ W_O[h]) with
+        # TransformerLens' use_attn_result off: its own per-head result materialises a
+        # [batch, pos, heads, d_head, d_model] intermediate, the largest cost on a CPU.
+        self.z_results = self.partial and all(
+            self.model.adapter.resolve(f"blocks.{b}.attn.hook_z") is not None
+            and isinstance(getattr(self.wm.blocks[b].attn, "W_O", None), torch.Tensor)
+            for b in range(self.n_layers)
+        ) and not getattr(self.wm.cfg, "load_in_4bit", False)
+        # First source whose hook fires in block >= b (sources are in topological order).
+        self.n_fixed: dict[int, int] = {}
+        for b in range(self.n_layers):
+            los = [m.src_lo for m in self.graph.src_modules if (self.src_block[m.module_name] or 0) >= b]
+            self.n_fixed[b] = min(los) if los else self.n_srcs
+        clean_outs, self.resid_pre = self._clean_run()
+        # patch - clean for every source: [n_srcs, B, S, d]
+        self.delta_clean = (patch - clean_outs).contiguous()
+        self.attn_mask: torch.Tensor | None = None
+        self.shortformer: torch.Tensor | None = None
+        if self.partial:
+            with torch.inference_mode():
+                _, _, self.shortformer, self.attn_mask = self.wm.input_to_embed(tokens)
+            if not self._partial_matches(full_out):
+                self.z_results = False
+                if not self._partial_matches(full_out):
+                    self.partial = False
+        self.max_copies = self._max_copies()
+
+    # -- setup
+    def _max_copies(self) -> int:
+        """How many copies of the batch one forward pass may stack: the largest per-copy
+        buffers (the live source differences, the per-head inputs and, when it is used,
+        TransformerLens' ``use_attn_result`` intermediate
+        ``[batch, pos, heads, d_head, d_model]``) stay under
+        ``_STACK_BUDGET_BYTES`` (a constant per device type, so runs repeat exactly)."""
+        cfg = self.model.cfg
+        item = self.patch.element_size()
+        per_token = self.n_srcs * self.d_model
+        if getattr(cfg, "use_attn_result", False) and not self.z_results:
+            per_token += int(cfg.n_heads) * int(cfg.d_head) * self.d_model
+        if getattr(cfg, "use_split_qkv_input", False) or getattr(cfg, "use_attn_in", False):
+            per_token += 6 * int(cfg.n_heads) * self.d_model  # per-head inputs, normalised
+        per_copy = self.B * self.S * per_token * item
+        budget = _STACK_BUDGET_BYTES.get(self.tokens.device.type, _STACK_BUDGET_BYTES["cpu"])
+        return max(1, budget // max(per_copy, 1))
+
+    def _clean_run(self) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        outs: list[torch.Tensor | None] = [None] * self.n_srcs
+        resid: dict[int, torch.Tensor] = {}
+        handles = []
+
+        def src_hook(mod: Any) -> Callable[..., None]:
+            def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
+                if mod.n_heads is None:
+                    outs[mod.src_lo] = out.clone()
+                else:
+                    for h in range(mod.n_heads):
+                        outs[mod.src_lo + h] = out[:, :, h].clone()
+
+            return hook
+
+        def resid_hook(b: int) -> Callable[..., None]:
+            def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
+                resid[b] = out.clone()
+
+            return hook
+
+        try:
+            for mod in self.graph.src_modules:
+                point = self.model.adapter.hook_point(mod.module_name)
+                handles.append(point.register_forward_hook(src_hook(mod)))
+            if self.partial:
+                for b in range(self.n_layers):
+                    point = self.model.adapter.hook_point(f"blocks.{b}.hook_resid_pre")
+                    handles.append(point.register_forward_hook(resid_hook(b)))
+            with torch.inference_mode():
+                self.wm(self.tokens)
+        finally:
+            for h in handles:
+                h.remove()
+        if self.partial and len(resid) != self.n_layers:
+            self.partial = False
+        return torch.stack(outs), resid  # type: ignore[arg-type]
+
+    def _partial_matches(self, full_out: torch.Tensor) -> bool:
+        """Check once that starting mid-model reproduces the full model (zero masks)."""
+        dtype = self.delta_clean.dtype
+        tol = _tolerance(dtype)
+        zero = {n: torch.zeros(m.mask_shape, dtype=dtype, device=self.tokens.device)
+                for n, m in self.model.dest_modules.items()}
+        name = next(iter(self.model.dest_modules))
+        try:
+            for b in sorted({0, self.n_layers - 1}):
+                out = self._run(zero, name, zero[name][None], start=b)[0]
+                scale = 1.0 + float(full_out.abs().max())
+                if out.shape != full_out.shape or not torch.allclose(
+                    out.double(), full_out.double(), rtol=0, atol=tol * scale
+                ):
+                    return False
+        except Exception:  # a TransformerLens version that cannot start mid-model
+            return False
+        return True
+
+    # -- evaluation
+    def outputs(
+        self, masks: Mapping[str, torch.Tensor], module: str, cand: torch.Tensor
+    ) -> torch.Tensor:
+        """Outputs ``[k, B, ...]`` of the circuits given by ``masks`` with ``masks[module]``
+        replaced by ``cand[j]`` for copy ``j``."""
+        start = self.dest_block[module] if self.partial else None
+        return self._run(masks, module, cand, start)
+
+    def _head(self, resid: torch.Tensor) -> torch.Tensor:
+        """``logits[out_slice]`` from the final residual, unembedding only the output
+        positions."""
+        sl = self.out_slice
+        squeeze = False
+        if len(sl) == 2 and sl[0] == slice(None) and isinstance(sl[1], int):
+            j = sl[1] % self.S
+            resid, squeeze = resid[:, j : j + 1], True
+        elif len(sl) == 2 and sl[0] == slice(None) and isinstance(sl[1], slice):
+            resid = resid[:, sl[1]]
+        elif not (len(sl) == 1 and sl[0] == slice(None)):
+            return self._logits(resid)[sl]
+        logits = self._logits(resid)
+        return logits[:, 0] if squeeze else logits
+
+    def _logits(self, resid: torch.Tensor) -> torch.Tensor:
+        cfg = self.wm.cfg
+        if cfg.normalization_type is not None:
+            resid = self.wm.ln_final(resid)
+        logits = self.wm.unembed(resid)
+        cap = getattr(cfg, "output_logits_soft_cap", None)
+        if cap is not None and cap > 0:
+            logits = cap * torch.tanh(logits / cap)
+        return logits
+
+    def _run(
+        self,
+        masks: Mapping[str, torch.Tensor],
+        module: str,
+        cand: torch.Tensor,
+        start: int | None,
+    ) -> torch.Tensor:
+        k, B, S, d = cand.shape[0], self.B, self.S, self.d_model
+        kB = k * B
+        nf = self.n_fixed[start] if start is not None else 0
+        dtype = self.delta_clean.dtype
+        live = torch.empty(self.n_srcs - nf, kB, S, d, dtype=dtype, device=self.tokens.device)
+        patch = self.patch
+        pos = "" if self.model.seq_len is None else "p"
+        handles = []
+        z_results = False
+        attn_result_flag = getattr(self.wm.cfg, "use_attn_result", False)
+
+        def src_hook(mod: Any) -> Callable[..., None]:
+            lo = mod.src_lo - nf
+
+            def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
+                if mod.n_heads is None:
+                    dst = live[lo].unflatten(0, (k, B))
+                    torch.sub(patch[mod.src_lo], out.unflatten(0, (k, B)), out=dst)
+                else:
+                    hi = lo + mod.n_heads
+                    heads_first = out.permute(2, 0, 1, 3).unflatten(1, (k, B))
+                    src = patch[mod.src_lo : mod.src_lo + mod.n_heads].unsqueeze(1)
+                    live[lo:hi].unflatten(1, (k, B)).copy_(src - heads_first)
+
+            return hook
+
+        def z_hook(mod: Any, w_o: torch.Tensor) -> Callable[..., None]:
+            """Head results ``z_h @ W_O[h]`` from ``hook_z``, straight into the buffer."""
+            lo, hi = mod.src_lo - nf, mod.src_lo - nf + mod.n_heads
+
+            def hook(_m: nn.Module, _i: Any, z: torch.Tensor) -> None:
+                dst = live[lo:hi]  # [heads, kB, S, d]
+                torch.matmul(z.permute(2, 0, 1, 3), w_o.unsqueeze(1), out=dst)
+                src = patch[mod.src_lo : mod.src_lo + mod.n_heads].unsqueeze(1)
+                view = dst.unflatten(1, (k, B))
+                torch.sub(src, view, out=view)
+
+            return hook
+
+        def dest_hook(dmod: Any, mask: torch.Tensor, per_copy: bool) -> Callable[..., torch.Tensor]:
+            h = "" if dmod.n_heads is None else "h"
+            lo, hi = dmod.src_lo, dmod.src_hi
+            f_lo, f_hi = lo, min(hi, nf)  # fixed (clean) sources
+            l_lo = max(lo, nf)  # live sources
+            m = mask.to(dtype)
+
+            def hook(_m: nn.Module, _i: Any, x: torch.Tensor) -> torch.Tensor:
+                if per_copy:
+                    if f_lo < f_hi:
+                        c = torch.einsum(f"k{pos}{h}n,nbpd->kbp{h}d", m[..., f_lo - lo : f_hi - lo],
+                                         self.delta_clean[f_lo:f_hi])
+                        x = x + c.flatten(0, 1)
+                    if l_lo < hi:
+                        c = torch.einsum(f"k{pos}{h}n,nkbpd->kbp{h}d", m[..., l_lo - lo :],
+                                         live[l_lo - nf : hi - nf].unflatten(1, (k, B)))
+                        x = x + c.flatten(0, 1)
+                    return x
+                if f_lo < f_hi:
+                    c = torch.einsum(f"{pos}{h}n,nbpd->bp{h}d", m[..., f_lo - lo : f_hi - lo],
+                                     self.delta_clean[f_lo:f_hi])
+                    x = (x.unflatten(0, (k, B)) + c).flatten(0, 1)
+                if l_lo < hi:
+                    c = torch.einsum(f"{pos}{h}n,nbpd->bp{h}d", m[..., l_lo - lo :],
+                                     live[l_lo - nf : hi - nf])
+                    x = x + c
+                return x
+
+            return hook
+
+        def fires(block: int | None) -> bool:
+            return start is None or (block is not None and block >= start)
+
+        try:
+            z_results = start is not None and self.z_results
+            for smod in self.graph.src_modules:
+                block = self.src_block[smod.module_name]
+                if not (fires(block) and smod.src_lo >= nf):
+                    continue
+                if z_results and smod.n_heads is not None:
+                    point = self.model.adapter.hook_point(f"blocks.{block}.attn.hook_z")
+                    w_o = self.wm.blocks[block].attn.W_O
+                    handles.append(point.register_forward_hook(z_hook(smod, w_o)))
+                else:
+                    point = self.model.adapter.hook_point(smod.module_name)
+                    handles.append(point.register_forward_hook(src_hook(smod)))
+            for name, dmod in self.model.dest_modules.items():
+                if not fires(self.dest_block[name]):
+                    continue
+                if name == module:
+                    hook = dest_hook(dmod, cand, True)
+                elif bool(masks[name].any()):
+                    hook = dest_hook(dmod, masks[name], False)
+                else:
+                    continue
+                point = self.model.adapter.hook_point(name)
+                handles.append(point.register_forward_hook(hook))
+            with torch.inference_mode():
+                if start is None:
+                    out = self.wm(self.tokens.repeat(k, 1))[self.out_slice]
+                else:
+                    if z_results:  # TransformerLens' own per-head results are not needed
+                        self.wm.cfg.use_attn_result = False
+                    kwargs: dict[str, Any] = {}
+                    if self.attn_mask is not None:
+                        kwargs["attention_mask"] = self.attn_mask.repeat(k, 1)
+                    if self.shortformer is not None:
+                        kwargs["shortformer_pos_embed"] = self.shortformer.repeat(k, 1, 1)
+                    resid = self.wm(self.resid_pre[start].repeat(k, 1, 1), start_at_layer=start,
+                                    stop_at_layer=self.n_layers, **kwargs)
+                    out = self._head(resid)
+        finally:
+            for hd in handles:
+                hd.remove()
+            if z_results:
+                self.wm.cfg.use_attn_result = attn_result_flag
+        return out.unflatten(0, (k, B))
+
+
+_STACK_BUDGET_BYTES = {"cpu": 2**30, "cuda": 8 * 2**30}
+"""Memory for the stacked copies of one speculative forward pass, per device type."""
+
+
+def _tolerance(dtype: torch.dtype) -> float:
+    """Relative tolerance for comparing two computations of the same outputs."""
+    return math.sqrt(torch.finfo(dtype).eps) if dtype.is_floating_point else 1e-6
+
+
+# ---------------------------------------------------------------------------- search state
+@dataclass
+class _Group:
+    """Taus whose searches have made identical decisions so far, and their shared state:
+    masks (1 = ablated; tensors are never modified in place, so groups share them) and
+    the loss ``prev`` of the current circuit."""
+
+    taus: tuple[float, ...]
+    masks: dict[str, torch.Tensor]
+    prev: float
+
+
+def _save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
+    """Write ``state`` atomically: to a temporary file beside ``path``, then rename."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _state(fingerprint: dict[str, Any], next_dest: int, groups: list[_Group],
+           n_forwards: int) -> dict[str, Any]:
+    return {
+        "fingerprint": fingerprint,
+        "next_dest": next_dest,
+        "n_forwards": n_forwards,
+        "groups": [
+            {"taus": list(g.taus), "prev": g.prev,
+             "masks": {n: m.detach().bool().cpu() for n, m in g.masks.items()}}
+            for g in groups
+        ],
+    }
+
+
+def _load_checkpoint(
+    path: str, fingerprint: dict[str, Any], dtype: torch.dtype, device: torch.device
+) -> tuple[int, list[_Group], int]:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("fingerprint") != fingerprint:
+        raise ValueError(
+            f"the ACDC checkpoint {path} was written by a run with other arguments, model or "
+            f"data ({state.get('fingerprint')} != {fingerprint}); delete it or pass another path"
+        )
+    groups = [
+        _Group(tuple(float(t) for t in g["taus"]),
+               {n: m.to(device=device, dtype=dtype) for n, m in g["masks"].items()},
+               float(g["prev"]))
+        for g in state["groups"]
+    ]
+    return int(state["next_dest"]), groups, int(state["n_forwards"])
+
+
+# ---------------------------------------------------------------------------- test mode
+def _circuit_scores(masks: Mapping[str, torch.Tensor]) -> PruneScores:
+    """Scores marking a circuit: 1 on edges in it (mask 0), 0 on ablated edges."""
+    return {n: (m == 0).float() for n, m in masks.items()}
+
+
+class _ReferenceCheck:
+    """``test_mode``: recompute a circuit's output through ``run_circuits_ref`` and
+    compare it with the fast path's."""
+
+    def __init__(self, model: PatchableModel, dataloader: PromptDataLoader,
+                 batch: PromptPairBatch, full: torch.Tensor, target: FaithfulnessTarget,
+                 run_circuits_ref: Callable[..., CircuitOutputs]):
+        self.model, self.dataloader, self.batch = model, dataloader, batch
+        self.full, self.target, self.ref = full, target, run_circuits_ref
+        params = inspect.signature(run_circuits_ref).parameters
+        self.kwargs: dict[str, Any] = {}
+        if "progress" in params or any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            self.kwargs["progress"] = False
+        self.tol = _tolerance(full.dtype)
+        self.n_checks = 0
+
+    def __call__(self, masks: Mapping[str, torch.Tensor], out: torch.Tensor, loss: float,
+                 edge: Edge, taus: Sequence[float]) -> None:
+        n_in = int(sum(int((m == 0).sum()) for m in masks.values()))
+        outs = self.ref(self.model, self.dataloader, [n_in], _circuit_scores(masks),
+                        patch_type=PatchType.TREE_PATCH, ablation_type=AblationType.RESAMPLE,
+                        **self.kwargs)
+        by_batch = outs[n_in] if n_in in outs else next(iter(outs.values()))
+        if self.batch.key not in by_batch:
+            raise RuntimeError(
+                "ACDC test_mode: run_circuits_ref returned no output for the batch ACDC searched "
+                "on (its first batch); does the dataloader shuffle between passes?"
+            )
+        ref_out = by_batch[self.batch.key].to(out.device)
+        ref_loss = float(faithfulness_loss(ref_out[None], self.full, self.target)[0])
+        scale = 1.0 + float(ref_out.abs().max())
+        out_err = float((out.double() - ref_out.double()).abs().max())
+        loss_err = abs(loss - ref_loss)
+        self.n_checks += 1
+        if out_err > self.tol * scale or loss_err > self.tol * (1.0 + abs(ref_loss)):
+            raise AssertionError(
+                f"ACDC test_mode: the fast path disagrees with run_circuits_ref while testing "
+                f"{edge!r} (taus {list(taus)}, circuit of {n_in} edges): max output difference "
+                f"{out_err:.3g} (tolerance {self.tol * scale:.3g}), loss {loss!r} vs reference "
+                f"{ref_loss!r}"
+            )
+
+
+# ---------------------------------------------------------------------------- main
+def acdc_prune_scores(
+    model: PatchableModel,
+    dataloader: PromptDataLoader,
+    official_edges: set[Edge] | None,
+    tao_exps: list[int] = list(range(-5, -1)),  # noqa: B006, B008 (documented default)
+    tao_bases: list[int] = [1, 3, 5, 7, 9],  # noqa: B006 (documented default)
+    faithfulness_target: FaithfulnessTarget = "kl_div",
+    test_mode: bool = False,
+    run_circuits_ref: Callable[..., CircuitOutputs] | None = None,
+    show_graphs: bool = False,
+    draw_seq_graph_ref: Callable[..., Any] | None = None,
+    *,
+    checkpoint: str | os.PathLike[str] | None = None,
+    speculation: int | None = None,
+    progress: bool = True,
+    method: Method = "fast",
+) -> PruneScores:
+    """Run ACDC (Conmy et al. 2023) once per threshold ``tau`` and score every edge by
+    the smallest ``tau`` at which it was pruned.
+
+    Only the first batch of ``dataloader`` is used. For every
+    ``tau = base * 10 ** exp`` (each pair of ``tao_bases`` and ``tao_exps``; the distinct
+    values are searched, conceptually in ascending order — the result does not depend on
+    the order):
+
+    1. Start from the full model (every mask 0) with resample ablation: an ablated edge
+       carries its source's output on the batch's corrupt prompt
+       (``model.src_outs(batch.corrupt)``). ``prev = 0``.
+    2. Visit every edge once, in the order of :func:`acdc_visit_order`: destinations from
+       the output back to the input (``reversed(model.dests)``); within one destination,
+       token positions from last to first (with ``seq_len``), and within a position
+       sources by descending ``src_idx``.
+    3. Ablate the edge (mask 1) and compute the loss of the current circuit against the
+       clean full model (``model(batch.clean)[model.out_slice]``) with
+       :func:`faithfulness_loss`: ``kl_div`` is KL(full model || circuit) of the softmax
+       distributions, mean over batch and output positions; ``mse`` is the mean squared
+       error of the outputs. Losses are computed in float64. If ``loss - prev < tau``
+       the edge stays ablated and ``prev = loss``; otherwise it is restored (a NaN loss
+       restores it).
+    4. Every edge ablated at the end of the run gets score ``min(score, tau)``.
+
+    Edges no run ablated keep ``+inf`` (the most important). Edges with equal scores form
+    groups, so ``run_circuits`` with ``edge_counts_util(..., EdgeCounts.GROUPS)`` evaluates
+    circuits of every edge scored above each tau. That is exactly the circuit the
+    ``tau`` run found whenever the circuits are nested (a larger tau keeps a subset of
+    what a smaller one keeps), as they usually are; ACDC does not guarantee it.
+
+    The fast path (``method="fast"``) reuses the clean model upstream of the destination
+    under test, tests ``speculation`` candidate edges per forward pass and shares search
+    states between taus (see the module docstring). Its decisions are those of the plain
+    sequential search: the losses of the two agree to floating-point rounding, so a
+    decision could only differ if ``loss - prev`` lay within rounding error of ``tau``.
+
+    Args:
+        model: the patchable model.
+        dataloader: prompt pairs; only the first batch is used.
+        official_edges: not used (accepted for API compatibility).
+        tao_exps: exponents of the thresholds.
+        tao_bases: bases of the thresholds. Every ``tau`` must be positive.
+        faithfulness_target: ``"kl_div"`` or ``"mse"``.
+        test_mode: check the output and loss of every tested circuit against a full,
+            independent recomputation through ``run_circuits_ref`` (slow: one reference
+            pass over the dataloader per tested edge); raises ``AssertionError`` on a
+            difference beyond ``sqrt(eps)`` of the model's dtype (relative to the logits'
+            scale).
+        run_circuits_ref: the reference for ``test_mode`` (default
+            :func:`edgewise.circuits.run_circuits`); called as
+            ``run_circuits_ref(model, dataloader, [size], prune_scores,
+            patch_type=PatchType.TREE_PATCH, ablation_type=AblationType.RESAMPLE)`` with
+            scores that are 1 on the circuit's edges and 0 elsewhere.
+        show_graphs: after each tau's search, call
+            ``draw_seq_graph_ref(model, prune_scores)`` with scores marking that circuit
+            (1 in the circuit, 0 ablated).
+        draw_seq_graph_ref: the drawing function for ``show_graphs`` (edgewise has no
+            visualiser of its own, so it must be passed).
+        checkpoint: a file path. The search state is saved there atomically after every
+            destination; a rerun with the same arguments resumes from it and returns
+            identical scores. A checkpoint from other arguments raises ``ValueError``.
+        speculation: how many candidate edges are tested per forward pass (>= 1); at
+            most as many as fit a fixed memory budget for the stacked copies (1 GiB on
+            CPU, 8 GiB on GPU). Larger values pay off on a GPU; on a CPU a forward pass
+            over ``k`` copies can cost more than ``k`` single ones (memory traffic), and
+            ``speculation=1`` is fastest. Default: 1 on a CPU, 8 elsewhere. The scores
+            do not depend on it.
+        progress: show a progress bar (edges decided over all taus; the postfix shows
+            the current circuit size, the number of distinct search states and forwards).
+        method: ``"fast"``, or ``"plain"`` for one full patched forward pass
+            (``model.run_patched``) per tested edge without speculation (same result;
+            for benchmarks and checks).
+
+    Returns:
+        Destination module name -> float32 scores shaped like its mask.
+    """
+    del official_edges
+    if faithfulness_target not in ("kl_div", "mse"):
+        raise ValueError(f"faithfulness_target must be 'kl_div' or 'mse', got {faithfulness_target!r}")
+    if method not in ("fast", "plain"):
+        raise ValueError(f"method must be 'fast' or 'plain', got {method!r}")
+    if speculation is None:  # stacking copies pays on accelerators; on a CPU it costs more
+        speculation = 1 if model.device.type == "cpu" else 8
+    if isinstance(speculation, bool) or not isinstance(speculation, int) or speculation < 1:
+        raise ValueError(f"speculation must be an int >= 1, got {speculation!r}")
+    if show_graphs and draw_seq_graph_ref is None:
+        raise ValueError(
+            "show_graphs=True needs a drawing function: pass draw_seq_graph_ref, called as "
+            "draw_seq_graph_ref(model, prune_scores); edgewise has no visualiser of its own"
+        )
+    taus = sorted({float(b * 10.0**e) for e in tao_exps for b in tao_bases})
+    if not taus:
+        raise ValueError("no thresholds: tao_exps and tao_bases must both be non-empty")
+    if any(not (t > 0 and math.isfinite(t)) for t in taus):
+        raise ValueError(f"every tau = base * 10**exp must be positive and finite, got {taus}")
+    if getattr(dataloader, "kv_cache", None) is not None:
+        raise NotImplementedError(
+            "acdc_prune_scores runs whole prompts and does not use a dataloader's kv_cache prefix"
+        )
+    batch = next(iter(dataloader), None)
+    if batch is None:
+        raise ValueError("the dataloader yields no batches")
+    if test_mode and run_circuits_ref is None:
+        from edgewise.circuits import run_circuits
+
+        run_circuits_ref = run_circuits
+
+    device = model.device
+    clean = batch.clean.to(device)
+    corrupt = batch.corrupt.to(device)
+    dtype = _model_dtype(model)
+    patch = model.src_outs(corrupt)
+    with torch.inference_mode():
+        full = model(clean)[model.out_slice]
+
+    evaluator: _FastEvaluator | _PlainEvaluator
+    if method == "plain":
+        evaluator = _PlainEvaluator(model, clean, patch)
+        speculation = 1
+    else:
+        evaluator = _FastEvaluator(model, clean, patch, full)
+    check = (
+        _ReferenceCheck(model, dataloader, batch, full, faithfulness_target, run_circuits_ref)
+        if test_mode and run_circuits_ref is not None
+        else None
+    )
+
+    order = acdc_visit_order(model)
+    fingerprint = {
+        "version": _CHECKPOINT_VERSION,
+        "taus": taus,
+        "target": faithfulness_target,
+        "n_edges": model.n_edges,
+        "seq_len": model.seq_len,
+        "dests": len(order),
+        "batch_key": int(batch.key),
+        "dtype": str(dtype),
+        "full_sum": float(full.double().sum()),
+    }
+    groups = [_Group(tuple(taus), model.new_masks(0.0, dtype=dtype), 0.0)]
+    first = 0
+    n_forwards = 0
+    if checkpoint is not None and os.path.exists(checkpoint):
+        first, groups, n_forwards = _load_checkpoint(os.fspath(checkpoint), fingerprint, dtype, device)
+
+    total = model.n_edges * len(taus)
+    done = sum(len(edges) for _, edges in order[:first]) * len(taus)
+    bar = tqdm(total=total, initial=done, desc="ACDC", disable=not progress, unit="edge")
+    counter = [n_forwards]
+    try:
+        for i in range(first, len(order)):
+            node, edges = order[i]
+            new_groups: list[_Group] = []
+            for g in groups:
+                new_groups += _search_destination(
+                    g, node, edges, evaluator, full, faithfulness_target, speculation, check,
+                    bar, counter, model.n_edges,
+                )
+            groups = sorted(new_groups, key=lambda g: g.taus[0])
+            if checkpoint is not None:
+                _save_checkpoint(checkpoint, _state(fingerprint, i + 1, groups, counter[0]))
+    finally:
+        bar.close()
+
+    scores: PruneScores = {
+        name: torch.full(m.mask_shape, math.inf, dtype=torch.float32, device=device)
+        for name, m in model.dest_modules.items()
+    }
+    for g in groups:
+        tau = torch.tensor(min(g.taus), dtype=torch.float32, device=device)
+        for name, m in g.masks.items():
+            scores[name] = torch.where(m != 0, torch.minimum(scores[name], tau), scores[name])
+    if show_graphs and draw_seq_graph_ref is not None:
+        for g in groups:
+            for _ in g.taus:
+                draw_seq_graph_ref(model, _circuit_scores(g.masks))
+    return scores
+
+
+def _search_destination(
+    group: _Group,
+    node: DestNode,
+    edges: list[Edge],
+    evaluator: _FastEvaluator | _PlainEvaluator,
+    full: torch.Tensor,
+    target: FaithfulnessTarget,
+    speculation: int,
+    check: _ReferenceCheck | None,
+    bar: Any,
+    counter: list[int],
+    n_edges: int,
+) -> list[_Group]:
+    """Test every input edge of ``node`` for the taus of ``group``; return the groups
+    (split where the taus' decisions differ) after the destination."""
+    module = node.module_name
+    pending: list[tuple[_Group, int]] = [(group, 0)]
+    finished: list[_Group] = []
+    while pending:
+        g, i = pending.pop()
+        if i >= len(edges):
+            finished.append(g)
+            continue
+        k = min(speculation, getattr(evaluator, "max_copies", 1), len(edges) - i)
+        cands = edges[i : i + k]
+        base = g.masks[module]
+        cand = base.unsqueeze(0).repeat(k, *([1] * base.dim()))
+        for j, e in enumerate(cands):
+            cand[(slice(j, None), *e.patch_idx)] = 1
+        out = evaluator.outputs(g.masks, module, cand)
+        counter[0] += 1
+        losses = faithfulness_loss(out, full, target).tolist()
+        active: _Group | None = g
+        for j, e in enumerate(cands):
+            assert active is not None
+            loss = losses[j]
+            if check is not None:
+                masks_j = dict(active.masks)
+                masks_j[module] = cand[j]
+                check(masks_j, out[j], loss, e, active.taus)
+            diff = loss - active.prev
+            accept = tuple(t for t in active.taus if diff < t)
+            reject = tuple(t for t in active.taus if not diff < t)
+            bar.update(len(active.taus))
+            if reject:
+                pending.append((_Group(reject, active.masks, active.prev), i + j + 1))
+            if not accept:
+                active = None
+                break
+            masks = dict(active.masks)
+            masks[module] = cand[j]
+            active = _Group(accept, masks, loss)
+        if active is not None:
+            pending.append((active, i + k))
+        if bar.disable is False:
+            cur = active if active is not None else (pending[-1][0] if pending else g)
+            size = n_edges - int(sum(int(m.count_nonzero()) for m in cur.masks.values()))
+            bar.set_postfix(circuit=size, states=len(pending) + len(finished), forwards=counter[0],
+                            refresh=False)
+    return finished
