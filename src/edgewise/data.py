@@ -36,7 +36,6 @@ import hashlib
 import json
 import os
 import random
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from edgewise.io import atomic_write
 from edgewise.types import BatchKey
 
 __all__ = [
@@ -882,19 +882,7 @@ def save_dataset_json(
     lines.append("}")
     text = "\n".join(lines) + "\n"
 
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def _split_sizes(train_test_size: Sequence[int | float], n_available: int) -> tuple[int, int]:

@@ -9,12 +9,14 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from edgewise.patching import PatchableModel
 from edgewise.types import Edge, PruneScores
+
+if TYPE_CHECKING:
+    from edgewise.patching import PatchableModel
 
 FORMAT_VERSION = 1
 
@@ -27,6 +29,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        with open(tmp, "rb+") as f:  # on disk before it takes the final name
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
