@@ -43,6 +43,7 @@ GPT2_SMALL = dict(
     n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, d_vocab=50257, n_ctx=1024
 )
 FLAGS = ("use_attn_result", "use_split_qkv_input", "use_attn_in", "use_hook_mlp_in")
+"""Every flag a benchmark may switch; ``patchable_model`` sets only those it needs."""
 _SETTERS = {f: f"set_{f}" for f in FLAGS}
 
 

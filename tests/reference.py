@@ -55,12 +55,14 @@ def reference_patched_logits(
         return hook
 
     hd = pm.adapter
-    try:
-        for s in pm.srcs:
-            handles.append(hd.hook_point(s.module_name).register_forward_hook(src_hook(s)))
-        for name in pm.dest_modules:
-            handles.append(hd.hook_point(name).register_forward_hook(dest_hook(name)))
-        return pm.wrapped_model(tokens)
-    finally:
-        for h in handles:
-            h.remove()
+    # TransformerLens' own per-head results (hook_result), not PatchableModel's (hook_z)
+    with hd.flags(use_attn_result=True):
+        try:
+            for s in pm.srcs:
+                handles.append(hd.hook_point(s.module_name).register_forward_hook(src_hook(s)))
+            for name in pm.dest_modules:
+                handles.append(hd.hook_point(name).register_forward_hook(dest_hook(name)))
+            return pm.wrapped_model(tokens)
+        finally:
+            for h in handles:
+                h.remove()

@@ -8,7 +8,8 @@ both, so the rest of the library never asks which kind of model it has.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -82,6 +83,20 @@ class HookAdapter:
         """Turn ``flag`` off if the model has it on."""
         if getattr(self.cfg, flag, False):
             getattr(self.model, _FLAG_SETTERS[flag])(False)
+
+    @contextmanager
+    def flags(self, **values: bool) -> Iterator[None]:
+        """Set hook flags (``use_attn_result=True``, ...) inside the context only."""
+        before = {f: bool(getattr(self.cfg, f, False)) for f in values}
+        try:
+            for f, v in values.items():
+                if v != before[f]:
+                    self.enable_flags([f]) if v else self.disable_flag(f)
+            yield
+        finally:
+            for f, v in before.items():
+                if bool(getattr(self.cfg, f, False)) != v:
+                    getattr(self.model, _FLAG_SETTERS[f])(v)
 
     def resolve(self, name: str) -> str | None:
         for alt in _alternatives(name):

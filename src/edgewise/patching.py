@@ -14,7 +14,8 @@ state left on the model.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import math
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -39,6 +40,81 @@ class _Run:
     current: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class SrcHook:
+    """Where the outputs of one source module are read: the hook ``point`` that fires
+    with them, and ``outputs`` mapping that hook's output to the sources' outputs
+    ``[n, batch, seq, d_model]`` (``n`` heads, or 1).
+
+    Head outputs are computed from ``attn.hook_z`` as ``z_h @ W_O[h]`` (one batched
+    matmul) when the model exposes both; TransformerLens' own ``use_attn_result`` is the
+    fallback, as it materialises a ``[batch, seq, heads, d_head, d_model]`` intermediate
+    that makes a forward pass several times slower on a CPU."""
+
+    module: SrcModule
+    point: str
+    outputs: Callable[[torch.Tensor], torch.Tensor]
+
+
+def _heads_from_z(attn: nn.Module, n_heads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    def outputs(z: torch.Tensor) -> torch.Tensor:
+        if z.ndim == 3:  # bridges give [batch, seq, heads * d_head]
+            z = z.unflatten(-1, (n_heads, -1))
+        b, p, h, d_head = z.shape
+        # one [b*p, d_head] @ [d_head, d_model] product per head (no broadcast copy of W_O)
+        z = z.permute(2, 0, 1, 3).reshape(h, b * p, d_head)
+        return torch.bmm(z, attn.W_O).view(h, b, p, -1)
+
+    return outputs
+
+
+def _heads_first(out: torch.Tensor) -> torch.Tensor:
+    return out.permute(2, 0, 1, 3)
+
+
+def _one_src(out: torch.Tensor) -> torch.Tensor:
+    return out[None]
+
+
+def _z_hooks_available(model: nn.Module, adapter: HookAdapter, graph: Graph) -> bool:
+    """Whether every attention block has ``hook_z`` and a dense ``W_O [heads, d_head, d]``."""
+    if getattr(adapter.cfg, "load_in_4bit", False):
+        return False
+    for mod in graph.src_modules:
+        if mod.n_heads is None:
+            continue
+        b = int(mod.module_name.split(".")[1])
+        try:
+            w_o = model.blocks[b].attn.W_O
+        except (AttributeError, IndexError, TypeError, NotImplementedError):
+            return False
+        if adapter.resolve(f"blocks.{b}.attn.hook_z") is None or not isinstance(w_o, torch.Tensor):
+            return False
+        if w_o.ndim != 3 or w_o.shape[0] != mod.n_heads:
+            return False
+    return True
+
+
+def _src_hooks(
+    model: nn.Module, adapter: HookAdapter, graph: Graph, from_z: bool
+) -> tuple[SrcHook, ...]:
+    hooks = []
+    for mod in graph.src_modules:
+        if mod.n_heads is None:
+            hooks.append(
+                SrcHook(mod, adapter.resolve(mod.module_name) or mod.module_name, _one_src)
+            )
+        elif from_z:
+            b = int(mod.module_name.split(".")[1])
+            point = adapter.resolve(f"blocks.{b}.attn.hook_z")
+            hooks.append(SrcHook(mod, point, _heads_from_z(model.blocks[b].attn, mod.n_heads)))
+        else:
+            hooks.append(
+                SrcHook(mod, adapter.resolve(mod.module_name) or mod.module_name, _heads_first)
+            )
+    return tuple(hooks)
+
+
 class _PatchAdd(torch.autograd.Function):
     """``x + einsum(mask, delta[lo:hi])`` with hand-written gradients.
 
@@ -48,7 +124,8 @@ class _PatchAdd(torch.autograd.Function):
 
     The gradient of an edge's mask is ``sum_{batch, pos} grad_input_d . delta_s``
     (exactly edge attribution patching at ``mask = 0``). The gradient flowing to the
-    current output of source ``s`` is ``-mask[d, s] * grad_input_d``.
+    current output of source ``s`` is ``-mask[d, s] * grad_input_d``; ``current`` holds
+    one tensor per source module, ``[n, c*b, p, d]`` (``n`` sources, heads first).
     """
 
     @staticmethod
@@ -61,7 +138,8 @@ class _PatchAdd(torch.autograd.Function):
             ctx.zero = True
             return x.clone()
         ctx.zero = False
-        return x + torch.einsum(eq, mask.to(x.dtype), ctx.delta).reshape(x.shape)
+        add = torch.einsum(eq, mask.to(x.dtype), ctx.delta)  # [c, b, p, (h,) d], a view
+        return (x.view(add.shape) + add).view(x.shape)
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
@@ -77,14 +155,12 @@ class _PatchAdd(torch.autograd.Function):
         grads_current: list[torch.Tensor | None] = [None] * len(ctx.groups)
         if not ctx.zero:
             m = mask.to(g.dtype)
-            for i, (start, count, heads) in enumerate(ctx.groups):
+            for i, (start, count) in enumerate(ctx.groups):
                 if not ctx.needs_input_grad[5 + i]:
                     continue
-                # -sum over the destination's heads of mask * grad, shaped like the source:
-                # [n, c, b, p, d] -> [c*b, p, n, d] (heads) or [c*b, p, d]
+                # -sum over the destination's heads of mask * grad: [n, c, b, p, d]
                 grad = -torch.einsum(f"{m_sub},{rhs}->{d_sub}", m[..., start : start + count], gv)
-                grad = grad.permute(1, 2, 3, 0, 4) if heads else grad[0]
-                grads_current[i] = grad.reshape(g.shape[0], *grad.shape[2:])
+                grads_current[i] = grad.reshape(count, g.shape[0], *grad.shape[3:])
         return (g, grad_mask, None, None, None, *grads_current)
 
 
@@ -101,6 +177,7 @@ class PatchableModel(nn.Module):
             that metrics and algorithms use (by default the last position).
         edge_dict: position (``None`` without token positions) -> edges at that position.
         dest_modules / src_modules: hook name -> mask layout / source layout.
+        src_hooks: where each source module's outputs are read (see :class:`SrcHook`).
     """
 
     def __init__(
@@ -110,8 +187,10 @@ class PatchableModel(nn.Module):
         adapter: HookAdapter,
         out_slice: tuple[slice | int, ...],
         device: torch.device,
+        src_hooks: tuple[SrcHook, ...],
     ):
         super().__init__()
+        self.src_hooks = src_hooks
         self.wrapped_model = model
         self.graph = graph
         self.adapter = adapter
@@ -175,29 +254,24 @@ class PatchableModel(nn.Module):
     # ------------------------------------------------------------------ sources
     def src_outs(self, tokens: torch.Tensor) -> torch.Tensor:
         """Every source's output on ``tokens``: ``[n_srcs, batch, seq, d_model]``."""
-        outs: list[torch.Tensor | None] = [None] * len(self.srcs)
+        outs: list[torch.Tensor] = []
         handles = []
 
-        def make_hook(mod: SrcModule):
+        def make_hook(h: SrcHook):
             def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
-                if mod.n_heads is None:
-                    outs[mod.src_lo] = out
-                else:
-                    for h in range(mod.n_heads):
-                        outs[mod.src_lo + h] = out[:, :, h]
+                outs.append(h.outputs(out))
 
             return hook
 
         try:
-            for mod in self.graph.src_modules:
-                point = self.adapter.hook_point(mod.module_name)
-                handles.append(point.register_forward_hook(make_hook(mod)))
+            for h in self.src_hooks:
+                handles.append(self.adapter.hook_dict[h.point].register_forward_hook(make_hook(h)))
             with torch.inference_mode():
                 self.wrapped_model(tokens)
         finally:
             for h in handles:
                 h.remove()
-        return torch.stack(outs).clone()  # type: ignore[arg-type]
+        return torch.cat(outs)
 
     # ------------------------------------------------------------------ patching
     @contextmanager
@@ -230,29 +304,34 @@ class PatchableModel(nn.Module):
                 f"{len(self.srcs)}: compute it with model.src_outs or src_ablations"
             )
         run = _Run()
-        first_src = self.graph.src_modules[0].module_name
+        first_src = self.src_hooks[0]
         handles = []
 
-        def src_hook(mod: SrcModule):
+        def src_hook(h: SrcHook):
+            mod = h.module
+            lo, hi = mod.src_lo, mod.src_lo + (mod.n_heads or 1)
+
             def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
-                if mod.module_name == first_src:  # a new forward pass starts
-                    b, s, d = out.shape[0], out.shape[1], out.shape[-1]
+                outs = h.outputs(out)  # [n, c*b, s, d]
+                if h is first_src:  # a new forward pass starts
+                    n, b, s, d = outs.shape
                     if b % copies:
                         raise ValueError(
                             f"masks stack {copies} circuits, so the batch ({b} prompts) must "
                             f"hold {copies} copies of the prompts: use tokens.repeat({copies}, 1)"
                         )
-                    run.delta = torch.empty(len(self.srcs), b, s, d, dtype=out.dtype, device=out.device)
+                    run.delta = torch.empty(
+                        len(self.srcs), b, s, d, dtype=outs.dtype, device=outs.device
+                    )
                     run.current = {}
                 assert run.delta is not None
                 with torch.no_grad():
-                    hi = mod.src_lo + (mod.n_heads or 1)
-                    outs = out.permute(2, 0, 1, 3) if mod.n_heads else out[None]  # [n, c*b, s, d]
-                    outs = outs.reshape(outs.shape[0], copies, -1, *outs.shape[2:])
-                    delta = run.delta[mod.src_lo : hi]
-                    delta.view(outs.shape).copy_(patch_src_outs[mod.src_lo : hi, None] - outs)
-                if torch.is_grad_enabled() and out.requires_grad:
-                    run.current[mod.src_lo] = out
+                    delta = run.delta[lo:hi].unflatten(1, (copies, -1))
+                    torch.sub(
+                        patch_src_outs[lo:hi, None], outs.unflatten(1, (copies, -1)), out=delta
+                    )
+                if torch.is_grad_enabled() and outs.requires_grad:
+                    run.current[lo] = outs
 
             return hook
 
@@ -263,7 +342,7 @@ class PatchableModel(nn.Module):
             mask = mask if stacked else mask[None]
             # the source modules this destination reads, as (offset in mask, count, heads?)
             groups = [
-                (s.src_lo - mod.src_lo, s.n_heads or 1, s.n_heads is not None)
+                (s.src_lo - mod.src_lo, s.n_heads or 1)
                 for s in self.graph.src_modules
                 if mod.src_lo <= s.src_lo < mod.src_hi
             ]
@@ -279,10 +358,8 @@ class PatchableModel(nn.Module):
             return hook
 
         try:
-            for mod in self.graph.src_modules:
-                handles.append(
-                    self.adapter.hook_point(mod.module_name).register_forward_hook(src_hook(mod))
-                )
+            for h in self.src_hooks:
+                handles.append(self.adapter.hook_dict[h.point].register_forward_hook(src_hook(h)))
             for name, mod in self.dest_modules.items():
                 handles.append(
                     self.adapter.hook_point(name).register_forward_hook(dest_hook(mod, masks[name]))
@@ -323,9 +400,11 @@ def patchable_model(
 ) -> PatchableModel:
     """Wrap a TransformerLens ``HookedTransformer`` or ``TransformerBridge`` for edge patching.
 
-    Switches on the hook flags edges need (``use_attn_result``, ``use_split_qkv_input``
-    or ``use_attn_in``, ``use_hook_mlp_in``) on ``model`` itself, checks with a two-token
-    forward pass that every hook fires with the expected shape, and builds the graph.
+    Switches on the hook flags edges need (``use_split_qkv_input`` or ``use_attn_in``,
+    ``use_hook_mlp_in``) on ``model`` itself, checks with a two-token forward pass that
+    every hook fires with the expected shape, and builds the graph. Head outputs are
+    computed from ``hook_z`` and ``W_O`` (checked once against the model's attention
+    output); only a model without them gets ``use_attn_result`` switched on.
 
     Args:
         model: the model; left unchanged apart from those flags.
@@ -348,7 +427,7 @@ def patchable_model(
     if any(p.device != device for p in model.parameters()):
         model.to(device)
     spec = GraphSpec.from_config(adapter.cfg)
-    flags = ["use_attn_result"]
+    flags = []
     if factorized:
         # use_split_qkv_input and use_attn_in exclude each other (TransformerLens 4.x)
         adapter.disable_flag("use_attn_in" if separate_qkv else "use_split_qkv_input")
@@ -360,9 +439,13 @@ def patchable_model(
         flags.append("use_split_qkv_input" if separate_qkv else "use_attn_in")
         if not spec.attn_only:
             flags.append("use_hook_mlp_in")
-    adapter.enable_flags(flags)
     graph = build_graph(spec, factorized=factorized, separate_qkv=separate_qkv, seq_len=seq_len)
-    hooks = [m.module_name for m in graph.src_modules] + [m.module_name for m in graph.dest_modules]
+    from_z = _z_hooks_available(model, adapter, graph)
+    if not from_z:
+        flags.append("use_attn_result")
+    adapter.enable_flags(flags)
+    src_hooks = _src_hooks(model, adapter, graph, from_z)
+    hooks = [h.point for h in src_hooks] + [m.module_name for m in graph.dest_modules]
     adapter.check_hooks(hooks)
     shapes = adapter.probe(hooks, device)
     for m in graph.dest_modules:
@@ -373,4 +456,54 @@ def patchable_model(
                 f"hook {m.module_name} has shape {shapes[m.module_name]}; the graph expects "
                 f"{want} heads there. Is the model's config (n_heads, n_key_value_heads) right?"
             )
-    return PatchableModel(model, graph, adapter, _out_slice(slice_output), device)
+    pm = PatchableModel(model, graph, adapter, _out_slice(slice_output), device, src_hooks)
+    if from_z and not _z_matches_attn_out(pm):
+        adapter.enable_flags(["use_attn_result"])
+        pm.src_hooks = _src_hooks(model, adapter, graph, from_z=False)
+        adapter.check_hooks([h.point for h in pm.src_hooks])
+        adapter.probe([h.point for h in pm.src_hooks], device)
+    return pm
+
+
+def _z_matches_attn_out(pm: PatchableModel) -> bool:
+    """Check once that the head outputs computed from ``hook_z`` sum (with ``b_O``) to the
+    attention output the model computes, so a model whose attention differs falls back to
+    TransformerLens' own per-head results."""
+    a = pm.adapter
+    out_hooks = [a.resolve(f"blocks.{b}.hook_attn_out") for b in range(int(pm.cfg.n_layers))]
+    if any(h is None for h in out_hooks):
+        return True  # nothing to compare with
+    heads = {h.module.module_name: h for h in pm.src_hooks if h.module.n_heads}
+    got, want, handles = [], [], []
+    try:
+        for b, name in enumerate(out_hooks):
+            h = heads.get(f"blocks.{b}.attn.hook_result")
+            if h is None:
+                continue
+            attn = pm.wrapped_model.blocks[b].attn
+            b_o = getattr(attn, "b_O", None)
+            handles.append(
+                a.hook_dict[h.point].register_forward_hook(
+                    lambda _m, _i, z, h=h, b_o=b_o: got.append(
+                        h.outputs(z).sum(0) + (b_o if isinstance(b_o, torch.Tensor) else 0)
+                    )
+                )
+            )
+            handles.append(
+                a.hook_dict[name].register_forward_hook(lambda _m, _i, out: want.append(out))
+            )
+        with torch.inference_mode():
+            gen = torch.Generator().manual_seed(0)
+            vocab = int(pm.cfg.d_vocab)
+            pm.wrapped_model(torch.randint(vocab, (1, 3), generator=gen).to(pm.device))
+    finally:
+        for hd in handles:
+            hd.remove()
+    if len(got) != len(want):
+        return False
+    tol = math.sqrt(torch.finfo(want[0].dtype).eps) if want[0].dtype.is_floating_point else 1e-6
+    return all(
+        g.shape == w.shape
+        and torch.allclose(g.double(), w.double(), rtol=tol, atol=tol * (1 + float(w.abs().max())))
+        for g, w in zip(got, want)
+    )

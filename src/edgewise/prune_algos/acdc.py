@@ -10,9 +10,7 @@ changing a single decision:
   ``< b`` still has all its masks at 0: everything before block ``b`` is the clean
   model. Its residual stream and source outputs are computed once, and each test runs
   only blocks ``b ..`` (``HookedTransformer``'s ``start_at_layer``), and the unembedding
-  only at the output positions. Head results come from ``hook_z`` (``z_h @ W_O[h]``)
-  rather than TransformerLens' ``use_attn_result``, which materialises a
-  ``[batch, pos, heads, d_head, d_model]`` intermediate. A check against the full model
+  only at the output positions. A check against the full model
   at setup falls back to full forward passes if any of this does not reproduce it.
   ``TransformerBridge`` cannot start mid-model (TransformerLens 3.9 raises
   ``NotImplementedError`` for ``start_at_layer``), so bridges run full forward passes.
@@ -41,7 +39,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from edgewise.data import PromptDataLoader, PromptPairBatch
-from edgewise.patching import PatchableModel
+from edgewise.patching import PatchableModel, SrcHook
 from edgewise.types import AblationType, CircuitOutputs, DestNode, Edge, PatchType, PruneScores
 
 FaithfulnessTarget = Literal["kl_div", "mse"]
@@ -175,14 +173,6 @@ class _FastEvaluator:
             and isinstance(self.wm, HookedTransformer)
         )
         self.partial = can_partial if partial is None else (partial and can_partial)
-        # In partial forwards, compute each head's result from hook_z (z_h @ W_O[h]) with
-        # TransformerLens' use_attn_result off: its own per-head result materialises a
-        # [batch, pos, heads, d_head, d_model] intermediate, the largest cost on a CPU.
-        self.z_results = self.partial and all(
-            self.model.adapter.resolve(f"blocks.{b}.attn.hook_z") is not None
-            and isinstance(getattr(self.wm.blocks[b].attn, "W_O", None), torch.Tensor)
-            for b in range(self.n_layers)
-        ) and not getattr(self.wm.cfg, "load_in_4bit", False)
         # First source whose hook fires in block >= b (sources are in topological order).
         self.n_fixed: dict[int, int] = {}
         for b in range(self.n_layers):
@@ -197,9 +187,7 @@ class _FastEvaluator:
             with torch.inference_mode():
                 _, _, self.shortformer, self.attn_mask = self.wm.input_to_embed(tokens)
             if not self._partial_matches(full_out):
-                self.z_results = False
-                if not self._partial_matches(full_out):
-                    self.partial = False
+                self.partial = False
         self.max_copies = self._max_copies()
 
     # -- setup
@@ -207,12 +195,12 @@ class _FastEvaluator:
         """How many copies of the batch one forward pass may stack: the largest per-copy
         buffers (the live source differences, the per-head inputs and, when it is used,
         TransformerLens' ``use_attn_result`` intermediate
-        ``[batch, pos, heads, d_head, d_model]``) stay under
+        ``[batch, pos, heads, d_head, d_model]``, see ``SrcHook``) stay under
         ``_STACK_BUDGET_BYTES`` (a constant per device type, so runs repeat exactly)."""
         cfg = self.model.cfg
         item = self.patch.element_size()
         per_token = self.n_srcs * self.d_model
-        if getattr(cfg, "use_attn_result", False) and not self.z_results:
+        if getattr(cfg, "use_attn_result", False):
             per_token += int(cfg.n_heads) * int(cfg.d_head) * self.d_model
         if getattr(cfg, "use_split_qkv_input", False) or getattr(cfg, "use_attn_in", False):
             per_token += 6 * int(cfg.n_heads) * self.d_model  # per-head inputs, normalised
@@ -221,17 +209,13 @@ class _FastEvaluator:
         return max(1, budget // max(per_copy, 1))
 
     def _clean_run(self) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        outs: list[torch.Tensor | None] = [None] * self.n_srcs
+        outs: dict[int, torch.Tensor] = {}
         resid: dict[int, torch.Tensor] = {}
         handles = []
 
-        def src_hook(mod: Any) -> Callable[..., None]:
+        def src_hook(h: SrcHook) -> Callable[..., None]:
             def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
-                if mod.n_heads is None:
-                    outs[mod.src_lo] = out.clone()
-                else:
-                    for h in range(mod.n_heads):
-                        outs[mod.src_lo + h] = out[:, :, h].clone()
+                outs[h.module.src_lo] = h.outputs(out).clone()
 
             return hook
 
@@ -242,9 +226,9 @@ class _FastEvaluator:
             return hook
 
         try:
-            for mod in self.graph.src_modules:
-                point = self.model.adapter.hook_point(mod.module_name)
-                handles.append(point.register_forward_hook(src_hook(mod)))
+            for h in self.model.src_hooks:
+                point = self.model.adapter.hook_dict[h.point]
+                handles.append(point.register_forward_hook(src_hook(h)))
             if self.partial:
                 for b in range(self.n_layers):
                     point = self.model.adapter.hook_point(f"blocks.{b}.hook_resid_pre")
@@ -256,7 +240,7 @@ class _FastEvaluator:
                 h.remove()
         if self.partial and len(resid) != self.n_layers:
             self.partial = False
-        return torch.stack(outs), resid  # type: ignore[arg-type]
+        return torch.cat([outs[lo] for lo in sorted(outs)]), resid
 
     def _partial_matches(self, full_out: torch.Tensor) -> bool:
         """Check once that starting mid-model reproduces the full model (zero masks)."""
@@ -326,34 +310,13 @@ class _FastEvaluator:
         patch = self.patch
         pos = "" if self.model.seq_len is None else "p"
         handles = []
-        z_results = False
-        attn_result_flag = getattr(self.wm.cfg, "use_attn_result", False)
 
-        def src_hook(mod: Any) -> Callable[..., None]:
-            lo = mod.src_lo - nf
+        def src_hook(h: SrcHook) -> Callable[..., None]:
+            lo, hi = h.module.src_lo, h.module.src_lo + (h.module.n_heads or 1)
 
             def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
-                if mod.n_heads is None:
-                    dst = live[lo].unflatten(0, (k, B))
-                    torch.sub(patch[mod.src_lo], out.unflatten(0, (k, B)), out=dst)
-                else:
-                    hi = lo + mod.n_heads
-                    heads_first = out.permute(2, 0, 1, 3).unflatten(1, (k, B))
-                    src = patch[mod.src_lo : mod.src_lo + mod.n_heads].unsqueeze(1)
-                    live[lo:hi].unflatten(1, (k, B)).copy_(src - heads_first)
-
-            return hook
-
-        def z_hook(mod: Any, w_o: torch.Tensor) -> Callable[..., None]:
-            """Head results ``z_h @ W_O[h]`` from ``hook_z``, straight into the buffer."""
-            lo, hi = mod.src_lo - nf, mod.src_lo - nf + mod.n_heads
-
-            def hook(_m: nn.Module, _i: Any, z: torch.Tensor) -> None:
-                dst = live[lo:hi]  # [heads, kB, S, d]
-                torch.matmul(z.permute(2, 0, 1, 3), w_o.unsqueeze(1), out=dst)
-                src = patch[mod.src_lo : mod.src_lo + mod.n_heads].unsqueeze(1)
-                view = dst.unflatten(1, (k, B))
-                torch.sub(src, view, out=view)
+                dst = live[lo - nf : hi - nf].unflatten(1, (k, B))
+                torch.sub(patch[lo:hi, None], h.outputs(out).unflatten(1, (k, B)), out=dst)
 
             return hook
 
@@ -391,18 +354,10 @@ class _FastEvaluator:
             return start is None or (block is not None and block >= start)
 
         try:
-            z_results = start is not None and self.z_results
-            for smod in self.graph.src_modules:
-                block = self.src_block[smod.module_name]
-                if not (fires(block) and smod.src_lo >= nf):
-                    continue
-                if z_results and smod.n_heads is not None:
-                    point = self.model.adapter.hook_point(f"blocks.{block}.attn.hook_z")
-                    w_o = self.wm.blocks[block].attn.W_O
-                    handles.append(point.register_forward_hook(z_hook(smod, w_o)))
-                else:
-                    point = self.model.adapter.hook_point(smod.module_name)
-                    handles.append(point.register_forward_hook(src_hook(smod)))
+            for h in self.model.src_hooks:
+                if fires(self.src_block[h.module.module_name]) and h.module.src_lo >= nf:
+                    point = self.model.adapter.hook_dict[h.point]
+                    handles.append(point.register_forward_hook(src_hook(h)))
             for name, dmod in self.model.dest_modules.items():
                 if not fires(self.dest_block[name]):
                     continue
@@ -418,8 +373,6 @@ class _FastEvaluator:
                 if start is None:
                     out = self.wm(self.tokens.repeat(k, 1))[self.out_slice]
                 else:
-                    if z_results:  # TransformerLens' own per-head results are not needed
-                        self.wm.cfg.use_attn_result = False
                     kwargs: dict[str, Any] = {}
                     if self.attn_mask is not None:
                         kwargs["attention_mask"] = self.attn_mask.repeat(k, 1)
@@ -431,8 +384,6 @@ class _FastEvaluator:
         finally:
             for hd in handles:
                 hd.remove()
-            if z_results:
-                self.wm.cfg.use_attn_result = attn_result_flag
         return out.unflatten(0, (k, B))
 
 

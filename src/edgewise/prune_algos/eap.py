@@ -79,11 +79,13 @@ def _run_capturing(model: PatchableModel, tokens: torch.Tensor) -> tuple[torch.T
         return hook
 
     names = {s.module_name for s in model.srcs} | set(model.dest_modules)
-    try:
-        for name in sorted(names):
-            handles.append(model.adapter.hook_point(name).register_forward_hook(keep(name)))
-        logits = model(tokens)[model.out_slice]
-    finally:
-        for h in handles:
-            h.remove()
+    # TransformerLens' own per-head results (hook_result), independent of PatchableModel's
+    with model.adapter.flags(use_attn_result=True):
+        try:
+            for name in sorted(names):
+                handles.append(model.adapter.hook_point(name).register_forward_hook(keep(name)))
+            logits = model(tokens)[model.out_slice]
+        finally:
+            for h in handles:
+                h.remove()
     return logits, acts
