@@ -55,8 +55,9 @@ def reference_patched_logits(
         return hook
 
     hd = pm.adapter
-    # TransformerLens' own per-head results (hook_result), not PatchableModel's (hook_z)
-    with hd.flags(use_attn_result=True):
+    # TransformerLens' own per-head hooks (hook_result, hook_q_input, ...), not the ones
+    # PatchableModel patches at (hook_z, attn.hook_q, ...)
+    with hd.flags(**pm.graph_flags):
         try:
             for s in pm.srcs:
                 handles.append(hd.hook_point(s.module_name).register_forward_hook(src_hook(s)))

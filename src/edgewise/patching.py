@@ -15,7 +15,8 @@ state left on the model.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -25,6 +26,16 @@ from torch import nn
 
 from edgewise.adapter import HookAdapter
 from edgewise.graph import DestModule, Graph, GraphSpec, SrcModule, build_graph
+from edgewise.hook_points import (
+    DestHook,
+    Norm,
+    SrcHook,
+    dest_hooks,
+    needed_flags,
+    projected_dests_available,
+    src_hooks,
+    z_hooks_available,
+)
 from edgewise.types import DestNode, Edge, Node, SrcNode
 
 SliceOutput = Literal["last_seq", "not_first_seq"] | bool | None
@@ -38,81 +49,11 @@ class _Run:
 
     delta: torch.Tensor | None = None
     current: dict[int, torch.Tensor] = field(default_factory=dict)
+    resid: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class SrcHook:
-    """Where the outputs of one source module are read: the hook ``point`` that fires
-    with them, and ``outputs`` mapping that hook's output to the sources' outputs
-    ``[n, batch, seq, d_model]`` (``n`` heads, or 1).
-
-    Head outputs are computed from ``attn.hook_z`` as ``z_h @ W_O[h]`` (one batched
-    matmul) when the model exposes both; TransformerLens' own ``use_attn_result`` is the
-    fallback, as it materialises a ``[batch, seq, heads, d_head, d_model]`` intermediate
-    that makes a forward pass several times slower on a CPU."""
-
-    module: SrcModule
-    point: str
-    outputs: Callable[[torch.Tensor], torch.Tensor]
-
-
-def _heads_from_z(attn: nn.Module, n_heads: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    def outputs(z: torch.Tensor) -> torch.Tensor:
-        if z.ndim == 3:  # bridges give [batch, seq, heads * d_head]
-            z = z.unflatten(-1, (n_heads, -1))
-        b, p, h, d_head = z.shape
-        # one [b*p, d_head] @ [d_head, d_model] product per head (no broadcast copy of W_O)
-        z = z.permute(2, 0, 1, 3).reshape(h, b * p, d_head)
-        return torch.bmm(z, attn.W_O).view(h, b, p, -1)
-
-    return outputs
-
-
-def _heads_first(out: torch.Tensor) -> torch.Tensor:
-    return out.permute(2, 0, 1, 3)
-
-
-def _one_src(out: torch.Tensor) -> torch.Tensor:
-    return out[None]
-
-
-def _z_hooks_available(model: nn.Module, adapter: HookAdapter, graph: Graph) -> bool:
-    """Whether every attention block has ``hook_z`` and a dense ``W_O [heads, d_head, d]``."""
-    if getattr(adapter.cfg, "load_in_4bit", False):
-        return False
-    for mod in graph.src_modules:
-        if mod.n_heads is None:
-            continue
-        b = int(mod.module_name.split(".")[1])
-        try:
-            w_o = model.blocks[b].attn.W_O
-        except (AttributeError, IndexError, TypeError, NotImplementedError):
-            return False
-        if adapter.resolve(f"blocks.{b}.attn.hook_z") is None or not isinstance(w_o, torch.Tensor):
-            return False
-        if w_o.ndim != 3 or w_o.shape[0] != mod.n_heads:
-            return False
-    return True
-
-
-def _src_hooks(
-    model: nn.Module, adapter: HookAdapter, graph: Graph, from_z: bool
-) -> tuple[SrcHook, ...]:
-    hooks = []
-    for mod in graph.src_modules:
-        if mod.n_heads is None:
-            hooks.append(
-                SrcHook(mod, adapter.resolve(mod.module_name) or mod.module_name, _one_src)
-            )
-        elif from_z:
-            b = int(mod.module_name.split(".")[1])
-            point = adapter.resolve(f"blocks.{b}.attn.hook_z")
-            hooks.append(SrcHook(mod, point, _heads_from_z(model.blocks[b].attn, mod.n_heads)))
-        else:
-            hooks.append(
-                SrcHook(mod, adapter.resolve(mod.module_name) or mod.module_name, _heads_first)
-            )
-    return tuple(hooks)
+class _SourcesDone(Exception):
+    """Raised by the last source hook to end a forward pass that only collects sources."""
 
 
 class _PatchAdd(torch.autograd.Function):
@@ -139,7 +80,7 @@ class _PatchAdd(torch.autograd.Function):
             return x.clone()
         ctx.zero = False
         add = torch.einsum(eq, mask.to(x.dtype), ctx.delta)  # [c, b, p, (h,) d], a view
-        return (x.view(add.shape) + add).view(x.shape)
+        return (x.reshape(add.shape) + add).reshape(x.shape)
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
@@ -151,7 +92,13 @@ class _PatchAdd(torch.autograd.Function):
         grad_mask = None
         if ctx.needs_input_grad[1]:
             acc = torch.promote_types(g.dtype, torch.float32)  # never below float32
-            grad_mask = torch.einsum(f"{rhs},{d_sub}->{m_sub}", gv.to(acc), ctx.delta.to(acc))
+            delta = ctx.delta.to(acc)
+            if copies == 1 and "p" not in m_sub:  # [heads, b*p*d] @ [b*p*d, n], no copy of delta
+                gh = g.to(acc).movedim(2, 0) if g.ndim == 4 else g.to(acc)[None]
+                flat = torch.mm(gh.reshape(gh.shape[0], -1), delta.reshape(delta.shape[0], -1).t())
+                grad_mask = flat.view(mask.shape)
+            else:
+                grad_mask = torch.einsum(f"{rhs},{d_sub}->{m_sub}", gv.to(acc), delta)
         grads_current: list[torch.Tensor | None] = [None] * len(ctx.groups)
         if not ctx.zero:
             m = mask.to(g.dtype)
@@ -162,6 +109,57 @@ class _PatchAdd(torch.autograd.Function):
                 grad = -torch.einsum(f"{m_sub},{rhs}->{d_sub}", m[..., start : start + count], gv)
                 grads_current[i] = grad.reshape(count, g.shape[0], *grad.shape[3:])
         return (g, grad_mask, None, None, None, *grads_current)
+
+
+class _ProjectedMaskGrad(torch.autograd.Function):
+    """Identity on ``x`` (a projected destination whose masks are all 0) whose backward
+    gives the masks' gradient without building per-head inputs::
+
+        dL/dmask[h, s] = sum_{batch, pos} delta_s . J_N(r)^T (dL/dX_h @ W_h^T)
+
+    ``J_N(r)^T u = (v - mean(v) - x_hat mean(v * x_hat))`` with ``v = gamma * u / sigma``
+    (LayerNorm; RMSNorm drops the mean term; no norm: ``u``). ``v`` for all heads is one
+    batched matmul of the (small) output gradient, scaled per token, with ``W * gamma``.
+    At ``mask = 0`` no other input of the patch has a gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x, mask, delta, r, w, eq, norm):  # type: ignore[override]
+        ctx.eq, ctx.norm = eq, norm
+        ctx.delta = delta.view(delta.shape[0], mask.shape[0], -1, *delta.shape[2:])
+        ctx.save_for_backward(mask, r, w)
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        mask, r, w = ctx.saved_tensors
+        norm: Norm = ctx.norm
+        grad_x = g
+        acc = torch.promote_types(g.dtype, torch.float32)  # never below float32
+        b, p, h, k = g.shape
+        d, t = r.shape[-1], b * p
+        w = w.to(acc)
+        if norm.kind is not None:
+            inv = norm.scale_of(r).to(acc)  # [b, p, 1]
+            x_hat = norm.normalized(r, inv).reshape(t, d)
+            gamma = norm.weight()
+            if gamma is not None:
+                w = w * gamma.to(acc)[None, :, None]
+            g = g.to(acc) * inv.unsqueeze(-2)
+        gs = g.to(acc).permute(2, 0, 1, 3).reshape(h, t, k)
+        v = torch.bmm(gs, w.transpose(1, 2))  # [h, b*p, d]
+        if norm.kind is not None:
+            if norm.centred:
+                v.sub_(v.mean(-1, keepdim=True))
+            coef = torch.einsum("htd,td->ht", v, x_hat).div_(d)
+            v.addcmul_(coef.unsqueeze(-1), x_hat.unsqueeze(0), value=-1.0)
+        delta = ctx.delta.to(acc)  # [n, c, b, p, d]
+        n, c = delta.shape[0], delta.shape[1]
+        if ctx.eq is None:  # one copy, no positions: [h, b*p*d] @ [b*p*d, n]
+            grad = torch.mm(v.view(h, -1), delta.reshape(n, -1).t()).view(mask.shape)
+        else:
+            grad = torch.einsum(ctx.eq, v.view(h, c, -1, p, d), delta)
+        return grad_x, grad, None, None, None, None, None
 
 
 class PatchableModel(nn.Module):
@@ -177,7 +175,11 @@ class PatchableModel(nn.Module):
             that metrics and algorithms use (by default the last position).
         edge_dict: position (``None`` without token positions) -> edges at that position.
         dest_modules / src_modules: hook name -> mask layout / source layout.
-        src_hooks: where each source module's outputs are read (see :class:`SrcHook`).
+        src_hooks / dest_hooks: where each source module's outputs are read and each
+            destination module is patched (see :mod:`edgewise.hook_points`).
+        graph_flags: the TransformerLens flags under which every hook the graph names
+            (``hook_result``, ``hook_q_input``, ...) fires; independent references that
+            read those hooks switch them on (``with model.adapter.flags(**graph_flags)``).
     """
 
     def __init__(
@@ -188,9 +190,12 @@ class PatchableModel(nn.Module):
         out_slice: tuple[slice | int, ...],
         device: torch.device,
         src_hooks: tuple[SrcHook, ...],
+        dest_hooks: tuple[DestHook, ...],
     ):
         super().__init__()
         self.src_hooks = src_hooks
+        self.dest_hooks = dest_hooks
+        self.graph_flags = needed_flags(graph, projected=False, heads_from_z=False)
         self.wrapped_model = model
         self.graph = graph
         self.adapter = adapter
@@ -254,12 +259,14 @@ class PatchableModel(nn.Module):
     # ------------------------------------------------------------------ sources
     def src_outs(self, tokens: torch.Tensor) -> torch.Tensor:
         """Every source's output on ``tokens``: ``[n_srcs, batch, seq, d_model]``."""
-        outs: list[torch.Tensor] = []
+        outs: dict[int, torch.Tensor] = {}
         handles = []
 
         def make_hook(h: SrcHook):
             def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
-                outs.append(h.outputs(out))
+                outs[h.module.src_lo] = h.outputs(out)
+                if len(outs) == len(self.src_hooks):
+                    raise _SourcesDone  # the rest of the model (the unembedding) is not needed
 
             return hook
 
@@ -268,10 +275,12 @@ class PatchableModel(nn.Module):
                 handles.append(self.adapter.hook_dict[h.point].register_forward_hook(make_hook(h)))
             with torch.inference_mode():
                 self.wrapped_model(tokens)
+        except _SourcesDone:
+            pass
         finally:
             for h in handles:
                 h.remove()
-        return torch.cat(outs)
+        return torch.cat([outs[lo] for lo in sorted(outs)])
 
     # ------------------------------------------------------------------ patching
     @contextmanager
@@ -335,12 +344,15 @@ class PatchableModel(nn.Module):
 
             return hook
 
-        def dest_hook(mod: DestModule, mask: torch.Tensor):
+        def dest_hook(dh: DestHook, mask: torch.Tensor):
+            mod = dh.module
             pos = "" if self.seq_len is None else "p"
             head = "" if mod.n_heads is None else "h"
             eq = f"c{pos}{head}n,ncbpd->cbp{head}d"
+            # the mask gradient of a projected destination at mask 0 (see _ProjectedMaskGrad)
+            eq_grad = None if (not pos and not stacked) else f"hcbpd,ncbpd->c{pos}hn"
             mask = mask if stacked else mask[None]
-            # the source modules this destination reads, as (offset in mask, count, heads?)
+            # the source modules this destination reads, as (offset in mask, count)
             groups = [
                 (s.src_lo - mod.src_lo, s.n_heads or 1)
                 for s in self.graph.src_modules
@@ -351,24 +363,40 @@ class PatchableModel(nn.Module):
                 assert run.delta is not None
                 delta = run.delta[mod.src_lo : mod.src_hi]
                 current = [run.current.get(mod.src_lo + g[0]) for g in groups]
-                if all(c is not None for c in current):
-                    return _PatchAdd.apply(x, mask, delta, eq, groups, *current)
-                return _PatchAdd.apply(x, mask, delta, eq, [], *[])
+                args = (groups, *current) if all(c is not None for c in current) else ([],)
+                if not dh.projected:
+                    return _PatchAdd.apply(x, mask, delta, eq, *args)
+                r = run.resid[dh.resid]  # type: ignore[index]
+                if not bool(mask.any()):
+                    if torch.is_grad_enabled() and mask.requires_grad:
+                        w = dh.weight().detach()
+                        return _ProjectedMaskGrad.apply(x, mask, delta, r.detach(), w, eq_grad, dh.norm)
+                    return x
+                # the patched per-head inputs, then the change of their projections
+                heads = r.unsqueeze(-2).expand(*r.shape[:2], mod.n_heads, r.shape[-1])
+                return dh.project(x, r, _PatchAdd.apply(heads, mask, delta, eq, *args))
+
+            return hook
+
+        def resid_hook(name: str):
+            def hook(_m: nn.Module, _i: Any, r: torch.Tensor) -> None:
+                run.resid[name] = r
 
             return hook
 
         try:
             for h in self.src_hooks:
                 handles.append(self.adapter.hook_dict[h.point].register_forward_hook(src_hook(h)))
-            for name, mod in self.dest_modules.items():
-                handles.append(
-                    self.adapter.hook_point(name).register_forward_hook(dest_hook(mod, masks[name]))
-                )
+            for name in sorted({dh.resid for dh in self.dest_hooks if dh.resid}):
+                handles.append(self.adapter.hook_dict[name].register_forward_hook(resid_hook(name)))
+            for dh in self.dest_hooks:
+                hook = dest_hook(dh, masks[dh.module.module_name])
+                handles.append(self.adapter.hook_dict[dh.point].register_forward_hook(hook))
             yield self
         finally:
             for h in handles:
                 h.remove()
-            run.delta, run.current = None, {}
+            run.delta, run.current, run.resid = None, {}, {}
 
     def run_patched(
         self, tokens: torch.Tensor, masks: Mapping[str, torch.Tensor], patch_src_outs: torch.Tensor
@@ -400,11 +428,14 @@ def patchable_model(
 ) -> PatchableModel:
     """Wrap a TransformerLens ``HookedTransformer`` or ``TransformerBridge`` for edge patching.
 
-    Switches on the hook flags edges need (``use_split_qkv_input`` or ``use_attn_in``,
-    ``use_hook_mlp_in``) on ``model`` itself, checks with a two-token forward pass that
-    every hook fires with the expected shape, and builds the graph. Head outputs are
-    computed from ``hook_z`` and ``W_O`` (checked once against the model's attention
-    output); only a model without them gets ``use_attn_result`` switched on.
+    Builds the graph, chooses where each source is read and each destination patched
+    (:mod:`edgewise.hook_points`: head outputs from ``hook_z``; on ``HookedTransformer``
+    Q/K/V patched after the projection, so no per-head copies of the residual stream),
+    switches on the TransformerLens hook flags those hooks need (``use_hook_mlp_in``, and
+    ``use_split_qkv_input`` / ``use_attn_in`` / ``use_attn_result`` only where the fast
+    hooks do not apply) on ``model`` itself, and checks with short forward passes that
+    every hook fires with the expected shape and that the fast hooks patch exactly like
+    TransformerLens' own per-head hooks (falling back to those, with a warning, if not).
 
     Args:
         model: the model; left unchanged apart from those flags.
@@ -427,83 +458,82 @@ def patchable_model(
     if any(p.device != device for p in model.parameters()):
         model.to(device)
     spec = GraphSpec.from_config(adapter.cfg)
-    flags = []
-    if factorized:
-        # use_split_qkv_input and use_attn_in exclude each other (TransformerLens 4.x)
-        adapter.disable_flag("use_attn_in" if separate_qkv else "use_split_qkv_input")
-        if not separate_qkv and spec.n_kv_heads != spec.n_heads:
-            raise ValueError(
-                "separate_qkv=False gives one input per head, but with grouped-query attention "
-                "keys and values are shared between heads: use separate_qkv=True"
-            )
-        flags.append("use_split_qkv_input" if separate_qkv else "use_attn_in")
-        if not spec.attn_only:
-            flags.append("use_hook_mlp_in")
+    if factorized and not separate_qkv and spec.n_kv_heads != spec.n_heads:
+        raise ValueError(
+            "separate_qkv=False gives one input per head, but with grouped-query attention "
+            "keys and values are shared between heads: use separate_qkv=True"
+        )
     graph = build_graph(spec, factorized=factorized, separate_qkv=separate_qkv, seq_len=seq_len)
-    from_z = _z_hooks_available(model, adapter, graph)
-    if not from_z:
-        flags.append("use_attn_result")
-    adapter.enable_flags(flags)
-    src_hooks = _src_hooks(model, adapter, graph, from_z)
-    hooks = [h.point for h in src_hooks] + [m.module_name for m in graph.dest_modules]
-    adapter.check_hooks(hooks)
-    shapes = adapter.probe(hooks, device)
-    for m in graph.dest_modules:
-        want = m.n_heads
-        got = shapes[m.module_name][2] if len(shapes[m.module_name]) == 4 else None
-        if want != got:
-            raise ValueError(
-                f"hook {m.module_name} has shape {shapes[m.module_name]}; the graph expects "
-                f"{want} heads there. Is the model's config (n_heads, n_key_value_heads) right?"
-            )
-    pm = PatchableModel(model, graph, adapter, _out_slice(slice_output), device, src_hooks)
-    if from_z and not _z_matches_attn_out(pm):
-        adapter.enable_flags(["use_attn_result"])
-        pm.src_hooks = _src_hooks(model, adapter, graph, from_z=False)
-        adapter.check_hooks([h.point for h in pm.src_hooks])
-        adapter.probe([h.point for h in pm.src_hooks], device)
+    out_slice = _out_slice(slice_output)
+    from_z = z_hooks_available(model, adapter, graph)
+    projected = projected_dests_available(model, adapter, graph)
+    pm = _build(model, adapter, graph, out_slice, device, from_z, projected)
+    if (from_z or projected) and not _agrees_with_graph_hooks(pm):
+        warnings.warn(
+            f"{type(model).__name__}: computing head outputs from hook_z or patching Q/K/V "
+            "after the projection does not reproduce TransformerLens' own per-head hooks on "
+            "this model; using those instead (slower).",
+            stacklevel=2,
+        )
+        pm = _build(model, adapter, graph, out_slice, device, False, False)
     return pm
 
 
-def _z_matches_attn_out(pm: PatchableModel) -> bool:
-    """Check once that the head outputs computed from ``hook_z`` sum (with ``b_O``) to the
-    attention output the model computes, so a model whose attention differs falls back to
-    TransformerLens' own per-head results."""
-    a = pm.adapter
-    out_hooks = [a.resolve(f"blocks.{b}.hook_attn_out") for b in range(int(pm.cfg.n_layers))]
-    if any(h is None for h in out_hooks):
-        return True  # nothing to compare with
-    heads = {h.module.module_name: h for h in pm.src_hooks if h.module.n_heads}
-    got, want, handles = [], [], []
-    try:
-        for b, name in enumerate(out_hooks):
-            h = heads.get(f"blocks.{b}.attn.hook_result")
-            if h is None:
-                continue
-            attn = pm.wrapped_model.blocks[b].attn
-            b_o = getattr(attn, "b_O", None)
-            handles.append(
-                a.hook_dict[h.point].register_forward_hook(
-                    lambda _m, _i, z, h=h, b_o=b_o: got.append(
-                        h.outputs(z).sum(0) + (b_o if isinstance(b_o, torch.Tensor) else 0)
-                    )
-                )
+def _build(
+    model: nn.Module,
+    adapter: HookAdapter,
+    graph: Graph,
+    out_slice: tuple[slice | int, ...],
+    device: torch.device,
+    from_z: bool,
+    projected: bool,
+) -> PatchableModel:
+    """Switch on the flags the chosen hooks need, check that every hook fires with the
+    expected number of heads, and wrap the model."""
+    flags = needed_flags(graph, projected, from_z)
+    # use_split_qkv_input and use_attn_in exclude each other (TransformerLens 4.x)
+    if "use_split_qkv_input" in flags:
+        adapter.disable_flag("use_attn_in")
+    if "use_attn_in" in flags:
+        adapter.disable_flag("use_split_qkv_input")
+    adapter.enable_flags(flags)
+    srcs = src_hooks(model, adapter, graph, from_z)
+    dests = dest_hooks(model, adapter, graph, projected)
+    points = [h.point for h in srcs] + [h.point for h in dests]
+    points += sorted({h.resid for h in dests if h.resid})
+    adapter.check_hooks(points)
+    shapes = adapter.probe(points, device)
+    for h in dests:
+        want, shape = h.module.n_heads, shapes[h.point]
+        got = shape[2] if len(shape) == 4 else None
+        if want != got:
+            raise ValueError(
+                f"hook {h.point} has shape {shape}; the graph expects {want} heads there. "
+                "Is the model's config (n_heads, n_key_value_heads) right?"
             )
-            handles.append(
-                a.hook_dict[name].register_forward_hook(lambda _m, _i, out: want.append(out))
+    return PatchableModel(model, graph, adapter, out_slice, device, srcs, dests)
+
+
+def _agrees_with_graph_hooks(pm: PatchableModel) -> bool:
+    """Check once, on random tokens and masks, that ``pm``'s hooks patch exactly like
+    TransformerLens' own per-head hooks (``hook_result``, ``hook_q_input``, ...)."""
+    model, adapter, graph = pm.wrapped_model, pm.adapter, pm.graph
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(int(pm.cfg.d_vocab), (2, pm.seq_len or 3), generator=gen).to(pm.device)
+    masks = {
+        name: (torch.rand(m.mask_shape, generator=gen) < 0.5).float().to(pm.device)
+        for name, m in pm.dest_modules.items()
+    }
+    with torch.inference_mode():
+        fast = pm.run_patched(tokens[:1], masks, pm.src_outs(tokens[1:]))
+        with adapter.flags(**pm.graph_flags):
+            ref = PatchableModel(
+                model, graph, adapter, pm.out_slice, pm.device,
+                src_hooks(model, adapter, graph, from_z=False),
+                dest_hooks(model, adapter, graph, projected=False),
             )
-        with torch.inference_mode():
-            gen = torch.Generator().manual_seed(0)
-            vocab = int(pm.cfg.d_vocab)
-            pm.wrapped_model(torch.randint(vocab, (1, 3), generator=gen).to(pm.device))
-    finally:
-        for hd in handles:
-            hd.remove()
-    if len(got) != len(want):
-        return False
-    tol = math.sqrt(torch.finfo(want[0].dtype).eps) if want[0].dtype.is_floating_point else 1e-6
-    return all(
-        g.shape == w.shape
-        and torch.allclose(g.double(), w.double(), rtol=tol, atol=tol * (1 + float(w.abs().max())))
-        for g, w in zip(got, want)
-    )
+            want = ref.run_patched(tokens[:1], masks, ref.src_outs(tokens[1:]))
+    if not want.dtype.is_floating_point or fast.shape != want.shape:
+        return fast.shape == want.shape and bool((fast == want).all())
+    tol = math.sqrt(torch.finfo(want.dtype).eps) * (1.0 + float(want.abs().max()))
+    return torch.allclose(fast.double(), want.double(), rtol=0.0, atol=tol)

@@ -39,7 +39,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from edgewise.data import PromptDataLoader, PromptPairBatch
-from edgewise.patching import PatchableModel, SrcHook
+from edgewise.hook_points import DestHook, SrcHook
+from edgewise.patching import PatchableModel
 from edgewise.types import AblationType, CircuitOutputs, DestNode, Edge, PatchType, PruneScores
 
 FaithfulnessTarget = Literal["kl_div", "mse"]
@@ -202,7 +203,7 @@ class _FastEvaluator:
         per_token = self.n_srcs * self.d_model
         if getattr(cfg, "use_attn_result", False):
             per_token += int(cfg.n_heads) * int(cfg.d_head) * self.d_model
-        if getattr(cfg, "use_split_qkv_input", False) or getattr(cfg, "use_attn_in", False):
+        if any(dh.module.n_heads for dh in self.model.dest_hooks):
             per_token += 6 * int(cfg.n_heads) * self.d_model  # per-head inputs, normalised
         per_copy = self.B * self.S * per_token * item
         budget = _STACK_BUDGET_BYTES.get(self.tokens.device.type, _STACK_BUDGET_BYTES["cpu"])
@@ -320,33 +321,39 @@ class _FastEvaluator:
 
             return hook
 
-        def dest_hook(dmod: Any, mask: torch.Tensor, per_copy: bool) -> Callable[..., torch.Tensor]:
-            h = "" if dmod.n_heads is None else "h"
-            lo, hi = dmod.src_lo, dmod.src_hi
+        resid: dict[str, torch.Tensor] = {}
+
+        def resid_hook(name: str) -> Callable[..., None]:
+            def hook(_m: nn.Module, _i: Any, r: torch.Tensor) -> None:
+                resid[name] = r
+
+            return hook
+
+        def dest_hook(dh: DestHook, mask: torch.Tensor, per_copy: bool) -> Callable[..., torch.Tensor]:
+            h = "" if dh.module.n_heads is None else "h"
+            k_ = "k" if per_copy else ""
+            lo, hi = dh.module.src_lo, dh.module.src_hi
             f_lo, f_hi = lo, min(hi, nf)  # fixed (clean) sources
             l_lo = max(lo, nf)  # live sources
             m = mask.to(dtype)
 
             def hook(_m: nn.Module, _i: Any, x: torch.Tensor) -> torch.Tensor:
-                if per_copy:
-                    if f_lo < f_hi:
-                        c = torch.einsum(f"k{pos}{h}n,nbpd->kbp{h}d", m[..., f_lo - lo : f_hi - lo],
-                                         self.delta_clean[f_lo:f_hi])
-                        x = x + c.flatten(0, 1)
-                    if l_lo < hi:
-                        c = torch.einsum(f"k{pos}{h}n,nkbpd->kbp{h}d", m[..., l_lo - lo :],
-                                         live[l_lo - nf : hi - nf].unflatten(1, (k, B)))
-                        x = x + c.flatten(0, 1)
-                    return x
+                add = None  # [k | 1, B, S, (h,) d]
                 if f_lo < f_hi:
-                    c = torch.einsum(f"{pos}{h}n,nbpd->bp{h}d", m[..., f_lo - lo : f_hi - lo],
-                                     self.delta_clean[f_lo:f_hi])
-                    x = (x.unflatten(0, (k, B)) + c).flatten(0, 1)
+                    add = torch.einsum(f"{k_}{pos}{h}n,nbpd->{k_}bp{h}d",
+                                       m[..., f_lo - lo : f_hi - lo], self.delta_clean[f_lo:f_hi])
+                    add = add if per_copy else add[None]
                 if l_lo < hi:
-                    c = torch.einsum(f"{pos}{h}n,nbpd->bp{h}d", m[..., l_lo - lo :],
-                                     live[l_lo - nf : hi - nf])
-                    x = x + c
-                return x
+                    c = torch.einsum(f"{k_}{pos}{h}n,nkbpd->kbp{h}d", m[..., l_lo - lo :],
+                                     live[l_lo - nf : hi - nf].unflatten(1, (k, B)))
+                    add = c if add is None else add + c
+                if add is None:
+                    return x
+                if not dh.projected:
+                    return (x.unflatten(0, (k, B)) + add).flatten(0, 1)
+                r = resid[dh.resid]  # type: ignore[index]
+                z = (r.unflatten(0, (k, B)).unsqueeze(-2) + add).flatten(0, 1)
+                return dh.project(x, r, z)
 
             return hook
 
@@ -358,17 +365,22 @@ class _FastEvaluator:
                 if fires(self.src_block[h.module.module_name]) and h.module.src_lo >= nf:
                     point = self.model.adapter.hook_dict[h.point]
                     handles.append(point.register_forward_hook(src_hook(h)))
-            for name, dmod in self.model.dest_modules.items():
+            resids = set()
+            for dh in self.model.dest_hooks:
+                name = dh.module.module_name
                 if not fires(self.dest_block[name]):
                     continue
                 if name == module:
-                    hook = dest_hook(dmod, cand, True)
+                    hook = dest_hook(dh, cand, True)
                 elif bool(masks[name].any()):
-                    hook = dest_hook(dmod, masks[name], False)
+                    hook = dest_hook(dh, masks[name], False)
                 else:
                     continue
-                point = self.model.adapter.hook_point(name)
-                handles.append(point.register_forward_hook(hook))
+                handles.append(self.model.adapter.hook_dict[dh.point].register_forward_hook(hook))
+                if dh.resid:
+                    resids.add(dh.resid)
+            for name in sorted(resids):
+                handles.append(self.model.adapter.hook_dict[name].register_forward_hook(resid_hook(name)))
             with torch.inference_mode():
                 if start is None:
                     out = self.wm(self.tokens.repeat(k, 1))[self.out_slice]

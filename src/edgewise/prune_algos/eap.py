@@ -79,8 +79,9 @@ def _run_capturing(model: PatchableModel, tokens: torch.Tensor) -> tuple[torch.T
         return hook
 
     names = {s.module_name for s in model.srcs} | set(model.dest_modules)
-    # TransformerLens' own per-head results (hook_result), independent of PatchableModel's
-    with model.adapter.flags(use_attn_result=True):
+    # TransformerLens' own per-head hooks (hook_result, hook_q_input, ...), independent of
+    # the hooks PatchableModel patches at
+    with model.adapter.flags(**model.graph_flags):
         try:
             for name in sorted(names):
                 handles.append(model.adapter.hook_point(name).register_forward_hook(keep(name)))

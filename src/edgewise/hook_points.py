@@ -1,0 +1,266 @@
+"""Where edges are read and written in a TransformerLens model.
+
+**Sources.** A source module's outputs ``[n, batch, seq, d_model]`` (``n`` heads, or 1)
+are read at one hook. Head outputs are ``z_h @ W_O[h]``, computed from ``attn.hook_z``
+with one batched matmul; TransformerLens' ``use_attn_result`` is only the fallback, as it
+materialises ``[batch, seq, heads, d_head, d_model]`` and makes a forward pass several
+times slower on a CPU.
+
+**Destinations.** Most destinations are patched at the hook that carries their input
+(``hook_mlp_in``, the final residual). Query, key and value inputs of a
+``HookedTransformer`` are patched *after* the projection instead, at ``attn.hook_q`` /
+``hook_k`` / ``hook_v``, with the model's hook flags off::
+
+    X'_h = X_h + (N(r + delta_h) - N(r)) @ W_X[h]
+
+where ``r`` is the block's residual input, ``N`` its ``ln1`` and ``delta_h`` the patch
+added to head ``h``'s input. This is exactly what TransformerLens computes with
+``use_split_qkv_input`` (``X_h = N(r + delta_h) @ W_X[h] + b_X[h]``), but heads whose
+input is unpatched cost nothing, and the per-head copies of the residual stream and of
+``ln1`` that the flag makes for every head in every forward and backward pass (3x the
+time of a GPT-2-small forward+backward at 32x32 tokens) are never built. Models where
+this is not known to hold (bridges, post-norm blocks, 4-bit weights) use
+TransformerLens' per-head input hooks, and :func:`patchable_model` checks once that
+both give the same outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from edgewise.adapter import HookAdapter
+from edgewise.graph import DestModule, Graph, SrcModule
+
+_QKV = ("q", "k", "v")
+
+
+# ---------------------------------------------------------------------------- sources
+@dataclass(frozen=True)
+class SrcHook:
+    """Where the outputs of one source module are read: the hook ``point`` that fires
+    with them, and ``outputs`` mapping that hook's output to the sources' outputs
+    ``[n, batch, seq, d_model]`` (``n`` heads, or 1)."""
+
+    module: SrcModule
+    point: str
+    outputs: Callable[[torch.Tensor], torch.Tensor]
+
+
+def _heads_from_z(attn: nn.Module, n_heads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    def outputs(z: torch.Tensor) -> torch.Tensor:
+        if z.ndim == 3:  # bridges give [batch, seq, heads * d_head]
+            z = z.unflatten(-1, (n_heads, -1))
+        b, p, h, d_head = z.shape
+        # one [b*p, d_head] @ [d_head, d_model] product per head (no broadcast copy of W_O)
+        z = z.permute(2, 0, 1, 3).reshape(h, b * p, d_head)
+        return torch.bmm(z, attn.W_O).view(h, b, p, -1)
+
+    return outputs
+
+
+def _heads_first(out: torch.Tensor) -> torch.Tensor:
+    return out.permute(2, 0, 1, 3)
+
+
+def _one_src(out: torch.Tensor) -> torch.Tensor:
+    return out[None]
+
+
+def _block(name: str) -> int:
+    return int(name.split(".")[1])
+
+
+def z_hooks_available(model: nn.Module, adapter: HookAdapter, graph: Graph) -> bool:
+    """Whether every attention block has ``hook_z`` and a dense ``W_O [heads, d_head, d]``."""
+    if getattr(adapter.cfg, "load_in_4bit", False):
+        return False
+    for mod in graph.src_modules:
+        if mod.n_heads is None:
+            continue
+        b = _block(mod.module_name)
+        try:
+            w_o = model.blocks[b].attn.W_O
+        except (AttributeError, IndexError, TypeError, NotImplementedError):
+            return False
+        if adapter.resolve(f"blocks.{b}.attn.hook_z") is None or not isinstance(w_o, torch.Tensor):
+            return False
+        if w_o.ndim != 3 or w_o.shape[0] != mod.n_heads:
+            return False
+    return True
+
+
+def src_hooks(
+    model: nn.Module, adapter: HookAdapter, graph: Graph, from_z: bool
+) -> tuple[SrcHook, ...]:
+    """One :class:`SrcHook` per source module, head outputs from ``hook_z`` if ``from_z``
+    else from TransformerLens' ``hook_result``."""
+    hooks = []
+    for mod in graph.src_modules:
+        if mod.n_heads is not None and from_z:
+            b = _block(mod.module_name)
+            point = adapter.resolve(f"blocks.{b}.attn.hook_z")
+            hooks.append(SrcHook(mod, point, _heads_from_z(model.blocks[b].attn, mod.n_heads)))
+        else:
+            outputs = _one_src if mod.n_heads is None else _heads_first
+            hooks.append(SrcHook(mod, adapter.resolve(mod.module_name) or mod.module_name, outputs))
+    return tuple(hooks)
+
+
+# ---------------------------------------------------------------------------- norms
+@dataclass(frozen=True)
+class Norm:
+    """A block's ``ln1`` as TransformerLens computes it (``LN``, ``LNPre``, ``RMS``,
+    ``RMSPre`` or none), on inputs with any leading dims, plus its Jacobian-transpose
+    product for hand-written gradients."""
+
+    kind: str | None
+    module: nn.Module | None
+
+    @property
+    def centred(self) -> bool:
+        return self.kind in ("LN", "LNPre")
+
+    def scale_of(self, x: torch.Tensor) -> torch.Tensor:
+        """``1 / sigma`` per token, ``[..., 1]``, in float32 or wider."""
+        x = x.to(torch.promote_types(x.dtype, torch.float32))
+        if self.centred:
+            x = x - x.mean(-1, keepdim=True)
+        return torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.module.eps)  # type: ignore[union-attr]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind is None:
+            return x
+        dtype = x.dtype
+        x = x.to(torch.promote_types(dtype, torch.float32))
+        if self.centred:
+            x = x - x.mean(-1, keepdim=True)
+        x = (x / (x.pow(2).mean(-1, keepdim=True) + self.module.eps).sqrt()).to(dtype)  # type: ignore[union-attr]
+        w = getattr(self.module, "w", None) if self.kind in ("LN", "RMS") else None
+        b = getattr(self.module, "b", None) if self.kind == "LN" else None
+        if w is not None:
+            x = x * w
+        if b is not None:
+            x = x + b
+        return x
+
+    def weight(self) -> torch.Tensor | None:
+        return getattr(self.module, "w", None) if self.kind in ("LN", "RMS") else None
+
+    def normalized(self, r: torch.Tensor, inv_sigma: torch.Tensor) -> torch.Tensor:
+        """``x_hat`` of ``r`` (centred for LayerNorm) in ``inv_sigma``'s dtype."""
+        r = r.to(inv_sigma.dtype)
+        if self.centred:
+            r = r - r.mean(-1, keepdim=True)
+        return r * inv_sigma
+
+
+def _norm(model: nn.Module, block: int) -> Norm | None:
+    """The ``ln1`` of ``block`` if its type is one this module reproduces, else None."""
+    from transformer_lens.components import LayerNorm, LayerNormPre, RMSNorm, RMSNormPre
+
+    ln = getattr(model.blocks[block], "ln1", None)
+    kinds = {LayerNorm: "LN", LayerNormPre: "LNPre", RMSNorm: "RMS", RMSNormPre: "RMSPre"}
+    if type(ln) in kinds:
+        return Norm(kinds[type(ln)], ln)
+    if isinstance(ln, nn.Identity) or (ln is None and model.cfg.normalization_type is None):
+        return Norm(None, None)
+    return None
+
+
+# ---------------------------------------------------------------------------- destinations
+@dataclass(frozen=True)
+class DestHook:
+    """Where the inputs of one destination module are patched.
+
+    ``point`` is the hook whose output is changed. For input destinations it carries the
+    destination's input and the patch is added to it. For projected destinations
+    (``resid`` set) it carries ``X = N(r) @ W + b`` (``attn.hook_q`` etc.), ``resid`` is
+    the hook that carries ``r`` and :meth:`project` applies the patch.
+    """
+
+    module: DestModule
+    point: str
+    resid: str | None = None
+    norm: Norm | None = None
+    attn: nn.Module | None = None
+    qkv: str | None = None
+
+    @property
+    def projected(self) -> bool:
+        return self.resid is not None
+
+    def weight(self) -> torch.Tensor:
+        """``W_X [heads, d_model, d_head]`` (K/V per KV head with grouped-query attention)."""
+        attn, x = self.attn, self.qkv.upper()  # type: ignore[union-attr]
+        grouped = x in "KV" and hasattr(attn, f"_W_{x}") and not attn.cfg.ungroup_grouped_query_attention
+        return getattr(attn, f"_W_{x}" if grouped else f"W_{x}")
+
+    def project(self, x: torch.Tensor, r: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``x + (N(z) - N(r)) @ W`` per head: ``x`` ``[b, p, h, d_head]`` from
+        ``point``, ``r`` ``[b, p, d]`` the unpatched input, ``z`` ``[b, p, h, d]`` the
+        patched per-head inputs."""
+        y = self.norm(z) - self.norm(r).unsqueeze(-2)  # type: ignore[misc]
+        return x + torch.einsum("bphd,hdk->bphk", y, self.weight())
+
+
+def projected_dests_available(model: nn.Module, adapter: HookAdapter, graph: Graph) -> bool:
+    """Whether Q/K/V destinations can be patched after the projection (see module doc)."""
+    from transformer_lens import HookedTransformer
+
+    try:
+        from transformer_lens.components.transformer_block import POST_NORM_ARCHITECTURES
+    except ImportError:  # pragma: no cover - older TransformerLens
+        POST_NORM_ARCHITECTURES = ()
+    cfg = adapter.cfg
+    if not isinstance(model, HookedTransformer) or getattr(cfg, "load_in_4bit", False):
+        return False
+    if getattr(cfg, "original_architecture", None) in POST_NORM_ARCHITECTURES:
+        return False
+    for mod in graph.dest_modules:
+        leaf = mod.module_name.split(".")[-1]
+        if leaf not in ("hook_q_input", "hook_k_input", "hook_v_input"):
+            continue
+        b = _block(mod.module_name)
+        if _norm(model, b) is None or adapter.resolve(f"blocks.{b}.hook_resid_pre") is None:
+            return False
+        if adapter.resolve(f"blocks.{b}.attn.hook_{leaf[5]}") is None:
+            return False
+    return True
+
+
+def dest_hooks(
+    model: nn.Module, adapter: HookAdapter, graph: Graph, projected: bool
+) -> tuple[DestHook, ...]:
+    """One :class:`DestHook` per destination module; Q/K/V projected if ``projected``."""
+    hooks = []
+    for mod in graph.dest_modules:
+        leaf = mod.module_name.split(".")[-1]
+        if projected and leaf in ("hook_q_input", "hook_k_input", "hook_v_input"):
+            b, qkv = _block(mod.module_name), leaf[5]
+            hooks.append(DestHook(
+                mod,
+                point=adapter.resolve(f"blocks.{b}.attn.hook_{qkv}"),  # type: ignore[arg-type]
+                resid=adapter.resolve(f"blocks.{b}.hook_resid_pre"),
+                norm=_norm(model, b),
+                attn=model.blocks[b].attn,
+                qkv=qkv,
+            ))
+        else:
+            hooks.append(DestHook(mod, adapter.resolve(mod.module_name) or mod.module_name))
+    return tuple(hooks)
+
+
+def needed_flags(graph: Graph, projected: bool, heads_from_z: bool) -> dict[str, bool]:
+    """The TransformerLens hook flags the hooks of ``graph`` need on."""
+    names = {m.module_name.split(".")[-1] for m in graph.dest_modules}
+    flags = {
+        "use_split_qkv_input": not projected and bool(names & {"hook_q_input"}),
+        "use_attn_in": "hook_attn_in" in names,
+        "use_hook_mlp_in": "hook_mlp_in" in names,
+        "use_attn_result": not heads_from_z and any(m.n_heads for m in graph.src_modules),
+    }
+    return {f: v for f, v in flags.items() if v}
