@@ -11,12 +11,12 @@ times slower on a CPU.
 ``HookedTransformer`` are patched *after* the projection instead, at ``attn.hook_q`` /
 ``hook_k`` / ``hook_v``, with the model's hook flags off::
 
-    X'_h = X_h + (N(r + delta_h) - N(r)) @ W_X[h]
+    X'_h = X_h + (N(r + delta_h) - N(r)) @ W_X[h]     (computed as N(r + delta_h) @ W_X[h] + b_X[h])
 
 where ``r`` is the block's residual input, ``N`` its ``ln1`` and ``delta_h`` the patch
-added to head ``h``'s input. This is exactly what TransformerLens computes with
-``use_split_qkv_input`` (``X_h = N(r + delta_h) @ W_X[h] + b_X[h]``), but heads whose
-input is unpatched cost nothing, and the per-head copies of the residual stream and of
+added to head ``h``'s input; that is ``X'_h = N(r + delta_h) @ W_X[h] + b_X[h]``,
+exactly what TransformerLens computes with ``use_split_qkv_input``. But destinations
+whose masks are 0 cost nothing, and the per-head copies of the residual stream and of
 ``ln1`` that the flag makes for every head in every forward and backward pass (3x the
 time of a GPT-2-small forward+backward at 32x32 tokens) are never built. Models where
 this is not known to hold (bridges, post-norm blocks, 4-bit weights) use
@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from edgewise.adapter import HookAdapter
@@ -47,27 +48,33 @@ class SrcHook:
 
     module: SrcModule
     point: str
-    outputs: Callable[[torch.Tensor], torch.Tensor]
+    outputs: Callable[..., torch.Tensor]
+    """``outputs(hook_output, into=None)``: the outputs, written to ``into`` (a contiguous
+    ``[n, batch, seq, d_model]`` tensor) when given."""
 
 
-def _heads_from_z(attn: nn.Module, n_heads: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    def outputs(z: torch.Tensor) -> torch.Tensor:
+def _heads_from_z(attn: nn.Module, n_heads: int) -> Callable[..., torch.Tensor]:
+    def outputs(z: torch.Tensor, into: torch.Tensor | None = None) -> torch.Tensor:
         if z.ndim == 3:  # bridges give [batch, seq, heads * d_head]
             z = z.unflatten(-1, (n_heads, -1))
         b, p, h, d_head = z.shape
         # one [b*p, d_head] @ [d_head, d_model] product per head (no broadcast copy of W_O)
         z = z.permute(2, 0, 1, 3).reshape(h, b * p, d_head)
+        if into is not None:
+            torch.bmm(z, attn.W_O, out=into.view(h, b * p, -1))
+            return into
         return torch.bmm(z, attn.W_O).view(h, b, p, -1)
 
     return outputs
 
 
-def _heads_first(out: torch.Tensor) -> torch.Tensor:
-    return out.permute(2, 0, 1, 3)
+def _heads_first(out: torch.Tensor, into: torch.Tensor | None = None) -> torch.Tensor:
+    out = out.permute(2, 0, 1, 3)
+    return out if into is None else into.copy_(out)
 
 
-def _one_src(out: torch.Tensor) -> torch.Tensor:
-    return out[None]
+def _one_src(out: torch.Tensor, into: torch.Tensor | None = None) -> torch.Tensor:
+    return out[None] if into is None else into.copy_(out[None])
 
 
 def _block(name: str) -> int:
@@ -131,20 +138,26 @@ class Norm:
             x = x - x.mean(-1, keepdim=True)
         return torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.module.eps)  # type: ignore[union-attr]
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, shift: bool = True) -> torch.Tensor:
+        """``ln1(x)`` over the last dim (without its bias if not ``shift``)."""
         if self.kind is None:
             return x
-        dtype = x.dtype
-        x = x.to(torch.promote_types(dtype, torch.float32))
+        dtype, d = x.dtype, x.shape[-1]
+        w = self.weight()
+        b = getattr(self.module, "b", None) if self.kind == "LN" and shift else None
+        eps = self.module.eps  # type: ignore[union-attr]
+        # TransformerLens normalises half-precision inputs in float32, then scales
+        wide = dtype not in (torch.float32, torch.float64)
+        if wide:
+            x = x.float()
         if self.centred:
-            x = x - x.mean(-1, keepdim=True)
-        x = (x / (x.pow(2).mean(-1, keepdim=True) + self.module.eps).sqrt()).to(dtype)  # type: ignore[union-attr]
-        w = getattr(self.module, "w", None) if self.kind in ("LN", "RMS") else None
-        b = getattr(self.module, "b", None) if self.kind == "LN" else None
-        if w is not None:
-            x = x * w
-        if b is not None:
-            x = x + b
+            x = F.layer_norm(x, (d,), None if wide else w, None if wide else b, eps)
+        else:
+            x = F.rms_norm(x, (d,), None if wide else w, eps)
+        if wide:
+            x = x.to(dtype)
+            x = x if w is None else x * w
+            x = x if b is None else x + b
         return x
 
     def weight(self) -> torch.Tensor | None:
@@ -179,7 +192,8 @@ class DestHook:
     ``point`` is the hook whose output is changed. For input destinations it carries the
     destination's input and the patch is added to it. For projected destinations
     (``resid`` set) it carries ``X = N(r) @ W + b`` (``attn.hook_q`` etc.), ``resid`` is
-    the hook that carries ``r`` and :meth:`project` applies the patch.
+    the hook that carries ``r``, and :meth:`project` computes ``X`` from the patched
+    per-head inputs instead.
     """
 
     module: DestModule
@@ -196,15 +210,28 @@ class DestHook:
     def weight(self) -> torch.Tensor:
         """``W_X [heads, d_model, d_head]`` (K/V per KV head with grouped-query attention)."""
         attn, x = self.attn, self.qkv.upper()  # type: ignore[union-attr]
-        grouped = x in "KV" and hasattr(attn, f"_W_{x}") and not attn.cfg.ungroup_grouped_query_attention
+        grouped = (
+            x in "KV" and hasattr(attn, f"_W_{x}") and not attn.cfg.ungroup_grouped_query_attention
+        )
         return getattr(attn, f"_W_{x}" if grouped else f"W_{x}")
 
-    def project(self, x: torch.Tensor, r: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """``x + (N(z) - N(r)) @ W`` per head: ``x`` ``[b, p, h, d_head]`` from
-        ``point``, ``r`` ``[b, p, d]`` the unpatched input, ``z`` ``[b, p, h, d]`` the
-        patched per-head inputs."""
-        y = self.norm(z) - self.norm(r).unsqueeze(-2)  # type: ignore[misc]
-        return x + torch.einsum("bphd,hdk->bphk", y, self.weight())
+    def bias(self) -> torch.Tensor:
+        """``b_X [heads, d_head]``, like :meth:`weight`."""
+        attn, x = self.attn, self.qkv.upper()  # type: ignore[union-attr]
+        grouped = (
+            x in "KV" and hasattr(attn, f"_b_{x}") and not attn.cfg.ungroup_grouped_query_attention
+        )
+        return getattr(attn, f"_b_{x}" if grouped else f"b_{x}")
+
+    def project(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The patched ``X' = N(z) @ W + b`` for ``z`` ``[h, b, p, d]``, the patched
+        per-head inputs (heads first, so the projection is one batched matmul), shaped
+        like ``x`` ``[b, p, h, d_head]``, the unpatched ``X`` at ``point``."""
+        norm = self.norm
+        assert norm is not None
+        h, b, p, d = z.shape
+        out = torch.bmm(norm(z).reshape(h, b * p, d), self.weight())  # [h, b*p, d_head]
+        return (out.view(h, b, p, -1) + self.bias()[:, None, None]).permute(1, 2, 0, 3).to(x.dtype)
 
 
 def projected_dests_available(model: nn.Module, adapter: HookAdapter, graph: Graph) -> bool:
@@ -241,14 +268,16 @@ def dest_hooks(
         leaf = mod.module_name.split(".")[-1]
         if projected and leaf in ("hook_q_input", "hook_k_input", "hook_v_input"):
             b, qkv = _block(mod.module_name), leaf[5]
-            hooks.append(DestHook(
-                mod,
-                point=adapter.resolve(f"blocks.{b}.attn.hook_{qkv}"),  # type: ignore[arg-type]
-                resid=adapter.resolve(f"blocks.{b}.hook_resid_pre"),
-                norm=_norm(model, b),
-                attn=model.blocks[b].attn,
-                qkv=qkv,
-            ))
+            hooks.append(
+                DestHook(
+                    mod,
+                    point=adapter.resolve(f"blocks.{b}.attn.hook_{qkv}"),  # type: ignore[arg-type]
+                    resid=adapter.resolve(f"blocks.{b}.hook_resid_pre"),
+                    norm=_norm(model, b),
+                    attn=model.blocks[b].attn,
+                    qkv=qkv,
+                )
+            )
         else:
             hooks.append(DestHook(mod, adapter.resolve(mod.module_name) or mod.module_name))
     return tuple(hooks)

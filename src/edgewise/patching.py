@@ -50,6 +50,7 @@ class _Run:
     delta: torch.Tensor | None = None
     current: dict[int, torch.Tensor] = field(default_factory=dict)
     resid: dict[str, torch.Tensor] = field(default_factory=dict)
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class _SourcesDone(Exception):
@@ -57,11 +58,12 @@ class _SourcesDone(Exception):
 
 
 class _PatchAdd(torch.autograd.Function):
-    """``x + einsum(mask, delta[lo:hi])`` with hand-written gradients.
+    """``x + einsum(eq, mask, delta[lo:hi])`` with hand-written gradients.
 
     Masks carry a leading "copies" dim ``c``: the batch holds ``c`` copies of the
     prompts, copy ``i`` patched by ``mask[i]`` (so many circuits run in one pass).
-    ``x`` is ``[c*b, p, (h,) d]``, ``delta`` ``[n, c*b, p, d]``.
+    ``delta`` is ``[n, c*b, p, d]``; ``x`` is laid out as ``eq``'s output: ``[c*b, p,
+    (h,) d]`` (``...->cbp(h)d``) or heads first, ``[h, c*b, p, d]`` (``...->hcbpd``).
 
     The gradient of an edge's mask is ``sum_{batch, pos} grad_input_d . delta_s``
     (exactly edge attribution patching at ``mask = 0``). The gradient flowing to the
@@ -75,11 +77,22 @@ class _PatchAdd(torch.autograd.Function):
         ctx.save_for_backward(mask)
         # a view of the run's buffer: its rows [lo, hi) never change again in this pass
         ctx.delta = delta.view(delta.shape[0], mask.shape[0], -1, *delta.shape[2:])
-        if not bool(mask.any()):
-            ctx.zero = True
+        rhs = eq.split("->")[1]
+        # heads-first output from an x without heads: x is the same for every head
+        ctx.bcast = rhs[0] == "h" and x.dim() == len(rhs) - 2
+        ctx.zero = not bool(mask.any())
+        n, k = delta.shape[0], delta[0].numel()
+        rows = mask.numel() // n
+        if ctx.zero and not ctx.bcast:
             return x.clone()
-        ctx.zero = False
-        add = torch.einsum(eq, mask.to(x.dtype), ctx.delta)  # [c, b, p, (h,) d], a view
+        if mask.shape[0] == 1 and "p" not in eq.split(",")[0] and (rhs[0] == "h" or "h" not in rhs):
+            # one copy, no positions: one fused [rows, n] @ [n, b*p*d] + x
+            x2 = x.reshape(-1, k)
+            out = torch.addmm(x2, mask.reshape(rows, n).to(x.dtype), delta.reshape(n, k))
+            return out.view(rows, *x.shape) if ctx.bcast else out.view(x.shape)
+        add = torch.einsum(eq, mask.to(x.dtype), ctx.delta)  # eq's output layout, maybe a view
+        if ctx.bcast:
+            return (x.reshape(add.shape[1:]) + add).reshape(add.shape[0], *x.shape)
         return (x.reshape(add.shape) + add).reshape(x.shape)
 
     @staticmethod
@@ -87,14 +100,16 @@ class _PatchAdd(torch.autograd.Function):
         (mask,) = ctx.saved_tensors
         lhs, rhs = ctx.eq.split("->")
         m_sub, d_sub = lhs.split(",")
+        delta = ctx.delta  # [n, c, b, p, d]
         copies = mask.shape[0]
-        gv = g.view(copies, -1, *g.shape[1:])
+        sizes = dict(zip(d_sub, delta.shape)) | {"h": g.numel() // delta[0].numel()}
+        gv = g.reshape([sizes[a] for a in rhs])
         grad_mask = None
         if ctx.needs_input_grad[1]:
             acc = torch.promote_types(g.dtype, torch.float32)  # never below float32
-            delta = ctx.delta.to(acc)
+            delta = delta.to(acc)
             if copies == 1 and "p" not in m_sub:  # [heads, b*p*d] @ [b*p*d, n], no copy of delta
-                gh = g.to(acc).movedim(2, 0) if g.ndim == 4 else g.to(acc)[None]
+                gh = gv.to(acc).movedim(rhs.index("h"), 0) if "h" in rhs else gv.to(acc)[None]
                 flat = torch.mm(gh.reshape(gh.shape[0], -1), delta.reshape(delta.shape[0], -1).t())
                 grad_mask = flat.view(mask.shape)
             else:
@@ -107,8 +122,9 @@ class _PatchAdd(torch.autograd.Function):
                     continue
                 # -sum over the destination's heads of mask * grad: [n, c, b, p, d]
                 grad = -torch.einsum(f"{m_sub},{rhs}->{d_sub}", m[..., start : start + count], gv)
-                grads_current[i] = grad.reshape(count, g.shape[0], *grad.shape[3:])
-        return (g, grad_mask, None, None, None, *grads_current)
+                grads_current[i] = grad.flatten(1, 2)
+        grad_x = g.sum(0) if ctx.bcast else g
+        return (grad_x, grad_mask, None, None, None, *grads_current)
 
 
 class _ProjectedMaskGrad(torch.autograd.Function):
@@ -124,8 +140,8 @@ class _ProjectedMaskGrad(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, mask, delta, r, w, eq, norm):  # type: ignore[override]
-        ctx.eq, ctx.norm = eq, norm
+    def forward(ctx, x, mask, delta, r, w, eq, norm, workspace):  # type: ignore[override]
+        ctx.eq, ctx.norm, ctx.workspace = eq, norm, workspace
         ctx.delta = delta.view(delta.shape[0], mask.shape[0], -1, *delta.shape[2:])
         ctx.save_for_backward(mask, r, w)
         return x.clone()
@@ -147,7 +163,13 @@ class _ProjectedMaskGrad(torch.autograd.Function):
                 w = w * gamma.to(acc)[None, :, None]
             g = g.to(acc) * inv.unsqueeze(-2)
         gs = g.to(acc).permute(2, 0, 1, 3).reshape(h, t, k)
-        v = torch.bmm(gs, w.transpose(1, 2))  # [h, b*p, d]
+        # [h, b*p, d], in one buffer shared by the destinations of this pass: a fresh
+        # allocation this size costs page faults on every call on a CPU
+        key = (h, t, d, acc, gs.device)
+        v = ctx.workspace.get(key)
+        if v is None:
+            v = ctx.workspace[key] = torch.empty(h, t, d, dtype=acc, device=gs.device)
+        torch.bmm(gs, w.transpose(1, 2), out=v)
         if norm.kind is not None:
             if norm.centred:
                 v.sub_(v.mean(-1, keepdim=True))
@@ -159,7 +181,7 @@ class _ProjectedMaskGrad(torch.autograd.Function):
             grad = torch.mm(v.view(h, -1), delta.reshape(n, -1).t()).view(mask.shape)
         else:
             grad = torch.einsum(ctx.eq, v.view(h, c, -1, p, d), delta)
-        return grad_x, grad, None, None, None, None, None
+        return grad_x, grad, None, None, None, None, None, None
 
 
 class PatchableModel(nn.Module):
@@ -314,6 +336,17 @@ class PatchableModel(nn.Module):
             )
         run = _Run()
         first_src = self.src_hooks[0]
+        nonzero = {name: bool(m.any()) for name, m in masks.items()}
+        track_current = any(nonzero.values())
+        masks_c = {name: m if stacked else m[None] for name, m in masks.items()}
+        # projected destinations patched together: block -> names with nonzero masks
+        by_block: dict[tuple[str, int, int], list[str]] = {}
+        for dh in self.dest_hooks:
+            if dh.projected and nonzero[dh.module.module_name]:
+                key = (dh.resid, dh.module.src_lo, dh.module.src_hi)
+                by_block.setdefault(key, []).append(dh.module.module_name)
+        fused = {name: group for group in by_block.values() for name in group}
+        workspace: dict = {}  # buffers of the hand-written backward passes
         handles = []
 
         def src_hook(h: SrcHook):
@@ -321,25 +354,34 @@ class PatchableModel(nn.Module):
             lo, hi = mod.src_lo, mod.src_lo + (mod.n_heads or 1)
 
             def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
-                outs = h.outputs(out)  # [n, c*b, s, d]
                 if h is first_src:  # a new forward pass starts
-                    n, b, s, d = outs.shape
+                    b, s, d = out.shape[0], out.shape[1], int(self.cfg.d_model)
                     if b % copies:
                         raise ValueError(
                             f"masks stack {copies} circuits, so the batch ({b} prompts) must "
                             f"hold {copies} copies of the prompts: use tokens.repeat({copies}, 1)"
                         )
                     run.delta = torch.empty(
-                        len(self.srcs), b, s, d, dtype=outs.dtype, device=outs.device
+                        len(self.srcs), b, s, d, dtype=out.dtype, device=out.device
                     )
-                    run.current = {}
+                    run.current, run.inputs = {}, {}
                 assert run.delta is not None
+                rows = run.delta[lo:hi]  # [n, c*b, s, d], contiguous
+                # Current outputs are kept for the gradient only where some mask is nonzero
+                # (at mask 0 their gradient through the patch is 0).
+                outs = h.outputs(out) if torch.is_grad_enabled() and track_current else None
                 with torch.no_grad():
-                    delta = run.delta[lo:hi].unflatten(1, (copies, -1))
+                    if outs is None:
+                        h.outputs(out, into=rows)
+                        cur = rows
+                    else:
+                        cur = outs
                     torch.sub(
-                        patch_src_outs[lo:hi, None], outs.unflatten(1, (copies, -1)), out=delta
+                        patch_src_outs[lo:hi, None],
+                        cur.unflatten(1, (copies, -1)),
+                        out=rows.unflatten(1, (copies, -1)),
                     )
-                if torch.is_grad_enabled() and outs.requires_grad:
+                if outs is not None and outs.requires_grad:
                     run.current[lo] = outs
 
             return hook
@@ -349,6 +391,7 @@ class PatchableModel(nn.Module):
             pos = "" if self.seq_len is None else "p"
             head = "" if mod.n_heads is None else "h"
             eq = f"c{pos}{head}n,ncbpd->cbp{head}d"
+            eq_heads = f"c{pos}hn,ncbpd->hcbpd"  # patched inputs heads first
             # the mask gradient of a projected destination at mask 0 (see _ProjectedMaskGrad)
             eq_grad = None if (not pos and not stacked) else f"hcbpd,ncbpd->c{pos}hn"
             mask = mask if stacked else mask[None]
@@ -370,11 +413,20 @@ class PatchableModel(nn.Module):
                 if not bool(mask.any()):
                     if torch.is_grad_enabled() and mask.requires_grad:
                         w = dh.weight().detach()
-                        return _ProjectedMaskGrad.apply(x, mask, delta, r.detach(), w, eq_grad, dh.norm)
+                        return _ProjectedMaskGrad.apply(
+                            x, mask, delta, r.detach(), w, eq_grad, dh.norm, workspace
+                        )
                     return x
-                # the patched per-head inputs, then the change of their projections
-                heads = r.unsqueeze(-2).expand(*r.shape[:2], mod.n_heads, r.shape[-1])
-                return dh.project(x, r, _PatchAdd.apply(heads, mask, delta, eq, *args))
+                # The patched per-head inputs [h, c*b, p, d] of every projected destination
+                # of this block with a nonzero mask (Q, K and V read the same sources), in
+                # one product over delta, at the first of their hooks; then the projection.
+                if mod.module_name not in run.inputs:
+                    group = fused[mod.module_name]
+                    cat = torch.cat([masks_c[n] for n in group], dim=-2)
+                    z = _PatchAdd.apply(r, cat, delta, eq_heads, *args)
+                    sizes = [self.dest_modules[n].n_heads for n in group]
+                    run.inputs.update(zip(group, z.split(sizes)))
+                return dh.project(x, run.inputs.pop(mod.module_name))
 
             return hook
 
@@ -396,7 +448,7 @@ class PatchableModel(nn.Module):
         finally:
             for h in handles:
                 h.remove()
-            run.delta, run.current, run.resid = None, {}, {}
+            run.delta, run.current, run.resid, run.inputs = None, {}, {}, {}
 
     def run_patched(
         self, tokens: torch.Tensor, masks: Mapping[str, torch.Tensor], patch_src_outs: torch.Tensor
@@ -528,7 +580,11 @@ def _agrees_with_graph_hooks(pm: PatchableModel) -> bool:
         fast = pm.run_patched(tokens[:1], masks, pm.src_outs(tokens[1:]))
         with adapter.flags(**pm.graph_flags):
             ref = PatchableModel(
-                model, graph, adapter, pm.out_slice, pm.device,
+                model,
+                graph,
+                adapter,
+                pm.out_slice,
+                pm.device,
                 src_hooks(model, adapter, graph, from_z=False),
                 dest_hooks(model, adapter, graph, projected=False),
             )

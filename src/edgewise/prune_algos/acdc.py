@@ -125,7 +125,9 @@ class _PlainEvaluator:
             m = dict(masks)
             m[module] = cand[j]
             with torch.inference_mode():
-                outs.append(self.model.run_patched(self.tokens, m, self.patch)[self.model.out_slice])
+                outs.append(
+                    self.model.run_patched(self.tokens, m, self.patch)[self.model.out_slice]
+                )
         return torch.stack(outs)
 
 
@@ -177,7 +179,11 @@ class _FastEvaluator:
         # First source whose hook fires in block >= b (sources are in topological order).
         self.n_fixed: dict[int, int] = {}
         for b in range(self.n_layers):
-            los = [m.src_lo for m in self.graph.src_modules if (self.src_block[m.module_name] or 0) >= b]
+            los = [
+                m.src_lo
+                for m in self.graph.src_modules
+                if (self.src_block[m.module_name] or 0) >= b
+            ]
             self.n_fixed[b] = min(los) if los else self.n_srcs
         clean_outs, self.resid_pre = self._clean_run()
         # patch - clean for every source: [n_srcs, B, S, d]
@@ -247,8 +253,10 @@ class _FastEvaluator:
         """Check once that starting mid-model reproduces the full model (zero masks)."""
         dtype = self.delta_clean.dtype
         tol = _tolerance(dtype)
-        zero = {n: torch.zeros(m.mask_shape, dtype=dtype, device=self.tokens.device)
-                for n, m in self.model.dest_modules.items()}
+        zero = {
+            n: torch.zeros(m.mask_shape, dtype=dtype, device=self.tokens.device)
+            for n, m in self.model.dest_modules.items()
+        }
         name = next(iter(self.model.dest_modules))
         try:
             for b in sorted({0, self.n_layers - 1}):
@@ -329,7 +337,9 @@ class _FastEvaluator:
 
             return hook
 
-        def dest_hook(dh: DestHook, mask: torch.Tensor, per_copy: bool) -> Callable[..., torch.Tensor]:
+        def dest_hook(
+            dh: DestHook, mask: torch.Tensor, per_copy: bool
+        ) -> Callable[..., torch.Tensor]:
             h = "" if dh.module.n_heads is None else "h"
             k_ = "k" if per_copy else ""
             lo, hi = dh.module.src_lo, dh.module.src_hi
@@ -340,20 +350,26 @@ class _FastEvaluator:
             def hook(_m: nn.Module, _i: Any, x: torch.Tensor) -> torch.Tensor:
                 add = None  # [k | 1, B, S, (h,) d]
                 if f_lo < f_hi:
-                    add = torch.einsum(f"{k_}{pos}{h}n,nbpd->{k_}bp{h}d",
-                                       m[..., f_lo - lo : f_hi - lo], self.delta_clean[f_lo:f_hi])
+                    add = torch.einsum(
+                        f"{k_}{pos}{h}n,nbpd->{k_}bp{h}d",
+                        m[..., f_lo - lo : f_hi - lo],
+                        self.delta_clean[f_lo:f_hi],
+                    )
                     add = add if per_copy else add[None]
                 if l_lo < hi:
-                    c = torch.einsum(f"{k_}{pos}{h}n,nkbpd->kbp{h}d", m[..., l_lo - lo :],
-                                     live[l_lo - nf : hi - nf].unflatten(1, (k, B)))
+                    c = torch.einsum(
+                        f"{k_}{pos}{h}n,nkbpd->kbp{h}d",
+                        m[..., l_lo - lo :],
+                        live[l_lo - nf : hi - nf].unflatten(1, (k, B)),
+                    )
                     add = c if add is None else add + c
                 if add is None:
                     return x
                 if not dh.projected:
                     return (x.unflatten(0, (k, B)) + add).flatten(0, 1)
                 r = resid[dh.resid]  # type: ignore[index]
-                z = (r.unflatten(0, (k, B)).unsqueeze(-2) + add).flatten(0, 1)
-                return dh.project(x, r, z)
+                z = r.unflatten(0, (k, B)).unsqueeze(-2) + add  # [k, B, S, h, d]
+                return dh.project(x, z.movedim(3, 0).flatten(1, 2))
 
             return hook
 
@@ -380,7 +396,9 @@ class _FastEvaluator:
                 if dh.resid:
                     resids.add(dh.resid)
             for name in sorted(resids):
-                handles.append(self.model.adapter.hook_dict[name].register_forward_hook(resid_hook(name)))
+                handles.append(
+                    self.model.adapter.hook_dict[name].register_forward_hook(resid_hook(name))
+                )
             with torch.inference_mode():
                 if start is None:
                     out = self.wm(self.tokens.repeat(k, 1))[self.out_slice]
@@ -390,8 +408,12 @@ class _FastEvaluator:
                         kwargs["attention_mask"] = self.attn_mask.repeat(k, 1)
                     if self.shortformer is not None:
                         kwargs["shortformer_pos_embed"] = self.shortformer.repeat(k, 1, 1)
-                    resid = self.wm(self.resid_pre[start].repeat(k, 1, 1), start_at_layer=start,
-                                    stop_at_layer=self.n_layers, **kwargs)
+                    resid = self.wm(
+                        self.resid_pre[start].repeat(k, 1, 1),
+                        start_at_layer=start,
+                        stop_at_layer=self.n_layers,
+                        **kwargs,
+                    )
                     out = self._head(resid)
         finally:
             for hd in handles:
@@ -428,15 +450,19 @@ def _save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Non
     os.replace(tmp, path)
 
 
-def _state(fingerprint: dict[str, Any], next_dest: int, groups: list[_Group],
-           n_forwards: int) -> dict[str, Any]:
+def _state(
+    fingerprint: dict[str, Any], next_dest: int, groups: list[_Group], n_forwards: int
+) -> dict[str, Any]:
     return {
         "fingerprint": fingerprint,
         "next_dest": next_dest,
         "n_forwards": n_forwards,
         "groups": [
-            {"taus": list(g.taus), "prev": g.prev,
-             "masks": {n: m.detach().bool().cpu() for n, m in g.masks.items()}}
+            {
+                "taus": list(g.taus),
+                "prev": g.prev,
+                "masks": {n: m.detach().bool().cpu() for n, m in g.masks.items()},
+            }
             for g in groups
         ],
     }
@@ -452,9 +478,11 @@ def _load_checkpoint(
             f"data ({state.get('fingerprint')} != {fingerprint}); delete it or pass another path"
         )
     groups = [
-        _Group(tuple(float(t) for t in g["taus"]),
-               {n: m.to(device=device, dtype=dtype) for n, m in g["masks"].items()},
-               float(g["prev"]))
+        _Group(
+            tuple(float(t) for t in g["taus"]),
+            {n: m.to(device=device, dtype=dtype) for n, m in g["masks"].items()},
+            float(g["prev"]),
+        )
         for g in state["groups"]
     ]
     return int(state["next_dest"]), groups, int(state["n_forwards"])
@@ -470,9 +498,15 @@ class _ReferenceCheck:
     """``test_mode``: recompute a circuit's output through ``run_circuits_ref`` and
     compare it with the fast path's."""
 
-    def __init__(self, model: PatchableModel, dataloader: PromptDataLoader,
-                 batch: PromptPairBatch, full: torch.Tensor, target: FaithfulnessTarget,
-                 run_circuits_ref: Callable[..., CircuitOutputs]):
+    def __init__(
+        self,
+        model: PatchableModel,
+        dataloader: PromptDataLoader,
+        batch: PromptPairBatch,
+        full: torch.Tensor,
+        target: FaithfulnessTarget,
+        run_circuits_ref: Callable[..., CircuitOutputs],
+    ):
         self.model, self.dataloader, self.batch = model, dataloader, batch
         self.full, self.target, self.ref = full, target, run_circuits_ref
         params = inspect.signature(run_circuits_ref).parameters
@@ -482,12 +516,24 @@ class _ReferenceCheck:
         self.tol = _tolerance(full.dtype)
         self.n_checks = 0
 
-    def __call__(self, masks: Mapping[str, torch.Tensor], out: torch.Tensor, loss: float,
-                 edge: Edge, taus: Sequence[float]) -> None:
+    def __call__(
+        self,
+        masks: Mapping[str, torch.Tensor],
+        out: torch.Tensor,
+        loss: float,
+        edge: Edge,
+        taus: Sequence[float],
+    ) -> None:
         n_in = int(sum(int((m == 0).sum()) for m in masks.values()))
-        outs = self.ref(self.model, self.dataloader, [n_in], _circuit_scores(masks),
-                        patch_type=PatchType.TREE_PATCH, ablation_type=AblationType.RESAMPLE,
-                        **self.kwargs)
+        outs = self.ref(
+            self.model,
+            self.dataloader,
+            [n_in],
+            _circuit_scores(masks),
+            patch_type=PatchType.TREE_PATCH,
+            ablation_type=AblationType.RESAMPLE,
+            **self.kwargs,
+        )
         by_batch = outs[n_in] if n_in in outs else next(iter(outs.values()))
         if self.batch.key not in by_batch:
             raise RuntimeError(
@@ -605,7 +651,9 @@ def acdc_prune_scores(
     """
     del official_edges
     if faithfulness_target not in ("kl_div", "mse"):
-        raise ValueError(f"faithfulness_target must be 'kl_div' or 'mse', got {faithfulness_target!r}")
+        raise ValueError(
+            f"faithfulness_target must be 'kl_div' or 'mse', got {faithfulness_target!r}"
+        )
     if method not in ("fast", "plain"):
         raise ValueError(f"method must be 'fast' or 'plain', got {method!r}")
     if speculation is None:  # stacking copies pays on accelerators; on a CPU it costs more
@@ -670,7 +718,9 @@ def acdc_prune_scores(
     first = 0
     n_forwards = 0
     if checkpoint is not None and os.path.exists(checkpoint):
-        first, groups, n_forwards = _load_checkpoint(os.fspath(checkpoint), fingerprint, dtype, device)
+        first, groups, n_forwards = _load_checkpoint(
+            os.fspath(checkpoint), fingerprint, dtype, device
+        )
 
     total = model.n_edges * len(taus)
     done = sum(len(edges) for _, edges in order[:first]) * len(taus)
@@ -682,8 +732,17 @@ def acdc_prune_scores(
             new_groups: list[_Group] = []
             for g in groups:
                 new_groups += _search_destination(
-                    g, node, edges, evaluator, full, faithfulness_target, speculation, check,
-                    bar, counter, model.n_edges,
+                    g,
+                    node,
+                    edges,
+                    evaluator,
+                    full,
+                    faithfulness_target,
+                    speculation,
+                    check,
+                    bar,
+                    counter,
+                    model.n_edges,
                 )
             groups = sorted(new_groups, key=lambda g: g.taus[0])
             if checkpoint is not None:
@@ -763,6 +822,10 @@ def _search_destination(
         if bar.disable is False:
             cur = active if active is not None else (pending[-1][0] if pending else g)
             size = n_edges - int(sum(int(m.count_nonzero()) for m in cur.masks.values()))
-            bar.set_postfix(circuit=size, states=len(pending) + len(finished), forwards=counter[0],
-                            refresh=False)
+            bar.set_postfix(
+                circuit=size,
+                states=len(pending) + len(finished),
+                forwards=counter[0],
+                refresh=False,
+            )
     return finished
