@@ -50,7 +50,7 @@ def test_graph_order_is_deterministic_and_patch_idx_is_unique():
     assert sum(1 for d in a.dests if d.name.startswith("A0.") and d.name.endswith(".K")) == 2
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     n_layers=st.integers(1, 3),
     n_heads=st.sampled_from([1, 2, 4]),
@@ -60,10 +60,11 @@ def test_graph_order_is_deterministic_and_patch_idx_is_unique():
     use_seq=st.booleans(),
     separate_qkv=st.booleans(),
     factorized=st.booleans(),
+    norm=st.sampled_from(["LN", "LNPre", "RMS", "RMSPre", None]),
     seed=st.integers(0, 2**16),
 )
 def test_random_binary_masks_match_reference_hooked(
-    n_layers, n_heads, kv_div, attn_only, parallel, use_seq, separate_qkv, factorized, seed
+    n_layers, n_heads, kv_div, attn_only, parallel, use_seq, separate_qkv, factorized, norm, seed
 ):
     n_kv = max(1, n_heads // kv_div)
     if not separate_qkv:
@@ -72,7 +73,7 @@ def test_random_binary_masks_match_reference_hooked(
         n_layers=n_layers, n_heads=n_heads, d_head=2, d_vocab=VOCAB, n_kv_heads=n_kv,
         attn_only=attn_only, parallel_attn_mlp=parallel and not attn_only,
         positional_embedding_type="rotary" if n_kv not in (None, n_heads) else "standard",
-        dtype=torch.float64, seed=seed,
+        normalization_type=norm, dtype=torch.float64, seed=seed,
     )
     gen = torch.Generator().manual_seed(seed)
     pm = patchable_model(model, factorized=factorized, separate_qkv=separate_qkv,

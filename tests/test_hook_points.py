@@ -1,0 +1,147 @@
+"""Where edges are read and patched: head outputs from hook_z and Q/K/V patched after the
+projection give exactly what TransformerLens' own per-head hooks give (use_attn_result,
+use_split_qkv_input), values and mask gradients, and a model where they would not falls
+back to those hooks with a warning."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import edgewise.hook_points as hook_points
+import edgewise.patching as patching
+from edgewise import patchable_model
+from edgewise.models import random_bridge, random_hooked_transformer
+
+from reference import reference_patched_logits
+
+VOCAB = 20
+NORMS = ["LN", "LNPre", "RMS", "RMSPre", None]
+
+
+def _tokens(gen, batch=3, seq=5):
+    return torch.randint(3, VOCAB, (batch, seq), generator=gen)
+
+
+def _model(norm="LN", n_kv=None, parallel=False, dtype=torch.float64, seed=0):
+    return random_hooked_transformer(
+        n_layers=2, n_heads=4, d_head=2, d_vocab=VOCAB, n_kv_heads=n_kv, normalization_type=norm,
+        parallel_attn_mlp=parallel, positional_embedding_type="rotary" if n_kv else "standard",
+        dtype=dtype, seed=seed,
+    )
+
+
+def test_hooked_transformer_uses_fast_hooks_and_no_per_head_flags():
+    model = _model()
+    pm = patchable_model(model)
+    assert all(h.point.endswith("attn.hook_z") for h in pm.src_hooks if h.module.n_heads)
+    qkv = [h for h in pm.dest_hooks if h.module.n_heads]
+    assert qkv and all(h.projected and h.point.split(".")[-1] in ("hook_q", "hook_k", "hook_v")
+                       for h in qkv)
+    assert not model.cfg.use_split_qkv_input and not model.cfg.use_attn_result
+    assert model.cfg.use_hook_mlp_in
+    # the reference hooks are still there for independent checks
+    assert pm.graph_flags == {"use_split_qkv_input": True, "use_hook_mlp_in": True,
+                              "use_attn_result": True}
+
+
+def test_bridges_read_heads_from_hook_z_and_patch_tl_input_hooks():
+    pm = patchable_model(random_bridge("gpt2", d_vocab=VOCAB, dtype=torch.float64))
+    assert all(h.point.endswith("attn.hook_z") for h in pm.src_hooks if h.module.n_heads)
+    assert not any(h.projected for h in pm.dest_hooks)
+
+
+@settings(max_examples=16, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    norm=st.sampled_from(NORMS),
+    gqa=st.booleans(),
+    parallel=st.booleans(),
+    use_seq=st.booleans(),
+    copies=st.sampled_from([1, 2]),
+    value=st.sampled_from([0.0, 0.3]),
+    seed=st.integers(0, 2**16),
+)
+def test_mask_gradients_match_autograd_of_reference(norm, gqa, parallel, use_seq, copies, value,
+                                                    seed):
+    """At mask 0 (edge attribution patching: the hand-written gradient through ln1) and at
+    a fractional mask (autograd through the patched per-head inputs), for every norm type,
+    grouped-query attention, token positions and stacked circuits."""
+    pm = patchable_model(_model(norm, n_kv=2 if gqa else None, parallel=parallel, seed=seed),
+                         seq_len=5 if use_seq else None)
+    gen = torch.Generator().manual_seed(seed)
+    clean, corrupt = _tokens(gen), _tokens(gen)
+    patch = pm.src_outs(corrupt)
+    w = torch.randn(VOCAB, generator=gen, dtype=torch.float64)
+    stacked = {n: torch.full((copies, *m.mask_shape), value, dtype=torch.float64,
+                             requires_grad=True) for n, m in pm.dest_modules.items()}
+    out = pm.run_patched(clean.repeat(copies, 1), stacked, patch)
+    (out * w).sum().backward()
+    masks = {n: torch.full(m.mask_shape, value, dtype=torch.float64, requires_grad=True)
+             for n, m in pm.dest_modules.items()}
+    want_out = reference_patched_logits(pm, clean, masks, patch)
+    (want_out * w).sum().backward()
+    torch.testing.assert_close(out.detach(), want_out.detach().repeat(copies, 1, 1),
+                               atol=1e-8, rtol=0)
+    for n in masks:
+        for i in range(copies):
+            torch.testing.assert_close(stacked[n].grad[i], masks[n].grad, atol=1e-7, rtol=1e-6)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_bfloat16_projected_patching_tracks_float64(norm):
+    """Half-precision models normalise in float32 like TransformerLens; patched logits
+    stay within bfloat16 resolution of the same model in float64."""
+    m64 = _model(norm, seed=3)
+    m16 = _model(norm, seed=3, dtype=torch.bfloat16)
+    m16.load_state_dict(m64.state_dict())  # the same weights, rounded to bfloat16
+    pm64, pm16 = patchable_model(m64), patchable_model(m16)
+    gen = torch.Generator().manual_seed(3)
+    clean, corrupt = _tokens(gen), _tokens(gen)
+    masks = {n: (torch.rand(m.mask_shape, generator=gen) < 0.5).float()
+             for n, m in pm64.dest_modules.items()}
+    want = pm64.run_patched(clean, masks, pm64.src_outs(corrupt))
+    got = pm16.run_patched(clean, masks, pm16.src_outs(corrupt)).double()
+    scale = float(want.abs().max())
+    assert (got - want).abs().max() <= 0.05 * scale
+
+
+def test_without_fast_hooks_tl_per_head_hooks_give_the_same(monkeypatch):
+    monkeypatch.setattr(patching, "z_hooks_available", lambda *a: False)
+    monkeypatch.setattr(patching, "projected_dests_available", lambda *a: False)
+    model = _model("RMS", n_kv=2)
+    pm = patchable_model(model, seq_len=5)
+    assert model.cfg.use_split_qkv_input and model.cfg.use_attn_result
+    assert all(h.point.endswith("hook_result") for h in pm.src_hooks if h.module.n_heads)
+    gen = torch.Generator().manual_seed(5)
+    clean, corrupt = _tokens(gen), _tokens(gen)
+    patch = pm.src_outs(corrupt)
+    masks = {n: (torch.rand(m.mask_shape, generator=gen) < 0.5).double()
+             for n, m in pm.dest_modules.items()}
+    torch.testing.assert_close(pm.run_patched(clean, masks, patch),
+                               reference_patched_logits(pm, clean, masks, patch),
+                               atol=1e-8, rtol=0)
+
+
+def test_fast_hooks_that_disagree_with_tl_fall_back_with_a_warning(monkeypatch):
+    wrong = hook_points._heads_from_z
+
+    def doubled(attn, n_heads):
+        f = wrong(attn, n_heads)
+        return lambda z, into=None: 2 * f(z) if into is None else f(z, into).mul_(2)
+
+    monkeypatch.setattr(hook_points, "_heads_from_z", doubled)
+    model = _model()
+    with pytest.warns(UserWarning, match="does not reproduce"):
+        pm = patchable_model(model)
+    assert all(h.point.endswith("hook_result") for h in pm.src_hooks if h.module.n_heads)
+    assert not any(h.projected for h in pm.dest_hooks)
+    gen = torch.Generator().manual_seed(6)
+    clean, corrupt = _tokens(gen), _tokens(gen)
+    patch = pm.src_outs(corrupt)
+    masks = {n: (torch.rand(m.mask_shape, generator=gen) < 0.5).double()
+             for n, m in pm.dest_modules.items()}
+    torch.testing.assert_close(pm.run_patched(clean, masks, patch),
+                               reference_patched_logits(pm, clean, masks, patch),
+                               atol=1e-8, rtol=0)
