@@ -9,8 +9,9 @@ floor, flags off: the plain model (hook flags off): the corrupt prompts' forward
     grad), the clean prompts' forward with grad, and one backward of the logit-difference
     loss to the residual stream (activation gradients through every layer; no weight
     gradients, as EAP computes none either).
-floor, flags on: the same with the flags ``patchable_model`` switches on
-    (``use_attn_result``, ``use_split_qkv_input``, ``use_hook_mlp_in``).
+floor, flags on: the same with the flags ``patchable_model`` switched on (for a
+    HookedTransformer only ``use_hook_mlp_in``: head outputs come from ``hook_z`` and
+    Q/K/V are patched after the projection, see ``edgewise.hook_points``).
 EAP: ``mask_gradient_prune_scores(model, loader, None, "logit", "avg_diff", mask_val=0.0)``.
 IG(5): the same with ``integrated_grad_samples=5`` (6 forward + backward passes).
 

@@ -5,8 +5,8 @@
 
 Rows (one batch, ``--batch`` prompts x ``--seq`` tokens, all under ``torch.inference_mode``):
 
-(a) plain forward: the model with the TransformerLens hook flags off (as before
-    ``patchable_model``: no ``use_attn_result``, ``use_split_qkv_input``, ``use_hook_mlp_in``).
+(a) plain forward: the model with every TransformerLens hook flag off (no
+    ``use_attn_result``, ``use_split_qkv_input``, ``use_hook_mlp_in``).
 (b) flags-on forward: the same model unpatched, with the flags ``patchable_model`` set.
 (c) patched forward: ``run_patched`` with every mask 1 (every edge patched) and resample
     patches (the corrupt prompts' source outputs).

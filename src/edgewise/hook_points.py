@@ -223,15 +223,26 @@ class DestHook:
         )
         return getattr(attn, f"_b_{x}" if grouped else f"b_{x}")
 
-    def project(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def project(
+        self, x: torch.Tensor, z: torch.Tensor, heads: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The patched ``X' = N(z) @ W + b`` for ``z`` ``[h, b, p, d]``, the patched
         per-head inputs (heads first, so the projection is one batched matmul), shaped
-        like ``x`` ``[b, p, h, d_head]``, the unpatched ``X`` at ``point``."""
+        like ``x`` ``[b, p, h, d_head]``, the unpatched ``X`` at ``point``. With
+        ``heads`` (indices), ``z`` holds only those heads and the others keep ``x``."""
         norm = self.norm
         assert norm is not None
         h, b, p, d = z.shape
-        out = torch.bmm(norm(z).reshape(h, b * p, d), self.weight())  # [h, b*p, d_head]
-        return (out.view(h, b, p, -1) + self.bias()[:, None, None]).permute(1, 2, 0, 3).to(x.dtype)
+        w, bias = self.weight(), self.bias()
+        if heads is not None:
+            w, bias = w[heads], bias[heads]
+        out = torch.bmm(norm(z).reshape(h, b * p, d), w)  # [h, b*p, d_head]
+        out = (out.view(h, b, p, -1) + bias[:, None, None]).permute(1, 2, 0, 3).to(x.dtype)
+        if heads is None:
+            return out
+        x = x.clone()
+        x[:, :, heads] = out
+        return x
 
 
 def projected_dests_available(model: nn.Module, adapter: HookAdapter, graph: Graph) -> bool:

@@ -7,4 +7,9 @@ Modules:
     toy_ioi: the documented circuit of the shipped toy IOI model
         (:func:`edgewise.circuits_official.toy_ioi.toy_ioi_official_edges`, see
         ``docs/toy_ioi.md``).
+    papers: published circuits of real models, as data: IOI and greater-than on GPT-2
+        small, docstring on attn-only-4l
+        (:func:`edgewise.circuits_official.papers.ioi_official_edges`,
+        :func:`~edgewise.circuits_official.papers.greaterthan_official_edges`,
+        :func:`~edgewise.circuits_official.papers.docstring_official_edges`).
 """

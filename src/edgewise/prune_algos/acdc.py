@@ -188,6 +188,8 @@ class _FastEvaluator:
         clean_outs, self.resid_pre = self._clean_run()
         # patch - clean for every source: [n_srcs, B, S, d]
         self.delta_clean = (patch - clean_outs).contiguous()
+        # dest module -> (mask, its version, n_fixed, clean part of its patch)
+        self._fixed: dict[str, tuple[torch.Tensor, int, int, torch.Tensor]] = {}
         self.attn_mask: torch.Tensor | None = None
         self.shortformer: torch.Tensor | None = None
         if self.partial:
@@ -346,16 +348,37 @@ class _FastEvaluator:
             f_lo, f_hi = lo, min(hi, nf)  # fixed (clean) sources
             l_lo = max(lo, nf)  # live sources
             m = mask.to(dtype)
+            heads = None  # projected destinations: only heads with a nonzero mask row
+            if dh.projected:
+                live_rows = (m != 0).reshape(-1, *m.shape[-2:]).any(0).any(-1)
+                if not bool(live_rows.all()):
+                    heads = live_rows.nonzero().flatten()
+                    m = m.index_select(-2, heads)
+            name = dh.module.module_name
+
+            def fixed() -> torch.Tensor:
+                """The clean sources' part, [k | 1, B, S, (h,) d]; for masks shared by
+                all copies it only changes when the mask does, so it is cached."""
+                key = (mask, mask._version, nf)
+                hit = self._fixed.get(name)
+                if not per_copy and hit is not None and hit[0] is key[0] and hit[1:3] == key[1:]:
+                    return hit[3]
+                add = torch.einsum(
+                    f"{k_}{pos}{h}n,nbpd->{k_}bp{h}d",
+                    m[..., f_lo - lo : f_hi - lo],
+                    self.delta_clean[f_lo:f_hi],
+                )
+                add = add if per_copy else add[None]
+                if not per_copy:
+                    self._fixed[name] = (*key, add)
+                return add
 
             def hook(_m: nn.Module, _i: Any, x: torch.Tensor) -> torch.Tensor:
+                if heads is not None and heads.numel() == 0:
+                    return x  # every mask row is 0
                 add = None  # [k | 1, B, S, (h,) d]
                 if f_lo < f_hi:
-                    add = torch.einsum(
-                        f"{k_}{pos}{h}n,nbpd->{k_}bp{h}d",
-                        m[..., f_lo - lo : f_hi - lo],
-                        self.delta_clean[f_lo:f_hi],
-                    )
-                    add = add if per_copy else add[None]
+                    add = fixed()
                 if l_lo < hi:
                     c = torch.einsum(
                         f"{k_}{pos}{h}n,nkbpd->kbp{h}d",
@@ -369,7 +392,7 @@ class _FastEvaluator:
                     return (x.unflatten(0, (k, B)) + add).flatten(0, 1)
                 r = resid[dh.resid]  # type: ignore[index]
                 z = r.unflatten(0, (k, B)).unsqueeze(-2) + add  # [k, B, S, h, d]
-                return dh.project(x, z.movedim(3, 0).flatten(1, 2))
+                return dh.project(x, z.movedim(3, 0).flatten(1, 2), heads)
 
             return hook
 
