@@ -215,3 +215,28 @@ def test_stacked_masks_patch_each_copy_of_the_batch_by_its_own_circuit():
             torch.testing.assert_close(stacked[n].grad[i].double(), masks[n].grad, atol=1e-6, rtol=1e-6)
     with pytest.raises(ValueError, match="repeat"):
         pm.run_patched(clean, {n: m[:2].detach() for n, m in stacked.items()}, patch)
+
+
+def test_gradients_of_a_pass_survive_later_passes_before_backward():
+    """Passes without gradients reuse one patch buffer; a pass with gradients keeps its
+    own, so running others (with or without grad) before its backward changes nothing."""
+    pm = patchable_model(MODEL_KINDS["hooked"]())
+    gen = torch.Generator().manual_seed(8)
+    clean, corrupt = tokens(gen), tokens(gen)
+    patch = pm.src_outs(corrupt)
+    w = torch.randn(VOCAB, dtype=torch.float64, generator=gen)
+
+    def masks():
+        return {n: torch.full(m.mask_shape, 0.4, dtype=torch.float64, requires_grad=True)
+                for n, m in pm.dest_modules.items()}
+
+    alone = masks()
+    (pm.run_patched(clean, alone, patch) * w).sum().backward()
+    first, second = masks(), masks()
+    loss1 = (pm.run_patched(clean, first, patch) * w).sum()
+    loss2 = (pm.run_patched(corrupt, second, patch) * w).sum()
+    with torch.inference_mode():
+        pm.run_patched(corrupt, pm.new_masks(1.0, dtype=torch.float64), patch)
+    (loss1 + loss2).backward()
+    for n in alone:
+        torch.testing.assert_close(first[n].grad, alone[n].grad, atol=1e-10, rtol=0)

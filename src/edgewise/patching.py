@@ -217,6 +217,7 @@ class PatchableModel(nn.Module):
         super().__init__()
         self.src_hooks = src_hooks
         self.dest_hooks = dest_hooks
+        self._inference_delta: torch.Tensor | None = None
         self.graph_flags = needed_flags(graph, projected=False, heads_from_z=False)
         self.wrapped_model = model
         self.graph = graph
@@ -304,6 +305,19 @@ class PatchableModel(nn.Module):
                 h.remove()
         return torch.cat([outs[lo] for lo in sorted(outs)])
 
+    def _delta_buffer(
+        self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+    ) -> torch.Tensor:
+        """The ``patch - current`` buffer of a forward pass. Passes without gradients
+        reuse one buffer (a fresh one this size costs a page fault per 4 KiB on every
+        pass on a CPU); passes with gradients get their own, as their backward reads it."""
+        if torch.is_grad_enabled():
+            return torch.empty(shape, dtype=dtype, device=device)
+        buf = self._inference_delta
+        if buf is None or buf.shape != shape or buf.dtype != dtype or buf.device != device:
+            buf = self._inference_delta = torch.empty(shape, dtype=dtype, device=device)
+        return buf
+
     # ------------------------------------------------------------------ patching
     @contextmanager
     def patch(
@@ -339,13 +353,24 @@ class PatchableModel(nn.Module):
         nonzero = {name: bool(m.any()) for name, m in masks.items()}
         track_current = any(nonzero.values())
         masks_c = {name: m if stacked else m[None] for name, m in masks.items()}
-        # projected destinations patched together: block -> names with nonzero masks
-        by_block: dict[tuple[str, int, int], list[str]] = {}
+        # Destinations of one block patched by one product over delta: its projected Q/K/V
+        # (same sources), and the part of its other inputs (MLP, end) from those sources.
+        # (resid hook, src_lo, src_hi) -> (projected names, input names); nonzero masks only
+        fused: dict[tuple[str, int, int], tuple[list[str], list[str]]] = {}
         for dh in self.dest_hooks:
             if dh.projected and nonzero[dh.module.module_name]:
                 key = (dh.resid, dh.module.src_lo, dh.module.src_hi)
-                by_block.setdefault(key, []).append(dh.module.module_name)
-        fused = {name: group for group in by_block.values() for name in group}
+                fused.setdefault(key, ([], []))[0].append(dh.module.module_name)
+        group_of: dict[str, tuple[str, int, int]] = {}
+        for key, (proj, inputs) in fused.items():
+            block = key[0].split(".")[1]  # type: ignore[union-attr]
+            group_of.update(dict.fromkeys(proj, key))
+            for dh in self.dest_hooks:
+                m = dh.module
+                if (not dh.projected and nonzero[m.module_name] and m.module_name.split(".")[1:2]
+                        == [block] and m.src_lo == key[1] and m.src_hi >= key[2]):
+                    inputs.append(m.module_name)
+                    group_of[m.module_name] = key
         workspace: dict = {}  # buffers of the hand-written backward passes
         handles = []
 
@@ -361,8 +386,8 @@ class PatchableModel(nn.Module):
                             f"masks stack {copies} circuits, so the batch ({b} prompts) must "
                             f"hold {copies} copies of the prompts: use tokens.repeat({copies}, 1)"
                         )
-                    run.delta = torch.empty(
-                        len(self.srcs), b, s, d, dtype=out.dtype, device=out.device
+                    run.delta = self._delta_buffer(
+                        (len(self.srcs), b, s, d), out.dtype, out.device
                     )
                     run.current, run.inputs = {}, {}
                 assert run.delta is not None
@@ -386,47 +411,67 @@ class PatchableModel(nn.Module):
 
             return hook
 
+        pos = "" if self.seq_len is None else "p"
+        eq_heads = f"c{pos}hn,ncbpd->hcbpd"  # patched inputs heads first
+
+        def src_args(lo: int, hi: int) -> tuple:
+            """``(groups, *current)`` for ``_PatchAdd`` over sources ``[lo, hi)``."""
+            groups = [
+                (s.src_lo - lo, s.n_heads or 1)
+                for s in self.graph.src_modules
+                if lo <= s.src_lo < hi
+            ]
+            current = [run.current.get(lo + g[0]) for g in groups]
+            return (groups, *current) if all(c is not None for c in current) else ([],)
+
+        def run_group(key: tuple[str, int, int]) -> None:
+            """The patched per-head inputs ``[h, c*b, p, d]`` of the group's projected
+            destinations, and the group's sources' part of its other inputs."""
+            proj, inputs = fused[key]
+            name, lo, hi = key
+            r = run.resid[name]
+            parts = [masks_c[n] for n in proj]
+            parts += [masks_c[n][..., : hi - lo].unsqueeze(-2) for n in inputs]
+            z = _PatchAdd.apply(r, torch.cat(parts, dim=-2), run.delta[lo:hi], eq_heads,
+                                *src_args(lo, hi))  # fmt: skip
+            sizes = [self.dest_modules[n].n_heads or 1 for n in proj] + [1] * len(inputs)
+            outs = z.split(sizes)
+            run.inputs.update(zip(proj, outs))
+            run.inputs.update((n, o[0] - r) for n, o in zip(inputs, outs[len(proj) :]))
+
         def dest_hook(dh: DestHook, mask: torch.Tensor):
             mod = dh.module
-            pos = "" if self.seq_len is None else "p"
+            name, lo, hi = mod.module_name, mod.src_lo, mod.src_hi
             head = "" if mod.n_heads is None else "h"
             eq = f"c{pos}{head}n,ncbpd->cbp{head}d"
-            eq_heads = f"c{pos}hn,ncbpd->hcbpd"  # patched inputs heads first
             # the mask gradient of a projected destination at mask 0 (see _ProjectedMaskGrad)
             eq_grad = None if (not pos and not stacked) else f"hcbpd,ncbpd->c{pos}hn"
             mask = mask if stacked else mask[None]
-            # the source modules this destination reads, as (offset in mask, count)
-            groups = [
-                (s.src_lo - mod.src_lo, s.n_heads or 1)
-                for s in self.graph.src_modules
-                if mod.src_lo <= s.src_lo < mod.src_hi
-            ]
 
             def hook(_m: nn.Module, _i: Any, x: torch.Tensor) -> torch.Tensor:
                 assert run.delta is not None
-                delta = run.delta[mod.src_lo : mod.src_hi]
-                current = [run.current.get(mod.src_lo + g[0]) for g in groups]
-                args = (groups, *current) if all(c is not None for c in current) else ([],)
+                key = group_of.get(name)
+                if key is not None and name not in run.inputs:
+                    run_group(key)
                 if not dh.projected:
-                    return _PatchAdd.apply(x, mask, delta, eq, *args)
-                r = run.resid[dh.resid]  # type: ignore[index]
-                if not bool(mask.any()):
+                    if key is None:
+                        return _PatchAdd.apply(x, mask, run.delta[lo:hi], eq, *src_args(lo, hi))
+                    # the group's part, then the sources after the group's
+                    x = x + run.inputs.pop(name)
+                    g_hi = key[2]
+                    if g_hi == hi:
+                        return x
+                    rest = mask[..., g_hi - lo :]
+                    return _PatchAdd.apply(x, rest, run.delta[g_hi:hi], eq, *src_args(g_hi, hi))
+                if key is None:  # all masks 0
                     if torch.is_grad_enabled() and mask.requires_grad:
+                        r = run.resid[dh.resid]  # type: ignore[index]
                         w = dh.weight().detach()
                         return _ProjectedMaskGrad.apply(
-                            x, mask, delta, r.detach(), w, eq_grad, dh.norm, workspace
+                            x, mask, run.delta[lo:hi], r.detach(), w, eq_grad, dh.norm, workspace
                         )
                     return x
-                # The patched per-head inputs [h, c*b, p, d] of every projected destination
-                # of this block with a nonzero mask (Q, K and V read the same sources), in
-                # one product over delta, at the first of their hooks; then the projection.
-                if mod.module_name not in run.inputs:
-                    group = fused[mod.module_name]
-                    cat = torch.cat([masks_c[n] for n in group], dim=-2)
-                    z = _PatchAdd.apply(r, cat, delta, eq_heads, *args)
-                    sizes = [self.dest_modules[n].n_heads for n in group]
-                    run.inputs.update(zip(group, z.split(sizes)))
-                return dh.project(x, run.inputs.pop(mod.module_name))
+                return dh.project(x, run.inputs.pop(name))
 
             return hook
 
