@@ -53,6 +53,14 @@ class _Run:
     inputs: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+def _storage_refs(t: torch.Tensor) -> int | None:
+    """How many tensors share ``t``'s memory (None where torch does not tell)."""
+    try:
+        return int(torch._C._storage_Use_Count(t.untyped_storage()._cdata))
+    except (AttributeError, RuntimeError):
+        return None
+
+
 class _SourcesDone(Exception):
     """Raised by the last source hook to end a forward pass that only collects sources."""
 
@@ -217,7 +225,7 @@ class PatchableModel(nn.Module):
         super().__init__()
         self.src_hooks = src_hooks
         self.dest_hooks = dest_hooks
-        self._inference_delta: torch.Tensor | None = None
+        self._delta_cache: tuple[torch.Tensor | None, int | None] = (None, None)
         self.graph_flags = needed_flags(graph, projected=False, heads_from_z=False)
         self.wrapped_model = model
         self.graph = graph
@@ -308,15 +316,20 @@ class PatchableModel(nn.Module):
     def _delta_buffer(
         self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
     ) -> torch.Tensor:
-        """The ``patch - current`` buffer of a forward pass. Passes without gradients
-        reuse one buffer (a fresh one this size costs a page fault per 4 KiB on every
-        pass on a CPU); passes with gradients get their own, as their backward reads it."""
-        if torch.is_grad_enabled():
-            return torch.empty(shape, dtype=dtype, device=device)
-        buf = self._inference_delta
-        if buf is None or buf.shape != shape or buf.dtype != dtype or buf.device != device:
-            buf = self._inference_delta = torch.empty(shape, dtype=dtype, device=device)
-        return buf
+        """The ``patch - current`` buffer of a forward pass. A fresh buffer this size
+        costs a page fault per 4 KiB on every pass on a CPU, so passes reuse one while
+        nothing else holds it (the autograd graph of a pass with gradients holds views of
+        its buffer until its backward is done or the graph is freed)."""
+        buf, refs = self._delta_cache
+        count = _storage_refs(buf) if buf is not None else None
+        fits = buf is not None and buf.shape == shape and buf.dtype == dtype and buf.device == device
+        free = count == refs if count is not None else not torch.is_grad_enabled()
+        if fits and free:
+            return buf  # type: ignore[return-value]
+        new = torch.empty(shape, dtype=dtype, device=device)
+        if count is not None or not torch.is_grad_enabled():
+            self._delta_cache = (new, _storage_refs(new))
+        return new
 
     # ------------------------------------------------------------------ patching
     @contextmanager
