@@ -51,6 +51,7 @@ class _Run:
     current: dict[int, torch.Tensor] = field(default_factory=dict)
     resid: dict[str, torch.Tensor] = field(default_factory=dict)
     inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    sinks: dict[str, _BlockGrads] = field(default_factory=dict)
 
 
 def _storage_refs(t: torch.Tensor) -> int | None:
@@ -148,8 +149,8 @@ class _ProjectedMaskGrad(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, mask, delta, r, w, eq, norm, workspace):  # type: ignore[override]
-        ctx.eq, ctx.norm, ctx.workspace = eq, norm, workspace
+    def forward(ctx, x, mask, delta, r, w, eq, norm, workspace, sink, name):  # type: ignore[override]
+        ctx.eq, ctx.norm, ctx.workspace, ctx.sink, ctx.name = eq, norm, workspace, sink, name
         ctx.delta = delta.view(delta.shape[0], mask.shape[0], -1, *delta.shape[2:])
         ctx.save_for_backward(mask, r, w)
         return x.clone()
@@ -173,23 +174,122 @@ class _ProjectedMaskGrad(torch.autograd.Function):
         gs = g.to(acc).permute(2, 0, 1, 3).reshape(h, t, k)
         # [h, b*p, d], in one buffer shared by the destinations of this pass: a fresh
         # allocation this size costs page faults on every call on a CPU
-        key = (h, t, d, acc, gs.device)
-        v = ctx.workspace.get(key)
-        if v is None:
-            v = ctx.workspace[key] = torch.empty(h, t, d, dtype=acc, device=gs.device)
+        sink: _BlockGrads | None = ctx.sink
+        if sink is not None:  # rows of the block's gradient matrix (see _BlockSink)
+            v = sink.rows(ctx, h, t * d, acc, gs.device).view(h, t, d)
+        else:
+            key = (h, t, d, acc, gs.device)
+            v = ctx.workspace.get(key)
+            if v is None:
+                v = ctx.workspace[key] = torch.empty(h, t, d, dtype=acc, device=gs.device)
         torch.bmm(gs, w.transpose(1, 2), out=v)
         if norm.kind is not None:
             if norm.centred:
                 v.sub_(v.mean(-1, keepdim=True))
             coef = torch.einsum("htd,td->ht", v, x_hat).div_(d)
             v.addcmul_(coef.unsqueeze(-1), x_hat.unsqueeze(0), value=-1.0)
+        if sink is not None:
+            return grad_x, None, None, None, None, None, None, None, None, None
         delta = ctx.delta.to(acc)  # [n, c, b, p, d]
         n, c = delta.shape[0], delta.shape[1]
         if ctx.eq is None:  # one copy, no positions: [h, b*p*d] @ [b*p*d, n]
             grad = torch.mm(v.view(h, -1), delta.reshape(n, -1).t()).view(mask.shape)
         else:
             grad = torch.einsum(ctx.eq, v.view(h, c, -1, p, d), delta)
-        return grad_x, grad, None, None, None, None, None, None
+        return grad_x, grad, None, None, None, None, None, None, None, None
+
+
+class _BlockGrads:
+    """The mask gradients of one block's destinations at mask 0, gathered so that one
+    product reads the patch buffer once for all of them (one copy, no token positions).
+
+    Each destination's backward writes its rows of ``G`` (``[rows, b*p*d]``: the gradient
+    at its input, per head), and :class:`_BlockSink`, which every one of them depends on,
+    computes ``G @ delta[lo:hi]^T`` and hands each mask its gradient. Destinations that
+    read more sources (an MLP reads the block's heads too) get those columns separately.
+    """
+
+    def __init__(self, members: list[tuple[str, int, int]], lo: int, hi: int,
+                 workspace: dict) -> None:  # fmt: skip
+        self.members = members  # (name, n rows, src_hi)
+        self.lo, self.hi, self.workspace = lo, hi, workspace
+        self.offsets: dict[str, int] = {}
+        n = 0
+        for name, rows, _ in members:
+            self.offsets[name] = n
+            n += rows
+        self.n_rows = n
+        self.buf: torch.Tensor | None = None
+        self.filled: set[str] = set()
+
+    def rows(self, ctx: Any, n_rows: int, k: int, dtype: torch.dtype, device: Any) -> torch.Tensor:
+        if self.buf is None:  # one buffer per shape in this pass: blocks finish in turn
+            key = ("block grads", self.n_rows, k, dtype, device)
+            buf = self.workspace.get(key)
+            if buf is None or self.workspace.get((key, "busy")):
+                buf = torch.empty(self.n_rows, k, dtype=dtype, device=device)
+                self.workspace.setdefault(key, buf)
+            self.workspace[(key, "busy")] = buf is self.workspace[key]
+            self.key, self.buf = key, buf
+        self.filled.add(ctx.name)
+        lo = self.offsets[ctx.name]
+        return self.buf[lo : lo + n_rows]
+
+    def release(self) -> None:
+        if self.buf is not None and self.workspace.get(self.key) is self.buf:
+            self.workspace[(self.key, "busy")] = False
+        self.buf, self.filled = None, set()
+
+
+class _StashGrad(torch.autograd.Function):
+    """Identity on an input destination ``x`` whose masks are 0; its backward writes the
+    gradient at ``x`` into the block's rows (:class:`_BlockGrads`)."""
+
+    @staticmethod
+    def forward(ctx, x, sink, name):  # type: ignore[override]
+        ctx.sink, ctx.name = sink, name
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        acc = torch.promote_types(g.dtype, torch.float32)
+        ctx.sink.rows(ctx, 1, g.numel(), acc, g.device).copy_(g.reshape(1, -1))
+        return g, None, None
+
+
+class _BlockSink(torch.autograd.Function):
+    """Identity on the block's residual input ``r``; every destination of the block
+    depends on it, so its backward runs after theirs and computes their mask gradients
+    from the rows they wrote."""
+
+    @staticmethod
+    def forward(ctx, r, sink, delta, *masks):  # type: ignore[override]
+        ctx.sink, ctx.delta = sink, delta
+        ctx.shapes = [m.shape for m in masks]
+        return r.clone()
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        sink: _BlockGrads = ctx.sink
+        if sink.buf is None:  # no destination of the block got a gradient
+            return (g, None, None, *(torch.zeros(s, device=g.device) for s in ctx.shapes))
+        buf, delta = sink.buf, ctx.delta
+        for name, rows, _ in sink.members:
+            if name not in sink.filled:
+                buf[sink.offsets[name] : sink.offsets[name] + rows].zero_()
+        n = delta.shape[0]
+        flat = delta.reshape(n, -1).to(buf.dtype)
+        prod = torch.mm(buf, flat[sink.lo : sink.hi].t())  # [rows, hi - lo]
+        grads = []
+        for (name, rows, src_hi), shape in zip(sink.members, ctx.shapes):
+            off = sink.offsets[name]
+            grad = prod[off : off + rows]
+            if src_hi > sink.hi:  # the sources after the block's own inputs
+                extra = torch.mm(buf[off : off + rows], flat[sink.hi : src_hi].t())
+                grad = torch.cat([grad, extra], dim=-1)
+            grads.append(grad.reshape(shape))
+        sink.release()
+        return (g, None, None, *grads)
 
 
 class PatchableModel(nn.Module):
@@ -322,7 +422,9 @@ class PatchableModel(nn.Module):
         its buffer until its backward is done or the graph is freed)."""
         buf, refs = self._delta_cache
         count = _storage_refs(buf) if buf is not None else None
-        fits = buf is not None and buf.shape == shape and buf.dtype == dtype and buf.device == device
+        fits = (
+            buf is not None and buf.shape == shape and buf.dtype == dtype and buf.device == device
+        )
         free = count == refs if count is not None else not torch.is_grad_enabled()
         if fits and free:
             return buf  # type: ignore[return-value]
@@ -380,10 +482,45 @@ class PatchableModel(nn.Module):
             group_of.update(dict.fromkeys(proj, key))
             for dh in self.dest_hooks:
                 m = dh.module
-                if (not dh.projected and nonzero[m.module_name] and m.module_name.split(".")[1:2]
-                        == [block] and m.src_lo == key[1] and m.src_hi >= key[2]):
+                if (
+                    not dh.projected
+                    and nonzero[m.module_name]
+                    and m.module_name.split(".")[1:2] == [block]
+                    and m.src_lo == key[1]
+                    and m.src_hi >= key[2]
+                ):
                     inputs.append(m.module_name)
                     group_of[m.module_name] = key
+        # Mask gradients at 0 gathered per block (see _BlockGrads): resid hook -> members
+        # (name, rows, src_hi), the block's source range, and the masks
+        zero_groups: dict[str, tuple[list[tuple[str, int, int]], int, int]] = {}
+        zero_member: dict[str, str] = {}
+        if not stacked and self.seq_len is None:
+            for dh in self.dest_hooks:
+                m = dh.module
+                if (
+                    dh.projected
+                    and not nonzero[m.module_name]
+                    and masks[m.module_name].requires_grad
+                ):
+                    members, lo, hi = zero_groups.setdefault(dh.resid, ([], m.src_lo, m.src_hi))  # type: ignore[arg-type]
+                    if (lo, hi) == (m.src_lo, m.src_hi):
+                        members.append((m.module_name, m.n_heads or 1, m.src_hi))
+                        zero_member[m.module_name] = dh.resid  # type: ignore[assignment]
+            for dh in self.dest_hooks:
+                m = dh.module
+                block = m.module_name.split(".")[1:2]
+                for resid, (members, lo, hi) in zero_groups.items():
+                    if (
+                        not dh.projected
+                        and not nonzero[m.module_name]
+                        and masks[m.module_name].requires_grad
+                        and block == resid.split(".")[1:2]
+                        and m.src_lo == lo
+                        and m.src_hi >= hi
+                    ):
+                        members.append((m.module_name, 1, m.src_hi))
+                        zero_member[m.module_name] = resid
         workspace: dict = {}  # buffers of the hand-written backward passes
         handles = []
 
@@ -399,10 +536,8 @@ class PatchableModel(nn.Module):
                             f"masks stack {copies} circuits, so the batch ({b} prompts) must "
                             f"hold {copies} copies of the prompts: use tokens.repeat({copies}, 1)"
                         )
-                    run.delta = self._delta_buffer(
-                        (len(self.srcs), b, s, d), out.dtype, out.device
-                    )
-                    run.current, run.inputs = {}, {}
+                    run.delta = self._delta_buffer((len(self.srcs), b, s, d), out.dtype, out.device)
+                    run.current, run.inputs, run.sinks = {}, {}, {}
                 assert run.delta is not None
                 rows = run.delta[lo:hi]  # [n, c*b, s, d], contiguous
                 # Current outputs are kept for the gradient only where some mask is nonzero
@@ -466,7 +601,10 @@ class PatchableModel(nn.Module):
                 key = group_of.get(name)
                 if key is not None and name not in run.inputs:
                     run_group(key)
+                sink = run.sinks.get(zero_member.get(name, ""))
                 if not dh.projected:
+                    if key is None and sink is not None:
+                        return _StashGrad.apply(x, sink, name)
                     if key is None:
                         return _PatchAdd.apply(x, mask, run.delta[lo:hi], eq, *src_args(lo, hi))
                     # the group's part, then the sources after the group's
@@ -481,16 +619,22 @@ class PatchableModel(nn.Module):
                         r = run.resid[dh.resid]  # type: ignore[index]
                         w = dh.weight().detach()
                         return _ProjectedMaskGrad.apply(
-                            x, mask, run.delta[lo:hi], r.detach(), w, eq_grad, dh.norm, workspace
-                        )
+                            x, mask, run.delta[lo:hi], r.detach(), w, eq_grad, dh.norm,
+                            workspace, sink, name,
+                        )  # fmt: skip
                     return x
                 return dh.project(x, run.inputs.pop(name))
 
             return hook
 
         def resid_hook(name: str):
-            def hook(_m: nn.Module, _i: Any, r: torch.Tensor) -> None:
+            def hook(_m: nn.Module, _i: Any, r: torch.Tensor) -> torch.Tensor | None:
                 run.resid[name] = r
+                if name not in zero_groups or not torch.is_grad_enabled():
+                    return None
+                members, lo, hi = zero_groups[name]
+                sink = run.sinks[name] = _BlockGrads(members, lo, hi, workspace)
+                return _BlockSink.apply(r, sink, run.delta, *(masks[n] for n, _, _ in members))
 
             return hook
 
@@ -506,7 +650,7 @@ class PatchableModel(nn.Module):
         finally:
             for h in handles:
                 h.remove()
-            run.delta, run.current, run.resid, run.inputs = None, {}, {}, {}
+            run.delta, run.current, run.resid, run.inputs, run.sinks = None, {}, {}, {}, {}
 
     def run_patched(
         self, tokens: torch.Tensor, masks: Mapping[str, torch.Tensor], patch_src_outs: torch.Tensor
