@@ -45,8 +45,13 @@ from edgewise.patching import PatchableModel, patchable_model
 from edgewise.prune_algos import (
     ALGORITHMS,
     acdc_prune_scores,
+    activation_magnitude_prune_scores,
+    eap_ig_inputs_prune_scores,
     edge_attribution_patching_prune_scores,
+    exact_patching_prune_scores,
+    ground_truth_prune_scores,
     mask_gradient_prune_scores,
+    random_prune_scores,
 )
 from edgewise.types import (
     AblationType,
@@ -74,4 +79,6 @@ __all__ = [
     "save_dataset_json", "src_ablations", "Roc", "area_under_curve", "cpr_cmd",
     "faithfulness_curve", "measure_roc", "load_mib_json", "load_prune_scores", "save_mib_json",
     "save_prune_scores", "measure_mse", "ALGORITHMS", "acdc_prune_scores",
+    "exact_patching_prune_scores", "random_prune_scores", "activation_magnitude_prune_scores",
+    "ground_truth_prune_scores", "eap_ig_inputs_prune_scores",
 ]

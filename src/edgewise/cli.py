@@ -21,8 +21,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def _algorithm_params(algo: str, task: Any, quiet: bool) -> dict[str, Any]:
-    params: dict[str, Any] = {"progress": not quiet}
-    if algo in ("eap", "ig", "ig-layer", "eap-reference"):
+    import inspect
+
+    from edgewise.prune_algos import ALGORITHMS
+
+    accepts = inspect.signature(ALGORITHMS[algo].function).parameters
+    params: dict[str, Any] = {"progress": not quiet} if "progress" in accepts else {}
+    if "grad_function" in accepts and "answer_function" in accepts:
         params.update(grad_function=task.grad_function, answer_function=task.answer_function)
     if algo == "acdc":
         params["faithfulness_target"] = "mse" if task.metric == "mse" else "kl_div"
@@ -101,7 +106,8 @@ def discover(args: argparse.Namespace) -> dict[str, Any]:
     for algo in args.algo:
         params = _algorithm_params(algo, task, args.quiet)
         start = time.perf_counter()
-        scores = ALGORITHMS[algo](pm, train, None, **params)
+        official = task.official_edges(pm) if task.official_edges is not None else None
+        scores = ALGORITHMS[algo](pm, train, official, **params)
         seconds = time.perf_counter() - start
         meta = {"model": results["model"], "task": task.name, "algorithm": algo,
                 "parameters": {**ALGORITHMS[algo].defaults, **params}}

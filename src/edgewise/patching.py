@@ -454,7 +454,10 @@ class PatchableModel(nn.Module):
     # ------------------------------------------------------------------ patching
     @contextmanager
     def patch(
-        self, masks: Mapping[str, torch.Tensor], patch_src_outs: torch.Tensor
+        self,
+        masks: Mapping[str, torch.Tensor],
+        patch_src_outs: torch.Tensor,
+        fixed_delta: torch.Tensor | None = None,
     ) -> Iterator[PatchableModel]:
         """Within this context every forward pass patches edges by ``masks`` with
         ``patch_src_outs`` (``[n_srcs, batch | 1, seq | 1, d_model]``).
@@ -462,6 +465,11 @@ class PatchableModel(nn.Module):
         Masks may carry a leading dim of ``c`` circuits (``[c, *mask_shape]``): the input
         must then be the prompts repeated ``c`` times (``tokens.repeat(c, 1)``), and copy
         ``i`` of the batch is patched by circuit ``i``.
+
+        ``fixed_delta`` (``[n_srcs, batch, seq, d_model]``, masks all 0 only) replaces the
+        ``patch - current`` differences of the run: the forward pass is the unpatched one
+        and each mask's gradient is ``sum grad_input_d . fixed_delta_s`` (EAP-IG on inputs
+        runs interpolated inputs against the clean run's differences).
 
         The hooks are removed on exit, also after an exception."""
         missing = set(self.dest_modules) - set(masks)
@@ -485,6 +493,15 @@ class PatchableModel(nn.Module):
         first_src = self.src_hooks[0]
         nonzero = {name: bool(m.any()) for name, m in masks.items()}
         track_current = any(nonzero.values())
+        if fixed_delta is not None:
+            if track_current:
+                raise ValueError("fixed_delta needs every mask at 0 (it replaces the differences "
+                                 "that nonzero masks would patch in)")
+            want = (len(self.srcs),)
+            if fixed_delta.dim() != 4 or tuple(fixed_delta.shape[:1]) != want:
+                raise ValueError(f"fixed_delta must be [n_srcs={want[0]}, batch, seq, d_model], "
+                                 f"got {tuple(fixed_delta.shape)}")
+            fixed_delta = fixed_delta.contiguous()
         masks_c = {name: m if stacked else m[None] for name, m in masks.items()}
         # Destinations of one block patched by one product over delta: its projected Q/K/V
         # (same sources), and the part of its other inputs (MLP, end) from those sources.
@@ -554,9 +571,15 @@ class PatchableModel(nn.Module):
                             f"masks stack {copies} circuits, so the batch ({b} prompts) must "
                             f"hold {copies} copies of the prompts: use tokens.repeat({copies}, 1)"
                         )
-                    run.delta = self._delta_buffer((len(self.srcs), b, s, d), out.dtype, out.device)
+                    if fixed_delta is None:
+                        shape = (len(self.srcs), b, s, d)
+                        run.delta = self._delta_buffer(shape, out.dtype, out.device)
+                    else:
+                        run.delta = fixed_delta
                     run.current, run.inputs, run.sinks = {}, {}, {}
                 assert run.delta is not None
+                if fixed_delta is not None:
+                    return
                 rows = run.delta[lo:hi]  # [n, c*b, s, d], contiguous
                 # Current outputs are kept for the gradient only where some mask is nonzero
                 # (at mask 0 their gradient through the patch is 0).

@@ -7,7 +7,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgewise.prune_algos.acdc import acdc_prune_scores
+from edgewise.prune_algos.baselines import (
+    activation_magnitude_prune_scores,
+    ground_truth_prune_scores,
+    random_prune_scores,
+)
 from edgewise.prune_algos.eap import edge_attribution_patching_prune_scores
+from edgewise.prune_algos.eap_ig import eap_ig_inputs_prune_scores
+from edgewise.prune_algos.exact import exact_patching_prune_scores
 from edgewise.prune_algos.mask_gradient import mask_gradient_prune_scores
 
 
@@ -46,6 +53,25 @@ ALGORITHMS: dict[str, Algorithm] = {
         "acdc", acdc_prune_scores, {"tao_exps": [-5, -4, -3, -2], "tao_bases": [1, 3, 5, 7, 9]},
         "ACDC (Conmy et al. 2023): greedy pruning per threshold, exact fast search",
     ),
+    "eap-ig-inputs": Algorithm(
+        "eap-ig-inputs", eap_ig_inputs_prune_scores,
+        {"grad_function": "logit", "answer_function": "avg_diff", "integrated_grad_samples": 5},
+        "EAP-IG: gradients averaged along corrupt -> clean input embeddings (Hanna et al. 2024)",
+    ),
+    "exact": Algorithm(
+        "exact", exact_patching_prune_scores,
+        {"grad_function": "logit", "answer_function": "avg_diff"},
+        "exact activation patching of each edge alone (what EAP approximates)",
+    ),
+    "random": Algorithm("random", random_prune_scores, {"seed": 0}, "baseline: uniform random scores"),
+    "magnitude": Algorithm(
+        "magnitude", activation_magnitude_prune_scores, {},
+        "baseline: mean L2 norm of each edge's source output on the clean prompts",
+    ),
+    "ground-truth": Algorithm(
+        "ground-truth", ground_truth_prune_scores, {},
+        "baseline: 1 on the task's official circuit, 0 elsewhere",
+    ),
     "eap-reference": Algorithm(
         "eap-reference", edge_attribution_patching_prune_scores, {},
         "edge attribution patching with plain hooks (slow reference)",
@@ -56,6 +82,11 @@ __all__ = [
     "ALGORITHMS",
     "Algorithm",
     "acdc_prune_scores",
+    "activation_magnitude_prune_scores",
+    "eap_ig_inputs_prune_scores",
+    "exact_patching_prune_scores",
+    "ground_truth_prune_scores",
+    "random_prune_scores",
     "edge_attribution_patching_prune_scores",
     "mask_gradient_prune_scores",
 ]

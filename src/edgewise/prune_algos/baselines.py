@@ -1,0 +1,75 @@
+"""Baselines every circuit-discovery method should beat (or, for ground truth, match):
+random scores, activation magnitude, and the official circuit itself."""
+
+from __future__ import annotations
+
+import torch
+
+from edgewise.data import PromptDataLoader
+from edgewise.patching import PatchableModel
+from edgewise.prune_algos.mask_gradient import score_dtype
+from edgewise.types import Edge, PruneScores
+
+
+def random_prune_scores(
+    model: PatchableModel,
+    dataloader: PromptDataLoader | None = None,
+    official_edges: set[Edge] | None = None,
+    seed: int = 0,
+) -> PruneScores:
+    """Independent uniform [0, 1) scores, the same for the same ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    dtype = score_dtype(model)
+    return {n: torch.rand(m.mask_shape, generator=gen, dtype=torch.float64).to(dtype).to(model.device)
+            for n, m in model.dest_modules.items()}  # fmt: skip
+
+
+def activation_magnitude_prune_scores(
+    model: PatchableModel,
+    dataloader: PromptDataLoader,
+    official_edges: set[Edge] | None = None,
+    progress: bool = False,
+) -> PruneScores:
+    """Each edge scores the mean L2 norm (over ``d_model``) of its source's output on the
+    clean prompts: the mean over prompts and positions, or per position for edges with
+    token positions. An edge from a loud source ranks high, whatever its destination."""
+    total: torch.Tensor | None = None  # [n_srcs, seq] sums over prompts
+    count = 0
+    for batch in dataloader:
+        norms = model.src_outs(batch.clean).double().norm(dim=-1).sum(dim=1)  # [n_srcs, seq]
+        if total is not None and norms.shape != total.shape:
+            if model.seq_len is not None:
+                raise ValueError("prompts of different lengths in a graph with token positions")
+            norms, total = norms.sum(-1, keepdim=True), total.sum(-1, keepdim=True)
+        total = norms if total is None else total + norms
+        count += batch.clean.shape[0]
+    if total is None:
+        raise ValueError("the dataloader is empty")
+    mean = total / count  # [n_srcs, seq]
+    per_src = mean if model.seq_len is not None else mean.sum(-1) / mean.shape[-1]
+    dtype = score_dtype(model)
+    scores = {n: torch.zeros(m.mask_shape, dtype=dtype, device=model.device)
+              for n, m in model.dest_modules.items()}
+    for e in model.edges:
+        value = per_src[e.src.src_idx] if e.seq_idx is None else per_src[e.src.src_idx, e.seq_idx]
+        scores[e.dest.module_name][e.patch_idx] = float(value)
+    return scores
+
+
+def ground_truth_prune_scores(
+    model: PatchableModel,
+    dataloader: PromptDataLoader | None = None,
+    official_edges: set[Edge] | None = None,
+) -> PruneScores:
+    """1 for the edges of ``official_edges``, 0 for every other edge."""
+    if official_edges is None:
+        raise ValueError(
+            "ground-truth scores need the official circuit: pass official_edges (e.g. "
+            "edgewise.circuits_official.tracr.tracr_official_edges(model, 'reverse', 'resample'))"
+        )
+    dtype = score_dtype(model)
+    scores = {n: torch.zeros(m.mask_shape, dtype=dtype, device=model.device)
+              for n, m in model.dest_modules.items()}
+    for e in official_edges:
+        scores[e.dest.module_name][e.patch_idx] = 1.0
+    return scores
