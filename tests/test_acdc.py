@@ -16,7 +16,7 @@ from edgewise.prune_algos import acdc
 from edgewise.prune_algos.acdc import acdc_prune_scores
 
 from reference import reference_patched_logits
-from util import VOCAB, random_loader
+from util import VOCAB, planted_model, random_loader
 
 F64 = torch.float64
 
@@ -238,24 +238,6 @@ def test_argument_checks():
 
 
 # ----------------------------------------------------------------------------- planted path
-def planted_model():
-    """Attention-only, no LayerNorm. The embedding writes dims 0-3, head 0 copies them
-    (uniform attention: W_Q = W_K = 0) into dims 4-7, and the unembedding reads only
-    dims 4-7. Everything else is 1e-5 noise. So the answer flows through exactly
-    Resid Start -> A0.0.V and A0.0 -> Resid End."""
-    model = random_hooked_transformer(n_layers=1, n_heads=2, d_head=4, d_vocab=VOCAB,
-                                      attn_only=True, normalization_type=None, dtype=F64, seed=12)
-    g = torch.Generator().manual_seed(12)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(1e-5 * torch.randn(p.shape, generator=g, dtype=F64))
-        model.embed.W_E[:, :4] += torch.randn(VOCAB, 4, generator=g, dtype=F64)
-        model.blocks[0].attn.W_V[0, :4] += torch.eye(4, dtype=F64)
-        model.blocks[0].attn.W_O[0, :, 4:] += 3 * torch.eye(4, dtype=F64)
-        model.unembed.W_U[4:] += torch.randn(4, VOCAB, generator=g, dtype=F64)
-    return model
-
-
 @pytest.mark.parametrize("target", ["kl_div", "mse"])
 def test_planted_path_is_kept_and_everything_else_pruned(target):
     pm = patchable_model(planted_model())

@@ -46,10 +46,12 @@ from edgewise.prune_algos import (
     ALGORITHMS,
     acdc_prune_scores,
     activation_magnitude_prune_scores,
+    circuit_probing_prune_scores,
     eap_ig_inputs_prune_scores,
     edge_attribution_patching_prune_scores,
     exact_patching_prune_scores,
     ground_truth_prune_scores,
+    learned_mask_prune_scores,
     mask_gradient_prune_scores,
     random_prune_scores,
 )
@@ -80,5 +82,6 @@ __all__ = [
     "faithfulness_curve", "measure_roc", "load_mib_json", "load_prune_scores", "save_mib_json",
     "save_prune_scores", "measure_mse", "ALGORITHMS", "acdc_prune_scores",
     "exact_patching_prune_scores", "random_prune_scores", "activation_magnitude_prune_scores",
-    "ground_truth_prune_scores", "eap_ig_inputs_prune_scores",
+    "ground_truth_prune_scores", "eap_ig_inputs_prune_scores", "learned_mask_prune_scores",
+    "circuit_probing_prune_scores",
 ]

@@ -15,6 +15,10 @@ from edgewise.prune_algos.baselines import (
 from edgewise.prune_algos.eap import edge_attribution_patching_prune_scores
 from edgewise.prune_algos.eap_ig import eap_ig_inputs_prune_scores
 from edgewise.prune_algos.exact import exact_patching_prune_scores
+from edgewise.prune_algos.learned_masks import (
+    circuit_probing_prune_scores,
+    learned_mask_prune_scores,
+)
 from edgewise.prune_algos.mask_gradient import mask_gradient_prune_scores
 
 
@@ -63,6 +67,19 @@ ALGORITHMS: dict[str, Algorithm] = {
         {"grad_function": "logit", "answer_function": "avg_diff"},
         "exact activation patching of each edge alone (what EAP approximates)",
     ),
+    "sp": Algorithm(
+        "sp", learned_mask_prune_scores, {"mask_fn": "hard_concrete", "epochs": 50},
+        "subnetwork probing: learned hard-concrete edge masks with an L0 penalty",
+    ),
+    "sp-tree": Algorithm(
+        "sp-tree", learned_mask_prune_scores, {"mask_fn": "hard_concrete", "epochs": 50,
+                                               "tree": True},
+        "subnetwork probing in tree mode: clean run, learns which edges to ablate",
+    ),
+    "circuit-probing": Algorithm(
+        "circuit-probing", circuit_probing_prune_scores, {"sizes": (10, 100, 1000)},
+        "learned masks with a target size, once per size; smaller circuits rank first",
+    ),
     "random": Algorithm("random", random_prune_scores, {"seed": 0}, "baseline: uniform random scores"),
     "magnitude": Algorithm(
         "magnitude", activation_magnitude_prune_scores, {},
@@ -83,6 +100,8 @@ __all__ = [
     "Algorithm",
     "acdc_prune_scores",
     "activation_magnitude_prune_scores",
+    "circuit_probing_prune_scores",
+    "learned_mask_prune_scores",
     "eap_ig_inputs_prune_scores",
     "exact_patching_prune_scores",
     "ground_truth_prune_scores",
