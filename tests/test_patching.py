@@ -240,3 +240,17 @@ def test_gradients_of_a_pass_survive_later_passes_before_backward():
     (loss1 + loss2).backward()
     for n in alone:
         torch.testing.assert_close(first[n].grad, alone[n].grad, atol=1e-10, rtol=0)
+
+
+def test_inference_and_gradient_passes_alternate_on_the_reused_buffer():
+    pm = patchable_model(MODEL_KINDS["hooked"]())
+    gen = torch.Generator().manual_seed(9)
+    clean, corrupt = tokens(gen), tokens(gen)
+    patch = pm.src_outs(corrupt)
+    masks = {n: torch.full(m.mask_shape, 0.5, dtype=torch.float64, requires_grad=True)
+             for n, m in pm.dest_modules.items()}
+    with torch.inference_mode():
+        first = pm.run_patched(clean, masks, patch)
+    second = pm.run_patched(clean, masks, patch)  # with gradients, on the same buffer
+    second.sum().backward()
+    torch.testing.assert_close(second.detach(), first, atol=1e-12, rtol=0)

@@ -46,6 +46,7 @@ from edgewise.prune_algos import (
     ALGORITHMS,
     acdc_prune_scores,
     activation_magnitude_prune_scores,
+    atp_star_prune_scores,
     circuit_probing_prune_scores,
     eap_ig_inputs_prune_scores,
     edge_attribution_patching_prune_scores,
@@ -83,5 +84,5 @@ __all__ = [
     "save_prune_scores", "measure_mse", "ALGORITHMS", "acdc_prune_scores",
     "exact_patching_prune_scores", "random_prune_scores", "activation_magnitude_prune_scores",
     "ground_truth_prune_scores", "eap_ig_inputs_prune_scores", "learned_mask_prune_scores",
-    "circuit_probing_prune_scores",
+    "circuit_probing_prune_scores", "atp_star_prune_scores",
 ]

@@ -446,7 +446,8 @@ class PatchableModel(nn.Module):
         free = count == refs if count is not None else not torch.is_grad_enabled()
         if fits and free:
             return buf  # type: ignore[return-value]
-        new = torch.empty(shape, dtype=dtype, device=device)
+        with torch.inference_mode(False):  # a normal tensor: passes of either kind reuse it
+            new = torch.empty(shape, dtype=dtype, device=device)
         if count is not None or not torch.is_grad_enabled():
             self._delta_cache = (new, _storage_refs(new))
         return new

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgewise.prune_algos.acdc import acdc_prune_scores
+from edgewise.prune_algos.atp_star import atp_star_prune_scores
 from edgewise.prune_algos.baselines import (
     activation_magnitude_prune_scores,
     ground_truth_prune_scores,
@@ -62,6 +63,12 @@ ALGORITHMS: dict[str, Algorithm] = {
         {"grad_function": "logit", "answer_function": "avg_diff", "integrated_grad_samples": 5},
         "EAP-IG: gradients averaged along corrupt -> clean input embeddings (Hanna et al. 2024)",
     ),
+    "atp-star": Algorithm(
+        "atp-star", atp_star_prune_scores,
+        {"grad_function": "logit", "answer_function": "avg_diff", "qk_fix": True,
+         "grad_drop": True},
+        "AtP* for edges: exact attention patterns for Q/K edges, GradDrop (Kramar et al. 2024)",
+    ),
     "exact": Algorithm(
         "exact", exact_patching_prune_scores,
         {"grad_function": "logit", "answer_function": "avg_diff"},
@@ -100,6 +107,7 @@ __all__ = [
     "Algorithm",
     "acdc_prune_scores",
     "activation_magnitude_prune_scores",
+    "atp_star_prune_scores",
     "circuit_probing_prune_scores",
     "learned_mask_prune_scores",
     "eap_ig_inputs_prune_scores",

@@ -1,0 +1,225 @@
+"""AtP* for edges (Kramár et al. 2024, "AtP*: An efficient and scalable method for
+localizing LLM behaviour to components"): the two fixes of edge attribution patching.
+
+- **QK fix.** EAP linearises an edge into a query or key input through the attention
+  softmax, which saturates. For those edges the attention pattern is recomputed exactly
+  with the edge patched alone (a forward pass up to the destination's layer, many edges
+  per pass as stacked circuits), and only what follows the pattern is linearised::
+
+      score(s -> h.Q/K) = sum dL/dA_layer . (A_layer(edge patched) - A_layer(clean))
+
+- **GradDrop.** Gradients through different layers can cancel. Per batch the score is
+  ``1/(L-1) sum_l |score with the gradient through layer l's residual contributions
+  (attention and MLP outputs) set to 0|``: one backward pass per layer.
+
+Every other edge keeps its EAP score (the mask gradient at 0), so with neither fix this
+is EAP.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from edgewise.ablation import batch_src_ablations
+from edgewise.data import PromptDataLoader, PromptPairBatch
+from edgewise.patching import PatchableModel
+from edgewise.prune_algos.loss import AnswerFunction, GradFunction, answer_loss, grad_values
+from edgewise.prune_algos.mask_gradient import score_dtype
+from edgewise.types import AblationType, Edge, PruneScores
+
+
+class _Stop(Exception):
+    pass
+
+
+class _DropGrad(torch.autograd.Function):
+    """Identity whose backward passes no gradient (GradDrop)."""
+
+    @staticmethod
+    def forward(ctx, x):  # type: ignore[override]
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        return torch.zeros_like(g)
+
+
+def _layer_of(name: str) -> int:
+    return int(name.split(".")[1])
+
+
+def atp_star_prune_scores(
+    model: PatchableModel,
+    dataloader: PromptDataLoader,
+    official_edges: set[Edge] | None = None,
+    grad_function: GradFunction = "logit",
+    answer_function: AnswerFunction = "avg_diff",
+    qk_fix: bool = True,
+    grad_drop: bool = False,
+    ablation_type: AblationType = AblationType.RESAMPLE,
+    edges_per_pass: int | None = None,
+    progress: bool = True,
+) -> PruneScores:
+    """Score every edge by AtP* (see the module doc).
+
+    Args:
+        model: the patchable model (factorized with separate Q/K/V for the QK fix).
+        dataloader: clean / corrupt prompt pairs.
+        official_edges: unused (the common signature of scoring functions).
+        grad_function, answer_function: the loss, as in ``mask_gradient_prune_scores``.
+        qk_fix: recompute attention patterns exactly for query and key edges.
+        grad_drop: average ``|score|`` over backward passes that each drop one layer.
+        ablation_type: what a patched edge carries (per-batch ablations).
+        edges_per_pass: Q/K edges per forward pass of the QK fix (4 on a CPU, else 32).
+        progress: show a progress bar.
+
+    Returns:
+        Destination module name -> scores shaped like its mask.
+    """
+    if qk_fix and not (model.factorized and model.separate_qkv):
+        raise ValueError("the QK fix needs separate query and key destinations: build the model "
+                         "with patchable_model(model) (factorized, separate_qkv=True)")
+    n_layers = int(model.cfg.n_layers)
+    if grad_drop and n_layers < 2:
+        raise ValueError("GradDrop averages over dropping each of L >= 2 layers")
+    if edges_per_pass is None:
+        edges_per_pass = 4 if model.device.type == "cpu" else 32
+    qk = [e for e in model.edges if e.dest.qkv in ("q", "k")] if qk_fix else []
+    layers = sorted({_layer_of(e.dest.module_name) for e in qk})
+    patches = batch_src_ablations(model, dataloader, ablation_type, "corrupt")
+    dtype = score_dtype(model)
+    drops: list[int | None] = list(range(n_layers)) if grad_drop else [None]
+    scores = {n: torch.zeros(m.mask_shape, dtype=dtype, device=model.device)
+              for n, m in model.dest_modules.items()}  # fmt: skip
+    bar = tqdm(total=len(dataloader) * len(drops), desc="AtP*", disable=not progress)
+    for batch in dataloader:
+        patch = patches[batch.key]
+        runs, grads_a = {}, {}
+        for drop in drops:
+            runs[drop], grads_a[drop] = _gradients(
+                model, batch, patch, grad_function, answer_function, drop, layers, dtype
+            )
+            bar.update()
+        if qk:  # Q/K edges: the exact change of the pattern instead of its linearisation
+            exact = _qk_scores(model, batch, patch, qk, edges_per_pass, grads_a)
+            for drop in drops:
+                for e, value in zip(qk, exact[drop]):
+                    runs[drop][e.dest.module_name][e.patch_idx] = value
+        for n in scores:
+            if grad_drop:
+                scores[n] += sum(runs[d][n].abs() for d in drops) / (n_layers - 1)
+            else:
+                scores[n] += runs[None][n]
+    bar.close()
+    return scores
+
+
+def _gradients(
+    model: PatchableModel,
+    batch: PromptPairBatch,
+    patch: torch.Tensor,
+    grad_function: GradFunction,
+    answer_function: AnswerFunction,
+    drop: int | None,
+    layers: list[int],
+    dtype: torch.dtype,
+) -> tuple[dict[str, torch.Tensor], dict[int, torch.Tensor]]:
+    """Mask gradients at 0 (EAP) and ``dL/dpattern`` of ``layers``, with the gradient
+    through layer ``drop``'s attention and MLP outputs set to 0."""
+    adapter = model.adapter
+    patterns: dict[int, torch.Tensor] = {}
+    handles = []
+
+    def keep(layer: int):
+        def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
+            patterns[layer] = out
+
+        return hook
+
+    def dropped(_m: nn.Module, _i: Any, out: torch.Tensor) -> torch.Tensor:
+        return _DropGrad.apply(out)
+
+    masks = model.new_masks(0.0, requires_grad=True, dtype=dtype)
+    try:
+        for layer in layers:
+            handles.append(adapter.hook_point(f"blocks.{layer}.attn.hook_pattern")
+                           .register_forward_hook(keep(layer)))  # fmt: skip
+        if drop is not None:
+            for leaf in ("hook_attn_out", "hook_mlp_out"):
+                if adapter.resolve(f"blocks.{drop}.{leaf}") is not None:
+                    point = adapter.hook_point(f"blocks.{drop}.{leaf}")
+                    handles.append(point.register_forward_hook(dropped))
+        with model.patch(masks, patch):
+            logits = model(batch.clean)[model.out_slice]
+    finally:
+        for h in handles:
+            h.remove()
+    loss = answer_loss(grad_values(logits, grad_function), batch, answer_function)
+    inputs = list(masks.values()) + [patterns[layer] for layer in layers]
+    grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+    mask_grads = {n: (g if g is not None else torch.zeros_like(m)).detach()
+                  for (n, m), g in zip(masks.items(), grads)}  # fmt: skip
+    pattern_grads = {
+        layer: (g if g is not None else torch.zeros_like(patterns[layer])).detach()
+        for layer, g in zip(layers, grads[len(masks) :])
+    }
+    return mask_grads, pattern_grads
+
+
+def _patterns(
+    model: PatchableModel, tokens: torch.Tensor, layer: int, masks: Any, patch: torch.Tensor
+) -> torch.Tensor:
+    """The attention pattern of ``layer`` with ``masks`` patched (stops there)."""
+    seen: list[torch.Tensor] = []
+
+    def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
+        seen.append(out)
+        raise _Stop
+
+    handle = model.adapter.hook_point(f"blocks.{layer}.attn.hook_pattern").register_forward_hook(hook)
+    try:
+        with torch.inference_mode(), model.patch(masks, patch):
+            model(tokens)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def _qk_scores(
+    model: PatchableModel,
+    batch: PromptPairBatch,
+    patch: torch.Tensor,
+    qk: list[Edge],
+    edges_per_pass: int,
+    grads_a: dict[int | None, dict[int, torch.Tensor]],
+) -> dict[int | None, list[float]]:
+    """``sum dL/dA . (A(edge patched) - A(clean))`` for each Q/K edge and each dropped layer."""
+    dtype = next(model.wrapped_model.parameters()).dtype
+    out: dict[int | None, list[float]] = {d: [0.0] * len(qk) for d in grads_a}
+    by_layer: dict[int, list[int]] = {}
+    for i, e in enumerate(qk):
+        by_layer.setdefault(_layer_of(e.dest.module_name), []).append(i)
+    zero = model.new_masks(0.0, dtype=dtype)
+    for layer, idxs in by_layer.items():
+        clean = _patterns(model, batch.clean, layer, zero, patch)  # [b, h, q, k]
+        for start in range(0, len(idxs), edges_per_pass):
+            chunk = idxs[start : start + edges_per_pass]
+            k = len(chunk)
+            masks = {n: torch.zeros((k, *m.mask_shape), dtype=dtype, device=model.device)
+                     for n, m in model.dest_modules.items()}  # fmt: skip
+            for j, i in enumerate(chunk):
+                e = qk[i]
+                masks[e.dest.module_name][(j, *e.patch_idx)] = 1.0
+            pattern = _patterns(model, batch.clean.repeat(k, 1), layer, masks, patch)
+            diff = pattern.view(k, *clean.shape).double() - clean.double()
+            for drop, grads in grads_a.items():
+                values = torch.einsum("kbhqp,bhqp->k", diff, grads[layer].double())
+                for j, i in enumerate(chunk):
+                    out[drop][i] = float(values[j])
+    return out
