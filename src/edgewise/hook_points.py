@@ -247,8 +247,10 @@ class DestHook:
 
 def projected_dests_available(model: nn.Module, adapter: HookAdapter, graph: Graph) -> bool:
     """Whether Q/K/V destinations can be patched after the projection (see module doc)."""
-    from transformer_lens import HookedTransformer
-
+    try:
+        from transformer_lens import HookedTransformer
+    except ImportError:  # TransformerLens 4.x has only bridges
+        return False
     try:
         from transformer_lens.components.transformer_block import POST_NORM_ARCHITECTURES
     except ImportError:  # pragma: no cover - older TransformerLens

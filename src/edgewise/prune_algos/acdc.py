@@ -164,7 +164,10 @@ class _FastEvaluator:
         self.out_slice = model.out_slice
         self.dest_block = {m.module_name: _block_of(m.module_name) for m in self.graph.dest_modules}
         self.src_block = {m.module_name: _block_of(m.module_name) for m in self.graph.src_modules}
-        from transformer_lens import HookedTransformer
+        try:
+            from transformer_lens import HookedTransformer
+        except ImportError:  # TransformerLens 4.x has only bridges
+            HookedTransformer = ()  # noqa: N806 - isinstance(x, ()) is False
 
         can_partial = (
             callable(getattr(self.wm, "input_to_embed", None))
