@@ -107,14 +107,8 @@ def test_bfloat16_projected_patching_tracks_float64(norm):
     assert (got - want).abs().max() <= 0.05 * scale
 
 
-def test_without_fast_hooks_tl_per_head_hooks_give_the_same(monkeypatch):
-    monkeypatch.setattr(patching, "z_hooks_available", lambda *a: False)
-    monkeypatch.setattr(patching, "projected_dests_available", lambda *a: False)
-    model = _model("RMS", n_kv=2)
-    pm = patchable_model(model, seq_len=5)
-    assert model.cfg.use_split_qkv_input and model.cfg.use_attn_result
-    assert all(h.point.endswith("hook_result") for h in pm.src_hooks if h.module.n_heads)
-    gen = torch.Generator().manual_seed(5)
+def _assert_matches_reference(pm, seed):
+    gen = torch.Generator().manual_seed(seed)
     clean, corrupt = _tokens(gen), _tokens(gen)
     patch = pm.src_outs(corrupt)
     masks = {n: (torch.rand(m.mask_shape, generator=gen) < 0.5).double()
@@ -122,6 +116,16 @@ def test_without_fast_hooks_tl_per_head_hooks_give_the_same(monkeypatch):
     torch.testing.assert_close(pm.run_patched(clean, masks, patch),
                                reference_patched_logits(pm, clean, masks, patch),
                                atol=1e-8, rtol=0)
+
+
+def test_without_fast_hooks_tl_per_head_hooks_give_the_same(monkeypatch):
+    monkeypatch.setattr(patching, "z_hooks_available", lambda *a: False)
+    monkeypatch.setattr(patching, "projected_dests_available", lambda *a: False)
+    model = _model("RMS", n_kv=2)
+    pm = patchable_model(model, seq_len=5)
+    assert model.cfg.use_split_qkv_input and model.cfg.use_attn_result
+    assert all(h.point.endswith("hook_result") for h in pm.src_hooks if h.module.n_heads)
+    _assert_matches_reference(pm, seed=5)
 
 
 def test_fast_hooks_that_disagree_with_tl_fall_back_with_a_warning(monkeypatch):
@@ -137,11 +141,4 @@ def test_fast_hooks_that_disagree_with_tl_fall_back_with_a_warning(monkeypatch):
         pm = patchable_model(model)
     assert all(h.point.endswith("hook_result") for h in pm.src_hooks if h.module.n_heads)
     assert not any(h.projected for h in pm.dest_hooks)
-    gen = torch.Generator().manual_seed(6)
-    clean, corrupt = _tokens(gen), _tokens(gen)
-    patch = pm.src_outs(corrupt)
-    masks = {n: (torch.rand(m.mask_shape, generator=gen) < 0.5).double()
-             for n, m in pm.dest_modules.items()}
-    torch.testing.assert_close(pm.run_patched(clean, masks, patch),
-                               reference_patched_logits(pm, clean, masks, patch),
-                               atol=1e-8, rtol=0)
+    _assert_matches_reference(pm, seed=6)

@@ -13,3 +13,26 @@ Modules:
         :func:`~edgewise.circuits_official.papers.greaterthan_official_edges`,
         :func:`~edgewise.circuits_official.papers.docstring_official_edges`).
 """
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from edgewise.patching import PatchableModel
+from edgewise.types import Edge
+
+
+def edges_by_name(model: PatchableModel, named: Iterable[tuple[str, int | None]],
+                  circuit: str) -> set[Edge]:  # fmt: skip
+    """The edges ``(name, position)`` of ``model``'s graph; a clear error naming the
+    missing ones (``circuit`` names the circuit in it)."""
+    edges, missing = set(), []
+    for name, pos in named:
+        try:
+            edges.add(model.edge(name, pos))
+        except KeyError:
+            missing.append((name, pos))
+    if missing:
+        raise ValueError(f"the model's graph lacks {len(missing)} edge(s) of the {circuit} "
+                         f"circuit, e.g. {missing[:3]}; is it the right model?")
+    return edges

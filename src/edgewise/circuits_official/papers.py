@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from edgewise.circuits_official import edges_by_name
 from edgewise.patching import PatchableModel
 from edgewise.types import Edge
 
@@ -221,16 +222,7 @@ def _lookup(
     names: Sequence[NamedEdge] = list(named)
     if model.seq_len is None:  # position-free: every edge named at some position
         names = [(n, None) for n in dict.fromkeys(n for n, _ in names)]
-    edges, missing = set(), []
-    for name, pos in names:
-        try:
-            edges.add(model.edge(name, pos))
-        except KeyError:
-            missing.append((name, pos))
-    if missing:
-        raise ValueError(f"the graph lacks {len(missing)} edge(s) of the {task} circuit, "
-                         f"e.g. {missing[:3]}")
-    return edges
+    return edges_by_name(model, names, task)
 
 
 def ioi_official_edges(model: PatchableModel) -> set[Edge]:

@@ -32,6 +32,7 @@ docs for the exact figures).
 
 from __future__ import annotations
 
+from edgewise.circuits_official import edges_by_name
 from edgewise.patching import PatchableModel
 from edgewise.types import Edge
 
@@ -150,15 +151,4 @@ def toy_ioi_official_edges(model: PatchableModel) -> set[Edge]:
         )
     else:
         wanted = list(TOY_IOI_OFFICIAL_EDGES)
-    edges, missing = set(), []
-    for name, pos in wanted:
-        try:
-            edges.add(model.edge(name, pos))
-        except KeyError:
-            missing.append((name, pos))
-    if missing:
-        raise ValueError(
-            f"the model's graph lacks {len(missing)} official toy-ioi edge(s), e.g. "
-            f"{missing[:3]}; is it the toy-ioi model?"
-        )
-    return edges
+    return edges_by_name(model, wanted, "toy-ioi")
