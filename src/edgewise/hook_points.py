@@ -223,6 +223,14 @@ class DestHook:
         )
         return getattr(attn, f"_b_{x}" if grouped else f"b_{x}")
 
+    def shift(self) -> torch.Tensor:
+        """``b + beta @ W`` ``[heads, d_head]``: ``X - shift = x_hat @ (W * gamma)``."""
+        shift = self.bias()
+        beta = getattr(self.norm.module, "b", None) if self.norm and self.norm.kind == "LN" else None
+        if beta is not None:
+            shift = shift + torch.einsum("d,hdk->hk", beta, self.weight())
+        return shift[None, None]
+
     def project(
         self, x: torch.Tensor, z: torch.Tensor, heads: torch.Tensor | None = None
     ) -> torch.Tensor:

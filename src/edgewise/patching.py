@@ -143,21 +143,24 @@ class _ProjectedMaskGrad(torch.autograd.Function):
         dL/dmask[h, s] = sum_{batch, pos} delta_s . J_N(r)^T (dL/dX_h @ W_h^T)
 
     ``J_N(r)^T u = (v - mean(v) - x_hat mean(v * x_hat))`` with ``v = gamma * u / sigma``
-    (LayerNorm; RMSNorm drops the mean term; no norm: ``u``). ``v`` for all heads is one
-    batched matmul of the (small) output gradient, scaled per token, with ``W * gamma``.
+    (LayerNorm; RMSNorm drops the mean term; no norm: ``u``). ``v - mean(v)`` for all heads
+    is one batched matmul of the (small) output gradient, scaled per token, with
+    ``W * gamma`` centred over ``d_model``; ``mean(v * x_hat)`` comes from the forward's
+    ``X`` (``x_hat @ (W * gamma) = X - b - beta @ W``), so one pass over ``v`` remains.
     At ``mask = 0`` no other input of the patch has a gradient.
     """
 
     @staticmethod
-    def forward(ctx, x, mask, delta, r, w, eq, norm, workspace, sink, name):  # type: ignore[override]
+    def forward(ctx, x, mask, delta, r, w, eq, norm, workspace, sink, name, shift):  # type: ignore[override]
         ctx.eq, ctx.norm, ctx.workspace, ctx.sink, ctx.name = eq, norm, workspace, sink, name
         ctx.delta = delta.view(delta.shape[0], mask.shape[0], -1, *delta.shape[2:])
-        ctx.save_for_backward(mask, r, w)
+        # x_hat @ (W * gamma) = X - b - beta @ W: the projection of x_hat, from the forward
+        ctx.save_for_backward(mask, r, w, x.detach(), shift)
         return x.clone()
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
-        mask, r, w = ctx.saved_tensors
+        mask, r, w, x, shift = ctx.saved_tensors
         norm: Norm = ctx.norm
         grad_x = g
         acc = torch.promote_types(g.dtype, torch.float32)  # never below float32
@@ -170,6 +173,8 @@ class _ProjectedMaskGrad(torch.autograd.Function):
             gamma = norm.weight()
             if gamma is not None:
                 w = w * gamma.to(acc)[None, :, None]
+            if norm.centred:  # v - mean_d(v) = gs @ (w - mean_d(w))^T: centre the small w
+                w = w - w.mean(1, keepdim=True)
             g = g.to(acc) * inv.unsqueeze(-2)
         gs = g.to(acc).permute(2, 0, 1, 3).reshape(h, t, k)
         # [h, b*p, d], in one buffer shared by the destinations of this pass: a fresh
@@ -184,19 +189,22 @@ class _ProjectedMaskGrad(torch.autograd.Function):
                 v = ctx.workspace[key] = torch.empty(h, t, d, dtype=acc, device=gs.device)
         torch.bmm(gs, w.transpose(1, 2), out=v)
         if norm.kind is not None:
-            if norm.centred:
-                v.sub_(v.mean(-1, keepdim=True))
-            coef = torch.einsum("htd,td->ht", v, x_hat).div_(d)
+            if x.dtype in (torch.float32, torch.float64):
+                # sum_d v x_hat = sum_k gs (x_hat @ (W * gamma)): from X, [h, b*p, k]
+                proj = (x.to(acc) - shift.to(acc)).permute(2, 0, 1, 3).reshape(h, t, k)
+                coef = (gs * proj).sum(-1).div_(d)
+            else:  # half precision X is too coarse for this: the product over d_model
+                coef = torch.einsum("htd,td->ht", v, x_hat).div_(d)
             v.addcmul_(coef.unsqueeze(-1), x_hat.unsqueeze(0), value=-1.0)
         if sink is not None:
-            return grad_x, None, None, None, None, None, None, None, None, None
+            return grad_x, None, None, None, None, None, None, None, None, None, None
         delta = ctx.delta.to(acc)  # [n, c, b, p, d]
         n, c = delta.shape[0], delta.shape[1]
         if ctx.eq is None:  # one copy, no positions: [h, b*p*d] @ [b*p*d, n]
             grad = torch.mm(v.view(h, -1), delta.reshape(n, -1).t()).view(mask.shape)
         else:
             grad = torch.einsum(ctx.eq, v.view(h, c, -1, p, d), delta)
-        return grad_x, grad, None, None, None, None, None, None, None, None
+        return grad_x, grad, None, None, None, None, None, None, None, None, None
 
 
 class _BlockGrads:
@@ -662,7 +670,7 @@ class PatchableModel(nn.Module):
                         w = dh.weight().detach()
                         return _ProjectedMaskGrad.apply(
                             x, mask, run.delta[lo:hi], r.detach(), w, eq_grad, dh.norm,
-                            workspace, sink, name,
+                            workspace, sink, name, dh.shift().detach(),
                         )  # fmt: skip
                     return x
                 return dh.project(x, run.inputs.pop(name))
