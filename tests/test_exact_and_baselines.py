@@ -190,3 +190,33 @@ def test_eap_ig_on_inputs_refuses_prompts_of_different_lengths():
                             corrupt=torch.randint(3, VOCAB, (2, 6)))
     with pytest.raises(ValueError, match="token lengths must match"):
         eap_ig_inputs_prune_scores(pm, [batch], progress=False)
+
+
+def test_exact_patching_resumes_from_a_checkpoint_with_identical_scores(tmp_path, monkeypatch):
+    import edgewise.prune_algos.exact as exact_mod
+
+    pm = patchable_model(_model(3))
+    loader = random_loader(seed=7)
+    want = exact_patching_prune_scores(pm, loader, edges_per_pass=5, progress=False)
+    path = tmp_path / "exact.pt"
+    real = exact_mod.answer_loss
+    calls = {"n": 0}
+
+    def interrupted(*args, **kw):  # dies part-way through the second batch
+        calls["n"] += 1
+        if calls["n"] > 40:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(exact_mod, "answer_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        exact_patching_prune_scores(pm, loader, edges_per_pass=5, progress=False,
+                                    checkpoint=path, checkpoint_seconds=0.0)
+    assert path.exists()
+    monkeypatch.setattr(exact_mod, "answer_loss", real)
+    got = exact_patching_prune_scores(pm, loader, edges_per_pass=5, progress=False,
+                                      checkpoint=path)
+    for n in want:
+        torch.testing.assert_close(got[n], want[n], atol=0, rtol=0)
+    with pytest.raises(ValueError, match="other"):
+        exact_patching_prune_scores(pm, loader, edges_per_pass=3, progress=False, checkpoint=path)

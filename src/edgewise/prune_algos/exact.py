@@ -10,6 +10,8 @@ pass: the batch is repeated ``k`` times and copy ``j`` patches edge ``j`` alone
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterable
 
 import torch
@@ -17,6 +19,7 @@ from tqdm.auto import tqdm
 
 from edgewise.ablation import batch_src_ablations
 from edgewise.data import PromptDataLoader
+from edgewise.io import atomic_write
 from edgewise.patching import PatchableModel
 from edgewise.prune_algos.loss import AnswerFunction, GradFunction, answer_loss, grad_values
 from edgewise.prune_algos.mask_gradient import score_dtype
@@ -36,6 +39,8 @@ def exact_patching_prune_scores(
     edges_per_pass: int | None = None,
     edges: Iterable[Edge] | None = None,
     progress: bool = True,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_seconds: float = 60.0,
 ) -> PruneScores:
     """Score every edge (or ``edges``) by patching it alone.
 
@@ -49,6 +54,11 @@ def exact_patching_prune_scores(
             many times); default 4 on a CPU, 32 elsewhere.
         edges: only these edges (the others score 0), e.g. a sample to check EAP against.
         progress: show a progress bar.
+        checkpoint: a file path. The scores so far are saved there atomically at most
+            every ``checkpoint_seconds`` and at the end; a run given an existing
+            checkpoint of the same arguments, model and data resumes from it with
+            identical scores. One from other arguments raises ``ValueError``.
+        checkpoint_seconds: how often to save.
 
     Returns:
         Destination module name -> ``loss(edge patched) - loss(clean)`` summed over batches.
@@ -64,13 +74,41 @@ def exact_patching_prune_scores(
     dtype = score_dtype(model)
     scores = {n: torch.zeros(m.mask_shape, dtype=dtype, device=model.device)
               for n, m in model.dest_modules.items()}
-    bar = tqdm(total=len(todo) * len(dataloader), desc="exact patching", disable=not progress)
+    fingerprint = {
+        "edges": [(e.name, e.seq_idx) for e in todo],
+        "batches": [int(b.key) for b in dataloader],
+        "loss": [grad_function, answer_function, str(ablation_type), str(clean_corrupt)],
+        "dtype": str(dtype),
+        "edges_per_pass": edges_per_pass,
+    }
+    done = 0  # chunks finished, counted over all batches
+    if checkpoint is not None and os.path.exists(checkpoint):
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if state.get("fingerprint") != fingerprint:
+            raise ValueError(f"the checkpoint {checkpoint} was written by a run with other "
+                             "arguments, model or data; delete it or pass another path")
+        done = int(state["done"])
+        scores = {n: t.to(device=model.device, dtype=dtype) for n, t in state["scores"].items()}
+
+    def save(done: int) -> None:
+        state = {"fingerprint": fingerprint, "done": done,
+                 "scores": {n: t.cpu() for n, t in scores.items()}}
+        atomic_write(checkpoint, lambda tmp: torch.save(state, tmp))  # type: ignore[arg-type]
+
+    per_batch = -(-len(todo) // edges_per_pass)
+    bar = tqdm(total=per_batch * len(dataloader), initial=done, desc="exact patching",
+               disable=not progress)  # fmt: skip
+    last = time.monotonic()
     with torch.inference_mode():
-        for batch in dataloader:
+        for b_idx, batch in enumerate(dataloader):
+            if (b_idx + 1) * per_batch <= done:
+                continue
             patch = patches[batch.key]
             base = answer_loss(grad_values(model(batch.clean)[model.out_slice], grad_function),
                                batch, answer_function)  # fmt: skip
-            for i in range(0, len(todo), edges_per_pass):
+            for c_idx, i in enumerate(range(0, len(todo), edges_per_pass)):
+                if b_idx * per_batch + c_idx < done:
+                    continue
                 chunk = todo[i : i + edges_per_pass]
                 k = len(chunk)
                 masks = {n: torch.zeros((k, *m.mask_shape), dtype=dtype, device=model.device)
@@ -83,6 +121,12 @@ def exact_patching_prune_scores(
                     vals = grad_values(out[j][model.out_slice], grad_function)
                     loss = answer_loss(vals, batch, answer_function)
                     scores[e.dest.module_name][e.patch_idx] += (loss - base).to(dtype)
-                bar.update(k)
+                done = b_idx * per_batch + c_idx + 1
+                bar.update()
+                if checkpoint is not None and time.monotonic() - last >= checkpoint_seconds:
+                    save(done)
+                    last = time.monotonic()
     bar.close()
+    if checkpoint is not None:
+        save(done)
     return scores
