@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
-from edgewise.ablation import batch_src_ablations
+from edgewise.ablation import batch_ablation, src_ablations
 from edgewise.data import PromptDataLoader
 from edgewise.patching import PatchableModel
 from edgewise.prune_algos.loss import AnswerFunction, GradFunction, answer_loss, grad_values
@@ -80,7 +80,14 @@ def mask_gradient_prune_scores(
         raise ValueError(f"integrated_grad_mode must be 'all' or 'layer', got {integrated_grad_mode!r}")
     if ablation_type.mean_over_dataset:
         clean_corrupt = None
-    patches = batch_src_ablations(model, dataloader, ablation_type, clean_corrupt)
+    # Data parallel under torch.distributed: rank r takes batches r, r + world, ...
+    rank, world = _rank_and_world()
+    mine = [b for i, b in enumerate(dataloader) if i % world == rank]
+    if ablation_type.mean_over_dataset:
+        patch = src_ablations(model, dataloader, ablation_type)
+        patches = {b.key: patch for b in mine}
+    else:
+        patches = {b.key: batch_ablation(model, b, ablation_type, clean_corrupt) for b in mine}
 
     # One step per (group of masks moved, mask value): all masks together, or per layer.
     if integrated_grad_samples is None:
@@ -98,9 +105,9 @@ def mask_gradient_prune_scores(
     dtype = score_dtype(model)
     scores = {n: torch.zeros(m.mask_shape, dtype=dtype, device=model.device)
               for n, m in model.dest_modules.items()}
-    bar = tqdm(total=len(dataloader) * len(groups) * len(values), desc="mask gradients",
-               disable=not progress)
-    for batch in dataloader:
+    bar = tqdm(total=len(mine) * len(groups) * len(values), desc="mask gradients",
+               disable=not progress or rank != 0)
+    for batch in mine:
         for group in groups:
             for value in values:
                 masks = model.new_masks(0.0, dtype=dtype)
@@ -109,12 +116,57 @@ def mask_gradient_prune_scores(
                 with model.patch(masks, patches[batch.key]):
                     logits = model(batch.clean)[model.out_slice]
                 loss = answer_loss(grad_values(logits, grad_function), batch, answer_function)
+                if not bool(torch.isfinite(loss)):
+                    raise FloatingPointError(
+                        f"the loss of batch {batch.key} is {float(loss)} (mask value {value}); "
+                        f"{_first_nonfinite_source(model, batch.clean)}. Check the model's dtype "
+                        "(float16 overflows) and its inputs."
+                    )
                 grads = torch.autograd.grad(loss, [masks[n] for n in group])
+                check_finite(model, dict(zip(group, grads)), f"batch {batch.key}")
                 for name, grad in zip(group, grads):
                     scores[name] += grad
                 bar.update()
     bar.close()
+    if world > 1:
+        for name in scores:
+            torch.distributed.all_reduce(scores[name])
     return scores
+
+
+def _rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes (0, 1 without torch.distributed)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _first_nonfinite_source(model: PatchableModel, tokens: torch.Tensor) -> str:
+    """Which source first outputs NaN or inf on ``tokens``: the edges out of it are the
+    first edges that carry it."""
+    outs = model.src_outs(tokens)
+    bad = (~torch.isfinite(outs)).flatten(1).any(1)
+    if not bool(bad.any()):
+        return "every source output is finite (the non-finite value comes later)"
+    src = model.srcs[int(bad.nonzero()[0])]
+    first = next(e for e in model.edges if e.src == src)
+    return f"the first source with NaN or inf output is {src.name} (edges {first.name}, ...)"
+
+
+def check_finite(model: PatchableModel, scores: PruneScores, where: str) -> None:
+    """Raise ``FloatingPointError`` naming the first edge whose score is NaN or inf."""
+    for name, score in scores.items():
+        bad = ~torch.isfinite(score)
+        if bool(bad.any()):
+            idx = tuple(int(i) for i in bad.nonzero()[0])
+            edge = next((e for e in model.edges
+                         if e.dest.module_name == name and e.patch_idx == idx), None)  # fmt: skip
+            label = f"{edge.name} (position {edge.seq_idx})" if edge else f"{name}{list(idx)}"
+            raise FloatingPointError(
+                f"the score of edge {label} is {float(score[idx])} in {where}: a NaN or inf in "
+                "the activations or gradients (try float32 instead of float16, or check inputs)"
+            )
 
 
 def score_dtype(model: PatchableModel) -> torch.dtype:
