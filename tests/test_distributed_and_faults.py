@@ -1,5 +1,6 @@
-"""Issue 7 groundwork: data-parallel mask gradients over torch.distributed (gloo, 2 CPU
-processes) equal one process; a NaN names the batch and edge."""
+"""Issue 7 groundwork: data-parallel mask gradients and run_circuits over
+torch.distributed (gloo, 2 CPU processes) equal one process; a NaN names the batch and
+the edge."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from edgewise import mask_gradient_prune_scores, patchable_model
+from edgewise import mask_gradient_prune_scores, patchable_model, run_circuits
 from edgewise.models import random_hooked_transformer
 
 from util import VOCAB, random_loader
@@ -31,6 +32,8 @@ def _worker(rank: int, world: int, init: str, out: str) -> None:
             scores = mask_gradient_prune_scores(pm, loader, None, "logit", "avg_diff",
                                                 progress=False, **kw)
             torch.save(scores, f"{out}.{mode}.{rank}")
+        outs = run_circuits(pm, loader, [0, 10, 50], scores, progress=False)
+        torch.save(outs, f"{out}.circuits.{rank}")
     finally:
         dist.destroy_process_group()
 
@@ -46,6 +49,16 @@ def test_two_gloo_processes_give_the_single_process_scores(tmp_path):
             got = torch.load(f"{out}.{mode}.{rank}")
             for n in want:
                 torch.testing.assert_close(got[n], want[n], atol=1e-12, rtol=1e-12)
+    # run_circuits: every rank ends with every batch's outputs, equal to one process's
+    want_outs = run_circuits(pm, loader, [0, 10, 50], want, progress=False)
+    for rank in range(2):
+        got_outs = torch.load(f"{out}.circuits.{rank}")
+        assert list(got_outs) == list(want_outs)
+        for size in want_outs:
+            assert list(got_outs[size]) == list(want_outs[size])
+            for key in want_outs[size]:
+                torch.testing.assert_close(got_outs[size][key], want_outs[size][key],
+                                           atol=1e-10, rtol=0)
 
 
 def test_a_nan_activation_names_the_batch_and_the_edge():

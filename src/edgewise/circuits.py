@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from edgewise.ablation import batch_src_ablations
 from edgewise.data import PromptDataLoader
+from edgewise.distributed import my_share, rank_and_world
 from edgewise.patching import PatchableModel
 from edgewise.types import AblationType, CircuitOutputs, Edge, PatchType, PruneScores
 
@@ -201,9 +202,13 @@ def run_circuits(
     in_value = 0.0 if patch_type == PatchType.TREE_PATCH else 1.0
     clean_input = (patch_type == PatchType.TREE_PATCH) != reverse_clean_corrupt
     outputs: CircuitOutputs = {size: {} for size in thresholds}
-    bar = tqdm(total=len(sizes) * len(dataloader), desc="circuits", disable=not progress)
+    # Data parallel under torch.distributed: rank r runs batches r, r + world, ...; every
+    # rank returns every batch's outputs
+    rank, world = rank_and_world()
+    mine = my_share(dataloader)
+    bar = tqdm(total=len(sizes) * len(mine), desc="circuits", disable=not progress or rank != 0)
     with torch.inference_mode():
-        for batch in dataloader:
+        for batch in mine:
             tokens = batch.clean if clean_input else batch.corrupt
             for i in range(0, len(sizes), per_pass):
                 chunk = sizes[i : i + per_pass]
@@ -218,4 +223,14 @@ def run_circuits(
                     outputs[size][batch.key] = out[model.out_slice]
                 bar.update(len(chunk))
     bar.close()
+    if world > 1:
+        parts: list[CircuitOutputs | None] = [None] * world
+        local = {size: {k: v.cpu() for k, v in per.items()} for size, per in outputs.items()}
+        torch.distributed.all_gather_object(parts, local)
+        outputs = {size: {} for size in thresholds}
+        for i, b in enumerate(dataloader):  # batches in the dataloader's order
+            part = parts[i % world]
+            assert part is not None
+            for size in outputs:
+                outputs[size][b.key] = part[size][b.key].to(model.device)
     return outputs

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from edgewise.ablation import batch_ablation, src_ablations
 from edgewise.data import PromptDataLoader
+from edgewise.distributed import my_share, rank_and_world
 from edgewise.patching import PatchableModel
 from edgewise.prune_algos.loss import AnswerFunction, GradFunction, answer_loss, grad_values
 from edgewise.types import AblationType, Edge, PruneScores
@@ -81,8 +82,8 @@ def mask_gradient_prune_scores(
     if ablation_type.mean_over_dataset:
         clean_corrupt = None
     # Data parallel under torch.distributed: rank r takes batches r, r + world, ...
-    rank, world = _rank_and_world()
-    mine = [b for i, b in enumerate(dataloader) if i % world == rank]
+    rank, world = rank_and_world()
+    mine = my_share(dataloader)
     if ablation_type.mean_over_dataset:
         patch = src_ablations(model, dataloader, ablation_type)
         patches = {b.key: patch for b in mine}
@@ -132,14 +133,6 @@ def mask_gradient_prune_scores(
         for name in scores:
             torch.distributed.all_reduce(scores[name])
     return scores
-
-
-def _rank_and_world() -> tuple[int, int]:
-    """This process's rank and the number of processes (0, 1 without torch.distributed)."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _first_nonfinite_source(model: PatchableModel, tokens: torch.Tensor) -> str:
