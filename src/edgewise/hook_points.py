@@ -131,12 +131,14 @@ class Norm:
     def centred(self) -> bool:
         return self.kind in ("LN", "LNPre")
 
-    def scale_of(self, x: torch.Tensor) -> torch.Tensor:
-        """``1 / sigma`` per token, ``[..., 1]``, in float32 or wider."""
+    def normalize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x_hat`` (centred for LayerNorm) and ``1 / sigma`` ``[..., 1]``, in float32
+        or wider."""
         x = x.to(torch.promote_types(x.dtype, torch.float32))
         if self.centred:
             x = x - x.mean(-1, keepdim=True)
-        return torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.module.eps)  # type: ignore[union-attr]
+        inv = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.module.eps)  # type: ignore[union-attr]
+        return x * inv, inv
 
     def __call__(self, x: torch.Tensor, shift: bool = True) -> torch.Tensor:
         """``ln1(x)`` over the last dim (without its bias if not ``shift``)."""
@@ -162,13 +164,6 @@ class Norm:
 
     def weight(self) -> torch.Tensor | None:
         return getattr(self.module, "w", None) if self.kind in ("LN", "RMS") else None
-
-    def normalized(self, r: torch.Tensor, inv_sigma: torch.Tensor) -> torch.Tensor:
-        """``x_hat`` of ``r`` (centred for LayerNorm) in ``inv_sigma``'s dtype."""
-        r = r.to(inv_sigma.dtype)
-        if self.centred:
-            r = r - r.mean(-1, keepdim=True)
-        return r * inv_sigma
 
 
 def _norm(model: nn.Module, block: int) -> Norm | None:
@@ -207,21 +202,23 @@ class DestHook:
     def projected(self) -> bool:
         return self.resid is not None
 
-    def weight(self) -> torch.Tensor:
-        """``W_X [heads, d_model, d_head]`` (K/V per KV head with grouped-query attention)."""
+    def _param(self, kind: str) -> torch.Tensor:
+        """``W_X`` or ``b_X`` of this destination's Q/K/V, per KV head where grouped."""
         attn, x = self.attn, self.qkv.upper()  # type: ignore[union-attr]
         grouped = (
-            x in "KV" and hasattr(attn, f"_W_{x}") and not attn.cfg.ungroup_grouped_query_attention
+            x in "KV"
+            and hasattr(attn, f"_{kind}_{x}")
+            and not attn.cfg.ungroup_grouped_query_attention  # type: ignore[union-attr]
         )
-        return getattr(attn, f"_W_{x}" if grouped else f"W_{x}")
+        return getattr(attn, f"_{kind}_{x}" if grouped else f"{kind}_{x}")
+
+    def weight(self) -> torch.Tensor:
+        """``W_X [heads, d_model, d_head]`` (K/V per KV head with grouped-query attention)."""
+        return self._param("W")
 
     def bias(self) -> torch.Tensor:
         """``b_X [heads, d_head]``, like :meth:`weight`."""
-        attn, x = self.attn, self.qkv.upper()  # type: ignore[union-attr]
-        grouped = (
-            x in "KV" and hasattr(attn, f"_b_{x}") and not attn.cfg.ungroup_grouped_query_attention
-        )
-        return getattr(attn, f"_b_{x}" if grouped else f"b_{x}")
+        return self._param("b")
 
     def shift(self) -> torch.Tensor:
         """``b + beta @ W`` ``[heads, d_head]``: ``X - shift = x_hat @ (W * gamma)``."""

@@ -168,8 +168,8 @@ class _ProjectedMaskGrad(torch.autograd.Function):
         d, t = r.shape[-1], b * p
         w = w.to(acc)
         if norm.kind is not None:
-            inv = norm.scale_of(r).to(acc)  # [b, p, 1]
-            x_hat = norm.normalized(r, inv).reshape(t, d)
+            x_hat, inv = norm.normalize(r)  # [b, p, d], [b, p, 1]
+            x_hat, inv = x_hat.to(acc).reshape(t, d), inv.to(acc)
             gamma = norm.weight()
             if gamma is not None:
                 w = w * gamma.to(acc)[None, :, None]
