@@ -63,7 +63,7 @@ def _storage_refs(t: torch.Tensor) -> int | None:
 
 
 class _SourcesDone(Exception):
-    """Raised by the last source hook to end a forward pass that only collects sources."""
+    """Raised by a hook to end a forward pass whose remaining work is not needed."""
 
 
 class _PatchAdd(torch.autograd.Function):
@@ -431,6 +431,27 @@ class PatchableModel(nn.Module):
         if len(seen) != len(self.src_hooks):
             raise RuntimeError("some source hooks did not fire in the forward pass")
         return result[0]
+
+    def output_at(self, hook: str, tokens: torch.Tensor) -> torch.Tensor:
+        """The output of hook ``hook`` on ``tokens`` (detached); the forward pass stops
+        there. Inside :meth:`patch`, the patched output."""
+        seen: list[torch.Tensor] = []
+
+        def keep(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
+            seen.append(out.detach())
+            raise _SourcesDone
+
+        handle = self.adapter.hook_point(hook).register_forward_hook(keep)
+        try:
+            with torch.no_grad():
+                self.wrapped_model(tokens)
+        except _SourcesDone:
+            pass
+        finally:
+            handle.remove()
+        if not seen:
+            raise RuntimeError(f"hook {hook} did not fire in the forward pass")
+        return seen[0]
 
     def free_buffers(self) -> None:
         """Release the buffers kept for reuse between passes: the patch buffer

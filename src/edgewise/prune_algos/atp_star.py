@@ -32,10 +32,6 @@ from edgewise.prune_algos.mask_gradient import score_dtype
 from edgewise.types import AblationType, Edge, PruneScores
 
 
-class _Stop(Exception):
-    pass
-
-
 class _DropGrad(torch.autograd.Function):
     """Identity whose backward passes no gradient (GradDrop)."""
 
@@ -99,13 +95,13 @@ def atp_star_prune_scores(
     for batch in dataloader:
         patch = patches[batch.key]
         runs, grads_a = {}, {}
-        for drop in drops:
-            runs[drop], grads_a[drop] = _gradients(
+        for drop in drops:  # the masks are 0, so every pass has the clean patterns
+            runs[drop], grads_a[drop], clean = _gradients(
                 model, batch, patch, grad_function, answer_function, drop, layers, dtype
             )
             bar.update()
         if qk:  # Q/K edges: the exact change of the pattern instead of its linearisation
-            exact = _qk_scores(model, batch, patch, qk, edges_per_pass, grads_a)
+            exact = _qk_scores(model, batch, patch, qk, edges_per_pass, grads_a, clean)
             for drop in drops:
                 for e, value in zip(qk, exact[drop]):
                     runs[drop][e.dest.module_name][e.patch_idx] = value
@@ -127,9 +123,9 @@ def _gradients(
     drop: int | None,
     layers: list[int],
     dtype: torch.dtype,
-) -> tuple[dict[str, torch.Tensor], dict[int, torch.Tensor]]:
-    """Mask gradients at 0 (EAP) and ``dL/dpattern`` of ``layers``, with the gradient
-    through layer ``drop``'s attention and MLP outputs set to 0."""
+) -> tuple[dict[str, torch.Tensor], dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """Mask gradients at 0 (EAP), ``dL/dpattern`` of ``layers`` (with the gradient
+    through layer ``drop``'s attention and MLP outputs set to 0), and the clean patterns."""
     adapter = model.adapter
     patterns: dict[int, torch.Tensor] = {}
     handles = []
@@ -167,28 +163,8 @@ def _gradients(
         layer: (g if g is not None else torch.zeros_like(patterns[layer])).detach()
         for layer, g in zip(layers, grads[len(masks) :])
     }
-    return mask_grads, pattern_grads
-
-
-def _patterns(
-    model: PatchableModel, tokens: torch.Tensor, layer: int, masks: Any, patch: torch.Tensor
-) -> torch.Tensor:
-    """The attention pattern of ``layer`` with ``masks`` patched (stops there)."""
-    seen: list[torch.Tensor] = []
-
-    def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
-        seen.append(out)
-        raise _Stop
-
-    handle = model.adapter.hook_point(f"blocks.{layer}.attn.hook_pattern").register_forward_hook(hook)
-    try:
-        with torch.inference_mode(), model.patch(masks, patch):
-            model(tokens)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    return seen[0]
+    clean = {layer: patterns[layer].detach() for layer in layers}
+    return mask_grads, pattern_grads, clean
 
 
 def _qk_scores(
@@ -198,6 +174,7 @@ def _qk_scores(
     qk: list[Edge],
     edges_per_pass: int,
     grads_a: dict[int | None, dict[int, torch.Tensor]],
+    clean_patterns: dict[int, torch.Tensor],
 ) -> dict[int | None, list[float]]:
     """``sum dL/dA . (A(edge patched) - A(clean))`` for each Q/K edge and each dropped layer."""
     dtype = next(model.wrapped_model.parameters()).dtype
@@ -205,9 +182,9 @@ def _qk_scores(
     by_layer: dict[int, list[int]] = {}
     for i, e in enumerate(qk):
         by_layer.setdefault(_layer_of(e.dest.module_name), []).append(i)
-    zero = model.new_masks(0.0, dtype=dtype)
     for layer, idxs in by_layer.items():
-        clean = _patterns(model, batch.clean, layer, zero, patch)  # [b, h, q, k]
+        clean = clean_patterns[layer]  # [b, h, q, k]
+        point = f"blocks.{layer}.attn.hook_pattern"
         for start in range(0, len(idxs), edges_per_pass):
             chunk = idxs[start : start + edges_per_pass]
             k = len(chunk)
@@ -216,7 +193,8 @@ def _qk_scores(
             for j, i in enumerate(chunk):
                 e = qk[i]
                 masks[e.dest.module_name][(j, *e.patch_idx)] = 1.0
-            pattern = _patterns(model, batch.clean.repeat(k, 1), layer, masks, patch)
+            with model.patch(masks, patch):  # stops at the layer's pattern
+                pattern = model.output_at(point, batch.clean.repeat(k, 1))
             diff = pattern.view(k, *clean.shape).double() - clean.double()
             for drop, grads in grads_a.items():
                 values = torch.einsum("kbhqp,bhqp->k", diff, grads[layer].double())

@@ -68,7 +68,8 @@ def eap_ig_inputs_prune_scores(
             )
         clean_src, corrupt_src = model.src_outs(batch.clean), model.src_outs(batch.corrupt)
         delta = corrupt_src - clean_src  # [n_srcs, batch, seq, d_model]
-        x_clean, x_corrupt = _input(model, batch.clean), _input(model, batch.corrupt)
+        x_clean = model.output_at(INPUT_HOOK, batch.clean)  # the embeddings
+        x_corrupt = model.output_at(INPUT_HOOK, batch.corrupt)
         for k in range(1, m + 1):
             x = x_corrupt + (k / m) * (x_clean - x_corrupt)
             masks = model.new_masks(0.0, requires_grad=True, dtype=dtype)
@@ -85,29 +86,6 @@ def eap_ig_inputs_prune_scores(
             bar.update()
     bar.close()
     return scores
-
-
-class _Stop(Exception):
-    pass
-
-
-def _input(model: PatchableModel, tokens: torch.Tensor) -> torch.Tensor:
-    """The residual stream entering the first block, ``[batch, seq, d_model]``."""
-    seen: list[torch.Tensor] = []
-
-    def keep(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
-        seen.append(out.detach().clone())
-        raise _Stop  # nothing after the embedding is needed
-
-    handle = model.adapter.hook_point(INPUT_HOOK).register_forward_hook(keep)
-    try:
-        with torch.no_grad():
-            model(tokens)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    return seen[0]
 
 
 def _replace(x: torch.Tensor):
