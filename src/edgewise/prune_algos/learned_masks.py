@@ -41,17 +41,14 @@ _L0_SHIFT = _TEMP * math.log(-_LEFT / _RIGHT)
 
 
 def keep_values(theta: torch.Tensor, mask_fn: MaskFn, gen: torch.Generator | None) -> torch.Tensor:
-    """Keep values in ``[0, 1]``: a hard-concrete sample (``gen`` given) or its
-    deterministic mean-free version (``gen`` None), or ``sigmoid(theta)``."""
+    """Keep values in ``[0, 1]``: a hard-concrete sample (noise from ``gen``) or
+    ``sigmoid(theta)`` (``gen`` unused)."""
     if mask_fn == "sigmoid":
         return torch.sigmoid(theta)
     if mask_fn != "hard_concrete":
         raise ValueError(f"mask_fn must be 'hard_concrete' or 'sigmoid', got {mask_fn!r}")
-    if gen is None:
-        s = torch.sigmoid(theta)
-    else:
-        u = torch.rand(theta.shape, generator=gen, dtype=torch.float64).to(theta).clamp(1e-6, 1 - 1e-6)
-        s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + theta) / _TEMP)
+    u = torch.rand(theta.shape, generator=gen, dtype=torch.float64).to(theta).clamp(1e-6, 1 - 1e-6)
+    s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + theta) / _TEMP)
     return (s * (_RIGHT - _LEFT) + _LEFT).clamp(0.0, 1.0)
 
 
