@@ -89,6 +89,41 @@ def test_mask_gradients_match_autograd_of_reference(norm, gqa, parallel, use_seq
             torch.testing.assert_close(stacked[n].grad[i], masks[n].grad, atol=1e-7, rtol=1e-6)
 
 
+@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+@given(norm=st.sampled_from(NORMS), gqa=st.booleans(), parallel=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_mask_only_backward_gives_the_same_gradients(norm, gqa, parallel, seed):
+    """``param_grads=False`` replaces the model's backward through ln1 and the Q/K/V
+    projection by the sum of the mask-gradient rows: the masks and every upstream
+    activation (here the embeddings, which reach every block) get the same gradients as
+    through the model's own backward, which still gives the weights theirs by default."""
+    pm = patchable_model(_model(norm, n_kv=2 if gqa else None, parallel=parallel, seed=seed))
+    gen = torch.Generator().manual_seed(seed)
+    clean, corrupt = _tokens(gen), _tokens(gen)
+    patch = pm.src_outs(corrupt)
+    w = torch.randn(VOCAB, generator=gen, dtype=torch.float64)
+    embed = pm.adapter.hook_point("hook_embed")
+    grads = {}
+    for param_grads in (True, False):
+        pm.wrapped_model.zero_grad(set_to_none=True)
+        masks = pm.new_masks(0.0, requires_grad=True, dtype=torch.float64)
+        seen = []
+        handle = embed.register_forward_hook(lambda _m, _i, out: seen.append(out) or None)
+        try:
+            with pm.patch(masks, patch, param_grads=param_grads):
+                out = pm(clean)
+        finally:
+            handle.remove()
+        inputs = list(masks.values()) + seen
+        grads[param_grads] = torch.autograd.grad((out * w).sum(), inputs, retain_graph=True)
+        if param_grads:
+            (out * w).sum().backward()
+            assert pm.wrapped_model.blocks[0].attn.W_Q.grad is not None
+    for got, want in zip(grads[False], grads[True]):
+        scale = 1.0 + float(want.abs().max())
+        torch.testing.assert_close(got, want, atol=1e-10 * scale, rtol=0)
+
+
 @pytest.mark.parametrize("norm", NORMS)
 def test_bfloat16_projected_patching_tracks_float64(norm):
     """Half-precision models normalise in float32 like TransformerLens; patched logits

@@ -197,6 +197,8 @@ class _ProjectedMaskGrad(torch.autograd.Function):
                 coef = torch.einsum("htd,td->ht", v, x_hat).div_(d)
             v.addcmul_(coef.unsqueeze(-1), x_hat.unsqueeze(0), value=-1.0)
         if sink is not None:
+            if sink.input_grads:  # the block's sink adds sum(rows) to the residual gradient
+                grad_x = None
             return grad_x, None, None, None, None, None, None, None, None, None, None
         delta = ctx.delta.to(acc)  # [n, c, b, p, d]
         n, c = delta.shape[0], delta.shape[1]
@@ -215,12 +217,19 @@ class _BlockGrads:
     at its input, per head), and :class:`_BlockSink`, which every one of them depends on,
     computes ``G @ delta[lo:hi]^T`` and hands each mask its gradient. Destinations that
     read more sources (an MLP reads the block's heads too) get those columns separately.
+
+    With ``input_grads``, the rows of the projected (Q/K/V) destinations also stand in for
+    the model's own backward through ``ln1`` and the Q/K/V projection: their sum is exactly
+    the gradient that path gives the residual stream (``sum_h J_N^T (dL/dX_h W_h^T)``), so
+    those destinations pass no gradient to it and the sink adds the sum instead. The
+    projection's weights then get no gradient.
     """
 
     def __init__(self, members: list[tuple[str, int, int]], lo: int, hi: int,
-                 workspace: dict) -> None:  # fmt: skip
+                 workspace: dict, projected: set[str], input_grads: bool) -> None:  # fmt: skip
         self.members = members  # (name, n rows, src_hi)
         self.lo, self.hi, self.workspace = lo, hi, workspace
+        self.projected, self.input_grads = projected, input_grads
         self.offsets: dict[str, int] = {}
         n = 0
         for name, rows, _ in members:
@@ -285,6 +294,11 @@ class _BlockSink(torch.autograd.Function):
         for name, rows, _ in sink.members:
             if name not in sink.filled:
                 buf[sink.offsets[name] : sink.offsets[name] + rows].zero_()
+        rows = [(sink.offsets[n], r) for n, r, _ in sink.members if n in sink.projected]
+        if sink.input_grads and rows:  # the residual gradient of ln1 and the Q/K/V projection
+            lo, hi = min(o for o, _ in rows), max(o + r for o, r in rows)
+            assert hi - lo == sum(r for _, r in rows), "projected rows must be contiguous"
+            g = g + buf[lo:hi].sum(0).view(g.shape).to(g.dtype)
         n = delta.shape[0]
         flat = delta.reshape(n, -1).to(buf.dtype)
         prod = torch.mm(buf, flat[sink.lo : sink.hi].t())  # [rows, hi - lo]
@@ -488,6 +502,7 @@ class PatchableModel(nn.Module):
         masks: Mapping[str, torch.Tensor],
         patch_src_outs: torch.Tensor,
         fixed_delta: torch.Tensor | None = None,
+        param_grads: bool = True,
     ) -> Iterator[PatchableModel]:
         """Within this context every forward pass patches edges by ``masks`` with
         ``patch_src_outs`` (``[n_srcs, batch | 1, seq | 1, d_model]``).
@@ -500,6 +515,11 @@ class PatchableModel(nn.Module):
         ``patch - current`` differences of the run: the forward pass is the unpatched one
         and each mask's gradient is ``sum grad_input_d . fixed_delta_s`` (EAP-IG on inputs
         runs interpolated inputs against the clean run's differences).
+
+        ``param_grads=False``: backward passes are for the masks (and activations) only;
+        the model's parameters get no gradients. At mask 0 the backward through each
+        block's ``ln1`` and Q/K/V projection is then replaced by the sum of the mask
+        gradients' own rows (the same values, one pass less over the weights).
 
         The hooks are removed on exit, also after an exception."""
         missing = set(self.dest_modules) - set(masks)
@@ -586,6 +606,7 @@ class PatchableModel(nn.Module):
                     ):
                         members.append((m.module_name, 1, m.src_hi))
                         zero_member[m.module_name] = resid
+        projected_names = {dh.module.module_name for dh in self.dest_hooks if dh.projected}
         workspace = self._workspace  # buffers of the hand-written backward passes
         handles = []
 
@@ -704,7 +725,9 @@ class PatchableModel(nn.Module):
                 if name not in zero_groups or not torch.is_grad_enabled():
                     return None
                 members, lo, hi = zero_groups[name]
-                sink = run.sinks[name] = _BlockGrads(members, lo, hi, workspace)
+                sink = run.sinks[name] = _BlockGrads(
+                    members, lo, hi, workspace, projected_names, input_grads=not param_grads
+                )
                 return _BlockSink.apply(r, sink, run.delta, *(masks[n] for n, _, _ in members))
 
             return hook

@@ -149,7 +149,7 @@ def _gradients(
                 if adapter.resolve(f"blocks.{drop}.{leaf}") is not None:
                     point = adapter.hook_point(f"blocks.{drop}.{leaf}")
                     handles.append(point.register_forward_hook(dropped))
-        with model.patch(masks, patch):
+        with model.patch(masks, patch, param_grads=False):
             logits = model(batch.clean)[model.out_slice]
     finally:
         for h in handles:

@@ -75,7 +75,7 @@ def eap_ig_inputs_prune_scores(
             masks = model.new_masks(0.0, requires_grad=True, dtype=dtype)
             handle = point.register_forward_hook(_replace(x))
             try:
-                with model.patch(masks, corrupt_src, fixed_delta=delta):
+                with model.patch(masks, corrupt_src, fixed_delta=delta, param_grads=False):
                     logits = model(batch.clean)[model.out_slice]
             finally:
                 handle.remove()

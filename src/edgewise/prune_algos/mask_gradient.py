@@ -114,7 +114,7 @@ def mask_gradient_prune_scores(
                 masks = model.new_masks(0.0, dtype=dtype)
                 for name in group:
                     masks[name].fill_(value).requires_grad_(True)
-                with model.patch(masks, patches[batch.key]):
+                with model.patch(masks, patches[batch.key], param_grads=False):
                     logits = model(batch.clean)[model.out_slice]
                 loss = answer_loss(grad_values(logits, grad_function), batch, answer_function)
                 if not bool(torch.isfinite(loss)):
