@@ -107,8 +107,8 @@ def test_mask_only_backward_gives_the_same_gradients(norm, gqa, parallel, seed):
     for param_grads in (True, False):
         pm.wrapped_model.zero_grad(set_to_none=True)
         masks = pm.new_masks(0.0, requires_grad=True, dtype=torch.float64)
-        seen = []
-        handle = embed.register_forward_hook(lambda _m, _i, out: seen.append(out) or None)
+        seen: list[torch.Tensor] = []
+        handle = embed.register_forward_hook(lambda _m, _i, out, seen=seen: seen.append(out))
         try:
             with pm.patch(masks, patch, param_grads=param_grads):
                 out = pm(clean)

@@ -93,7 +93,7 @@ class _PatchAdd(torch.autograd.Function):
         n, k = delta.shape[0], delta[0].numel()
         rows = mask.numel() // n
         if ctx.zero and not ctx.bcast:
-            return x.clone()
+            return x.view_as(x)  # an identity: a view, no copy
         if mask.shape[0] == 1 and "p" not in eq.split(",")[0] and (rhs[0] == "h" or "h" not in rhs):
             # one copy, no positions: one fused [rows, n] @ [n, b*p*d] + x
             x2 = x.reshape(-1, k)
@@ -156,7 +156,7 @@ class _ProjectedMaskGrad(torch.autograd.Function):
         ctx.delta = delta.view(delta.shape[0], mask.shape[0], -1, *delta.shape[2:])
         # x_hat @ (W * gamma) = X - b - beta @ W: the projection of x_hat, from the forward
         ctx.save_for_backward(mask, r, w, x.detach(), shift)
-        return x.clone()
+        return x.view_as(x)
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
@@ -265,7 +265,7 @@ class _StashGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, sink, name):  # type: ignore[override]
         ctx.sink, ctx.name = sink, name
-        return x.clone()
+        return x.view_as(x)
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
@@ -283,7 +283,7 @@ class _BlockSink(torch.autograd.Function):
     def forward(ctx, r, sink, delta, *masks):  # type: ignore[override]
         ctx.sink, ctx.delta = sink, delta
         ctx.shapes = [m.shape for m in masks]
-        return r.clone()
+        return r.view_as(r)
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
@@ -347,7 +347,7 @@ class PatchableModel(nn.Module):
         super().__init__()
         self.src_hooks = src_hooks
         self.dest_hooks = dest_hooks
-        self._delta_cache: tuple[torch.Tensor | None, int | None] = (None, None)
+        self._buffers: dict[str, tuple[torch.Tensor, int | None]] = {}
         self._workspace: dict = {}
         self.graph_flags = needed_flags(graph, projected=False, heads_from_z=False)
         self.wrapped_model = model
@@ -413,7 +413,8 @@ class PatchableModel(nn.Module):
     # ------------------------------------------------------------------ sources
     def src_outs(self, tokens: torch.Tensor) -> torch.Tensor:
         """Every source's output on ``tokens``: ``[n_srcs, batch, seq, d_model]``. The
-        forward pass stops after the last source (the unembedding is not needed)."""
+        forward pass stops after the last source (the unembedding is not needed). Calls
+        reuse one buffer while the caller holds no earlier result (see :meth:`_buffer`)."""
         result: list[torch.Tensor] = []
         seen: set[int] = set()
         handles = []
@@ -422,8 +423,7 @@ class PatchableModel(nn.Module):
             def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
                 if not result:  # the first source: [n_srcs, batch, seq, d_model]
                     shape = (len(self.srcs), out.shape[0], out.shape[1], int(self.cfg.d_model))
-                    with torch.inference_mode(False):  # a normal tensor for the caller
-                        result.append(torch.empty(shape, dtype=out.dtype, device=out.device))
+                    result.append(self._buffer("src_outs", shape, out.dtype, out.device))
                 lo = h.module.src_lo
                 h.outputs(out, into=result[0][lo : lo + (h.module.n_heads or 1)])
                 seen.add(lo)
@@ -444,7 +444,8 @@ class PatchableModel(nn.Module):
                 h.remove()
         if len(seen) != len(self.src_hooks):
             raise RuntimeError("some source hooks did not fire in the forward pass")
-        return result[0]
+        # a view: the caller holding it counts as a user of the buffer (see _buffer)
+        return result[0].view(result[0].shape)
 
     def output_at(self, hook: str, tokens: torch.Tensor) -> torch.Tensor:
         """The output of hook ``hook`` on ``tokens`` (detached); the forward pass stops
@@ -468,31 +469,32 @@ class PatchableModel(nn.Module):
         return seen[0]
 
     def free_buffers(self) -> None:
-        """Release the buffers kept for reuse between passes: the patch buffer
-        ``[n_srcs, batch, seq, d_model]`` and the backward pass's gradient rows (reusing
-        them saves a page fault per 4 KiB per pass on a CPU)."""
-        self._delta_cache = (None, None)
+        """Release the buffers kept for reuse between passes: the ``patch - current``
+        buffer and the ``src_outs`` buffer (``[n_srcs, batch, seq, d_model]``) and the
+        backward pass's gradient rows (reusing them saves a page fault per 4 KiB per pass
+        on a CPU)."""
+        self._buffers = {}
         self._workspace = {}
 
-    def _delta_buffer(
-        self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+    def _buffer(
+        self, role: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
     ) -> torch.Tensor:
-        """The ``patch - current`` buffer of a forward pass. A fresh buffer this size
-        costs a page fault per 4 KiB on every pass on a CPU, so passes reuse one while
-        nothing else holds it (the autograd graph of a pass with gradients holds views of
-        its buffer until its backward is done or the graph is freed)."""
-        buf, refs = self._delta_cache
-        count = _storage_refs(buf) if buf is not None else None
-        fits = (
-            buf is not None and buf.shape == shape and buf.dtype == dtype and buf.device == device
-        )
-        free = count == refs if count is not None else not torch.is_grad_enabled()
-        if fits and free:
-            return buf  # type: ignore[return-value]
+        """A ``[n_srcs, batch, seq, d_model]`` buffer for ``role`` (the ``patch - current``
+        differences of a forward pass, the outputs of :meth:`src_outs`). A fresh buffer
+        this size costs a page fault per 4 KiB on every pass on a CPU, so calls reuse one
+        while nothing else holds it: not the caller, nor the autograd graph of a pass
+        with gradients (which holds views of its buffer until its backward is done)."""
+        buf, refs = self._buffers.get(role, (None, None))
+        if (
+            buf is not None
+            and (buf.shape, buf.dtype, buf.device) == (shape, dtype, device)
+            and refs is not None  # None: this torch does not tell who holds it
+            and _storage_refs(buf) == refs
+        ):
+            return buf
         with torch.inference_mode(False):  # a normal tensor: passes of either kind reuse it
             new = torch.empty(shape, dtype=dtype, device=device)
-        if count is not None or not torch.is_grad_enabled():
-            self._delta_cache = (new, _storage_refs(new))
+        self._buffers[role] = (new, _storage_refs(new))
         return new
 
     # ------------------------------------------------------------------ patching
@@ -624,7 +626,7 @@ class PatchableModel(nn.Module):
                         )
                     if fixed_delta is None:
                         shape = (len(self.srcs), b, s, d)
-                        run.delta = self._delta_buffer(shape, out.dtype, out.device)
+                        run.delta = self._buffer("delta", shape, out.dtype, out.device)
                     else:
                         run.delta = fixed_delta
                     run.current, run.inputs, run.sinks = {}, {}, {}

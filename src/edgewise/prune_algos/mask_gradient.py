@@ -84,11 +84,7 @@ def mask_gradient_prune_scores(
     # Data parallel under torch.distributed: rank r takes batches r, r + world, ...
     rank, world = rank_and_world()
     mine = my_share(dataloader)
-    if ablation_type.mean_over_dataset:
-        patch = src_ablations(model, dataloader, ablation_type)
-        patches = {b.key: patch for b in mine}
-    else:
-        patches = {b.key: batch_ablation(model, b, ablation_type, clean_corrupt) for b in mine}
+    mean = src_ablations(model, dataloader, ablation_type) if ablation_type.mean_over_dataset else None
 
     # One step per (group of masks moved, mask value): all masks together, or per layer.
     if integrated_grad_samples is None:
@@ -109,12 +105,16 @@ def mask_gradient_prune_scores(
     bar = tqdm(total=len(mine) * len(groups) * len(values), desc="mask gradients",
                disable=not progress or rank != 0)
     for batch in mine:
+        # one batch's patches at a time (memory does not grow with the dataset); the
+        # previous batch's are released first, so src_outs reuses their buffer
+        patch = None
+        patch = mean if mean is not None else batch_ablation(model, batch, ablation_type, clean_corrupt)
         for group in groups:
             for value in values:
                 masks = model.new_masks(0.0, dtype=dtype)
                 for name in group:
                     masks[name].fill_(value).requires_grad_(True)
-                with model.patch(masks, patches[batch.key], param_grads=False):
+                with model.patch(masks, patch, param_grads=False):
                     logits = model(batch.clean)[model.out_slice]
                 loss = answer_loss(grad_values(logits, grad_function), batch, answer_function)
                 if not bool(torch.isfinite(loss)):
