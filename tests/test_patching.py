@@ -254,3 +254,20 @@ def test_inference_and_gradient_passes_alternate_on_the_reused_buffer():
     second = pm.run_patched(clean, masks, patch)  # with gradients, on the same buffer
     second.sum().backward()
     torch.testing.assert_close(second.detach(), first, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["hooked", "bridge-gpt2"])
+def test_src_outs_reuses_its_buffer_only_when_no_result_is_held(kind):
+    pm = patchable_model(MODEL_KINDS[kind]())
+    gen = torch.Generator().manual_seed(10)
+    clean, corrupt = tokens(gen), tokens(gen)
+    first = pm.src_outs(clean)
+    kept = first.clone()
+    view = first[:, :1]  # a view of a result holds the buffer too
+    del first
+    second = pm.src_outs(corrupt)
+    assert torch.equal(view, kept[:, :1]) and not torch.equal(second, kept)
+    ptr = second.data_ptr()
+    del view, second
+    third = pm.src_outs(clean)  # nothing holds the buffer now: it is reused
+    assert third.data_ptr() == ptr and torch.equal(third, kept)
