@@ -39,6 +39,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from edgewise.data import PromptDataLoader, PromptPairBatch
+from edgewise.distributed import from_rank_zero, gather_all, rank_and_world, sum_over_ranks
 from edgewise.hook_points import DestHook, SrcHook
 from edgewise.patching import PatchableModel
 from edgewise.types import AblationType, CircuitOutputs, DestNode, Edge, PatchType, PruneScores
@@ -83,16 +84,43 @@ def faithfulness_loss(
     ``kl_div``: KL(full || circuit) of the softmax distributions, mean over batch and
     output positions. ``mse``: mean squared error of the outputs (mean over every element).
     """
+    return _loss_terms(circuit_out, full_out, target).mean(dim=1)
+
+
+def _loss_terms(
+    circuit_out: torch.Tensor, full_out: torch.Tensor, target: FaithfulnessTarget
+) -> torch.Tensor:
+    """The float64 terms ``[k, n]`` whose mean over ``n`` is :func:`faithfulness_loss`:
+    per prompt and output position (``kl_div``) or per output element (``mse``)."""
     circ = circuit_out.double()
     full = full_out.double().unsqueeze(0)
     if target == "kl_div":
         full_lp = torch.log_softmax(full, dim=-1)
         circ_lp = torch.log_softmax(circ, dim=-1)
         kl = (full_lp.exp() * (full_lp - circ_lp)).sum(dim=-1)
-        return kl.flatten(1).mean(dim=1)
+        return kl.flatten(1)
     if target == "mse":
-        return ((circ - full) ** 2).flatten(1).mean(dim=1)
+        return ((circ - full) ** 2).flatten(1)
     raise ValueError(f"faithfulness_target must be 'kl_div' or 'mse', got {target!r}")
+
+
+class _StepLoss:
+    """The loss of each of ``k`` circuits on the searched batch, the same float on every
+    process. Under ``torch.distributed`` each process holds some of the batch's prompts:
+    their float64 loss sums and term counts are added up over the processes in rank order
+    (:func:`edgewise.distributed.sum_over_ranks`), and the loss is sum / count, the mean
+    over the whole batch as one process computes it, to float rounding."""
+
+    def __init__(self, full: torch.Tensor, target: FaithfulnessTarget, world: int):
+        self.full, self.target, self.world = full, target, world
+
+    def __call__(self, out: torch.Tensor) -> list[float]:
+        if self.world == 1:
+            return faithfulness_loss(out, self.full, self.target).tolist()
+        terms = _loss_terms(out, self.full, self.target)
+        local = torch.cat([terms.sum(dim=1), terms.new_tensor([terms.shape[1]])])
+        total = sum_over_ranks(local)
+        return (total[:-1] / total[-1]).tolist()
 
 
 # ---------------------------------------------------------------------------- evaluators
@@ -494,14 +522,20 @@ def _state(
     }
 
 
-def _load_checkpoint(
-    path: str, fingerprint: dict[str, Any], dtype: torch.dtype, device: torch.device
+def _restore(
+    state: dict[str, Any],
+    path: str,
+    fingerprint: dict[str, Any],
+    dtype: torch.dtype,
+    device: torch.device,
 ) -> tuple[int, list[_Group], int]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    """The next destination, the groups and the forward count of a saved state; a state
+    from other arguments raises ``ValueError``."""
     if state.get("fingerprint") != fingerprint:
         raise ValueError(
-            f"the ACDC checkpoint {path} was written by a run with other arguments, model or "
-            f"data ({state.get('fingerprint')} != {fingerprint}); delete it or pass another path"
+            f"the ACDC checkpoint {path} was written by a run with other arguments, model, data or "
+            f"number of processes ({state.get('fingerprint')} != {fingerprint}); delete it or pass "
+            "another path"
         )
     groups = [
         _Group(
@@ -532,9 +566,13 @@ class _ReferenceCheck:
         full: torch.Tensor,
         target: FaithfulnessTarget,
         run_circuits_ref: Callable[..., CircuitOutputs],
+        rows: slice | None = None,
     ):
+        """``full``: the full model's output on the whole batch; ``rows``: the prompts of
+        the batch this process searches on (under ``torch.distributed``), all if None."""
         self.model, self.dataloader, self.batch = model, dataloader, batch
         self.full, self.target, self.ref = full, target, run_circuits_ref
+        self.rows = rows
         params = inspect.signature(run_circuits_ref).parameters
         self.kwargs: dict[str, Any] = {}
         if "progress" in params or any(p.kind == p.VAR_KEYWORD for p in params.values()):
@@ -569,7 +607,11 @@ class _ReferenceCheck:
         ref_out = by_batch[self.batch.key].to(out.device)
         ref_loss = float(faithfulness_loss(ref_out[None], self.full, self.target)[0])
         scale = 1.0 + float(ref_out.abs().max())
-        out_err = float((out.double() - ref_out.double()).abs().max())
+        mine = ref_out if self.rows is None else ref_out[self.rows]
+        out_err = (out.double() - mine.double()).abs().max()
+        if self.rows is not None:  # the largest over the processes, so all of them agree
+            out_err = torch.stack(gather_all(out_err[None])).max()
+        out_err = float(out_err)
         loss_err = abs(loss - ref_loss)
         self.n_checks += 1
         if out_err > self.tol * scale or loss_err > self.tol * (1.0 + abs(ref_loss)):
@@ -635,9 +677,17 @@ def acdc_prune_scores(
     sequential search: the losses of the two agree to floating-point rounding, so a
     decision could only differ if ``loss - prev`` lay within rounding error of ``tau``.
 
+    Under ``torch.distributed`` (e.g. ``torchrun --nproc-per-node N``; every process
+    passes the same arguments) the prompts of the first batch are split between the
+    processes (process ``r`` takes prompts ``r, r + N, ...``; the batch needs at least
+    ``N``). Each step's loss is the float64 sum of the per-prompt terms and their count,
+    added up over the processes in rank order, so every process takes the same decisions
+    and returns the same scores, those of one process up to rounding in the losses.
+
     Args:
         model: the patchable model.
-        dataloader: prompt pairs; only the first batch is used.
+        dataloader: prompt pairs; only the first batch is used (split between the
+            processes under ``torch.distributed``).
         official_edges: not used (accepted for API compatibility).
         tao_exps: exponents of the thresholds.
         tao_bases: bases of the thresholds. Every ``tau`` must be positive.
@@ -654,20 +704,23 @@ def acdc_prune_scores(
             scores that are 1 on the circuit's edges and 0 elsewhere.
         show_graphs: after each tau's search, call
             ``draw_seq_graph_ref(model, prune_scores)`` with scores marking that circuit
-            (1 in the circuit, 0 ablated).
+            (1 in the circuit, 0 ablated); only on process 0 under ``torch.distributed``.
         draw_seq_graph_ref: the drawing function for ``show_graphs`` (edgewise has no
             visualiser of its own, so it must be passed).
         checkpoint: a file path. The search state is saved there atomically after every
             destination; a rerun with the same arguments resumes from it and returns
             identical scores. A checkpoint from other arguments raises ``ValueError``.
+            Under ``torch.distributed`` only process 0 writes and reads it (and sends
+            the state to the others); it resumes only with the same number of processes.
         speculation: how many candidate edges are tested per forward pass (>= 1); at
             most as many as fit a fixed memory budget for the stacked copies (1 GiB on
             CPU, 8 GiB on GPU). Larger values pay off on a GPU; on a CPU a forward pass
             over ``k`` copies can cost more than ``k`` single ones (memory traffic), and
             ``speculation=1`` is fastest. Default: 1 on a CPU, 8 elsewhere. The scores
             do not depend on it.
-        progress: show a progress bar (edges decided over all taus; the postfix shows
-            the current circuit size, the number of distinct search states and forwards).
+        progress: show a progress bar on process 0 (edges decided over all taus; the
+            postfix shows the current circuit size, the number of distinct search states
+            and forwards).
         method: ``"fast"``, or ``"plain"`` for one full patched forward pass
             (``model.run_patched``) per tested edge without speculation (same result;
             for benchmarks and checks).
@@ -709,8 +762,15 @@ def acdc_prune_scores(
         run_circuits_ref = run_circuits
 
     device = model.device
-    clean = batch.clean.to(device)
-    corrupt = batch.corrupt.to(device)
+    # Data parallel under torch.distributed: process r searches on prompts r, r + world, ...
+    # of the batch; the losses are summed over the processes (_StepLoss), so every process
+    # takes the same decisions.
+    rank, world = rank_and_world()
+    rows = slice(rank, None, world) if world > 1 else None
+    if rows is not None:
+        _check_same_batch(batch, world)
+    clean = batch.clean.to(device) if rows is None else batch.clean[rows].to(device)
+    corrupt = batch.corrupt.to(device) if rows is None else batch.corrupt[rows].to(device)
     dtype = _model_dtype(model)
     patch = model.src_outs(corrupt)
     with torch.inference_mode():
@@ -722,13 +782,21 @@ def acdc_prune_scores(
         speculation = 1
     else:
         evaluator = _FastEvaluator(model, clean, patch, full)
-    check = (
-        _ReferenceCheck(model, dataloader, batch, full, faithfulness_target, run_circuits_ref)
-        if test_mode and run_circuits_ref is not None
-        else None
-    )
+        if rows is not None:  # one number of copies per pass, so the steps line up
+            mine = torch.tensor([evaluator.max_copies], dtype=torch.int64, device=device)
+            evaluator.max_copies = int(torch.cat(gather_all(mine)).min())
+    check = None
+    if test_mode and run_circuits_ref is not None:
+        full_batch = full
+        if rows is not None:
+            with torch.inference_mode():
+                full_batch = model(batch.clean.to(device))[model.out_slice]
+        check = _ReferenceCheck(
+            model, dataloader, batch, full_batch, faithfulness_target, run_circuits_ref, rows
+        )
 
     order = acdc_visit_order(model)
+    full_sum = full.double().sum()
     fingerprint = {
         "version": _CHECKPOINT_VERSION,
         "taus": taus,
@@ -738,20 +806,29 @@ def acdc_prune_scores(
         "dests": len(order),
         "batch_key": int(batch.key),
         "dtype": str(dtype),
-        "full_sum": float(full.double().sum()),
+        "full_sum": float(full_sum if rows is None else sum_over_ranks(full_sum[None])[0]),
     }
+    if rows is not None:  # sums differ in rounding between numbers of processes
+        fingerprint["processes"] = world
     groups = [_Group(tuple(taus), model.new_masks(0.0, dtype=dtype), 0.0)]
     first = 0
     n_forwards = 0
-    if checkpoint is not None and os.path.exists(checkpoint):
-        first, groups, n_forwards = _load_checkpoint(
-            os.fspath(checkpoint), fingerprint, dtype, device
-        )
+    if checkpoint is not None:  # process 0 reads it and hands it to the others
+        path = os.fspath(checkpoint)
+        state = None
+        if rank == 0 and os.path.exists(path):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = from_rank_zero(state)
+        if state is not None:
+            first, groups, n_forwards = _restore(state, path, fingerprint, dtype, device)
 
     total = model.n_edges * len(taus)
     done = sum(len(edges) for _, edges in order[:first]) * len(taus)
-    bar = tqdm(total=total, initial=done, desc="ACDC", disable=not progress, unit="edge")
+    bar = tqdm(
+        total=total, initial=done, desc="ACDC", disable=not progress or rank != 0, unit="edge"
+    )
     counter = [n_forwards]
+    step_loss = _StepLoss(full, faithfulness_target, world)
     try:
         for i in range(first, len(order)):
             node, edges = order[i]
@@ -762,8 +839,7 @@ def acdc_prune_scores(
                     node,
                     edges,
                     evaluator,
-                    full,
-                    faithfulness_target,
+                    step_loss,
                     speculation,
                     check,
                     bar,
@@ -771,7 +847,7 @@ def acdc_prune_scores(
                     model.n_edges,
                 )
             groups = sorted(new_groups, key=lambda g: g.taus[0])
-            if checkpoint is not None:
+            if checkpoint is not None and rank == 0:
                 _save_checkpoint(checkpoint, _state(fingerprint, i + 1, groups, counter[0]))
     finally:
         bar.close()
@@ -784,7 +860,7 @@ def acdc_prune_scores(
         tau = torch.tensor(min(g.taus), dtype=torch.float32, device=device)
         for name, m in g.masks.items():
             scores[name] = torch.where(m != 0, torch.minimum(scores[name], tau), scores[name])
-    if show_graphs and draw_seq_graph_ref is not None:
+    if show_graphs and draw_seq_graph_ref is not None and rank == 0:
         for g in groups:
             for _ in g.taus:
                 draw_seq_graph_ref(model, _circuit_scores(g.masks))
@@ -796,8 +872,7 @@ def _search_destination(
     node: DestNode,
     edges: list[Edge],
     evaluator: _FastEvaluator | _PlainEvaluator,
-    full: torch.Tensor,
-    target: FaithfulnessTarget,
+    step_loss: _StepLoss,
     speculation: int,
     check: _ReferenceCheck | None,
     bar: Any,
@@ -822,7 +897,7 @@ def _search_destination(
             cand[(slice(j, None), *e.patch_idx)] = 1
         out = evaluator.outputs(g.masks, module, cand)
         counter[0] += 1
-        losses = faithfulness_loss(out, full, target).tolist()
+        losses = step_loss(out)
         active: _Group | None = g
         for j, e in enumerate(cands):
             assert active is not None
@@ -855,3 +930,27 @@ def _search_destination(
                 refresh=False,
             )
     return finished
+
+
+def _check_same_batch(batch: PromptPairBatch, world: int) -> None:
+    """Under ``torch.distributed``: raise ``ValueError`` on every process unless all of
+    them got the same first batch with at least one prompt each."""
+
+    def digest(t: torch.Tensor) -> list[int]:
+        t = t.long().cpu()
+        w = torch.arange(1, t.numel() + 1, dtype=torch.int64).view(t.shape)
+        return [int(t.sum()), int((t * w).sum()), *t.shape]
+
+    mine = [int(batch.key), *digest(batch.clean), *digest(batch.corrupt)]
+    rows = [p.tolist() for p in gather_all(torch.tensor(mine, dtype=torch.int64))]
+    if any(r != rows[0] for r in rows):
+        raise ValueError(
+            "acdc_prune_scores under torch.distributed: the processes got different first "
+            "batches; every process must pass the same dataloader (no per-process shuffling)"
+        )
+    n = int(batch.clean.shape[0])
+    if n < world:
+        raise ValueError(
+            f"acdc_prune_scores under torch.distributed splits the prompts of the first batch "
+            f"between the processes: it has {n} prompts, fewer than the {world} processes"
+        )
