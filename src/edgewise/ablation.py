@@ -17,8 +17,11 @@ def src_ablations(
     model: PatchableModel,
     sample: torch.Tensor | PromptDataLoader,
     ablation_type: AblationType = AblationType.RESAMPLE,
+    src_block: tuple[int, int] | None = None,
+    max_prompts: int | None = None,
 ) -> torch.Tensor:
-    """Patch activations for every source, ``[n_srcs, batch | 1, seq | 1, d_model]``.
+    """Patch activations for every source, ``[n_srcs, batch | 1, seq | 1, d_model]``
+    (sources ``lo..hi-1`` only with ``src_block=(lo, hi)``).
 
     Args:
         sample: tokens ``[batch, seq]`` for ``RESAMPLE`` (their source outputs), ``ZERO``
@@ -27,6 +30,9 @@ def src_ablations(
             the batch per position, ``BATCH_ALL_TOK_MEAN`` over batch and positions,
             ``TOKENWISE_MEAN_*`` over every prompt of the dataset per position (all
             prompts must share one length).
+        src_block: a block of sources (see :meth:`PatchableModel.src_blocks`).
+        max_prompts: batch means over tokens ``[batch, seq]`` are accumulated from at most
+            this many prompts at a time (bounded memory; the same mean).
     """
     if ablation_type.mean_over_dataset:
         if not isinstance(sample, PromptDataLoader):
@@ -40,7 +46,9 @@ def src_ablations(
             if ablation_type.corrupt_dataset:
                 inputs.append(batch.corrupt)
             for tokens in inputs:
-                outs = model.src_outs(tokens).double().sum(dim=1, keepdim=True)
+                step = max_prompts or tokens.shape[0]
+                outs = sum(model.src_outs(tokens[i : i + step], src_block).double().sum(1, keepdim=True)
+                           for i in range(0, tokens.shape[0], step))  # fmt: skip
                 if total is not None and outs.shape != total.shape:
                     raise ValueError(
                         "token-wise mean ablation needs every prompt to have the same length; "
@@ -53,11 +61,21 @@ def src_ablations(
         return (total / count).to(_dtype(model))
     if not isinstance(sample, torch.Tensor):
         raise TypeError(f"{ablation_type} needs a token tensor [batch, seq]")
-    outs = model.src_outs(sample)
+    n = sample.shape[0]
+    if ablation_type == AblationType.ZERO:
+        lo, hi = model._check_block(src_block)
+        d, dtype = int(model.cfg.d_model), _dtype(model)
+        return torch.zeros(hi - lo, 1, 1, d, dtype=dtype, device=model.device)
+    if ablation_type != AblationType.RESAMPLE and max_prompts is not None and max_prompts < n:
+        total = sum(model.src_outs(sample[i : i + max_prompts], src_block).double().sum(1, keepdim=True)
+                    for i in range(0, n, max_prompts))  # fmt: skip
+        mean = total / n
+        if ablation_type == AblationType.BATCH_ALL_TOK_MEAN:
+            mean = mean.mean(dim=2, keepdim=True)
+        return mean.to(_dtype(model))
+    outs = model.src_outs(sample, src_block)
     if ablation_type == AblationType.RESAMPLE:
         return outs
-    if ablation_type == AblationType.ZERO:
-        return torch.zeros_like(outs[:, :1, :1])
     if ablation_type == AblationType.BATCH_TOKENWISE_MEAN:
         return outs.mean(dim=1, keepdim=True)
     if ablation_type == AblationType.BATCH_ALL_TOK_MEAN:
@@ -94,9 +112,12 @@ def batch_ablation(
     batch: PromptPairBatch,
     ablation_type: AblationType,
     clean_corrupt: CleanCorrupt | None = "corrupt",
+    src_block: tuple[int, int] | None = None,
+    max_prompts: int | None = None,
 ) -> torch.Tensor:
-    """Patch activations for one batch (per-batch ablation types only)."""
+    """Patch activations for one batch (per-batch ablation types only); ``src_block``
+    and ``max_prompts`` as in :func:`src_ablations`."""
     if clean_corrupt not in ("clean", "corrupt"):
         raise ValueError(f"clean_corrupt must be 'clean' or 'corrupt', got {clean_corrupt!r}")
     tokens = batch.clean if clean_corrupt == "clean" else batch.corrupt
-    return src_ablations(model, tokens, ablation_type)
+    return src_ablations(model, tokens, ablation_type, src_block, max_prompts)

@@ -8,15 +8,17 @@ one; results are keyed by the actual size.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from enum import Enum
 
 import torch
 from tqdm.auto import tqdm
 
-from edgewise.ablation import batch_src_ablations
-from edgewise.data import PromptDataLoader
+from edgewise.ablation import CleanCorrupt, batch_ablation, src_ablations
+from edgewise.data import PromptDataLoader, PromptPairBatch
 from edgewise.distributed import my_share, rank_and_world
+from edgewise.memory import MaxMemory, human, is_out_of_memory, parse_memory, plan_passes, sub_batch
 from edgewise.patching import PatchableModel
 from edgewise.types import AblationType, CircuitOutputs, Edge, PatchType, PruneScores
 
@@ -160,6 +162,49 @@ def circuit_edges(model: PatchableModel, prune_scores: PruneScores, size: int) -
     return [e for e in model.edges if abs(prune_scores[e.dest.module_name][e.patch_idx]) >= threshold]
 
 
+def _batch_circuits(
+    model: PatchableModel,
+    batch: PromptPairBatch,
+    sizes: list[tuple[int, float | None]],
+    prune_scores: PruneScores,
+    in_value: float,
+    clean_input: bool,
+    ablation: AblationType,
+    patch_from: CleanCorrupt,
+    mean: torch.Tensor | None,
+    per_pass: int,
+    fit: int,
+) -> dict[int, torch.Tensor]:
+    """Every circuit's output on one batch, ``fit`` prompt-circuits per pass: whole batches
+    with up to ``fit // prompts`` circuits stacked, or slices of ``fit`` prompts."""
+    tokens = batch.clean if clean_input else batch.corrupt
+    prompts = tokens.shape[0]
+    stack = max(1, min(per_pass, fit // prompts))
+    step = min(prompts, max(1, fit))
+    per_batch_mean = ablation in (AblationType.BATCH_TOKENWISE_MEAN, AblationType.BATCH_ALL_TOK_MEAN)
+    whole = mean
+    if whole is None and per_batch_mean:
+        whole = batch_ablation(model, batch, ablation, patch_from, max_prompts=step)
+    parts: dict[int, list[torch.Tensor]] = {size: [] for size, _ in sizes}
+    for lo in range(0, prompts, step):
+        part = sub_batch(batch, lo, min(lo + step, prompts))
+        toks = tokens[lo : lo + step]
+        patch = None  # release the previous slice's patches first: src_outs reuses them
+        patch = whole if whole is not None else batch_ablation(model, part, ablation, patch_from)
+        for i in range(0, len(sizes), stack):
+            chunk = sizes[i : i + stack]
+            masks = [circuit_masks(model, prune_scores, t, in_value) for _, t in chunk]
+            if len(chunk) == 1:
+                logits = model.run_patched(toks, masks[0], patch)[None]
+            else:  # several circuits in one pass: copy c of the batch runs circuit c
+                stacked = {n: torch.stack([m[n] for m in masks]) for n in masks[0]}
+                logits = model.run_patched(toks.repeat(len(chunk), 1), stacked, patch)
+                logits = logits.view(len(chunk), toks.shape[0], *logits.shape[1:])
+            for (size, _), out in zip(chunk, logits):
+                parts[size].append(out[model.out_slice])
+    return {size: p[0] if len(p) == 1 else torch.cat(p) for size, p in parts.items()}
+
+
 def run_circuits(
     model: PatchableModel,
     dataloader: PromptDataLoader,
@@ -170,6 +215,7 @@ def run_circuits(
     reverse_clean_corrupt: bool = False,
     progress: bool = True,
     circuits_per_pass: int | None = None,
+    max_memory: MaxMemory = None,
 ) -> CircuitOutputs:
     """The model's output (at ``model.out_slice``) on every batch with only the circuit
     of each size intact.
@@ -177,6 +223,11 @@ def run_circuits(
     ``TREE_PATCH``: run the clean prompts, ablate every edge outside the circuit.
     ``EDGE_PATCH``: run the corrupt prompts, give the circuit's edges their clean
     values (resample ablation only). ``reverse_clean_corrupt`` swaps the roles.
+
+    ``max_memory`` (bytes, ``"2GiB"``, ``"auto"``) bounds each pass's patch buffers: a
+    batch that does not fit runs as slices of prompts (and fewer stacked circuits per
+    pass), with the same outputs; the plan is shown in the progress bar. A pass that runs
+    out of memory is retried with half the prompts, with a warning.
 
     Returns:
         actual circuit size -> batch key -> output ``[batch, (seq,) vocab]``.
@@ -189,14 +240,9 @@ def run_circuits(
         )
     counts = edge_counts_util(model.n_edges, list(test_edge_counts), zero_edges=False, all_edges=False)
     thresholds = circuit_thresholds(flat_prune_scores(prune_scores, model).abs(), counts)
-    if patch_type == PatchType.TREE_PATCH:
-        patches = batch_src_ablations(
-            model, dataloader, ablation_type, "clean" if reverse_clean_corrupt else "corrupt"
-        )
-    else:
-        patches = batch_src_ablations(
-            model, dataloader, AblationType.RESAMPLE, "corrupt" if reverse_clean_corrupt else "clean"
-        )
+    ablation = ablation_type if patch_type == PatchType.TREE_PATCH else AblationType.RESAMPLE
+    patch_from = "clean" if (patch_type == PatchType.TREE_PATCH) == reverse_clean_corrupt else "corrupt"
+    mean = src_ablations(model, dataloader, ablation) if ablation.mean_over_dataset else None
     sizes = list(thresholds.items())
     per_pass = circuits_per_pass or (1 if model.device.type == "cpu" else min(len(sizes), 16))
     in_value = 0.0 if patch_type == PatchType.TREE_PATCH else 1.0
@@ -206,22 +252,32 @@ def run_circuits(
     # rank returns every batch's outputs
     rank, world = rank_and_world()
     mine = my_share(dataloader)
+    budget = parse_memory(max_memory, model.device)
     bar = tqdm(total=len(sizes) * len(mine), desc="circuits", disable=not progress or rank != 0)
+    limit: int | None = None  # prompts x circuits per pass, lowered after running out of memory
     with torch.inference_mode():
         for batch in mine:
-            tokens = batch.clean if clean_input else batch.corrupt
-            for i in range(0, len(sizes), per_pass):
-                chunk = sizes[i : i + per_pass]
-                masks = [circuit_masks(model, prune_scores, t, in_value) for _, t in chunk]
-                if len(chunk) == 1:
-                    logits = model.run_patched(tokens, masks[0], patches[batch.key])[None]
-                else:  # several circuits in one pass: copy c of the batch runs circuit c
-                    stacked = {n: torch.stack([m[n] for m in masks]) for n in masks[0]}
-                    logits = model.run_patched(tokens.repeat(len(chunk), 1), stacked, patches[batch.key])
-                    logits = logits.view(len(chunk), tokens.shape[0], *logits.shape[1:])
-                for (size, _), out in zip(chunk, logits):
-                    outputs[size][batch.key] = out[model.out_slice]
-                bar.update(len(chunk))
+            prompts, seq = batch.clean.shape
+            # prompts x stacked circuits per pass that fit the budget
+            fit = plan_passes(model, prompts * per_pass, seq, budget, blocks_ok=False).chunk
+            fit = min(fit, limit) if limit is not None else fit
+            if budget is not None or limit is not None:
+                bar.set_postfix_str(f"{min(fit, prompts)} prompts x {max(1, min(per_pass, fit // prompts))} "
+                                    f"circuits/pass" + (f", max_memory {human(budget)}" if budget else ""))  # fmt: skip
+            while True:
+                try:
+                    outs = _batch_circuits(model, batch, sizes, prune_scores, in_value, clean_input,
+                                           ablation, patch_from, mean, per_pass, fit)  # fmt: skip
+                    break
+                except Exception as exc:
+                    if not is_out_of_memory(exc) or fit <= 1:
+                        raise
+                    warnings.warn(f"out of memory in batch {batch.key} ({fit} prompt-circuits per "
+                                  f"pass): retrying it with {fit // 2}", stacklevel=2)  # fmt: skip
+                    fit = limit = fit // 2
+            for size, out in outs.items():
+                outputs[size][batch.key] = out
+            bar.update(len(sizes))
     bar.close()
     if world > 1:
         parts: list[CircuitOutputs | None] = [None] * world

@@ -411,10 +411,16 @@ class PatchableModel(nn.Module):
         return masks
 
     # ------------------------------------------------------------------ sources
-    def src_outs(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Every source's output on ``tokens``: ``[n_srcs, batch, seq, d_model]``. The
-        forward pass stops after the last source (the unembedding is not needed). Calls
-        reuse one buffer while the caller holds no earlier result (see :meth:`_buffer`)."""
+    def src_outs(
+        self, tokens: torch.Tensor, src_block: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """Every source's output on ``tokens``: ``[n_srcs, batch, seq, d_model]`` (with
+        ``src_block=(lo, hi)``, sources ``lo..hi-1`` only: ``[hi - lo, ...]``). The forward
+        pass stops after the last source needed (the unembedding never runs). Calls reuse
+        one buffer while the caller holds no earlier result (see :meth:`_buffer`)."""
+        blo, bhi = self._check_block(src_block)
+        hooks = [h for h in self.src_hooks
+                 if blo <= h.module.src_lo and h.module.src_lo + (h.module.n_heads or 1) <= bhi]  # fmt: skip
         result: list[torch.Tensor] = []
         seen: set[int] = set()
         handles = []
@@ -422,18 +428,18 @@ class PatchableModel(nn.Module):
         def make_hook(h: SrcHook):
             def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
                 if not result:  # the first source: [n_srcs, batch, seq, d_model]
-                    shape = (len(self.srcs), out.shape[0], out.shape[1], int(self.cfg.d_model))
+                    shape = (bhi - blo, out.shape[0], out.shape[1], int(self.cfg.d_model))
                     result.append(self._buffer("src_outs", shape, out.dtype, out.device))
-                lo = h.module.src_lo
+                lo = h.module.src_lo - blo
                 h.outputs(out, into=result[0][lo : lo + (h.module.n_heads or 1)])
                 seen.add(lo)
-                if len(seen) == len(self.src_hooks):
+                if len(seen) == len(hooks):
                     raise _SourcesDone  # the rest of the model is not needed
 
             return hook
 
         try:
-            for h in self.src_hooks:
+            for h in hooks:
                 handles.append(self.adapter.hook_dict[h.point].register_forward_hook(make_hook(h)))
             with torch.inference_mode():
                 self.wrapped_model(tokens)
@@ -442,10 +448,36 @@ class PatchableModel(nn.Module):
         finally:
             for h in handles:
                 h.remove()
-        if len(seen) != len(self.src_hooks):
+        if len(seen) != len(hooks):
             raise RuntimeError("some source hooks did not fire in the forward pass")
         # a view: the caller holding it counts as a user of the buffer (see _buffer)
         return result[0].view(result[0].shape)
+
+    def src_blocks(self, max_srcs: int) -> list[tuple[int, int]]:
+        """Consecutive source ranges ``(lo, hi)`` of at most ``max_srcs`` sources (at least
+        one whole source module each), on source-module boundaries: the blocks that
+        :meth:`patch` and :meth:`src_outs` take as ``src_block``."""
+        blocks: list[tuple[int, int]] = []
+        for m in self.graph.src_modules:
+            lo, hi = m.src_lo, m.src_lo + (m.n_heads or 1)
+            if blocks and hi - blocks[-1][0] <= max_srcs:
+                blocks[-1] = (blocks[-1][0], hi)
+            else:
+                blocks.append((lo, hi))
+        return blocks
+
+    def _check_block(self, src_block: tuple[int, int] | None) -> tuple[int, int]:
+        """``src_block`` as ``(lo, hi)`` (all sources when None), checked."""
+        if src_block is None:
+            return 0, len(self.srcs)
+        lo, hi = src_block
+        bounds = {m.src_lo for m in self.graph.src_modules} | {len(self.srcs)}
+        if not (0 <= lo < hi <= len(self.srcs)) or lo not in bounds or hi not in bounds:
+            raise ValueError(
+                f"src_block {src_block} must be a range of whole source modules within "
+                f"0..{len(self.srcs)}: take one from model.src_blocks(max_srcs)"
+            )
+        return lo, hi
 
     def output_at(self, hook: str, tokens: torch.Tensor) -> torch.Tensor:
         """The output of hook ``hook`` on ``tokens`` (detached); the forward pass stops
@@ -505,6 +537,7 @@ class PatchableModel(nn.Module):
         patch_src_outs: torch.Tensor,
         fixed_delta: torch.Tensor | None = None,
         param_grads: bool = True,
+        src_block: tuple[int, int] | None = None,
     ) -> Iterator[PatchableModel]:
         """Within this context every forward pass patches edges by ``masks`` with
         ``patch_src_outs`` (``[n_srcs, batch | 1, seq | 1, d_model]``).
@@ -523,6 +556,12 @@ class PatchableModel(nn.Module):
         block's ``ln1`` and Q/K/V projection is then replaced by the sum of the mask
         gradients' own rows (the same values, one pass less over the weights).
 
+        ``src_block=(lo, hi)`` (every mask 0; ``lo``/``hi`` on source-module boundaries,
+        see :meth:`src_blocks`): only sources ``lo..hi-1`` are tracked, so the pass keeps
+        ``[hi - lo, batch, seq, d_model]`` differences instead of ``n_srcs``; only their
+        edges' masks get gradients (the others get 0). ``patch_src_outs`` and
+        ``fixed_delta`` may then hold just those sources (``src_outs(tokens, src_block)``).
+
         The hooks are removed on exit, also after an exception."""
         missing = set(self.dest_modules) - set(masks)
         if missing:
@@ -536,24 +575,44 @@ class PatchableModel(nn.Module):
                 raise ValueError(
                     f"mask for {name} has shape {tuple(masks[name].shape)}, expected {want}"
                 )
-        if patch_src_outs.shape[0] != len(self.srcs):
-            raise ValueError(
-                f"patch_src_outs has {patch_src_outs.shape[0]} sources, the graph has "
-                f"{len(self.srcs)}: compute it with model.src_outs or src_ablations"
-            )
         run = _Run()
         first_src = self.src_hooks[0]
         nonzero = {name: bool(m.any()) for name, m in masks.items()}
         track_current = any(nonzero.values())
+        n_srcs = len(self.srcs)
+        blo, bhi = self._check_block(src_block)
+        if src_block is not None and track_current:
+            raise ValueError(
+                "src_block needs every mask at 0 (edge attribution patching): with nonzero "
+                "masks a forward pass patches from every source; split the batch instead"
+            )
+        if patch_src_outs.shape[0] == n_srcs and src_block is not None:
+            patch_src_outs = patch_src_outs[blo:bhi]
+        if patch_src_outs.shape[0] != bhi - blo:
+            raise ValueError(
+                f"patch_src_outs has {patch_src_outs.shape[0]} sources, the graph has "
+                f"{n_srcs}" + (f" (src_block {src_block}: {bhi - blo})" if src_block else "")
+                + ": compute it with model.src_outs or src_ablations"
+            )
         if fixed_delta is not None:
             if track_current:
                 raise ValueError("fixed_delta needs every mask at 0 (it replaces the differences "
                                  "that nonzero masks would patch in)")
-            want = (len(self.srcs),)
-            if fixed_delta.dim() != 4 or tuple(fixed_delta.shape[:1]) != want:
-                raise ValueError(f"fixed_delta must be [n_srcs={want[0]}, batch, seq, d_model], "
+            if fixed_delta.dim() == 4 and fixed_delta.shape[0] == n_srcs and src_block is not None:
+                fixed_delta = fixed_delta[blo:bhi]
+            if fixed_delta.dim() != 4 or fixed_delta.shape[0] != bhi - blo:
+                raise ValueError(f"fixed_delta must be [n_srcs={bhi - blo}, batch, seq, d_model], "
                                  f"got {tuple(fixed_delta.shape)}")
             fixed_delta = fixed_delta.contiguous()
+        # Each destination module's sources within the block, and its masks' columns there
+        span = {
+            name: (max(m.src_lo, blo), min(m.src_hi, bhi)) for name, m in self.dest_modules.items()
+        }
+        if src_block is not None:
+            masks = {
+                name: masks[name][..., lo - self.dest_modules[name].src_lo : hi - self.dest_modules[name].src_lo]
+                for name, (lo, hi) in span.items()
+            }  # fmt: skip
         masks_c = {name: m if stacked else m[None] for name, m in masks.items()}
         # Destinations of one block patched by one product over delta: its projected Q/K/V
         # (same sources), and the part of its other inputs (MLP, end) from those sources.
@@ -590,23 +649,27 @@ class PatchableModel(nn.Module):
                     and not nonzero[m.module_name]
                     and masks[m.module_name].requires_grad
                 ):
-                    members, lo, hi = zero_groups.setdefault(dh.resid, ([], m.src_lo, m.src_hi))  # type: ignore[arg-type]
-                    if (lo, hi) == (m.src_lo, m.src_hi):
-                        members.append((m.module_name, m.n_heads or 1, m.src_hi))
+                    m_lo, m_hi = span[m.module_name]
+                    if m_lo >= m_hi:
+                        continue
+                    members, lo, hi = zero_groups.setdefault(dh.resid, ([], m_lo, m_hi))  # type: ignore[arg-type]
+                    if (lo, hi) == (m_lo, m_hi):
+                        members.append((m.module_name, m.n_heads or 1, m_hi))
                         zero_member[m.module_name] = dh.resid  # type: ignore[assignment]
             for dh in self.dest_hooks:
                 m = dh.module
                 block = m.module_name.split(".")[1:2]
+                m_lo, m_hi = span[m.module_name]
                 for resid, (members, lo, hi) in zero_groups.items():
                     if (
                         not dh.projected
                         and not nonzero[m.module_name]
                         and masks[m.module_name].requires_grad
                         and block == resid.split(".")[1:2]
-                        and m.src_lo == lo
-                        and m.src_hi >= hi
+                        and m_lo == lo
+                        and m_hi >= hi
                     ):
-                        members.append((m.module_name, 1, m.src_hi))
+                        members.append((m.module_name, 1, m_hi))
                         zero_member[m.module_name] = resid
         projected_names = {dh.module.module_name for dh in self.dest_hooks if dh.projected}
         workspace = self._workspace  # buffers of the hand-written backward passes
@@ -615,6 +678,8 @@ class PatchableModel(nn.Module):
         def src_hook(h: SrcHook):
             mod = h.module
             lo, hi = mod.src_lo, mod.src_lo + (mod.n_heads or 1)
+            tracked = blo <= lo and hi <= bhi
+            lo, hi = lo - blo, hi - blo  # rows of this pass's buffer
 
             def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
                 if h is first_src:  # a new forward pass starts
@@ -625,13 +690,13 @@ class PatchableModel(nn.Module):
                             f"hold {copies} copies of the prompts: use tokens.repeat({copies}, 1)"
                         )
                     if fixed_delta is None:
-                        shape = (len(self.srcs), b, s, d)
+                        shape = (bhi - blo, b, s, d)
                         run.delta = self._buffer("delta", shape, out.dtype, out.device)
                     else:
                         run.delta = fixed_delta
                     run.current, run.inputs, run.sinks = {}, {}, {}
                 assert run.delta is not None
-                if fixed_delta is not None:
+                if fixed_delta is not None or not tracked:
                     return
                 rows = run.delta[lo:hi]  # [n, c*b, s, d], contiguous
                 # Current outputs are kept for the gradient only where some mask is nonzero
@@ -683,7 +748,9 @@ class PatchableModel(nn.Module):
 
         def dest_hook(dh: DestHook, mask: torch.Tensor):
             mod = dh.module
-            name, lo, hi = mod.module_name, mod.src_lo, mod.src_hi
+            name = mod.module_name
+            lo, hi = span[name]
+            lo, hi = lo - blo, hi - blo  # rows of this pass's buffer
             head = "" if mod.n_heads is None else "h"
             eq = f"c{pos}{head}n,ncbpd->cbp{head}d"
             # the mask gradient of a projected destination at mask 0 (see _ProjectedMaskGrad)
@@ -692,6 +759,8 @@ class PatchableModel(nn.Module):
 
             def hook(_m: nn.Module, _i: Any, x: torch.Tensor) -> torch.Tensor:
                 assert run.delta is not None
+                if hi <= lo:  # no source of this destination in the block
+                    return x
                 key = group_of.get(name)
                 if key is not None and name not in run.inputs:
                     run_group(key)
@@ -727,8 +796,9 @@ class PatchableModel(nn.Module):
                 if name not in zero_groups or not torch.is_grad_enabled():
                     return None
                 members, lo, hi = zero_groups[name]
+                rel = [(n, rows, src_hi - blo) for n, rows, src_hi in members]  # buffer rows
                 sink = run.sinks[name] = _BlockGrads(
-                    members, lo, hi, workspace, projected_names, input_grads=not param_grads
+                    rel, lo - blo, hi - blo, workspace, projected_names, input_grads=not param_grads
                 )
                 return _BlockSink.apply(r, sink, run.delta, *(masks[n] for n, _, _ in members))
 

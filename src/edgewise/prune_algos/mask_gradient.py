@@ -4,14 +4,24 @@ attribution patching (``mask_val=0``) and integrated gradients
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
 
 from edgewise.ablation import batch_ablation, src_ablations
-from edgewise.data import PromptDataLoader
+from edgewise.data import PromptDataLoader, PromptPairBatch
 from edgewise.distributed import my_share, rank_and_world
+from edgewise.memory import (
+    MaxMemory,
+    Plan,
+    is_out_of_memory,
+    parse_memory,
+    plan_passes,
+    smaller_plan,
+    sub_batch,
+)
 from edgewise.patching import PatchableModel
 from edgewise.prune_algos.loss import AnswerFunction, GradFunction, answer_loss, grad_values
 from edgewise.types import AblationType, Edge, PruneScores
@@ -31,6 +41,7 @@ def mask_gradient_prune_scores(
     clean_corrupt: Literal["clean", "corrupt"] | None = "corrupt",
     integrated_grad_mode: IGMode = "all",
     progress: bool = True,
+    max_memory: MaxMemory = None,
 ) -> PruneScores:
     """Prune scores equal to the gradient of the loss with respect to the masks that
     interpolate every edge between its clean activation and its ablation.
@@ -65,6 +76,13 @@ def mask_gradient_prune_scores(
             ``"layer"`` interpolates one destination layer's masks at a time with every
             other mask at 0, so each edge's attribution is measured from the clean model.
         progress: show a progress bar.
+        max_memory: a budget for each pass's patch buffers (bytes, ``"2GiB"``, ``"auto"``:
+            half the device's free memory; ``None``: no limit). Batches that do not fit
+            run as slices of prompts, and for edge attribution patching (every mask 0)
+            with one prompt per pass and blocks of sources (see :mod:`edgewise.memory`);
+            the scores are the same. The plan is shown in the progress bar. Whatever
+            ``max_memory``, a pass that runs out of memory is retried with half the prompts
+            (or, at one prompt, source blocks half as wide), with a warning.
 
     Returns:
         Destination module name -> scores shaped like its mask.
@@ -84,7 +102,6 @@ def mask_gradient_prune_scores(
     # Data parallel under torch.distributed: rank r takes batches r, r + world, ...
     rank, world = rank_and_world()
     mine = my_share(dataloader)
-    mean = src_ablations(model, dataloader, ablation_type) if ablation_type.mean_over_dataset else None
 
     # One step per (group of masks moved, mask value): all masks together, or per layer.
     if integrated_grad_samples is None:
@@ -102,39 +119,107 @@ def mask_gradient_prune_scores(
     dtype = score_dtype(model)
     scores = {n: torch.zeros(m.mask_shape, dtype=dtype, device=model.device)
               for n, m in model.dest_modules.items()}
-    bar = tqdm(total=len(mine) * len(groups) * len(values), desc="mask gradients",
-               disable=not progress or rank != 0)
+    steps = [(group, value) for group in groups for value in values]
+    budget = parse_memory(max_memory, model.device)
+    blocks_ok = integrated_grad_samples is None and mask_val == 0.0  # every mask 0
+    plans = {b.key: plan_passes(model, *b.clean.shape, budget, blocks_ok) for b in mine}
+    mean = None
+    if ablation_type.mean_over_dataset:  # computed as finely as the finest plan needs
+        fine = min(plans.values(), key=lambda p: (p.chunk, -len(p.blocks)), default=None)
+        blocks = fine.blocks if fine is not None and len(fine.blocks) > 1 else [None]
+        chunk = fine.chunk if fine is not None else None
+        mean = torch.cat([src_ablations(model, dataloader, ablation_type, blk, chunk) for blk in blocks])
+    bar = tqdm(total=sum(_n_passes(p, b, steps) for p, b in zip(plans.values(), mine)),
+               desc="mask gradients", unit="pass", disable=not progress or rank != 0)  # fmt: skip
+    shrunk: Plan | None = None  # after running out of memory, later batches stay smaller
     for batch in mine:
-        # one batch's patches at a time (memory does not grow with the dataset); the
-        # previous batch's are released first, so src_outs reuses their buffer
-        patch = None
-        patch = mean if mean is not None else batch_ablation(model, batch, ablation_type, clean_corrupt)
-        for group in groups:
-            for value in values:
-                masks = model.new_masks(0.0, dtype=dtype)
-                for name in group:
-                    masks[name].fill_(value).requires_grad_(True)
-                with model.patch(masks, patch, param_grads=False):
-                    logits = model(batch.clean)[model.out_slice]
-                loss = answer_loss(grad_values(logits, grad_function), batch, answer_function)
-                if not bool(torch.isfinite(loss)):
-                    raise FloatingPointError(
-                        f"the loss of batch {batch.key} is {float(loss)} (mask value {value}); "
-                        f"{_first_nonfinite_source(model, batch.clean)}. Check the model's dtype "
-                        "(float16 overflows) and its inputs."
-                    )
-                grads = torch.autograd.grad(loss, [masks[n] for n in group])
-                # one reduction (and sync) per step; the edge is looked for only on failure
-                if not bool(torch.isfinite(torch.stack([g.sum() for g in grads])).all()):
-                    check_finite(model, dict(zip(group, grads)), f"batch {batch.key}")
-                for name, grad in zip(group, grads):
-                    scores[name] += grad
-                bar.update()
+        plan = plans[batch.key]
+        if shrunk is not None and shrunk.chunk <= plan.chunk and len(shrunk.blocks) >= len(plan.blocks):
+            plan = shrunk
+        while True:
+            if budget is not None or len(plan.blocks) > 1 or plan.chunk < batch.clean.shape[0]:
+                bar.set_postfix_str(plan.describe())
+            try:
+                grads = _batch_grads(model, batch, plan, steps, ablation_type, clean_corrupt,
+                                     mean, grad_function, answer_function, dtype, bar)  # fmt: skip
+                break
+            except Exception as exc:
+                smaller = smaller_plan(model, plan, blocks_ok) if is_out_of_memory(exc) else None
+                if smaller is None:
+                    raise
+                warnings.warn(f"out of memory in batch {batch.key} ({plan.describe()}): retrying "
+                              f"it with {smaller.describe()}", stacklevel=2)  # fmt: skip
+                bar.total += _n_passes(smaller, batch, steps)
+                plan = shrunk = smaller
+        for name, grad in grads.items():
+            scores[name] += grad
     bar.close()
     if world > 1:
         for name in scores:
             torch.distributed.all_reduce(scores[name])
     return scores
+
+
+def _n_passes(plan: Plan, batch: PromptPairBatch, steps: list) -> int:
+    chunks = -(-batch.clean.shape[0] // plan.chunk)
+    return chunks * len(plan.blocks) * len(steps)
+
+
+def _batch_grads(
+    model: PatchableModel,
+    batch: PromptPairBatch,
+    plan: Plan,
+    steps: list[tuple[list[str], float]],
+    ablation_type: AblationType,
+    clean_corrupt: Literal["clean", "corrupt"] | None,
+    mean: torch.Tensor | None,
+    grad_function: GradFunction,
+    answer_function: AnswerFunction,
+    dtype: torch.dtype,
+    bar: tqdm,
+) -> dict[str, torch.Tensor]:
+    """The summed mask gradients of every step on one batch, run as ``plan`` says: per
+    source block, per slice of prompts (weighted by its share of the batch's mean loss)."""
+    prompts = batch.clean.shape[0]
+    out = {n: torch.zeros(m.mask_shape, dtype=dtype, device=model.device)
+           for n, m in model.dest_modules.items()}  # fmt: skip
+    per_batch_mean = ablation_type in (AblationType.BATCH_TOKENWISE_MEAN,
+                                       AblationType.BATCH_ALL_TOK_MEAN)  # fmt: skip
+    for block in plan.blocks:
+        src_block = None if block == (0, len(model.srcs)) else block
+        whole = mean
+        if whole is None and per_batch_mean:  # the mean over the whole batch, in slices
+            whole = batch_ablation(model, batch, ablation_type, clean_corrupt, src_block, plan.chunk)
+        for lo in range(0, prompts, plan.chunk):
+            part = sub_batch(batch, lo, min(lo + plan.chunk, prompts))
+            weight = part.clean.shape[0] / prompts
+            patch = None  # release the previous slice's patches first: src_outs reuses them
+            patch = whole if whole is not None else batch_ablation(
+                model, part, ablation_type, clean_corrupt, src_block)  # fmt: skip
+            for group, value in steps:
+                masks = model.new_masks(0.0, dtype=dtype)
+                for name in group:
+                    masks[name].fill_(value).requires_grad_(True)
+                with model.patch(masks, patch, param_grads=False, src_block=src_block):
+                    logits = model(part.clean)[model.out_slice]
+                loss = answer_loss(grad_values(logits, grad_function), part, answer_function)
+                if not bool(torch.isfinite(loss)):
+                    raise FloatingPointError(
+                        f"the loss of batch {batch.key} is {float(loss)} (mask value {value}); "
+                        f"{_first_nonfinite_source(model, part.clean)}. Check the model's dtype "
+                        "(float16 overflows) and its inputs."
+                    )
+                grads = torch.autograd.grad(loss, [masks[n] for n in group],
+                                            allow_unused=src_block is not None)  # fmt: skip
+                grads = tuple(torch.zeros_like(masks[n]) if g is None else g
+                              for n, g in zip(group, grads))  # fmt: skip
+                # one reduction (and sync) per step; the edge is looked for only on failure
+                if not bool(torch.isfinite(torch.stack([g.sum() for g in grads])).all()):
+                    check_finite(model, dict(zip(group, grads)), f"batch {batch.key}")
+                for name, grad in zip(group, grads):
+                    out[name] += grad if weight == 1.0 else grad * weight
+                bar.update()
+    return out
 
 
 def _first_nonfinite_source(model: PatchableModel, tokens: torch.Tensor) -> str:
