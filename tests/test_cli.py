@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from edgewise.cli import main
@@ -53,3 +54,131 @@ def test_scores_are_identical_across_runs(tmp_path):
     a, _ = load_prune_scores(tmp_path / "a" / "scores_eap.safetensors")
     b, _ = load_prune_scores(tmp_path / "b" / "scores_eap.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------ resuming discover
+RESUME_ARGS = ["discover", "--task", "tracr_reverse", "--algo", "eap", "ig", "acdc", "--quiet"]
+
+
+def _outputs(folder):
+    """Everything discover writes, timings aside: file bytes, and results.json without
+    ``seconds``."""
+    files = {f.name: f.read_bytes() for f in folder.iterdir()
+             if f.is_file() and f.name != "results.json"}
+    results = json.loads((folder / "results.json").read_text())
+    for r in results["algorithms"].values():
+        r.pop("seconds")
+    return files, results
+
+
+def _assert_same_outputs(got, want):
+    (got_files, got_results), (want_files, want_results) = _outputs(got), _outputs(want)
+    assert sorted(got_files) == sorted(want_files)
+    assert got_results == want_results  # metrics, edge lists, curves, AUC
+    for name in want_files:
+        if name.endswith(".safetensors"):
+            a, meta_a = load_prune_scores(got / name)
+            b, meta_b = load_prune_scores(want / name)
+            assert meta_a == meta_b and a.keys() == b.keys()
+            assert all(torch.equal(a[k], b[k]) for k in a)  # exactly equal
+        assert got_files[name] == want_files[name], name  # byte for byte
+
+
+def _counting(monkeypatch, algo, calls, fail=None):
+    """Replace ``algo`` in the registry by a wrapper that counts calls (and raises
+    ``fail`` instead of scoring, when given)."""
+    import dataclasses
+    import functools
+
+    from edgewise.prune_algos import ALGORITHMS
+
+    real = ALGORITHMS[algo].function
+
+    @functools.wraps(real)
+    def wrapper(*args, **kw):
+        calls[algo] = calls.get(algo, 0) + 1
+        if fail is not None:
+            raise fail
+        return real(*args, **kw)
+
+    monkeypatch.setitem(ALGORITHMS, algo, dataclasses.replace(ALGORITHMS[algo], function=wrapper))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    assert main([*RESUME_ARGS, "--out", str(out)]) == 0
+    return out
+
+
+def test_resume_after_an_interruption_gives_identical_output(tmp_path, monkeypatch, capsys,
+                                                             uninterrupted):
+    out = tmp_path / "run"
+    calls = {}
+    _counting(monkeypatch, "eap", calls)
+    with monkeypatch.context() as m:  # Ctrl-C as ig starts, after eap finished
+        _counting(m, "ig", calls, fail=KeyboardInterrupt())
+        assert main([*RESUME_ARGS, "--out", str(out)]) == 130
+    assert "run the same command again" in capsys.readouterr().err
+    assert (out / "scores_eap.safetensors").exists() and not (out / "results.json").exists()
+    (out / ".results.json.x1y2.tmp").write_text("{half")  # what a killed write leaves
+    _counting(monkeypatch, "ig", calls)
+
+    assert main([*RESUME_ARGS, "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "resuming: eap done, ig restarting, acdc not started" in err
+    assert calls == {"eap": 1, "ig": 2}  # eap was not recomputed
+    _assert_same_outputs(out, uninterrupted)
+    assert not list(out.glob(".*.tmp"))
+    assert sorted(f.name for f in (out / "checkpoints").iterdir()) == [
+        "acdc.json", "eap.json", "ig.json"]  # ACDC's own checkpoint went with its scores
+
+    # a finished folder is reused whole; other settings are refused; --fresh starts over
+    assert main([*RESUME_ARGS, "--out", str(out)]) == 0
+    assert "resuming: eap done, ig done, acdc done" in capsys.readouterr().err
+    assert calls == {"eap": 1, "ig": 2}
+    assert main([*RESUME_ARGS, "--batch-size", "8", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "batch_size: saved 16, now 8" in err and "--fresh" in err
+    assert main([*RESUME_ARGS, "--out", str(out), "--fresh"]) == 0
+    assert "resuming" not in capsys.readouterr().err
+    assert calls == {"eap": 2, "ig": 3}
+    _assert_same_outputs(out, uninterrupted)
+
+
+def test_acdc_interrupted_midway_resumes_from_its_checkpoint(tmp_path, monkeypatch, capsys,
+                                                            uninterrupted):
+    import edgewise.prune_algos.acdc as acdc
+
+    out = tmp_path / "run"
+    saves = []
+    real_save = acdc._save_checkpoint
+
+    def save_then_die(path, state):  # killed right after the 5th destination's checkpoint
+        real_save(path, state)
+        saves.append(state["next_dest"])
+        if len(saves) == 5:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(acdc, "_save_checkpoint", save_then_die)
+        assert main([*RESUME_ARGS, "--out", str(out)]) == 130
+    assert (out / "checkpoints" / "acdc.pt").exists()
+    assert not (out / "scores_acdc.safetensors").exists()
+    capsys.readouterr()
+
+    calls = {}
+    for algo in ("eap", "ig", "acdc"):
+        _counting(monkeypatch, algo, calls)
+    saves.clear()
+
+    def counting_save(path, state):
+        real_save(path, state)
+        saves.append(state["next_dest"])
+
+    monkeypatch.setattr(acdc, "_save_checkpoint", counting_save)
+    assert main([*RESUME_ARGS, "--out", str(out)]) == 0
+    assert "resuming: eap done, ig done, acdc from checkpoint step 5/17" in capsys.readouterr().err
+    assert calls == {"acdc": 1}
+    assert saves == list(range(6, 18))  # destinations 1-5 were not searched again
+    _assert_same_outputs(out, uninterrupted)
