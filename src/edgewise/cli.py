@@ -27,13 +27,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def _algorithm_params(algo: str, task: Any, quiet: bool) -> dict[str, Any]:
+def _algorithm_params(
+    algo: str, task: Any, quiet: bool, max_memory: str | None = None
+) -> dict[str, Any]:
     import inspect
 
     from edgewise.prune_algos import ALGORITHMS
 
     accepts = inspect.signature(ALGORITHMS[algo].function).parameters
     params: dict[str, Any] = {"progress": not quiet} if "progress" in accepts else {}
+    if max_memory is not None and "max_memory" in accepts:
+        params["max_memory"] = max_memory
     if "grad_function" in accepts and "answer_function" in accepts:
         params.update(grad_function=task.grad_function, answer_function=task.answer_function)
     if algo == "acdc":
@@ -50,7 +54,8 @@ def _measure(pm: Any, loader: Any, outs: Any, metric: str) -> list[tuple[int, fl
 
 
 def evaluate_scores(
-    pm: Any, task: Any, test: Any, scores: Any, algo: str, quiet: bool = False
+    pm: Any, task: Any, test: Any, scores: Any, algo: str, quiet: bool = False,
+    max_memory: str | None = None,
 ) -> dict[str, Any]:
     """Circuits of several sizes from ``scores``: metric, faithfulness, CPR/CMD, and
     ROC/AUC against the task's official circuit when it has one."""
@@ -61,7 +66,7 @@ def evaluate_scores(
     if len(sizes) > 40:  # keep evaluation quick: a log-spaced subset
         step = len(sizes) / 40
         sizes = sorted({sizes[int(i * step)] for i in range(40)} | {0, pm.n_edges})
-    outs = run_circuits(pm, test, sizes, scores, progress=not quiet)
+    outs = run_circuits(pm, test, sizes, scores, progress=not quiet, max_memory=max_memory)
     measured = _measure(pm, test, outs, task.metric)
     result: dict[str, Any] = {"algorithm": algo, "metric": task.metric, "measurements": measured}
     try:
@@ -100,7 +105,7 @@ def _setup(model_name: str | None, task_name: str, batch_size: int) -> tuple[Any
 
 # ------------------------------------------------------------------ resuming discover
 STATE_DIR = "checkpoints"  # resume state inside --out: <algo>.json and <algo>.pt
-_NOT_PARAMETERS = ("progress", "checkpoint")  # never change the result
+_NOT_PARAMETERS = ("progress", "checkpoint", "max_memory")  # never change the result
 
 
 def _sha256_of_edges(pm: Any) -> str:
@@ -270,7 +275,7 @@ def discover(args: argparse.Namespace) -> dict[str, Any]:
     params: dict[str, dict[str, Any]] = {}
     resume: dict[str, _Resume] = {}
     for algo in algos:  # every check before any work: a mismatch fails at once
-        params[algo] = _algorithm_params(algo, task, args.quiet)
+        params[algo] = _algorithm_params(algo, task, args.quiet, args.max_memory)
         saved = {k: v for k, v in {**ALGORITHMS[algo].defaults, **params[algo]}.items()
                  if k not in _NOT_PARAMETERS}
         fingerprint = json.loads(json.dumps(  # as it reads back from JSON (tuples -> lists)
@@ -307,7 +312,7 @@ def discover(args: argparse.Namespace) -> dict[str, Any]:
             r.result = None
         result = r.result
         if result is None:
-            result = evaluate_scores(pm, task, test, scores, algo, args.quiet)
+            result = evaluate_scores(pm, task, test, scores, algo, args.quiet, args.max_memory)
             _write_json(state_path, {"fingerprint": r.fingerprint, "seconds": seconds,
                                      "result": result})
         results["algorithms"][algo] = {**result, "seconds": seconds}
@@ -330,7 +335,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     for algo in previous["algorithms"]:
         scores, _ = load_prune_scores(folder / f"scores_{algo}.safetensors", pm)
         seconds = previous["algorithms"][algo].get("seconds")
-        previous["algorithms"][algo] = evaluate_scores(pm, task, test, scores, algo, args.quiet)
+        previous["algorithms"][algo] = evaluate_scores(pm, task, test, scores, algo, args.quiet, args.max_memory)
         previous["algorithms"][algo]["seconds"] = seconds
     atomic_write(folder / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(previous, indent=1)))
     return previous
@@ -393,6 +398,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--fresh", action="store_true",
                        help=f"start over instead of resuming: delete DIR/{STATE_DIR}, results.json "
                             "and the requested algorithms' scores, then compute everything")
+    for p in (d, e, m):
+        p.add_argument("--max-memory", metavar="SIZE",
+                       help="budget for each pass's patch buffers, e.g. 8GiB or auto (see "
+                            "edgewise.memory); same scores, more passes")  # fmt: skip
     for p in (d, e, r, m):
         p.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
