@@ -224,10 +224,6 @@ def test_float16_overflow_is_reported_not_scored():
         scores(pm, random_loader(), mask_val=0.0)
 
 
-@pytest.mark.xfail(raises=RuntimeError, strict=True,
-                   reason="patchable_model's hook check computes its tolerance from a NaN "
-                          "maximum (patching._agrees_with_graph_hooks); remove this marker "
-                          "once it compares non-finite outputs by position")
 def test_patchable_model_accepts_a_float16_model_that_overflows():
     """Wrapping a model that already overflows works; scoring it then says where."""
     model = hooked(0, torch.float16)

@@ -205,7 +205,7 @@ def _batch_grads(
                 loss = answer_loss(grad_values(logits, grad_function), part, answer_function)
                 if not bool(torch.isfinite(loss)):
                     raise FloatingPointError(
-                        f"the loss of batch {batch.key} is {float(loss)} (mask value {value}); "
+                        f"the loss of batch {batch.key} is {float(loss.detach())} (mask value {value}); "
                         f"{_first_nonfinite_source(model, part.clean)}. Check the model's dtype "
                         "(float16 overflows) and its inputs."
                     )
