@@ -2,13 +2,17 @@
 blocks) on a random 12-layer, d_model 1024 model (16 heads of 64, d_mlp 4096, GPT-2's
 vocabulary: 205 sources, 55,963 edges).
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_memory.py [--device cuda] [--batch 4 --seq 128]
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_memory.py [--device cuda] [--batch 2 --seq 256]
 
 Rows: EAP (``mask_val=0``) with ``max_memory`` None, then budgets that force one prompt
 per pass, and source blocks of about 1/2 and 1/4 of the sources (one prompt per pass).
-Each row's peak is the RSS high-water mark above the RSS before the call (CPU; on CUDA
-``max_memory_allocated``), with the model's kept buffers freed first so every row pays
-for its own. The scores of every row are checked against the unbounded row.
+Times are medians of interleaved runs in this process. Each row's peak memory is taken
+in a fresh process of its own, after a small warm-up call: on CUDA
+``max_memory_allocated`` above what was allocated before; on the CPU the RSS high-water
+mark above the RSS before, with glibc told to map every allocation above 64 KiB on its
+own (``MALLOC_MMAP_THRESHOLD_=65536``) so that freed tensors leave the resident set at
+once and the high-water mark is the peak of live memory, not of heap fragments. The
+scores of every row are checked against the unbounded row.
 ``--pythia`` uses a Pythia-1.4B-shaped model (24 layers, d_model 2048, 16 heads, rotary,
 parallel attention/MLP; for a GPU).
 """
@@ -16,6 +20,10 @@ parallel attention/MLP; for a GPU).
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 
 import torch
 
@@ -30,6 +38,7 @@ from common import (
     machine_line,
     median,
     param_mib,
+    peak_memory,
     print_table,
     prompt_loader,
     run_tasks,
@@ -55,9 +64,10 @@ def wide_model(device: torch.device, pythia: bool) -> torch.nn.Module:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_common_args(p)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--seq", type=int, default=256)
     p.add_argument("--pythia", action="store_true", help="Pythia-1.4B shape instead")
+    p.add_argument("--peak-of", help=argparse.SUPPRESS)  # internal: one row's peak, as JSON
     args = p.parse_args()
     device = setup_torch(args)
     model = wide_model(device, args.pythia)
@@ -73,6 +83,17 @@ def main() -> None:
         "source blocks ~1/4": pass_bytes(pm, 1, args.seq, max(widest, n // 4)),
     }
     results: dict[str, dict] = {}
+    if args.peak_of is not None:  # a fresh process: warm up small, then measure one row
+        budget = budgets[args.peak_of]
+        small = device_loader(prompt_loader(1, 8, vocab=model.cfg.d_vocab), device)
+        mask_gradient_prune_scores(pm, small, None, "logit", "avg_diff", mask_val=0.0,
+                                   progress=False)  # fmt: skip
+        pm.free_buffers()
+        mem = peak_memory(lambda: mask_gradient_prune_scores(
+            pm, loader, None, "logit", "avg_diff", mask_val=0.0, progress=False,
+            max_memory=budget), device)  # fmt: skip
+        print(json.dumps(mem))
+        return
 
     def eap(name: str, budget: int | None):
         def run():
@@ -90,7 +111,14 @@ def main() -> None:
           f"batch {args.batch} x {args.seq} tokens")  # fmt: skip
     tasks = [Task(name, eap(name, b), repeats=args.repeats, warmup=1) for name, b in budgets.items()]
     with CpuMonitor() as mon:
-        run_tasks(tasks, device, measure_memory=not args.no_mem)
+        run_tasks(tasks, device, measure_memory=False)
+    for task in tasks if not args.no_mem else []:
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+        cmd = [sys.executable, __file__, "--peak-of", task.name, "--device", args.device,
+               "--threads", str(args.threads), "--batch", str(args.batch), "--seq", str(args.seq)]
+        cmd += ["--pythia"] if args.pythia else []
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+        task.mem = json.loads(out.strip().splitlines()[-1])
     want = results["no limit"]
     scale = max(float(v.abs().max()) for v in want.values())
     rows, base = [], median(tasks[0].times)

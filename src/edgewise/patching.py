@@ -240,20 +240,24 @@ class _BlockGrads:
         self.filled: set[str] = set()
 
     def rows(self, ctx: Any, n_rows: int, k: int, dtype: torch.dtype, device: Any) -> torch.Tensor:
-        if self.buf is None:  # one buffer per shape in this pass: blocks finish in turn
-            key = ("block grads", self.n_rows, k, dtype, device)
-            buf = self.workspace.get(key)
-            if buf is None or self.workspace.get((key, "busy")):
-                buf = torch.empty(self.n_rows, k, dtype=dtype, device=device)
-                self.workspace.setdefault(key, buf)
-            self.workspace[(key, "busy")] = buf is self.workspace[key]
-            self.key, self.buf = key, buf
+        if self.buf is None:  # one buffer for all blocks of a pass: they finish in turn
+            key, size = ("block grads", dtype, device), self.n_rows * k
+            if self.workspace.get((key, "busy")):  # another pass's block holds it: a private one
+                buf = torch.empty(size, dtype=dtype, device=device)
+            else:
+                buf = self.workspace.pop(key, None)
+                if buf is None or buf.numel() < size:
+                    del buf  # too small: released before the new one comes
+                    buf = torch.empty(size, dtype=dtype, device=device)
+                self.workspace[key], self.workspace[(key, "busy")] = buf, True
+            self.key, self.buf = key, buf[:size].view(self.n_rows, k)
         self.filled.add(ctx.name)
         lo = self.offsets[ctx.name]
         return self.buf[lo : lo + n_rows]
 
     def release(self) -> None:
-        if self.buf is not None and self.workspace.get(self.key) is self.buf:
+        cached = self.workspace.get(self.key) if self.buf is not None else None
+        if cached is not None and cached.data_ptr() == self.buf.data_ptr():  # type: ignore[union-attr]
             self.workspace[(self.key, "busy")] = False
         self.buf, self.filled = None, set()
 
@@ -524,6 +528,8 @@ class PatchableModel(nn.Module):
             and _storage_refs(buf) == refs
         ):
             return buf
+        del buf  # the cache's reference goes before the new buffer comes
+        self._buffers.pop(role, None)
         with torch.inference_mode(False):  # a normal tensor: passes of either kind reuse it
             new = torch.empty(shape, dtype=dtype, device=device)
         self._buffers[role] = (new, _storage_refs(new))
