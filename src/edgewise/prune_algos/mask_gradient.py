@@ -211,6 +211,7 @@ def _batch_grads(
                     )
                 grads = torch.autograd.grad(loss, [masks[n] for n in group],
                                             allow_unused=src_block is not None)  # fmt: skip
+                del logits, loss  # the pass's graph (and its hold on the buffers) goes now
                 grads = tuple(torch.zeros_like(masks[n]) if g is None else g
                               for n, g in zip(group, grads))  # fmt: skip
                 # one reduction (and sync) per step; the edge is looked for only on failure
