@@ -35,4 +35,5 @@ smoke-tl4:
 	$(VENV4)/bin/pip install --quiet torch==2.13.0
 	$(VENV4)/bin/pip install --quiet "transformer-lens>=4,<5" -e ".[dev]"
 	$(VENV4)/bin/python -m pytest -q -p no:cacheprovider -k "bridge or gpt2_small" \
-		tests/test_patching.py tests/test_mask_gradient.py tests/test_circuits.py tests/test_hook_points.py
+		tests/test_patching.py tests/test_mask_gradient.py tests/test_circuits.py tests/test_hook_points.py \
+		tests/test_memory.py
