@@ -43,6 +43,8 @@ from edgewise import (
     run_circuits,
 )
 from edgewise.circuits import flat_prune_scores
+from edgewise.metrics.agreement import pearson, spearman, top_overlap
+from edgewise.metrics.agreement import relative_error as rel_err
 from edgewise.models import random_bridge, random_hooked_transformer
 from edgewise.patching import PatchableModel
 
@@ -90,30 +92,6 @@ def loader(seed: int, n: int = 8, seq: int = 6, batch_size: int = 4) -> PromptDa
     wrong = [torch.randint(0, VOCAB, (1,), generator=gen) for _ in range(n)]
     return PromptDataLoader(PromptDataset(clean, corrupt, answers, wrong), diverge_idx=0,
                             batch_size=batch_size)
-
-
-def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
-    """``max |got - want| / max |want|`` in float64."""
-    got, want = got.double(), want.double()
-    return float((got - want).abs().max() / want.abs().max())
-
-
-def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.corrcoef(torch.stack([a.double(), b.double()]))[0, 1])
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    def ranks(x: torch.Tensor) -> torch.Tensor:
-        return torch.argsort(torch.argsort(x, stable=True)).double()
-
-    return pearson(ranks(a), ranks(b))
-
-
-def top_overlap(got: torch.Tensor, want: torch.Tensor, frac: float = 0.1) -> float:
-    """Fraction of ``want``'s top ``frac`` edges by ``|score|`` also in ``got``'s."""
-    k = max(1, math.ceil(frac * want.numel()))
-    top = set(want.abs().topk(k).indices.tolist())
-    return len(top & set(got.abs().topk(k).indices.tolist())) / k
 
 
 def measure(pm: PatchableModel, seed: int, ref_scores: torch.Tensor | None = None) -> dict:

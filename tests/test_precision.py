@@ -5,7 +5,6 @@ and scores are float32."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +17,8 @@ from hypothesis import strategies as st
 
 from edgewise import mask_gradient_prune_scores, patchable_model, run_circuits
 from edgewise.circuits import flat_prune_scores
+from edgewise.metrics.agreement import pearson, relative_error, spearman, top_overlap
+from edgewise.metrics.agreement import relative_error as rel_err
 from edgewise.models import random_bridge, random_hooked_transformer
 from edgewise.patching import PatchableModel
 from edgewise.types import PruneScores
@@ -42,26 +43,6 @@ TOLERANCE = {
     torch.bfloat16: Tolerance(outputs=0.05, scores=0.15, pearson=0.995, spearman=0.9, top=0.75),
     torch.float16: Tolerance(outputs=0.01, scores=0.03, pearson=0.999, spearman=0.9, top=0.75),
 }
-
-
-def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
-    """``max |got - want| / max |want|``."""
-    got, want = got.double(), want.double()
-    return float((got - want).abs().max() / want.abs().max())
-
-
-def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.corrcoef(torch.stack([a.double(), b.double()]))[0, 1])
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    return pearson(a.argsort().argsort(), b.argsort().argsort())
-
-
-def top_overlap(got: torch.Tensor, want: torch.Tensor, frac: float = 0.1) -> float:
-    k = max(1, math.ceil(frac * want.numel()))
-    top = set(want.abs().topk(k).indices.tolist())
-    return len(top & set(got.abs().topk(k).indices.tolist())) / k
 
 
 def assert_scores_within(got: torch.Tensor, want: torch.Tensor, tol: Tolerance) -> None:
@@ -231,3 +212,13 @@ def test_patchable_model_accepts_a_float16_model_that_overflows():
     pm = patchable_model(model)
     with pytest.raises(FloatingPointError, match="Resid Start.*float16"):
         scores(pm, random_loader(), mask_val=0.0)
+
+
+def test_agreement_measures_on_known_cases():
+    a = torch.tensor([3.0, -1.0, 0.5, 2.0, -4.0])
+    assert relative_error(a, a) == 0.0 and pearson(a, a) == pytest.approx(1.0)
+    assert spearman(a, -a) == pytest.approx(-1.0) and spearman(a, a**3) == pytest.approx(1.0)
+    assert relative_error(a * 1.1, a) == pytest.approx(0.1)
+    assert top_overlap(a, a, frac=0.4) == 1.0  # |score| ranks -4 and 3 first
+    assert top_overlap(torch.tensor([0.0, 9, 8, 0, 0]), a, frac=0.4) == 0.0
+    assert top_overlap(torch.tensor([0.0, 0, 0, 9, 8]), a, frac=0.4) == 0.5
