@@ -28,7 +28,7 @@ import sys
 import torch
 
 from edgewise import mask_gradient_prune_scores, patchable_model
-from edgewise.memory import human, pass_bytes, plan_passes
+from edgewise.memory import human, narrowest_block, pass_bytes, plan_passes
 
 from common import (
     CpuMonitor,
@@ -75,12 +75,11 @@ def main() -> None:
     loader = device_loader(prompt_loader(args.batch, args.seq, vocab=model.cfg.d_vocab), device)
     n = len(pm.srcs)
     one = pass_bytes(pm, 1, args.seq, n)
-    widest = max(m.n_heads or 1 for m in pm.graph.src_modules)
     budgets = {
         "no limit": None,
         "1 prompt/pass": one,
         "source blocks ~1/2": pass_bytes(pm, 1, args.seq, n // 2),
-        "source blocks ~1/4": pass_bytes(pm, 1, args.seq, max(widest, n // 4)),
+        "source blocks ~1/4": pass_bytes(pm, 1, args.seq, max(narrowest_block(pm), n // 4)),
     }
     results: dict[str, dict] = {}
     if args.peak_of is not None:  # a fresh process: warm up small, then measure one row
@@ -125,7 +124,7 @@ def main() -> None:
     for task, (name, budget) in zip(tasks, budgets.items()):
         plan = plan_passes(pm, args.batch, args.seq, budget, blocks_ok=True)
         err = max(float((results[name][k] - want[k]).abs().max()) for k in want) / scale
-        need = pass_bytes(pm, plan.chunk, args.seq, max(hi - lo for lo, hi in plan.blocks))
+        need = pass_bytes(pm, plan.chunk, args.seq, plan.widest)
         rows.append([name, "-" if budget is None else human(budget), plan.describe().split(", max")[0],
                      human(need), median(task.times) * 1000, median(task.times) / base,
                      "-" if task.mem is None else f"{task.mem['peak_mib']:.0f}", f"{err:.1e}"])  # fmt: skip

@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from edgewise import AblationType, mask_gradient_prune_scores, patchable_model, run_circuits
-from edgewise.memory import Plan, parse_memory, pass_bytes, plan_passes, smaller_plan
+from edgewise.memory import (
+    Plan,
+    narrowest_block,
+    parse_memory,
+    pass_bytes,
+    plan_passes,
+    smaller_plan,
+)
 from edgewise.models import random_bridge, random_hooked_transformer
 from edgewise.patching import PatchableModel
 
@@ -36,8 +43,7 @@ def one_prompt_all_sources(pm: PatchableModel) -> int:
 
 def block_budget(pm: PatchableModel) -> int:
     """Room for one prompt with one source module and one more source: blocks needed."""
-    widest = max(m.n_heads or 1 for m in pm.graph.src_modules)
-    return pass_bytes(pm, 1, SEQ, widest + 1)
+    return pass_bytes(pm, 1, SEQ, narrowest_block(pm) + 1)
 
 
 @pytest.mark.parametrize(
@@ -65,7 +71,7 @@ def test_source_blocks_give_the_scores_of_one_pass(kind, seq, ablation):
                                      max_memory=budget, **kw)  # fmt: skip
     assert_same(got, want)
     # the patch buffers of a pass hold one block of sources, not all of them
-    widest = max(hi - lo for lo, hi in plan.blocks)
+    widest = plan.widest
     assert widest < len(pm.srcs)
     for role in ("delta", "src_outs"):
         if role in pm._buffers:

@@ -74,6 +74,11 @@ class SrcModule:
     n_heads: int | None
     src_lo: int
 
+    @property
+    def src_hi(self) -> int:
+        """One past its last source."""
+        return self.src_lo + (self.n_heads or 1)
+
 
 @dataclass(frozen=True)
 class Graph:

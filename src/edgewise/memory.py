@@ -84,14 +84,23 @@ class Plan:
     blocks: tuple[tuple[int, int], ...]
     budget: int | None = None
 
+    @property
+    def widest(self) -> int:
+        """Sources in the widest block."""
+        return max(hi - lo for lo, hi in self.blocks)
+
     def describe(self) -> str:
         parts = [f"{self.chunk} prompts/pass"]
         if len(self.blocks) > 1:
-            widest = max(hi - lo for lo, hi in self.blocks)
-            parts.append(f"{len(self.blocks)} source blocks of <= {widest}")
+            parts.append(f"{len(self.blocks)} source blocks of <= {self.widest}")
         if self.budget is not None:
             parts.append(f"max_memory {human(self.budget)}")
         return ", ".join(parts)
+
+
+def narrowest_block(model: PatchableModel) -> int:
+    """The fewest sources a source block can hold: the widest source module's."""
+    return max(m.src_hi - m.src_lo for m in model.graph.src_modules)
 
 
 def pass_bytes(model: PatchableModel, prompts: int, seq: int, n_srcs: int) -> int:
@@ -121,7 +130,7 @@ def plan_passes(
             f"max_memory {human(budget)} is too small: {need}, and splitting the sources into "
             "blocks needs every mask at 0 (edge attribution patching). Raise max_memory."
         )
-    widest = max(m.n_heads or 1 for m in model.graph.src_modules)
+    widest = narrowest_block(model)
     fixed = pass_bytes(model, 1, seq, 0)
     per_src = pass_bytes(model, 1, seq, 1) - fixed
     max_srcs = (budget - fixed) // per_src
@@ -138,10 +147,9 @@ def smaller_plan(model: PatchableModel, plan: Plan, blocks_ok: bool) -> Plan | N
     wide; None when neither is possible."""
     if plan.chunk > 1:
         return dataclasses.replace(plan, chunk=plan.chunk // 2)
-    widest = max(hi - lo for lo, hi in plan.blocks)
-    if not blocks_ok or widest <= max(m.n_heads or 1 for m in model.graph.src_modules):
+    if not blocks_ok or plan.widest <= narrowest_block(model):
         return None
-    return dataclasses.replace(plan, blocks=tuple(model.src_blocks(widest // 2)))
+    return dataclasses.replace(plan, blocks=tuple(model.src_blocks(plan.widest // 2)))
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -423,8 +423,7 @@ class PatchableModel(nn.Module):
         pass stops after the last source needed (the unembedding never runs). Calls reuse
         one buffer while the caller holds no earlier result (see :meth:`_buffer`)."""
         blo, bhi = self._check_block(src_block)
-        hooks = [h for h in self.src_hooks
-                 if blo <= h.module.src_lo and h.module.src_lo + (h.module.n_heads or 1) <= bhi]  # fmt: skip
+        hooks = [h for h in self.src_hooks if blo <= h.module.src_lo and h.module.src_hi <= bhi]
         result: list[torch.Tensor] = []
         seen: set[int] = set()
         handles = []
@@ -435,7 +434,7 @@ class PatchableModel(nn.Module):
                     shape = (bhi - blo, out.shape[0], out.shape[1], int(self.cfg.d_model))
                     result.append(self._buffer("src_outs", shape, out.dtype, out.device))
                 lo = h.module.src_lo - blo
-                h.outputs(out, into=result[0][lo : lo + (h.module.n_heads or 1)])
+                h.outputs(out, into=result[0][lo : h.module.src_hi - blo])
                 seen.add(lo)
                 if len(seen) == len(hooks):
                     raise _SourcesDone  # the rest of the model is not needed
@@ -463,7 +462,7 @@ class PatchableModel(nn.Module):
         :meth:`patch` and :meth:`src_outs` take as ``src_block``."""
         blocks: list[tuple[int, int]] = []
         for m in self.graph.src_modules:
-            lo, hi = m.src_lo, m.src_lo + (m.n_heads or 1)
+            lo, hi = m.src_lo, m.src_hi
             if blocks and hi - blocks[-1][0] <= max_srcs:
                 blocks[-1] = (blocks[-1][0], hi)
             else:
@@ -683,7 +682,7 @@ class PatchableModel(nn.Module):
 
         def src_hook(h: SrcHook):
             mod = h.module
-            lo, hi = mod.src_lo, mod.src_lo + (mod.n_heads or 1)
+            lo, hi = mod.src_lo, mod.src_hi
             tracked = blo <= lo and hi <= bhi
             lo, hi = lo - blo, hi - blo  # rows of this pass's buffer
 

@@ -354,7 +354,7 @@ class _FastEvaluator:
         handles = []
 
         def src_hook(h: SrcHook) -> Callable[..., None]:
-            lo, hi = h.module.src_lo, h.module.src_lo + (h.module.n_heads or 1)
+            lo, hi = h.module.src_lo, h.module.src_hi
 
             def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
                 dst = live[lo - nf : hi - nf].unflatten(1, (k, B))
