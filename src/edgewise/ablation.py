@@ -46,9 +46,7 @@ def src_ablations(
             if ablation_type.corrupt_dataset:
                 inputs.append(batch.corrupt)
             for tokens in inputs:
-                step = max_prompts or tokens.shape[0]
-                outs = sum(model.src_outs(tokens[i : i + step], src_block).double().sum(1, keepdim=True)
-                           for i in range(0, tokens.shape[0], step))  # fmt: skip
+                outs = _summed_src_outs(model, tokens, src_block, max_prompts)
                 if total is not None and outs.shape != total.shape:
                     raise ValueError(
                         "token-wise mean ablation needs every prompt to have the same length; "
@@ -63,13 +61,11 @@ def src_ablations(
         raise TypeError(f"{ablation_type} needs a token tensor [batch, seq]")
     n = sample.shape[0]
     if ablation_type == AblationType.ZERO:
-        lo, hi = model._check_block(src_block)
+        lo, hi = model.block_range(src_block)
         d, dtype = int(model.cfg.d_model), _dtype(model)
         return torch.zeros(hi - lo, 1, 1, d, dtype=dtype, device=model.device)
-    if ablation_type != AblationType.RESAMPLE and max_prompts is not None and max_prompts < n:
-        total = sum(model.src_outs(sample[i : i + max_prompts], src_block).double().sum(1, keepdim=True)
-                    for i in range(0, n, max_prompts))  # fmt: skip
-        mean = total / n
+    if ablation_type.mean_over_batch and max_prompts is not None and max_prompts < n:
+        mean = _summed_src_outs(model, sample, src_block, max_prompts) / n
         if ablation_type == AblationType.BATCH_ALL_TOK_MEAN:
             mean = mean.mean(dim=2, keepdim=True)
         return mean.to(_dtype(model))
@@ -81,6 +77,20 @@ def src_ablations(
     if ablation_type == AblationType.BATCH_ALL_TOK_MEAN:
         return outs.mean(dim=(1, 2), keepdim=True)
     raise NotImplementedError(ablation_type)
+
+
+def _summed_src_outs(
+    model: PatchableModel,
+    tokens: torch.Tensor,
+    src_block: tuple[int, int] | None,
+    max_prompts: int | None,
+) -> torch.Tensor:
+    """Source outputs summed over the prompts, in float64: ``[n_srcs, 1, seq, d_model]``,
+    from at most ``max_prompts`` prompts at a time."""
+    step = max_prompts or tokens.shape[0]
+    parts = (model.src_outs(tokens[i : i + step], src_block).double().sum(1, keepdim=True)
+             for i in range(0, tokens.shape[0], step))  # fmt: skip
+    return sum(parts)  # type: ignore[return-value]
 
 
 def _dtype(model: PatchableModel) -> torch.dtype:

@@ -181,9 +181,8 @@ def _batch_circuits(
     prompts = tokens.shape[0]
     stack = max(1, min(per_pass, fit // prompts))
     step = min(prompts, max(1, fit))
-    per_batch_mean = ablation in (AblationType.BATCH_TOKENWISE_MEAN, AblationType.BATCH_ALL_TOK_MEAN)
     whole = mean
-    if whole is None and per_batch_mean:
+    if whole is None and ablation.mean_over_batch:
         whole = batch_ablation(model, batch, ablation, patch_from, max_prompts=step)
     parts: dict[int, list[torch.Tensor]] = {size: [] for size, _ in sizes}
     for lo in range(0, prompts, step):

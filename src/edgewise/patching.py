@@ -422,7 +422,7 @@ class PatchableModel(nn.Module):
         ``src_block=(lo, hi)``, sources ``lo..hi-1`` only: ``[hi - lo, ...]``). The forward
         pass stops after the last source needed (the unembedding never runs). Calls reuse
         one buffer while the caller holds no earlier result (see :meth:`_buffer`)."""
-        blo, bhi = self._check_block(src_block)
+        blo, bhi = self.block_range(src_block)
         hooks = [h for h in self.src_hooks if blo <= h.module.src_lo and h.module.src_hi <= bhi]
         result: list[torch.Tensor] = []
         seen: set[int] = set()
@@ -469,8 +469,9 @@ class PatchableModel(nn.Module):
                 blocks.append((lo, hi))
         return blocks
 
-    def _check_block(self, src_block: tuple[int, int] | None) -> tuple[int, int]:
-        """``src_block`` as ``(lo, hi)`` (all sources when None), checked."""
+    def block_range(self, src_block: tuple[int, int] | None) -> tuple[int, int]:
+        """``src_block`` as ``(lo, hi)``: all sources when None; else checked to be a range
+        of whole source modules."""
         if src_block is None:
             return 0, len(self.srcs)
         lo, hi = src_block
@@ -585,7 +586,7 @@ class PatchableModel(nn.Module):
         nonzero = {name: bool(m.any()) for name, m in masks.items()}
         track_current = any(nonzero.values())
         n_srcs = len(self.srcs)
-        blo, bhi = self._check_block(src_block)
+        blo, bhi = self.block_range(src_block)
         if src_block is not None and track_current:
             raise ValueError(
                 "src_block needs every mask at 0 (edge attribution patching): with nonzero "

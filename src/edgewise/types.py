@@ -40,6 +40,10 @@ class AblationType(Enum):
         return self.value.startswith("tokenwise_mean")
 
     @property
+    def mean_over_batch(self) -> bool:
+        return self in (AblationType.BATCH_TOKENWISE_MEAN, AblationType.BATCH_ALL_TOK_MEAN)
+
+    @property
     def clean_dataset(self) -> bool:
         return self in (AblationType.TOKENWISE_MEAN_CLEAN, AblationType.TOKENWISE_MEAN_CLEAN_AND_CORRUPT)
 

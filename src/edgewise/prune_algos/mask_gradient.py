@@ -183,12 +183,10 @@ def _batch_grads(
     prompts = batch.clean.shape[0]
     out = {n: torch.zeros(m.mask_shape, dtype=dtype, device=model.device)
            for n, m in model.dest_modules.items()}  # fmt: skip
-    per_batch_mean = ablation_type in (AblationType.BATCH_TOKENWISE_MEAN,
-                                       AblationType.BATCH_ALL_TOK_MEAN)  # fmt: skip
     for block in plan.blocks:
         src_block = None if block == (0, len(model.srcs)) else block
         whole = mean
-        if whole is None and per_batch_mean:  # the mean over the whole batch, in slices
+        if whole is None and ablation_type.mean_over_batch:  # the mean over the whole batch, in slices
             whole = batch_ablation(model, batch, ablation_type, clean_corrupt, src_block, plan.chunk)
         for lo in range(0, prompts, plan.chunk):
             part = sub_batch(batch, lo, min(lo + plan.chunk, prompts))
