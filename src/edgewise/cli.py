@@ -13,7 +13,6 @@ import argparse
 import hashlib
 import json
 import os
-import re
 import shutil
 import signal
 import sys
@@ -191,15 +190,12 @@ def _write_json(path: Path, doc: dict[str, Any]) -> None:
 
 
 def _remove_stale_temporaries(*folders: Path) -> None:
-    """Delete temporary files a killed run left (``atomic_write``'s ``.name.XXX.tmp``
-    and ACDC's ``name.tmpPID``); finished files are only ever renamed into place."""
+    """Delete temporary files a killed run left (``atomic_write``'s ``.name.XXX.tmp``);
+    finished files are only ever renamed into place."""
     for folder in folders:
         if folder.is_dir():
             for f in folder.iterdir():
-                if f.is_file() and (
-                    (f.name.startswith(".") and f.name.endswith(".tmp"))
-                    or re.search(r"\.tmp\d+$", f.name)
-                ):
+                if f.is_file() and f.name.startswith(".") and f.name.endswith(".tmp"):
                     f.unlink()
 
 
@@ -327,7 +323,7 @@ def discover(args: argparse.Namespace) -> dict[str, Any]:
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Re-evaluate the scores saved in a results folder."""
-    from edgewise.io import atomic_write, load_prune_scores
+    from edgewise.io import load_prune_scores
 
     folder = Path(args.dir)
     previous = json.loads((folder / "results.json").read_text())
@@ -337,7 +333,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         seconds = previous["algorithms"][algo].get("seconds")
         previous["algorithms"][algo] = evaluate_scores(pm, task, test, scores, algo, args.quiet, args.max_memory)
         previous["algorithms"][algo]["seconds"] = seconds
-    atomic_write(folder / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(previous, indent=1)))
+    _write_json(folder / "results.json", previous)
     return previous
 
 

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from edgewise.data import PromptDataLoader, PromptPairBatch
 from edgewise.distributed import from_rank_zero, gather_all, rank_and_world, sum_over_ranks
 from edgewise.hook_points import DestHook, SrcHook
+from edgewise.io import atomic_write
 from edgewise.patching import PatchableModel
 from edgewise.types import AblationType, CircuitOutputs, DestNode, Edge, PatchType, PruneScores
 
@@ -497,11 +498,8 @@ class _Group:
 
 
 def _save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
-    """Write ``state`` atomically: to a temporary file beside ``path``, then rename."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """Write ``state`` atomically (:func:`edgewise.io.atomic_write`)."""
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def _state(
