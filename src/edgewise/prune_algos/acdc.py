@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from edgewise.data import PromptDataLoader, PromptPairBatch
+from edgewise.data import PromptDataLoader, PromptPairBatch, batch_key
 from edgewise.distributed import from_rank_zero, gather_all, rank_and_world, sum_over_ranks
 from edgewise.hook_points import DestHook, SrcHook
 from edgewise.io import atomic_write
@@ -934,12 +934,7 @@ def _check_same_batch(batch: PromptPairBatch, world: int) -> None:
     """Under ``torch.distributed``: raise ``ValueError`` on every process unless all of
     them got the same first batch with at least one prompt each."""
 
-    def digest(t: torch.Tensor) -> list[int]:
-        t = t.long().cpu()
-        w = torch.arange(1, t.numel() + 1, dtype=torch.int64).view(t.shape)
-        return [int(t.sum()), int((t * w).sum()), *t.shape]
-
-    mine = [int(batch.key), *digest(batch.clean), *digest(batch.corrupt)]
+    mine = [batch_key(batch.clean, batch.corrupt)]  # of the tokens themselves
     rows = [p.tolist() for p in gather_all(torch.tensor(mine, dtype=torch.int64))]
     if any(r != rows[0] for r in rows):
         raise ValueError(
