@@ -39,14 +39,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
-from transformer_lens import HookedTransformer  # noqa: E402
+from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: E402
 
 from edgewise.data import PromptDataset, save_dataset_json  # noqa: E402
 from edgewise.toy_models import (  # noqa: E402
     TOY_IOI_SEQ_LABELS,
     TOY_IOI_SEQ_LEN,
     TOY_IOI_WORD_IDXS,
-    config_from_dict,
     encode,
     sample_toy_ioi_prompts,
     toy_ioi_abc_corrupt,
@@ -142,7 +141,7 @@ def main() -> None:
 
     vocab = toy_ioi_vocab()
     cfg_fields = model_config(len(vocab), args.seed)
-    model = HookedTransformer(config_from_dict(cfg_fields))  # weights seeded by cfg.seed
+    model = HookedTransformer(HookedTransformerConfig(**{**cfg_fields, "dtype": torch.float32}))  # weights seeded by cfg.seed
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98),
                             weight_decay=args.weight_decay)

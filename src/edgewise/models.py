@@ -17,25 +17,69 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-Arch = Literal["gpt2", "neox", "llama"]
+Arch = Literal["gpt2", "neox", "llama", "qwen2", "gemma2"]
+ModelKind = Literal["hooked", "bridge"]
+"""``"hooked"``: a TransformerLens ``HookedTransformer`` (TransformerLens 3.x only);
+``"bridge"``: a ``TransformerBridge`` over a Hugging Face model (3.9 and 4.x)."""
+
+
+def hooked_transformer_available() -> bool:
+    """Whether this TransformerLens has ``HookedTransformer`` (3.x; 4.x removed it)."""
+    try:
+        from transformer_lens import HookedTransformer  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_kind(kind: ModelKind | None) -> ModelKind:
+    """``kind``, or the default: ``"hooked"`` where ``HookedTransformer`` exists (it is the
+    faster model on a CPU), else ``"bridge"``. Raise if ``"hooked"`` is asked for on
+    TransformerLens 4.x."""
+    if kind is None:
+        return "hooked" if hooked_transformer_available() else "bridge"
+    if kind not in ("hooked", "bridge"):
+        raise ValueError(f"kind must be 'hooked' or 'bridge', not {kind!r}")
+    if kind == "hooked" and not hooked_transformer_available():
+        raise ImportError(_NO_HOOKED)
+    return kind
+
+
+_NO_HOOKED = (
+    "this TransformerLens has no HookedTransformer (it was removed in TransformerLens 4.0). "
+    "Use kind='bridge' (a TransformerBridge), or install transformer-lens==3.9.0 for both."
+)
+
+
+def vocab_tokenizer(vocab: Sequence[str], bos: str, pad: str | None = None,
+                    unk: str | None = None) -> Any:
+    """A Hugging Face fast tokenizer over whitespace-separated words whose ids are their
+    positions in ``vocab`` (which must hold ``bos``, and ``pad``/``unk`` if given, once
+    each). Offline, deterministic."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    ids = {w: i for i, w in enumerate(vocab)}
+    if len(ids) != len(vocab):
+        raise ValueError("the vocabulary has duplicate words")
+    for special in (bos, pad, unk):
+        if special is not None and special not in ids:
+            raise ValueError(f"the vocabulary lacks the special token {special!r}")
+    tok = Tokenizer(models.WordLevel(vocab=ids, unk_token=unk))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    # name_or_path and add_bos_token keep TransformerLens from reloading it from disk.
+    specials = {"bos_token": bos, "pad_token": pad, "unk_token": unk}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, name_or_path="edgewise-word-tokenizer", add_bos_token=True,
+        **{k: v for k, v in specials.items() if v is not None},
+    )
 
 
 def word_tokenizer(words: Sequence[str], bos: str = "<bos>", pad: str = "<pad>") -> Any:
     """A Hugging Face fast tokenizer over whitespace-separated ``words`` (ids in order:
     ``bos``, ``pad``, ``<unk>``, then ``words``). Offline, deterministic."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab: dict[str, int] = {}
-    for w in [bos, pad, "<unk>", *words]:
-        vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    # name_or_path and add_bos_token keep TransformerLens from reloading it from disk.
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=bos, pad_token=pad, unk_token="<unk>",
-        name_or_path="edgewise-word-tokenizer", add_bos_token=True,
-    )
+    vocab = list(dict.fromkeys([bos, pad, "<unk>", *words]))
+    return vocab_tokenizer(vocab, bos=bos, pad=pad, unk="<unk>")
 
 
 def random_hooked_transformer(
@@ -53,7 +97,9 @@ def random_hooked_transformer(
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
 ) -> Any:
-    """A ``HookedTransformer`` with random weights (seeded) and the given shape."""
+    """A ``HookedTransformer`` with random weights (seeded) and the given shape
+    (TransformerLens 3.x; see :func:`random_model` for one that works on 4.x too)."""
+    resolve_kind("hooked")
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     d_model = n_heads * d_head
@@ -82,24 +128,44 @@ def random_hooked_transformer(
 
 
 def _hf_config(arch: Arch, n_layers: int, n_heads: int, d_head: int, d_vocab: int,
-               n_ctx: int, n_kv_heads: int | None) -> Any:
+               n_ctx: int, n_kv_heads: int | None, activation: str = "gelu_new") -> Any:
+    """A small config of ``arch`` that keeps the architecture's own head, norm and
+    attention details (Llama 3's rope theta, Qwen 2.5's Q/K/V biases, Gemma 2's soft-capping,
+    query scaling and four norms per block)."""
     import transformers as tf
 
     d_model = n_heads * d_head
+    kv = n_kv_heads or n_heads
     if arch == "gpt2":
         return tf.GPT2Config(n_layer=n_layers, n_embd=d_model, n_head=n_heads,
-                             vocab_size=d_vocab, n_positions=n_ctx)
+                             vocab_size=d_vocab, n_positions=n_ctx, activation_function=activation)
     if arch == "neox":
         return tf.GPTNeoXConfig(num_hidden_layers=n_layers, hidden_size=d_model,
                                 num_attention_heads=n_heads, intermediate_size=4 * d_model,
                                 vocab_size=d_vocab, max_position_embeddings=n_ctx,
-                                use_parallel_residual=True)
+                                use_parallel_residual=True, rotary_pct=0.25)
     if arch == "llama":
         return tf.LlamaConfig(num_hidden_layers=n_layers, hidden_size=d_model,
-                              num_attention_heads=n_heads, num_key_value_heads=n_kv_heads or n_heads,
+                              num_attention_heads=n_heads, num_key_value_heads=kv,
                               intermediate_size=4 * d_model, vocab_size=d_vocab,
-                              max_position_embeddings=n_ctx, head_dim=d_head)
-    raise ValueError(f"unknown architecture {arch!r}; choose 'gpt2', 'neox' or 'llama'")
+                              max_position_embeddings=n_ctx, head_dim=d_head, rope_theta=500000.0)
+    if arch == "qwen2":
+        return tf.Qwen2Config(num_hidden_layers=n_layers, hidden_size=d_model,
+                              num_attention_heads=n_heads, num_key_value_heads=kv,
+                              intermediate_size=4 * d_model, vocab_size=d_vocab,
+                              max_position_embeddings=n_ctx, rope_theta=1000000.0,
+                              tie_word_embeddings=True)
+    if arch == "gemma2":
+        return tf.Gemma2Config(num_hidden_layers=n_layers, hidden_size=d_model,
+                               num_attention_heads=n_heads, num_key_value_heads=kv, head_dim=d_head,
+                               intermediate_size=4 * d_model, vocab_size=d_vocab,
+                               max_position_embeddings=n_ctx, attn_logit_softcapping=50.0,
+                               final_logit_softcapping=30.0, query_pre_attn_scalar=2 * d_head)
+    raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+
+
+ARCHS: tuple[str, ...] = ("gpt2", "neox", "llama", "qwen2", "gemma2")
+"""Hugging Face architectures :func:`random_bridge` builds."""
 
 
 def random_bridge(
@@ -112,17 +178,120 @@ def random_bridge(
     n_kv_heads: int | None = None,
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
+    attn_only: bool = False,
+    normalization_type: str | None = "default",
 ) -> Any:
-    """A ``TransformerBridge`` over a random-weight Hugging Face model of ``arch``."""
+    """A ``TransformerBridge`` over a random-weight Hugging Face model of ``arch``.
+
+    ``attn_only`` swaps each MLP for one that returns zeros (and removes the MLP nodes
+    from the graph); ``normalization_type=None`` swaps GPT-2's LayerNorms for identities.
+    """
     import transformers as tf
+
+    from edgewise.convert import ZeroMLP, identity_norms
 
     cfg = _hf_config(arch, n_layers, n_heads, d_head, d_vocab, n_ctx, n_kv_heads)
     torch.manual_seed(seed)
-    cls = {"gpt2": tf.GPT2LMHeadModel, "neox": tf.GPTNeoXForCausalLM, "llama": tf.LlamaForCausalLM}
+    cls = {"gpt2": tf.GPT2LMHeadModel, "neox": tf.GPTNeoXForCausalLM, "llama": tf.LlamaForCausalLM,
+           "qwen2": tf.Qwen2ForCausalLM, "gemma2": tf.Gemma2ForCausalLM}
     hf = cls[arch](cfg).to(dtype)
     hf.eval()
+    layers = hf.transformer.h if arch == "gpt2" else hf.base_model.layers
+    if attn_only:
+        for layer in layers:
+            layer.mlp = ZeroMLP()
+    if normalization_type is None:
+        if arch != "gpt2":
+            raise ValueError("normalization_type=None is built on 'gpt2' bridges only")
+        for layer in layers:
+            layer.ln_1, layer.ln_2 = torch.nn.Identity(), torch.nn.Identity()
+        hf.transformer.ln_f = torch.nn.Identity()
     tok = word_tokenizer([f"w{i}" for i in range(d_vocab - 3)])
-    return load_hf_bridge(hf, tokenizer=tok, dtype=dtype)
+    bridge = load_hf_bridge(hf, tokenizer=tok, dtype=dtype)
+    identity_norms(bridge)
+    if attn_only:
+        bridge.cfg.attn_only = True
+    return bridge
+
+
+def random_model(
+    n_layers: int = 2,
+    n_heads: int = 4,
+    d_head: int = 4,
+    d_vocab: int = 50,
+    n_ctx: int = 32,
+    n_kv_heads: int | None = None,
+    attn_only: bool = False,
+    parallel_attn_mlp: bool = False,
+    normalization_type: str | None = "LN",
+    positional_embedding_type: str = "standard",
+    d_mlp: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    kind: ModelKind | None = None,
+) -> Any:
+    """A random-weight model of the given shape, of ``kind`` (default
+    :func:`resolve_kind`): a ``HookedTransformer`` (:func:`random_hooked_transformer`), or
+    a bridge over the Hugging Face architecture that has the shape's features: GPT-2
+    (LayerNorm or none, learned positions), Llama (grouped-query attention, RMSNorm or
+    rotary) or GPT-NeoX (parallel attention and MLP). The shape's other details then
+    follow that architecture; ``d_mlp`` is 4 ``d_model`` on bridges."""
+    if resolve_kind(kind) == "hooked":
+        return random_hooked_transformer(
+            n_layers=n_layers, n_heads=n_heads, d_head=d_head, d_vocab=d_vocab, n_ctx=n_ctx,
+            n_kv_heads=n_kv_heads, attn_only=attn_only, parallel_attn_mlp=parallel_attn_mlp,
+            normalization_type=normalization_type,
+            positional_embedding_type=positional_embedding_type, d_mlp=d_mlp, dtype=dtype, seed=seed,
+        )
+    gqa = n_kv_heads not in (None, n_heads)
+    if parallel_attn_mlp and gqa:
+        raise ValueError("no bridge architecture here has both parallel blocks and grouped-query "
+                         "attention; use kind='hooked' (TransformerLens 3.9)")
+    if parallel_attn_mlp:
+        arch: Arch = "neox"
+    elif gqa or normalization_type in ("RMS", "RMSPre") or positional_embedding_type == "rotary":
+        arch = "llama"
+    else:
+        arch = "gpt2"
+    return random_bridge(arch, n_layers=n_layers, n_heads=n_heads, d_head=d_head, d_vocab=d_vocab,
+                         n_ctx=n_ctx, n_kv_heads=n_kv_heads, dtype=dtype, seed=seed,
+                         attn_only=attn_only,
+                         normalization_type=None if normalization_type is None else "default")
+
+
+def from_tl_weights(
+    cfg: dict[str, Any],
+    weights: dict[str, torch.Tensor],
+    kind: ModelKind | None = None,
+    tokenizer: Any = None,
+    device: str | torch.device = "cpu",
+) -> Any:
+    """A model of ``kind`` from TransformerLens-format ``weights`` and config fields
+    ``cfg`` (``dtype`` a ``torch.dtype`` or its name): a ``HookedTransformer``, or a bridge
+    over the equivalent GPT-2 (:func:`edgewise.convert.hf_gpt2_from_tl`). Both compute the
+    same outputs to float rounding."""
+    fields = dict(cfg)
+    dtype = fields.pop("dtype", weights["embed.W_E"].dtype)
+    dtype = dtype if isinstance(dtype, torch.dtype) else getattr(torch, str(dtype).removeprefix("torch."))
+    fields.pop("device", None)
+    if resolve_kind(kind) == "hooked":
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+        model = HookedTransformer(HookedTransformerConfig(**fields, dtype=dtype, device=str(device)))
+        state = model.state_dict()
+        unknown = sorted(set(weights) - set(state))
+        if unknown:
+            raise ValueError(f"the HookedTransformer has no parameter {unknown[:4]}")
+        state.update({k: v.to(dtype) for k, v in weights.items()})
+        model.load_state_dict(state, strict=True)
+        if tokenizer is not None:
+            model.set_tokenizer(tokenizer)
+        return model.to(device).eval()
+    from edgewise.convert import finish_bridge, hf_gpt2_from_tl
+
+    export = hf_gpt2_from_tl(fields, {k: v.to(dtype) for k, v in weights.items()})
+    bridge = load_hf_bridge(export.model, tokenizer=tokenizer, dtype=dtype, device=str(device))
+    return finish_bridge(bridge, export)
 
 
 def load_hf_bridge(

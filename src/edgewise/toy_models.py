@@ -34,6 +34,8 @@ from typing import Any, Literal
 
 import torch
 
+from edgewise.models import ModelKind
+
 __all__ = [
     "NAMES",
     "TOY_IOI_SEQ_LEN",
@@ -254,49 +256,47 @@ def load_vocab(name: str = "toy-ioi") -> list[str]:
     return json.loads(_model_dir(name).joinpath(VOCAB_FILE).read_text(encoding="utf-8"))
 
 
-def config_from_dict(fields: dict[str, Any], device: str | torch.device = "cpu") -> Any:
-    """A ``HookedTransformerConfig`` from saved fields (``dtype`` given as a string)."""
-    from transformer_lens import HookedTransformerConfig
-
-    fields = dict(fields)
-    fields["dtype"] = getattr(torch, str(fields.get("dtype", "float32")).removeprefix("torch."))
-    return HookedTransformerConfig(**fields, device=str(device))
+HF_DIR = "hf"
+"""Subfolder with the same model as a Hugging Face GPT-2 checkpoint (config, safetensors,
+tokenizer), written by ``scripts/export_toy_ioi_hf.py``."""
 
 
-def load(name: str = "toy-ioi", device: str | torch.device = "cpu") -> Any:
-    """A shipped toy model: a ``HookedTransformer`` in eval mode with its word-level
-    tokenizer attached (``model.tokenizer``).
+def load_weights(name: str = "toy-ioi") -> dict[str, torch.Tensor]:
+    """The shipped model's TransformerLens-format weights."""
+    from safetensors.torch import load as load_safetensors
+
+    return load_safetensors(_model_dir(name).joinpath(WEIGHTS_FILE).read_bytes())
+
+
+def load(name: str = "toy-ioi", device: str | torch.device = "cpu", kind: ModelKind | None = None) -> Any:
+    """A shipped toy model in eval mode with its word-level tokenizer attached
+    (``model.tokenizer``).
 
     Args:
         name: one of :func:`available`.
         device: where the model lives.
+        kind: ``"hooked"``: a ``HookedTransformer`` built from the TransformerLens-format
+            weights (TransformerLens 3.x); ``"bridge"``: a ``TransformerBridge`` booted from
+            the shipped Hugging Face GPT-2 checkpoint (3.9 and 4.x; the unembedding bias is
+            folded into the final LayerNorm's bias, so logits agree to float rounding).
+            Default: ``"hooked"`` where TransformerLens has it, else ``"bridge"``.
 
     Raises:
         ValueError: ``name`` is not a shipped model (the message lists the valid names).
     """
-    from safetensors.torch import load as load_safetensors
-    from transformer_lens import HookedTransformer
+    from edgewise.models import from_tl_weights, load_hf_bridge, resolve_kind
 
     folder = _model_dir(name)
-    cfg = config_from_dict(load_config(name), device)
-    model = HookedTransformer(cfg)
-    state = load_safetensors(folder.joinpath(WEIGHTS_FILE).read_bytes())
-    missing, unexpected = model.load_state_dict(
-        {k: v.to(cfg.dtype) for k, v in state.items()}, strict=False
-    )
-    params = {n for n, _ in model.named_parameters()}
-    if unexpected or params & set(missing):
-        raise ValueError(
-            f"{name}: the weights do not match the config (missing {sorted(params & set(missing))},"
-            f" unexpected {sorted(unexpected)})"
-        )
     vocab = load_vocab(name)
-    if len(vocab) != cfg.d_vocab:
-        raise ValueError(f"{name}: {len(vocab)} vocabulary entries but d_vocab={cfg.d_vocab}")
-    model.set_tokenizer(toy_ioi_tokenizer(vocab))
-    model.to(device)
-    model.eval()
-    return model
+    fields = load_config(name)
+    if len(vocab) != fields["d_vocab"]:
+        raise ValueError(f"{name}: {len(vocab)} vocabulary entries but d_vocab={fields['d_vocab']}")
+    if resolve_kind(kind) == "bridge":
+        with resources.as_file(folder.joinpath(HF_DIR)) as path:
+            model = load_hf_bridge(path, tokenizer=toy_ioi_tokenizer(vocab), device=str(device))
+        return model.eval()
+    return from_tl_weights(fields, load_weights(name), kind="hooked",
+                           tokenizer=toy_ioi_tokenizer(vocab), device=device)
 
 
 def toy_ioi_dataloaders(

@@ -39,7 +39,7 @@ from torch.utils.data import Dataset, Subset
 from edgewise.data import PromptDataLoader, PromptPair, load_dataset_json
 
 if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer
+    from edgewise.models import ModelKind
 
 __all__ = [
     "TRACR_BOS",
@@ -274,50 +274,49 @@ def compile_tracr(
     task: TracrTask,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
-) -> tuple[HookedTransformer, TracrInfo]:
-    """Compile a tracr program and convert it into a TransformerLens ``HookedTransformer``.
+    kind: ModelKind | None = None,
+) -> tuple[Any, TracrInfo]:
+    """Compile a tracr program and convert it into a TransformerLens model.
 
-    The tracr compilation is cached per process; every call returns a new
-    ``HookedTransformer`` (so hook flags set on one model do not leak into another).
+    The tracr compilation is cached per process; every call returns a new model (so hook
+    flags set on one model do not leak into another).
 
     The model has tracr's weights unchanged: one-hot token and positional embeddings,
-    no layer norm (``normalization_type=None``), ReLU MLPs, bidirectional attention
-    scaled by ``1/sqrt(d_head)``, and tracr's unembedding (the projection of the residual
-    stream onto the program's output space) as ``W_U`` with a zero bias. On an unpadded
-    input ``tokens`` ``[batch, seq]`` it returns ``[batch, seq, d_vocab_out]``: the
-    categorical logits (``reverse``, ``d_vocab_out = 3``) or the numerical output
-    (``xproportion``, ``d_vocab_out = 1``), equal to tracr's pre-argmax output.
+    no layer norm, ReLU MLPs, bidirectional attention scaled by ``1/sqrt(d_head)``, and
+    tracr's unembedding (the projection of the residual stream onto the program's output
+    space) as ``W_U`` with a zero bias. On an unpadded input ``tokens`` ``[batch, seq]`` it
+    returns ``[batch, seq, d_vocab_out]``: the categorical logits (``reverse``,
+    ``d_vocab_out = 3``) or the numerical output (``xproportion``, ``d_vocab_out = 1``),
+    equal to tracr's pre-argmax output.
 
     Args:
         task: ``"reverse"`` or ``"xproportion"``.
         device: where the model lives.
         dtype: the model's parameter dtype.
+        kind: ``"hooked"`` (a ``HookedTransformer``, TransformerLens 3.x) or ``"bridge"``
+            (a ``TransformerBridge`` over an equivalent GPT-2 whose norms are identities,
+            heads zero-padded to the residual width and ``lm_head`` of the output size; see
+            :mod:`edgewise.convert`). Default: ``"hooked"`` where TransformerLens has it.
 
     Returns:
         ``(model, info)``; ``info`` holds the vocabularies, encodings and tracr's own model.
+        The model's tokenizer maps ``str(value)`` to its id.
 
     Raises:
         ImportError: tracr is not installed (``pip install edgewise[tracr]``).
     """
+    from edgewise.models import from_tl_weights, vocab_tokenizer
+
     _check_task(task)
     compiled = _compile(task)
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    cfg = HookedTransformerConfig(**compiled.cfg, device=str(device), dtype=dtype)
-    model = HookedTransformer(cfg)
-    state = model.state_dict()
-    for name, value in compiled.weights.items():
-        if name not in state:
-            raise RuntimeError(f"the TransformerLens model has no parameter {name}")
-        if tuple(state[name].shape) != value.shape:
-            raise RuntimeError(
-                f"{name}: tracr gives shape {value.shape}, TransformerLens expects "
-                f"{tuple(state[name].shape)}"
-            )
-        state[name] = torch.tensor(value, dtype=dtype, device=state[name].device)
-    model.load_state_dict(state, strict=True)
-    model.eval()
-    return model, compiled.info
+    info = compiled.info
+    vocab = [str(info.decoding[i]) for i in range(len(info.decoding))]
+    tokenizer = vocab_tokenizer(vocab, bos=str(info.bos_token), pad=str(info.pad_token),
+                                unk=str(info.pad_token))
+    weights = {k: torch.tensor(v, dtype=dtype) for k, v in compiled.weights.items()}
+    model = from_tl_weights({**compiled.cfg, "dtype": dtype}, weights, kind=kind,
+                            tokenizer=tokenizer, device=device)
+    return model, info
 
 
 # --------------------------------------------------------------------------------------
