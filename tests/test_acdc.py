@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from edgewise import patchable_model
-from edgewise.models import random_bridge, random_hooked_transformer
+from edgewise.models import random_bridge, random_model
 from edgewise.prune_algos import acdc
 from edgewise.prune_algos.acdc import acdc_prune_scores
 
 from reference import reference_patched_logits
-from util import VOCAB, planted_model, random_loader
+from util import VOCAB, planted_model, random_loader, requires_hooked
 
 F64 = torch.float64
 
@@ -100,17 +100,17 @@ def n_distinct(scores):
 
 
 MODELS = {
-    "hooked-1L": (lambda: random_hooked_transformer(
+    "hooked-1L": (lambda: random_model(
         n_layers=1, n_heads=2, d_vocab=VOCAB, dtype=F64, seed=1), {}),
-    "hooked-2L": (lambda: random_hooked_transformer(
+    "hooked-2L": (lambda: random_model(
         n_layers=2, n_heads=2, d_vocab=VOCAB, dtype=F64, seed=2), {}),
-    "hooked-gqa-attn-only": (lambda: random_hooked_transformer(
+    "hooked-gqa-attn-only": (lambda: random_model(
         n_layers=2, n_heads=4, n_kv_heads=2, d_vocab=VOCAB, attn_only=True,
         positional_embedding_type="rotary", dtype=F64, seed=3), {}),
-    "hooked-parallel-resid-graph": (lambda: random_hooked_transformer(
+    "hooked-parallel-resid-graph": (lambda: random_model(
         n_layers=2, n_heads=2, d_vocab=VOCAB, parallel_attn_mlp=True, dtype=F64, seed=4),
         {"factorized": False}),
-    "hooked-2L-outputs-after-first": (lambda: random_hooked_transformer(
+    "hooked-2L-outputs-after-first": (lambda: random_model(
         n_layers=2, n_heads=2, d_vocab=VOCAB, dtype=F64, seed=6), {"slice_output": "not_first_seq"}),
     "bridge-gpt2": (lambda: random_bridge("gpt2", n_layers=2, n_heads=2, d_vocab=VOCAB,
                                           dtype=F64, seed=5), {}),
@@ -145,6 +145,7 @@ def test_fast_path_equals_plain_sequential_reference(kind, seq, target):
     assert values <= {float(torch.tensor(t, dtype=torch.float32)) for t in taus} | {math.inf}
 
 
+@requires_hooked
 def test_partial_forwards_on_hooked_transformer_full_forwards_on_bridges():
     for kind, partial in [("hooked-2L", True), ("bridge-gpt2", False)]:
         pm = patchable_model(MODELS[kind][0]())
@@ -170,7 +171,7 @@ def test_speculation_and_plain_method_do_not_change_scores_and_runs_repeat():
 
 
 def test_float32_model_matches_plain_method():
-    pm = patchable_model(random_hooked_transformer(n_layers=2, n_heads=2, d_vocab=VOCAB, seed=9))
+    pm = patchable_model(random_model(n_layers=2, n_heads=2, d_vocab=VOCAB, seed=9))
     loader = random_loader(seed=9)
     exps, bases, _ = taus_for(pm, loader, "kl_div")
     fast = acdc_prune_scores(pm, loader, None, exps, bases, progress=False)

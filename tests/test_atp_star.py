@@ -14,7 +14,7 @@ from edgewise import (
     mask_gradient_prune_scores,
     patchable_model,
 )
-from edgewise.models import random_hooked_transformer
+from edgewise.models import random_model
 
 from util import VOCAB, random_loader
 
@@ -22,7 +22,7 @@ from util import VOCAB, random_loader
 def _sharp(n_layers, seed, **kw):
     """A random model with sharper attention (W_Q, W_K x 4), where EAP's linearisation
     through the softmax is poor."""
-    model = random_hooked_transformer(n_layers=n_layers, n_heads=4, d_head=8, d_vocab=VOCAB,
+    model = random_model(n_layers=n_layers, n_heads=4, d_head=8, d_vocab=VOCAB,
                                       dtype=torch.float64, seed=seed, **kw)
     with torch.no_grad():
         for block in model.blocks:

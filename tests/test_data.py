@@ -26,6 +26,8 @@ from edgewise.data import (
     shipped_dataset_names,
 )
 
+from util import requires_hooked
+
 PAD = 0
 WORDS = [
     "<pad>",
@@ -496,6 +498,7 @@ def test_load_shuffle_is_seeded():
 # ----------------------------------------------------------------------------------------
 
 
+@requires_hooked  # past_kv_cache is HookedTransformer's
 def test_tail_divergence_caches_shared_prefix(tmp_path):
     transformer_lens = pytest.importorskip("transformer_lens")
     cfg = transformer_lens.HookedTransformerConfig(

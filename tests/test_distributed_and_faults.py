@@ -13,13 +13,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from edgewise import mask_gradient_prune_scores, patchable_model, run_circuits
-from edgewise.models import random_hooked_transformer
+from edgewise.models import random_model
 
 from util import VOCAB, random_loader
 
 
 def _setup():
-    model = random_hooked_transformer(n_layers=2, d_vocab=VOCAB, dtype=torch.float64, seed=4)
+    model = random_model(n_layers=2, d_vocab=VOCAB, dtype=torch.float64, seed=4)
     return patchable_model(model), random_loader(seed=4, n=9, batch_size=2)  # 5 batches
 
 
@@ -66,9 +66,10 @@ def test_a_nan_activation_names_the_batch_and_the_edge():
     pm, loader = _setup()
 
     def poison(_m, _i, out):  # NaN in one head's output at one batch
-        out = out.clone()
-        out[:, :, 2] = float("nan")
-        return out
+        heads = out if out.ndim == 4 else out.unflatten(-1, (pm.wrapped_model.cfg.n_heads, -1))
+        heads = heads.clone()  # bridges give [batch, seq, heads * d_head]
+        heads[:, :, 2] = float("nan")
+        return heads.reshape(out.shape)
 
     handle = pm.adapter.hook_point("blocks.0.attn.hook_z").register_forward_hook(poison)
     try:
@@ -93,7 +94,7 @@ def test_a_non_finite_score_names_its_edge():
 
 # ----------------------------------------------------------------------------- ACDC
 def _acdc_setup():
-    model = random_hooked_transformer(n_layers=2, n_heads=2, d_vocab=VOCAB, dtype=torch.float64,
+    model = random_model(n_layers=2, n_heads=2, d_vocab=VOCAB, dtype=torch.float64,
                                       seed=5)
     # 4 batches of 5 prompts: ACDC searches on the first, 3 prompts on rank 0 and 2 on rank 1
     return patchable_model(model), random_loader(seed=5, n=20, batch_size=5)

@@ -21,7 +21,7 @@ from edgewise import (
     random_prune_scores,
 )
 from edgewise.cli import main
-from edgewise.models import random_hooked_transformer
+from edgewise.models import random_model
 from edgewise.prune_algos.loss import answer_loss, grad_values
 
 from reference import reference_patched_logits
@@ -29,7 +29,7 @@ from util import VOCAB, random_loader
 
 
 def _model(seed=0):
-    return random_hooked_transformer(n_layers=2, d_vocab=VOCAB, n_kv_heads=2,
+    return random_model(n_layers=2, d_vocab=VOCAB, n_kv_heads=2,
                                      positional_embedding_type="rotary", dtype=torch.float64,
                                      seed=seed)
 

@@ -7,12 +7,12 @@ import torch
 
 from edgewise import GraphSpec, build_graph, patchable_model
 from edgewise.metrics.faithfulness import area_under_curve, cpr_cmd, faithfulness_curve, measure_roc
-from edgewise.models import random_hooked_transformer
+from edgewise.models import random_model
 
 
 @pytest.fixture(scope="module")
 def pm():
-    return patchable_model(random_hooked_transformer(n_layers=2, d_vocab=20))
+    return patchable_model(random_model(n_layers=2, d_vocab=20))
 
 
 def scores_from(pm, values):

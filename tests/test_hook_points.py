@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 import edgewise.hook_points as hook_points
 import edgewise.patching as patching
 from edgewise import patchable_model
-from edgewise.models import random_bridge, random_hooked_transformer
+from edgewise.models import random_bridge, random_model
 
 from reference import reference_patched_logits
+from util import requires_hooked
 
 VOCAB = 20
 NORMS = ["LN", "LNPre", "RMS", "RMSPre", None]
@@ -26,13 +27,14 @@ def _tokens(gen, batch=3, seq=5):
 
 
 def _model(norm="LN", n_kv=None, parallel=False, dtype=torch.float64, seed=0):
-    return random_hooked_transformer(
+    return random_model(
         n_layers=2, n_heads=4, d_head=2, d_vocab=VOCAB, n_kv_heads=n_kv, normalization_type=norm,
         parallel_attn_mlp=parallel, positional_embedding_type="rotary" if n_kv else "standard",
         dtype=dtype, seed=seed,
     )
 
 
+@requires_hooked
 def test_hooked_transformer_uses_fast_hooks_and_no_per_head_flags():
     model = _model()
     pm = patchable_model(model)
@@ -53,6 +55,7 @@ def test_bridges_read_heads_from_hook_z_and_patch_tl_input_hooks():
     assert not any(h.projected for h in pm.dest_hooks)
 
 
+@requires_hooked
 @settings(max_examples=16, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     norm=st.sampled_from(NORMS),
@@ -89,6 +92,7 @@ def test_mask_gradients_match_autograd_of_reference(norm, gqa, parallel, use_seq
             torch.testing.assert_close(stacked[n].grad[i], masks[n].grad, atol=1e-7, rtol=1e-6)
 
 
+@requires_hooked
 @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
 @given(norm=st.sampled_from(NORMS), gqa=st.booleans(), parallel=st.booleans(),
        seed=st.integers(0, 2**16))

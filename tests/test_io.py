@@ -16,12 +16,12 @@ from edgewise.io import (
     save_mib_json,
     save_prune_scores,
 )
-from edgewise.models import random_hooked_transformer
+from edgewise.models import random_model
 
 
 @pytest.fixture(scope="module")
 def pm():
-    return patchable_model(random_hooked_transformer(n_layers=2, d_vocab=20))
+    return patchable_model(random_model(n_layers=2, d_vocab=20))
 
 
 def scores_for(pm, seed=0):
@@ -39,7 +39,7 @@ def test_prune_scores_round_trip_with_metadata(pm, tmp_path):
     assert got_meta["algorithm"] == "eap" and got_meta["parameters"] == {"mask_val": 0.0}
     assert got_meta["edges"][0] == [pm.edges[0].name, None] and len(got_meta["edges"]) == pm.n_edges
     assert "edgewise_version" in got_meta
-    other = patchable_model(random_hooked_transformer(n_layers=1, d_vocab=20))
+    other = patchable_model(random_model(n_layers=1, d_vocab=20))
     with pytest.raises(ValueError, match="different graph"):
         load_prune_scores(path, other)
 
@@ -75,6 +75,6 @@ def test_mib_json_round_trip(pm, tmp_path):
 
 
 def test_mib_format_refuses_what_it_cannot_express(tmp_path):
-    pm = patchable_model(random_hooked_transformer(n_layers=1, d_vocab=20), seq_len=4)
+    pm = patchable_model(random_model(n_layers=1, d_vocab=20), seq_len=4)
     with pytest.raises(ValueError, match="token-position"):
         save_mib_json(tmp_path / "g.json", pm, scores_for(pm))

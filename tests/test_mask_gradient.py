@@ -15,7 +15,7 @@ from edgewise import (
     patchable_model,
 )
 from edgewise.ablation import batch_src_ablations
-from edgewise.models import random_bridge, random_hooked_transformer
+from edgewise.models import random_bridge, random_model
 from edgewise.prune_algos.loss import answer_loss, grad_values
 
 from reference import reference_patched_logits
@@ -29,8 +29,8 @@ def assert_scores_close(got, want, rel=1e-8):
 
 
 MODELS = {
-    "hooked": lambda: random_hooked_transformer(n_layers=2, d_vocab=VOCAB, dtype=torch.float64),
-    "hooked-gqa-attn-only": lambda: random_hooked_transformer(
+    "hooked": lambda: random_model(n_layers=2, d_vocab=VOCAB, dtype=torch.float64),
+    "hooked-gqa-attn-only": lambda: random_model(
         n_layers=2, d_vocab=VOCAB, n_kv_heads=2, attn_only=True,
         positional_embedding_type="rotary", dtype=torch.float64),
     "bridge-gpt2": lambda: random_bridge("gpt2", d_vocab=VOCAB, dtype=torch.float64),
@@ -80,7 +80,7 @@ def test_integrated_gradients_completeness():
         mean_errors.append(abs(s / (n + 1) - delta))
         trapezoid_errors.append(abs((s - ends) / n - delta))
     assert mean_errors[0] > mean_errors[1] > mean_errors[2]
-    assert mean_errors[2] < 0.25 * mean_errors[0]
+    assert mean_errors[2] < 0.3 * mean_errors[0]  # 1/N: 5/33 = 0.15, plus higher orders
     assert trapezoid_errors[2] < 0.01 * abs(delta)
     assert trapezoid_errors[2] < 0.15 * trapezoid_errors[1]  # 1/N^2: 4x the steps, ~16x less error
 
@@ -109,7 +109,7 @@ def test_layer_mode_integrated_gradients_moves_one_layer_at_a_time():
 @pytest.mark.parametrize("grad_function,answer_function", list(itertools.product(
     ["logit", "prob", "logprob", "logit_exp"], ["avg_diff", "avg_val", "mse"])))
 def test_every_objective_matches_direct_autograd(grad_function, answer_function):
-    pm = patchable_model(random_hooked_transformer(n_layers=1, d_vocab=VOCAB, dtype=torch.float64))
+    pm = patchable_model(random_model(n_layers=1, d_vocab=VOCAB, dtype=torch.float64))
     loader = random_loader(seed=4, n_answers=[1, 2, 1, 3, 2, 1])
     if answer_function == "mse":  # real-valued answers shaped like the output
         for ds_batch in [loader.dataset]:
@@ -173,7 +173,7 @@ def test_low_precision_model_accumulates_scores_in_float32():
     loader = random_loader(seed=6)
     scores = {}
     for dtype in (torch.float64, torch.bfloat16):
-        model = random_hooked_transformer(n_layers=2, d_vocab=VOCAB, dtype=torch.float64, seed=3)
+        model = random_model(n_layers=2, d_vocab=VOCAB, dtype=torch.float64, seed=3)
         pm = patchable_model(model.to(dtype))
         scores[dtype] = mask_gradient_prune_scores(pm, loader, None, "logit", "avg_diff",
                                                    mask_val=0.0, progress=False)

@@ -16,16 +16,18 @@ from edgewise.memory import (
     plan_passes,
     smaller_plan,
 )
-from edgewise.models import random_bridge, random_hooked_transformer
+from edgewise.models import hooked_transformer_available, random_bridge, random_model
 from edgewise.patching import PatchableModel
 
 from util import VOCAB, random_loader
 
 MODELS = {
-    "hooked": lambda: random_hooked_transformer(n_layers=3, d_vocab=VOCAB, dtype=torch.float64),
-    "hooked-gqa-parallel": lambda: random_hooked_transformer(
+    "hooked": lambda: random_model(n_layers=3, d_vocab=VOCAB, dtype=torch.float64),
+    "hooked-gqa-parallel": lambda: random_model(
         n_layers=2, d_vocab=VOCAB, n_kv_heads=2, positional_embedding_type="rotary",
-        parallel_attn_mlp=True, dtype=torch.float64),
+        parallel_attn_mlp=True, dtype=torch.float64)
+    if hooked_transformer_available()  # no bridge architecture has both: parallel NeoX instead
+    else random_model(n_layers=2, d_vocab=VOCAB, parallel_attn_mlp=True, dtype=torch.float64),
     "bridge-gpt2": lambda: random_bridge("gpt2", d_vocab=VOCAB, dtype=torch.float64),
 }  # fmt: skip
 SEQ = 5

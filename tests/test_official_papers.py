@@ -17,20 +17,20 @@ from edgewise.circuits_official.papers import (
     ioi_official_edges,
     official_edge_names,
 )
-from edgewise.models import random_hooked_transformer
+from edgewise.models import random_model
 
 
 @pytest.fixture(scope="module")
 def gpt2_shape():
     """A random model with GPT-2 small's layers and heads (narrow, so the test is quick:
     the graph depends only on layers and heads)."""
-    return random_hooked_transformer(n_layers=12, n_heads=12, d_head=2, d_vocab=30, n_ctx=64)
+    return random_model(n_layers=12, n_heads=12, d_head=2, d_vocab=30, n_ctx=64)
 
 
 @pytest.fixture(scope="module")
 def attn_only_4l():
     """attn-only-4l's shape: 4 layers, 8 heads, no MLPs."""
-    return random_hooked_transformer(n_layers=4, n_heads=8, d_head=2, d_vocab=30, n_ctx=64,
+    return random_model(n_layers=4, n_heads=8, d_head=2, d_vocab=30, n_ctx=64,
                                      attn_only=True)
 
 

@@ -8,9 +8,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgewise import GraphSpec, build_graph, patchable_model
-from edgewise.models import random_bridge, random_hooked_transformer
+from edgewise.models import random_bridge, random_model
 
 from reference import reference_patched_logits
+from util import requires_hooked
 
 torch.set_default_dtype(torch.float32)
 VOCAB = 20
@@ -50,6 +51,7 @@ def test_graph_order_is_deterministic_and_patch_idx_is_unique():
     assert sum(1 for d in a.dests if d.name.startswith("A0.") and d.name.endswith(".K")) == 2
 
 
+@requires_hooked
 @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     n_layers=st.integers(1, 3),
@@ -69,7 +71,7 @@ def test_random_binary_masks_match_reference_hooked(
     n_kv = max(1, n_heads // kv_div)
     if not separate_qkv:
         n_kv = None  # one input per head: grouped K/V cannot be split per head
-    model = random_hooked_transformer(
+    model = random_model(
         n_layers=n_layers, n_heads=n_heads, d_head=2, d_vocab=VOCAB, n_kv_heads=n_kv,
         attn_only=attn_only, parallel_attn_mlp=parallel and not attn_only,
         positional_embedding_type="rotary" if n_kv not in (None, n_heads) else "standard",
@@ -105,8 +107,8 @@ def test_random_binary_masks_match_reference_bridge(arch, kv, use_seq):
 
 
 MODEL_KINDS = {
-    "hooked": lambda: random_hooked_transformer(n_layers=2, d_vocab=VOCAB, dtype=torch.float64),
-    "hooked-gqa": lambda: random_hooked_transformer(
+    "hooked": lambda: random_model(n_layers=2, d_vocab=VOCAB, dtype=torch.float64),
+    "hooked-gqa": lambda: random_model(
         n_layers=2, d_vocab=VOCAB, n_kv_heads=2, positional_embedding_type="rotary",
         dtype=torch.float64),
     "bridge-gpt2": lambda: random_bridge("gpt2", d_vocab=VOCAB, dtype=torch.float64),
@@ -177,10 +179,11 @@ def test_patch_context_restores_model_after_exception():
     torch.testing.assert_close(pm(clean), before, atol=0, rtol=0)
 
 
+@requires_hooked  # a bridge rebuilds hook_dict on every access
 def test_model_without_hooks_gets_a_clear_error():
     with pytest.raises(TypeError, match="no TransformerLens hook points"):
         patchable_model(torch.nn.Linear(3, 3))
-    model = random_hooked_transformer(n_layers=1)
+    model = random_model(n_layers=1)
     del model.hook_dict["blocks.0.hook_mlp_out"]
     with pytest.raises(ValueError, match="lacks hook points.*blocks.0.hook_mlp_out"):
         patchable_model(model)

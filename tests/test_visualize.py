@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from edgewise import GraphSpec, build_graph, patchable_model
-from edgewise.models import random_hooked_transformer
+from edgewise.models import random_model
 from edgewise.visualize import draw_circuit_png, draw_seq_graph, write_report
 
 CHROMIUM = "/usr/bin/chromium"
@@ -129,7 +129,7 @@ def test_draw_circuit_png_is_a_nonuniform_image(tmp_path):
 
 @pytest.fixture(scope="module")
 def pm():
-    return patchable_model(random_hooked_transformer(n_layers=2, d_vocab=20))
+    return patchable_model(random_model(n_layers=2, d_vocab=20))
 
 
 def drawn_edges(fig) -> list[str]:
@@ -163,7 +163,7 @@ def test_draw_seq_graph_draws_the_selected_edges(pm, tmp_path):
 
 
 def test_draw_seq_graph_with_token_positions():
-    pm_seq = patchable_model(random_hooked_transformer(n_layers=2, d_vocab=20), seq_len=3)
+    pm_seq = patchable_model(random_model(n_layers=2, d_vocab=20), seq_len=3)
     scores = {n: torch.zeros(m.mask_shape) for n, m in pm_seq.dest_modules.items()}
     a, b = pm_seq.edge("A0.1->A1.2.Q", 1), pm_seq.edge("MLP 1->Resid End", 2)
     scores[a.dest.module_name][a.patch_idx] = -2.0

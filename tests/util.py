@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from edgewise import PromptDataLoader, PromptDataset
-from edgewise.models import random_hooked_transformer
+from edgewise.models import from_tl_weights, hooked_transformer_available
 
 VOCAB = 20
 
@@ -26,19 +27,32 @@ def random_loader(seed: int = 0, n: int = 6, seq: int = 5, batch_size: int = 3,
                             batch_size=batch_size)
 
 
-def planted_model():
+requires_hooked = pytest.mark.skipif(
+    not hooked_transformer_available(),
+    reason="HookedTransformer exists only in TransformerLens 3.x (4.x has bridges only)",
+)
+
+
+def planted_model(kind=None):
     """Attention-only, no LayerNorm. The embedding writes dims 0-3, head 0 copies them
     (uniform attention: W_Q = W_K = 0) into dims 4-7, and the unembedding reads only
     dims 4-7. Everything else is 1e-5 noise. So the answer flows through exactly
-    Resid Start -> A0.0.V and A0.0 -> Resid End."""
-    model = random_hooked_transformer(n_layers=1, n_heads=2, d_head=4, d_vocab=VOCAB,
-                                      attn_only=True, normalization_type=None, dtype=torch.float64, seed=12)
+    Resid Start -> A0.0.V and A0.0 -> Resid End. A HookedTransformer or, on
+    TransformerLens 4.x, a bridge over the same weights (``kind``)."""
+    d, h, dh, n_ctx = 8, 2, 4, 32
+    shapes = {
+        "embed.W_E": (VOCAB, d), "pos_embed.W_pos": (n_ctx, d),
+        "blocks.0.attn.W_Q": (h, d, dh), "blocks.0.attn.W_K": (h, d, dh),
+        "blocks.0.attn.W_V": (h, d, dh), "blocks.0.attn.W_O": (h, dh, d),
+        "blocks.0.attn.b_Q": (h, dh), "blocks.0.attn.b_K": (h, dh), "blocks.0.attn.b_V": (h, dh),
+        "blocks.0.attn.b_O": (d,), "unembed.W_U": (d, VOCAB), "unembed.b_U": (VOCAB,),
+    }
     g = torch.Generator().manual_seed(12)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(1e-5 * torch.randn(p.shape, generator=g, dtype=torch.float64))
-        model.embed.W_E[:, :4] += torch.randn(VOCAB, 4, generator=g, dtype=torch.float64)
-        model.blocks[0].attn.W_V[0, :4] += torch.eye(4, dtype=torch.float64)
-        model.blocks[0].attn.W_O[0, :, 4:] += 3 * torch.eye(4, dtype=torch.float64)
-        model.unembed.W_U[4:] += torch.randn(4, VOCAB, generator=g, dtype=torch.float64)
-    return model
+    w = {k: 1e-5 * torch.randn(s, generator=g, dtype=torch.float64) for k, s in shapes.items()}
+    w["embed.W_E"][:, :4] += torch.randn(VOCAB, 4, generator=g, dtype=torch.float64)
+    w["blocks.0.attn.W_V"][0, :4] += torch.eye(4, dtype=torch.float64)
+    w["blocks.0.attn.W_O"][0, :, 4:] += 3 * torch.eye(4, dtype=torch.float64)
+    w["unembed.W_U"][4:] += torch.randn(4, VOCAB, generator=g, dtype=torch.float64)
+    cfg = dict(n_layers=1, d_model=d, n_heads=h, d_head=dh, d_vocab=VOCAB, n_ctx=n_ctx,
+               attn_only=True, normalization_type=None, act_fn=None, dtype=torch.float64)
+    return from_tl_weights(cfg, w, kind=kind)

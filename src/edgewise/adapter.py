@@ -98,6 +98,20 @@ class HookAdapter:
                 if bool(getattr(self.cfg, f, False)) != v:
                     getattr(self.model, _FLAG_SETTERS[f])(v)
 
+    def check_patchable(self) -> None:
+        """Raise if the model's per-head outputs do not sum to what its blocks add to the
+        residual stream, so per-head edges cannot be patched exactly."""
+        for i, block in enumerate(getattr(self.model, "blocks", ())):
+            ln = getattr(block, "ln1_post", None)
+            if ln is not None and not isinstance(getattr(ln, "original_component", ln), nn.Identity):
+                raise ValueError(
+                    f"{type(self.model).__name__} normalises the sum of its attention heads' "
+                    f"outputs before adding it to the residual stream (blocks.{i}.ln1_post, e.g. "
+                    "Gemma 2's post_attention_layernorm), so the heads' outputs z_h @ W_O[h] do not "
+                    "sum to what later layers read and per-head edges cannot be patched exactly. "
+                    "edgewise supports pre-norm blocks (GPT-2, GPT-NeoX/Pythia, Llama, Qwen 2.5, ...)."
+                )
+
     def resolve(self, name: str) -> str | None:
         for alt in _alternatives(name):
             if alt in self.hook_dict:

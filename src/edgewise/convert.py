@@ -17,7 +17,7 @@ The weights use TransformerLens' names and shapes (``embed.W_E [d_vocab, d_model
   loads); otherwise, and when ``d_vocab_out != d_vocab``, ``lm_head`` becomes a biased
   ``Linear`` of the right size (a module swap: see :func:`hf_gpt2_from_tl`).
 - ``normalization_type=None`` swaps ``ln_1``/``ln_2``/``ln_f`` for ``nn.Identity``;
-  ``attn_only`` swaps each ``mlp`` for a module that returns zeros; bidirectional
+  ``attn_only`` zeroes each ``mlp`` (:func:`zero_mlps`); bidirectional
   attention is set on the bridge (:func:`finish_bridge`).
 
 The conversion is checked against the ``HookedTransformer`` on TransformerLens 3.9
@@ -38,11 +38,14 @@ _ACT_FNS = {"gelu": "gelu", "gelu_new": "gelu_new", "relu": "relu", "silu": "sil
             "gelu_fast": "gelu_fast", "quick_gelu": "quick_gelu", "solu_ln": None}
 
 
-class ZeroMLP(nn.Module):
-    """An MLP that outputs zeros: the MLP of an attention-only model."""
-
-    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        return torch.zeros_like(x)
+def zero_mlps(layers: Any) -> None:
+    """Zero every parameter of each layer's ``mlp``, so it outputs exactly zero (its
+    activation maps 0 to 0): the MLPs of an attention-only model, kept as modules so
+    the bridge finds the components it wraps."""
+    with torch.no_grad():
+        for layer in layers:
+            for p in layer.mlp.parameters():
+                p.zero_()
 
 
 @dataclass
@@ -199,20 +202,21 @@ def hf_gpt2_from_tl(cfg: Mapping[str, Any], weights: Mapping[str, Tensor]) -> Gp
     if norm is None:
         swaps.update({f"transformer.h.{i}.{n}": nn.Identity() for i in range(L) for n in ("ln_1", "ln_2")})
         swaps["transformer.ln_f"] = nn.Identity()
-    if attn_only:
-        swaps.update({f"transformer.h.{i}.mlp": ZeroMLP() for i in range(L)})
 
     own = model.state_dict()
     for k, v in sd.items():
         if own[k].shape != v.shape:
             raise ValueError(f"{k}: converted shape {tuple(v.shape)} != GPT-2's {tuple(own[k].shape)}")
-    missing = [k for k in own if k not in sd and not any(k.startswith(s + ".") for s in swaps)]
+    missing = [k for k in own if k not in sd and not any(k.startswith(s + ".") for s in swaps)
+               and not (attn_only and ".mlp." in k)]
     if missing:
         raise ValueError(f"no TransformerLens weight for {missing[:4]}")
     model.load_state_dict({**own, **{k: v.to(dtype) for k, v in sd.items()}})
     for path, module in swaps.items():
         parent, _, leaf = path.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, leaf, module)
+    if attn_only:
+        zero_mlps(model.transformer.h)
     return Gpt2Export(model=model.eval(), causal=causal, attn_only=attn_only, swaps=swaps)
 
 
@@ -237,6 +241,8 @@ def finish_bridge(bridge: Any, export: Gpt2Export) -> Any:
             object.__setattr__(block.attn, "is_causal", False)
     if export.attn_only:
         bridge.cfg.attn_only = True
+    if any(isinstance(m, nn.Identity) for m in export.swaps.values()):
+        bridge.cfg.normalization_type = None
     if "lm_head" in export.swaps:
         bridge.cfg.d_vocab_out = export.swaps["lm_head"].out_features
     return bridge

@@ -136,31 +136,33 @@ def _hf_config(arch: Arch, n_layers: int, n_heads: int, d_head: int, d_vocab: in
 
     d_model = n_heads * d_head
     kv = n_kv_heads or n_heads
+    init = {"initializer_range": 0.8 / d_model**0.5}  # TransformerLens' init scale, not 0.02
     if arch == "gpt2":
         return tf.GPT2Config(n_layer=n_layers, n_embd=d_model, n_head=n_heads,
-                             vocab_size=d_vocab, n_positions=n_ctx, activation_function=activation)
+                             vocab_size=d_vocab, n_positions=n_ctx, activation_function=activation, **init)
     if arch == "neox":
         return tf.GPTNeoXConfig(num_hidden_layers=n_layers, hidden_size=d_model,
                                 num_attention_heads=n_heads, intermediate_size=4 * d_model,
                                 vocab_size=d_vocab, max_position_embeddings=n_ctx,
-                                use_parallel_residual=True, rotary_pct=0.25)
+                                use_parallel_residual=True, rotary_pct=0.25, **init)
     if arch == "llama":
         return tf.LlamaConfig(num_hidden_layers=n_layers, hidden_size=d_model,
                               num_attention_heads=n_heads, num_key_value_heads=kv,
                               intermediate_size=4 * d_model, vocab_size=d_vocab,
-                              max_position_embeddings=n_ctx, head_dim=d_head, rope_theta=500000.0)
+                              max_position_embeddings=n_ctx, head_dim=d_head, rope_theta=500000.0,
+                              **init)
     if arch == "qwen2":
         return tf.Qwen2Config(num_hidden_layers=n_layers, hidden_size=d_model,
                               num_attention_heads=n_heads, num_key_value_heads=kv,
                               intermediate_size=4 * d_model, vocab_size=d_vocab,
                               max_position_embeddings=n_ctx, rope_theta=1000000.0,
-                              tie_word_embeddings=True)
+                              tie_word_embeddings=True, **init)
     if arch == "gemma2":
         return tf.Gemma2Config(num_hidden_layers=n_layers, hidden_size=d_model,
                                num_attention_heads=n_heads, num_key_value_heads=kv, head_dim=d_head,
                                intermediate_size=4 * d_model, vocab_size=d_vocab,
                                max_position_embeddings=n_ctx, attn_logit_softcapping=50.0,
-                               final_logit_softcapping=30.0, query_pre_attn_scalar=2 * d_head)
+                               final_logit_softcapping=30.0, query_pre_attn_scalar=2 * d_head, **init)
     raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
 
 
@@ -183,12 +185,12 @@ def random_bridge(
 ) -> Any:
     """A ``TransformerBridge`` over a random-weight Hugging Face model of ``arch``.
 
-    ``attn_only`` swaps each MLP for one that returns zeros (and removes the MLP nodes
-    from the graph); ``normalization_type=None`` swaps GPT-2's LayerNorms for identities.
+    ``attn_only`` zeroes each MLP's parameters, so it outputs zero (and removes the MLP
+    nodes from the graph); ``normalization_type=None`` swaps GPT-2's LayerNorms for identities.
     """
     import transformers as tf
 
-    from edgewise.convert import ZeroMLP, identity_norms
+    from edgewise.convert import identity_norms, zero_mlps
 
     cfg = _hf_config(arch, n_layers, n_heads, d_head, d_vocab, n_ctx, n_kv_heads)
     torch.manual_seed(seed)
@@ -198,8 +200,7 @@ def random_bridge(
     hf.eval()
     layers = hf.transformer.h if arch == "gpt2" else hf.base_model.layers
     if attn_only:
-        for layer in layers:
-            layer.mlp = ZeroMLP()
+        zero_mlps(layers)
     if normalization_type is None:
         if arch != "gpt2":
             raise ValueError("normalization_type=None is built on 'gpt2' bridges only")
@@ -314,6 +315,8 @@ def load_hf_bridge(
             )
         return TransformerBridge.boot_transformers(path, device=device, dtype=dtype, tokenizer=tokenizer)
     name = getattr(model.config, "_name_or_path", "") or "local-model"
+    if tokenizer is None:  # never let the bridge look one up on a hub
+        tokenizer = word_tokenizer([f"w{i}" for i in range(model.config.vocab_size - 3)])
     bridge = TransformerBridge.boot_transformers(
         name, hf_model=model, tokenizer=tokenizer, dtype=dtype, device=device
     )

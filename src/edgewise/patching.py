@@ -875,6 +875,7 @@ def patchable_model(
         device: where masks live (default: the model's device). The model is moved there.
     """
     adapter = HookAdapter(model)
+    adapter.check_patchable()
     if device is None:
         try:
             device = next(model.parameters()).device

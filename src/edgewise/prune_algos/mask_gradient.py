@@ -207,8 +207,9 @@ def _batch_grads(
                         f"{_first_nonfinite_source(model, part.clean)}. Check the model's dtype "
                         "(float16 overflows) and its inputs."
                     )
-                grads = torch.autograd.grad(loss, [masks[n] for n in group],
-                                            allow_unused=src_block is not None)  # fmt: skip
+                # a mask the loss does not reach (outside the block, or cut off from the
+                # output) has gradient 0
+                grads = torch.autograd.grad(loss, [masks[n] for n in group], allow_unused=True)
                 del logits, loss  # the pass's graph (and its hold on the buffers) goes now
                 grads = tuple(torch.zeros_like(masks[n]) if g is None else g
                               for n, g in zip(group, grads))  # fmt: skip
