@@ -6,34 +6,40 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
+# Two environments, both tested by `make test`:
+#   .venv-tl4  what a plain `pip install edgewise` resolves today (TransformerLens 4.x: bridges only)
+#   .venv      the TransformerLens 3.9 pin (HookedTransformer and TransformerBridge)
+VENV4 := .venv-tl4
+BIN4 := $(VENV4)/bin
+
 $(BIN)/.installed: pyproject.toml constraints-test.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -c constraints-test.txt -e ".[dev,tracr]"
 	touch $@
 
-.PHONY: install demo test test-all bench smoke-tl4
-install: $(BIN)/.installed
+$(BIN4)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV4)
+	$(BIN4)/pip install --quiet torch==2.13.0
+	$(BIN4)/pip install --quiet -e ".[dev,tracr]"
+	touch $@
 
-demo: install
-	$(BIN)/edgewise demo --out runs/demo
+.PHONY: install demo test test-all bench
+install: $(BIN)/.installed $(BIN4)/.installed
+
+demo: $(BIN4)/.installed
+	$(BIN4)/edgewise demo --out runs/demo
 
 test: install
-	$(BIN)/ruff check .
+	$(BIN4)/ruff check .
+	@echo "== TransformerLens $$($(BIN4)/python -c 'import importlib.metadata as m; print(m.version("transformer-lens"))') (plain install)"
+	$(BIN4)/python -m pytest -q -m "not slow" -p no:cacheprovider
+	@echo "== TransformerLens $$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("transformer-lens"))') (pinned)"
 	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider
 
 test-all: install
+	$(BIN4)/python -m pytest -q -p no:cacheprovider
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: install
 	$(BIN)/python bench/bench_patch.py
-
-# Smoke run of the TransformerBridge path on TransformerLens 4.x (no HookedTransformer there).
-VENV4 := .venv-tl4
-smoke-tl4:
-	test -x $(VENV4)/bin/python || $(PY) -m venv $(VENV4)
-	$(VENV4)/bin/pip install --quiet torch==2.13.0
-	$(VENV4)/bin/pip install --quiet "transformer-lens>=4,<5" -e ".[dev]"
-	$(VENV4)/bin/python -m pytest -q -p no:cacheprovider -k "bridge or gpt2_small" \
-		tests/test_patching.py tests/test_mask_gradient.py tests/test_circuits.py tests/test_hook_points.py \
-		tests/test_memory.py

@@ -41,13 +41,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from edgewise import PromptDataLoader, PromptDataset, patchable_model  # noqa: E402
-from edgewise.models import random_hooked_transformer  # noqa: E402
+from edgewise.models import random_model  # noqa: E402
 from edgewise.prune_algos.acdc import acdc_prune_scores  # noqa: E402
 
 
 def build(args: argparse.Namespace):
     device = torch.device(args.device)
-    model = random_hooked_transformer(n_layers=4, n_heads=8, d_head=32, d_vocab=args.vocab,
+    model = random_model(n_layers=4, n_heads=8, d_head=32, d_vocab=args.vocab,
                                       n_ctx=max(32, args.seq), seed=0).to(device)
     pm = patchable_model(model)
     gen = torch.Generator().manual_seed(0)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import torch
 
 import edgewise as ew
-from edgewise.models import random_hooked_transformer
+from edgewise.models import random_model
 
 
 def main() -> None:
     torch.manual_seed(0)
-    model = random_hooked_transformer(n_layers=2, n_heads=4, d_head=8, d_vocab=50, seed=0)
+    model = random_model(n_layers=2, n_heads=4, d_head=8, d_vocab=50, seed=0)
     pm = ew.patchable_model(model, factorized=True, slice_output="last_seq", separate_qkv=True)
     train, test = ew.load_datasets_from_json(pm, "toy_copy", batch_size=4,
                                              train_test_size=(8, 8), shuffle=False)

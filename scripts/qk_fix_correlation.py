@@ -23,7 +23,7 @@ from edgewise import (
     mask_gradient_prune_scores,
     patchable_model,
 )
-from edgewise.models import random_hooked_transformer
+from edgewise.models import random_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from util import random_loader  # noqa: E402
@@ -35,7 +35,7 @@ def main() -> None:
     args = p.parse_args()
     rows = []
     for seed in range(args.seeds):
-        model = random_hooked_transformer(n_layers=2, n_heads=4, d_head=8, d_vocab=20,
+        model = random_model(n_layers=2, n_heads=4, d_head=8, d_vocab=20,
                                           dtype=torch.float64, seed=seed)
         with torch.no_grad():
             for block in model.blocks:
