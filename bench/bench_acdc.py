@@ -48,7 +48,7 @@ from edgewise.prune_algos.acdc import acdc_prune_scores  # noqa: E402
 def build(args: argparse.Namespace):
     device = torch.device(args.device)
     model = random_model(n_layers=4, n_heads=8, d_head=32, d_vocab=args.vocab,
-                                      n_ctx=max(32, args.seq), seed=0).to(device)
+                         n_ctx=max(32, args.seq), seed=0, kind=args.kind).to(device)
     pm = patchable_model(model)
     gen = torch.Generator().manual_seed(0)
     clean = torch.randint(0, args.vocab, (args.batch, args.seq), generator=gen)
@@ -113,6 +113,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq", type=int, default=16)
     p.add_argument("--vocab", type=int, default=5000)
+    p.add_argument("--kind", choices=("hooked", "bridge"), default=None,
+                   help="HookedTransformer (TransformerLens 3.x) or TransformerBridge")
     p.add_argument("--tau", type=float, default=None)
     p.add_argument("--speculation", type=int, nargs="+", default=[1, 8])
     p.add_argument("--skip-plain", action="store_true", help="fast rows only (no equality check)")

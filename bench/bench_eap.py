@@ -168,7 +168,7 @@ def main() -> None:
     p.add_argument("--profile", action="store_true", help="profile one EAP call (first shape)")
     args = p.parse_args()
     device = setup_torch(args)
-    model = gpt2_small(device)
+    model = gpt2_small(device, kind=args.kind)
     pm = patchable_model(model)
     sizes = [tuple(int(x) for x in s.split("x")) for s in args.sizes.split(",") if s]
     ig_sizes = {tuple(int(x) for x in s.split("x")) for s in args.ig_sizes.split(",") if s}

@@ -54,7 +54,7 @@ LABELS = {
 
 
 def build(args: argparse.Namespace, device: torch.device) -> dict:
-    model = gpt2_small(device)
+    model = gpt2_small(device, kind=args.kind)
     batches = device_loader(prompt_loader(args.batch, args.seq), device)
     batch = batches[0]
     pm = patchable_model(model)  # factorized, separate Q/K/V, output at the last position

@@ -53,6 +53,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement")
     parser.add_argument("--no-mem", action="store_true", help="skip peak-memory measurements")
+    parser.add_argument("--kind", choices=("hooked", "bridge"), default=None,
+                        help="model kind: HookedTransformer (TransformerLens 3.x) or "
+                             "TransformerBridge (default: hooked where available)")
 
 
 def setup_torch(args: argparse.Namespace) -> torch.device:
@@ -72,11 +75,18 @@ def machine_line(device: torch.device) -> str:
     return f"torch {torch.__version__} | {what}"
 
 
-def gpt2_small(device: torch.device | str = "cpu", seed: int = 0, act_fn: str = "gelu_new") -> Any:
-    """A ``HookedTransformer`` of GPT-2 small's shape with random (seeded) weights.
-    Nothing is downloaded."""
+def gpt2_small(device: torch.device | str = "cpu", seed: int = 0, act_fn: str = "gelu_new",
+               kind: str | None = None) -> Any:
+    """A model of GPT-2 small's shape with random (seeded) weights: a ``HookedTransformer``,
+    or with ``kind="bridge"`` a ``TransformerBridge`` over a Hugging Face GPT-2. Nothing is
+    downloaded."""
     import warnings
 
+    from edgewise.models import random_bridge, resolve_kind
+
+    if resolve_kind(kind) == "bridge":  # type: ignore[arg-type]
+        return random_bridge("gpt2", n_layers=12, n_heads=12, d_head=64, d_vocab=50257,
+                             n_ctx=1024, seed=seed).to(device)
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     cfg = HookedTransformerConfig(
