@@ -734,8 +734,11 @@ class PatchableModel(nn.Module):
                 for s in self.graph.src_modules
                 if lo <= s.src_lo < hi
             ]
-            current = [run.current.get(lo + g[0]) for g in groups]
-            return (groups, *current) if all(c is not None for c in current) else ([],)
+            # a source whose output needs no gradient (frozen weights upstream, e.g. the
+            # embeddings) is left out; every other source still gets -mask * grad
+            kept = [(g, run.current.get(lo + g[0])) for g in groups]
+            kept = [(g, c) for g, c in kept if c is not None]
+            return ([g for g, _ in kept], *(c for _, c in kept))
 
         def run_group(key: tuple[str, int, int]) -> None:
             """The patched per-head inputs ``[h, c*b, p, d]`` of the group's projected

@@ -72,8 +72,10 @@ def _run_capturing(model: PatchableModel, tokens: torch.Tensor) -> tuple[torch.T
         # A hook's output may alias the residual stream (TransformerBridge's hook_mlp_in
         # feeds ln2 the very tensor the skip connection adds), so give the destination
         # its own copy and differentiate with respect to that.
+        # With frozen weights the first destinations' inputs need no gradient; a leaf that
+        # does lets the gradient be taken there (nothing upstream of it needs one).
         def hook(_m, _i, out: torch.Tensor) -> torch.Tensor:
-            acts[name] = out.clone()
+            acts[name] = out.clone() if out.requires_grad else out.detach().clone().requires_grad_()
             return acts[name]
 
         return hook
