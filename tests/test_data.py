@@ -553,3 +553,37 @@ def test_tail_divergence_caches_shared_prefix(tmp_path):
         load_datasets_from_json(
             None, path, train_test_size=(4, 4), batch_size=2, tail_divergence=True
         )
+
+
+@requires_hooked  # the prefix cache is HookedTransformer's
+def test_no_algorithm_runs_on_prompts_cut_after_their_prefix(tmp_path):
+    """A tail_divergence loader's prompts lack their prefix (it lives in the loader's KV
+    cache): every scorer and run_circuits refuses it instead of scoring the cut prompts."""
+    import edgewise as ew
+    from edgewise.models import random_model
+
+    model = random_model(n_layers=1, d_vocab=50)
+    prompts = [{"clean": [3, 4, 5, 10 + i, 20], "corrupt": [3, 4, 5, 10 + i, 21],
+                "answers": [i], "wrong_answers": [i + 1]} for i in range(4)]
+    path = write_json(tmp_path / "t.json", {"prompts": prompts})
+    loader, _ = load_datasets_from_json(model, path, batch_size=2, train_test_size=(2, 2),
+                                        tail_divergence=True, shuffle=False)
+    assert loader.kv_cache is not None
+    pm = ew.patchable_model(model)
+    scores = pm.new_masks()
+    calls = {
+        "mask_gradient": lambda: ew.mask_gradient_prune_scores(pm, loader, None, "logit", "avg_diff",
+                                                               mask_val=0.0),
+        "acdc": lambda: ew.acdc_prune_scores(pm, loader, None, tao_exps=[-2], tao_bases=[1]),
+        "eap reference": lambda: ew.edge_attribution_patching_prune_scores(pm, loader),
+        "exact": lambda: ew.exact_patching_prune_scores(pm, loader),
+        "eap-ig-inputs": lambda: ew.eap_ig_inputs_prune_scores(pm, loader),
+        "atp*": lambda: ew.atp_star_prune_scores(pm, loader),
+        "learned masks": lambda: ew.learned_mask_prune_scores(pm, loader, epochs=1),
+        "magnitude": lambda: ew.activation_magnitude_prune_scores(pm, loader),
+        "run_circuits": lambda: ew.run_circuits(pm, loader, [1], scores),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match="tail_divergence=True"):
+            call()
+            pytest.fail(f"{name} ran on the cut prompts")

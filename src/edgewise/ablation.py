@@ -6,7 +6,7 @@ from typing import Literal
 
 import torch
 
-from edgewise.data import PromptDataLoader, PromptPairBatch
+from edgewise.data import PromptDataLoader, PromptPairBatch, require_full_prompts
 from edgewise.patching import PatchableModel
 from edgewise.types import AblationType, BatchKey
 
@@ -108,6 +108,7 @@ def batch_src_ablations(
     ``clean_corrupt`` picks which prompts the per-batch ablations (resample, zero, batch
     means) are computed from; dataset means ignore it.
     """
+    require_full_prompts(dataloader)
     if ablation_type.mean_over_dataset:
         mean = src_ablations(model, dataloader, ablation_type)
         return {batch.key: mean for batch in dataloader}

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from edgewise.ablation import CleanCorrupt, batch_ablation, src_ablations
-from edgewise.data import PromptDataLoader, PromptPairBatch
+from edgewise.data import PromptDataLoader, PromptPairBatch, require_full_prompts
 from edgewise.distributed import my_share, rank_and_world
 from edgewise.memory import MaxMemory, human, is_out_of_memory, parse_memory, plan_passes, sub_batch
 from edgewise.patching import PatchableModel
@@ -231,6 +231,7 @@ def run_circuits(
     Returns:
         actual circuit size -> batch key -> output ``[batch, (seq,) vocab]``.
     """
+    require_full_prompts(dataloader)
     _check_scores(model, prune_scores)
     if patch_type == PatchType.EDGE_PATCH and ablation_type != AblationType.RESAMPLE:
         raise ValueError(

@@ -921,6 +921,19 @@ def _common_prefix_len(dataset: PromptDataset) -> int:
     return int(differs[0, 0]) if differs.numel() > 0 else int(rows.shape[1])
 
 
+def require_full_prompts(dataloader: Any) -> None:
+    """Raise if ``dataloader``'s prompts were cut after their shared prefix
+    (``tail_divergence=True``): patched runs on the cut prompts would silently give the
+    results of other prompts."""
+    if getattr(dataloader, "kv_cache", None) is not None:
+        raise ValueError(
+            f"this dataloader's prompts were cut after their first {dataloader.diverge_idx} "
+            "tokens (tail_divergence=True), which live only in loader.kv_cache; edgewise does not "
+            "run patched models on a prefix cache yet, so every result would be for the cut "
+            "prompts. Load the dataset with tail_divergence=False (the default)."
+        )
+
+
 def _prefix_kv_caches(model: Any, prefix: Tensor, batch_sizes: set[int]) -> dict[int, Any]:
     """Run ``prefix`` ([d] token ids) through ``model`` once per batch size; frozen caches."""
     cfg = getattr(model, "cfg", None)

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from edgewise.data import PromptDataLoader, PromptPairBatch, batch_key
+from edgewise.data import PromptDataLoader, PromptPairBatch, batch_key, require_full_prompts
 from edgewise.distributed import from_rank_zero, gather_all, rank_and_world, sum_over_ranks
 from edgewise.hook_points import DestHook, SrcHook
 from edgewise.io import atomic_write
@@ -726,6 +726,7 @@ def acdc_prune_scores(
     Returns:
         Destination module name -> float32 scores shaped like its mask.
     """
+    require_full_prompts(dataloader)
     del official_edges
     if faithfulness_target not in ("kl_div", "mse"):
         raise ValueError(

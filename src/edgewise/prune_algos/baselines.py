@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from edgewise.data import PromptDataLoader
+from edgewise.data import PromptDataLoader, require_full_prompts
 from edgewise.patching import PatchableModel
 from edgewise.prune_algos.mask_gradient import score_dtype
 from edgewise.types import Edge, PruneScores
@@ -33,6 +33,7 @@ def activation_magnitude_prune_scores(
     """Each edge scores the mean L2 norm (over ``d_model``) of its source's output on the
     clean prompts: the mean over prompts and positions, or per position for edges with
     token positions. An edge from a loud source ranks high, whatever its destination."""
+    require_full_prompts(dataloader)
     total: torch.Tensor | None = None  # [n_srcs, seq] sums over prompts
     count = 0
     for batch in dataloader:

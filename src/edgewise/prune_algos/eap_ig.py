@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from edgewise.data import PromptDataLoader
+from edgewise.data import PromptDataLoader, require_full_prompts
 from edgewise.patching import PatchableModel
 from edgewise.prune_algos.loss import AnswerFunction, GradFunction, answer_loss, grad_values
 from edgewise.prune_algos.mask_gradient import score_dtype
@@ -51,6 +51,7 @@ def eap_ig_inputs_prune_scores(
     Returns:
         Destination module name -> scores shaped like its mask.
     """
+    require_full_prompts(dataloader)
     if integrated_grad_samples < 1:
         raise ValueError(f"integrated_grad_samples must be >= 1, got {integrated_grad_samples}")
     point = model.adapter.hook_point(INPUT_HOOK)

@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from edgewise.ablation import batch_ablation, src_ablations
-from edgewise.data import PromptDataLoader, PromptPairBatch
+from edgewise.data import PromptDataLoader, PromptPairBatch, require_full_prompts
 from edgewise.distributed import my_share, rank_and_world
 from edgewise.memory import (
     MaxMemory,
@@ -87,6 +87,7 @@ def mask_gradient_prune_scores(
     Returns:
         Destination module name -> scores shaped like its mask.
     """
+    require_full_prompts(dataloader)
     if (mask_val is None) == (integrated_grad_samples is None):
         raise ValueError(
             "pass exactly one of mask_val (e.g. mask_val=0.0 for edge attribution patching) "
