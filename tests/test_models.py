@@ -98,3 +98,21 @@ def test_converted_gpt2_computes_the_hooked_transformer(fields):
     with torch.no_grad():
         torch.testing.assert_close(bridge(tokens), hooked(tokens), atol=1e-10, rtol=0)
     assert patchable_model(bridge).n_edges == patchable_model(hooked).n_edges
+
+
+@requires_hooked
+def test_toy_ioi_scores_agree_across_kinds():
+    """EAP and IG on the shipped model give the same scores whichever kind runs them (the
+    two differ by float32 rounding only)."""
+    from edgewise import flat_prune_scores, mask_gradient_prune_scores
+
+    got = []
+    for kind in ("hooked", "bridge"):
+        model = toy_models.load(kind=kind)
+        pm = patchable_model(model)
+        train, _ = toy_models.toy_ioi_dataloaders(model, batch_size=16, train_test_size=(16, 16))
+        got.append([flat_prune_scores(mask_gradient_prune_scores(
+            pm, train, None, "logit", "avg_diff", progress=False, **kw), pm)
+            for kw in ({"mask_val": 0.0}, {"integrated_grad_samples": 3})])
+    for hooked, bridge in zip(*got):
+        torch.testing.assert_close(bridge, hooked, atol=2e-4 * float(hooked.abs().max()), rtol=0)
