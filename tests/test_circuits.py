@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -11,6 +13,7 @@ from edgewise import (
     PatchType,
     circuit_edges,
     edge_counts_util,
+    measure_all_answers_win_percent,
     measure_answer_diff,
     measure_answer_val,
     measure_correct_ans_percent,
@@ -98,12 +101,21 @@ def test_tied_scores_enter_together_and_report_actual_sizes(pm):
 
 
 def test_edge_counts_util_defaults_and_fractions():
+    """auto-circuit's sizes: LOGARITHMIC is 1-9, 10-90 by 10, 100-900 by 100, ... plus 0
+    and all edges (41 sizes for GPT-2 small's 32,491 edges); 0 and all edges are added
+    when more than two sizes result and removed otherwise."""
     assert edge_counts_util(10) == list(range(11))
-    log = edge_counts_util(1000)
-    assert log[:12] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11] and 110 in log and 111 not in log
-    assert log[-1] == 1000
-    assert edge_counts_util(200, [0.5, 3]) == [0, 3, 100, 200]
-    assert edge_counts_util(200, [7]) == [7]
+    log = edge_counts_util(32491)
+    assert len(log) == 41
+    assert log[:12] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 20] and log[-3:] == [20000, 30000, 32491]
+    dense = edge_counts_util(1000, EdgeCounts.LOGARITHMIC_DENSE)
+    assert dense[:12] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11] and 110 in dense and 111 not in dense
+    assert dense[-1] == 1000
+    assert edge_counts_util(200, [0.5, 3, 7]) == [0, 3, 7, 100, 200]
+    assert edge_counts_util(200, [0.5, 3]) == [3, 100]
+    assert edge_counts_util(200, [0, 7]) == [7]
+    assert edge_counts_util(200, [0, 7], zero_edges=True) == [0, 7]
+    assert edge_counts_util(200, [7], true_edge_count=11) == [7, 11]
     with pytest.raises(ValueError, match="outside"):
         edge_counts_util(5, [9])
 
@@ -135,7 +147,7 @@ def test_metrics_against_hand_computation(pm):
 
     check(measure_answer_diff(pm, loader, outs), diffs)
     check(measure_answer_val(pm, loader, outs), vals)
-    check(measure_correct_ans_percent(pm, loader, outs), correct)
+    check(measure_all_answers_win_percent(pm, loader, outs), correct)
     check(measure_kl_div(pm, loader, outs), kls, abs=1e-9)
     assert dict(measure_kl_div(pm, loader, outs))[pm.n_edges] == pytest.approx(0.0, abs=1e-12)
     pct = dict(measure_logit_diff_percent(pm, loader, outs))
@@ -197,9 +209,78 @@ def test_per_position_answers_correct_percent_and_mse():
     out = torch.zeros(2, 2, 3)
     out[0, 0, 1] = out[0, 1, 2] = out[1, 0, 2] = 1.0  # 3 of 4 positions right
     out[1, 1, 1] = 1.0
-    assert measure_correct_ans_percent(None, loader, {5: {batch.key: out}}) == [(5, 75.0)]
+    assert measure_all_answers_win_percent(None, loader, {5: {batch.key: out}}) == [(5, 75.0)]
     reals = [torch.tensor([[0.5], [1.0]]), torch.tensor([[0.0], [2.0]])]
     loader = PromptDataLoader(PromptDataset(clean, clean, reals, reals), batch_size=2)
     (batch,) = list(loader)
     pred = torch.tensor([[[0.5], [0.0]], [[1.0], [2.0]]])
     assert measure_mse(None, loader, {3: {batch.key: pred}}) == [(3, pytest.approx((1.0 + 1.0) / 4))]
+
+
+def test_auto_circuit_metrics_mean_what_they_mean_there():
+    """measure_correct_ans_percent (top-1 over the vocabulary, or the answer at least every
+    wrong answer), measure_answer_val(wrong_answer=), measure_answer_diff_percent and the
+    batch weighting (mean of batch means), computed by hand."""
+    from edgewise import (
+        PromptDataLoader,
+        PromptDataset,
+        measure_answer_diff_percent,
+        measure_answer_val,
+    )
+
+    clean = torch.zeros(3, 2, dtype=torch.long)
+    answers, wrong = torch.tensor([[1], [2], [0]]), torch.tensor([[2], [0], [3]])
+    loader = PromptDataLoader(PromptDataset(clean, clean, answers, wrong), batch_size=2,
+                              drop_last=False)
+    b1, b2 = list(loader)  # 2 prompts, then 1
+    out = {b1.key: torch.tensor([[0.0, 1.0, 1.0, 3.0], [0.5, 0.0, 2.0, 0.0]]),
+           b2.key: torch.tensor([[1.0, 0.0, 0.0, 1.0]])}
+    # top-1: prompt 1 no (3 is top), prompt 2 yes; prompt 3 ties with token 3, argmax is 0: yes
+    assert measure_correct_ans_percent(None, loader, {4: out}) == [(4, pytest.approx(75.0))]
+    # answer >= every wrong answer: prompt 1 ties (1 >= 1) yes, 2 yes, 3 ties yes
+    assert measure_correct_ans_percent(None, loader, {4: out}, True) == [(4, pytest.approx(100.0))]
+    vals = dict(measure_answer_val(None, loader, {4: out}))
+    assert vals[4] == pytest.approx(((1.0 + 2.0) / 2 + 1.0) / 2)
+    wrong_vals = dict(measure_answer_val(None, loader, {4: out}, wrong_answer=True))
+    assert wrong_vals[4] == pytest.approx(((1.0 + 0.5) / 2 + 1.0) / 2)
+    soft = dict(measure_answer_val(None, loader, {4: out}, prob_func="softmax"))
+    want = [out[b1.key].softmax(-1)[[0, 1], [1, 2]].mean(), out[b2.key].softmax(-1)[0, 0]]
+    assert soft[4] == pytest.approx(float(sum(want) / 2))
+
+    class Full:  # the "full model": returns fixed logits
+        out_slice = (slice(None), -1)
+
+        def __call__(self, tokens):
+            return torch.ones(tokens.shape[0], 2, 4) * torch.tensor([0.0, 2.0, 1.0, 0.0])
+
+    full_diffs = [torch.tensor([2.0 - 1.0, 1.0 - 0.0]), torch.tensor([0.0 - 0.0])]
+    circ_diffs = [torch.tensor([1.0 - 1.0, 2.0 - 0.5]), torch.tensor([1.0 - 1.0])]
+    got = dict(measure_answer_diff_percent(Full(), loader, {4: out}))
+    want = 100 * (sum(d.mean() for d in circ_diffs) / 2) / (sum(d.mean() for d in full_diffs) / 2)
+    assert got[4] == pytest.approx(float(want))
+    with pytest.raises(ValueError, match="exactly one answer"):
+        two = PromptDataLoader(PromptDataset(clean, clean, torch.tensor([[1, 2]] * 3), wrong),
+                               batch_size=3)
+        (b,) = list(two)
+        measure_correct_ans_percent(None, two, {1: {b.key: torch.zeros(3, 4)}})
+
+
+def test_measurements_auc_and_thresholds():
+    from edgewise import desc_prune_scores, measurements_auc, prune_scores_threshold
+
+    pts = [(0, 1.0), (10, 3.0), (100, 2.0)]
+    # linear: trapezoids above the empty circuit's 1.0: 10*(0+2)/2 + 90*(2+1)/2
+    assert measurements_auc(pts, log_x=False, log_y=False) == pytest.approx(10 + 135)
+    # log x: the 0->10 segment is left out; 1 decade * (2+1)/2
+    assert measurements_auc(pts, log_x=True, log_y=False) == pytest.approx(1.5)
+    # log y with y_min 0.1: values log10(y) + 1, baseline log10(1) + 1 = 1
+    ly = [math.log10(y) + 1 for _, y in pts]
+    assert measurements_auc(pts, log_x=True, log_y=True, y_min=0.1) == pytest.approx(
+        ((ly[1] - ly[0]) + (ly[2] - ly[0])) / 2)
+    assert measurements_auc([(0, 1.0), (5, 0.0)], False, False) == 1e-3  # floored at eps
+    with pytest.raises(ValueError, match="size 0"):
+        measurements_auc([(1, 1.0), (2, 2.0)], False, False)
+    scores = {"a": torch.tensor([0.5, -3.0]), "b": torch.tensor([[2.0, -0.5]])}
+    assert desc_prune_scores(scores).tolist() == [3.0, 2.0, 0.5, 0.5]
+    assert float(prune_scores_threshold(scores, 3)) == 0.5
+    assert math.isinf(float(prune_scores_threshold(scores, 0)))

@@ -12,6 +12,7 @@ from edgewise import (
     ALGORITHMS,
     AblationType,
     activation_magnitude_prune_scores,
+    activation_norm_prune_scores,
     eap_ig_inputs_prune_scores,
     exact_patching_prune_scores,
     ground_truth_prune_scores,
@@ -87,10 +88,32 @@ def test_random_scores_are_seeded():
     assert any(not torch.equal(a[n], c[n]) for n in a)
 
 
-def test_activation_magnitude_is_the_mean_norm_of_each_source():
+def test_activation_magnitude_is_auto_circuits_absolute_signed_mean():
+    """|mean over a batch's prompts, positions and d_model| of each source's output,
+    averaged over batches (TransformerLens' own per-head results, independently)."""
     pm = patchable_model(_model())
     loader = random_loader(seed=5)
     scores = activation_magnitude_prune_scores(pm, loader)
+    hooks = [f"blocks.{b}.attn.hook_result" for b in range(2)]
+    hooks += [f"blocks.{b}.hook_mlp_out" for b in range(2)] + ["blocks.0.hook_resid_pre"]
+    means: dict[str, list] = {}
+    with pm.adapter.flags(use_attn_result=True):
+        for batch in loader:
+            _, cache = pm.wrapped_model.run_with_cache(batch.clean, names_filter=hooks)
+            for name in hooks:
+                means.setdefault(name, []).append(cache[name])
+    for e in pm.edges[::13]:
+        acts = means[e.src.module_name]
+        if e.src.head_idx is not None:
+            acts = [a[:, :, e.src.head_idx] for a in acts]
+        want = sum(a.double().mean().abs() for a in acts) / len(acts)
+        assert float(scores[e.dest.module_name][e.patch_idx]) == pytest.approx(float(want), rel=1e-7)
+
+
+def test_activation_norm_is_the_mean_norm_of_each_source():
+    pm = patchable_model(_model())
+    loader = random_loader(seed=5)
+    scores = activation_norm_prune_scores(pm, loader)
     # independent: TransformerLens's own per-head results and MLP outputs
     norms: dict[str, list] = {}
     hooks = {f"blocks.{b}.attn.hook_result": None for b in range(2)}

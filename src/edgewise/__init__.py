@@ -9,8 +9,10 @@ from edgewise.ablation import batch_src_ablations, src_ablations
 from edgewise.circuits import (
     EdgeCounts,
     circuit_edges,
+    desc_prune_scores,
     edge_counts_util,
     flat_prune_scores,
+    prune_scores_threshold,
     run_circuits,
 )
 from edgewise.data import (
@@ -27,7 +29,9 @@ from edgewise.io import load_mib_json, load_prune_scores, save_mib_json, save_pr
 from edgewise.metrics.answers import (
     batch_answer_diffs,
     batch_answer_vals,
+    measure_all_answers_win_percent,
     measure_answer_diff,
+    measure_answer_diff_percent,
     measure_answer_val,
     measure_correct_ans_percent,
     measure_kl_div,
@@ -40,12 +44,14 @@ from edgewise.metrics.faithfulness import (
     cpr_cmd,
     faithfulness_curve,
     measure_roc,
+    measurements_auc,
 )
 from edgewise.patching import PatchableModel, patchable_model
 from edgewise.prune_algos import (
     ALGORITHMS,
     acdc_prune_scores,
     activation_magnitude_prune_scores,
+    activation_norm_prune_scores,
     atp_star_prune_scores,
     circuit_probing_prune_scores,
     eap_ig_inputs_prune_scores,
@@ -84,5 +90,7 @@ __all__ = [
     "save_prune_scores", "measure_mse", "ALGORITHMS", "acdc_prune_scores",
     "exact_patching_prune_scores", "random_prune_scores", "activation_magnitude_prune_scores",
     "ground_truth_prune_scores", "eap_ig_inputs_prune_scores", "learned_mask_prune_scores",
-    "circuit_probing_prune_scores", "atp_star_prune_scores",
+    "circuit_probing_prune_scores", "atp_star_prune_scores", "activation_norm_prune_scores",
+    "measure_all_answers_win_percent", "measure_answer_diff_percent", "measurements_auc",
+    "desc_prune_scores", "prune_scores_threshold",
 ]

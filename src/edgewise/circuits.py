@@ -27,7 +27,8 @@ class EdgeCounts(Enum):
     """Default lists of circuit sizes for :func:`edge_counts_util`."""
 
     ALL = "all"  # every size 0..n_edges
-    LOGARITHMIC = "logarithmic"  # 1..9, 10..90 step 10, 100..900 step 100, ...
+    LOGARITHMIC = "logarithmic"  # 1..9, 10..90 step 10, 100..900 step 100, ... (auto-circuit's)
+    LOGARITHMIC_DENSE = "logarithmic_dense"  # 1..99, 100..990 step 10, 1000..9900 step 100, ...
     GROUPS = "groups"  # one size per group of tied scores
 
 
@@ -60,18 +61,22 @@ def edge_counts_util(
     prune_scores: PruneScores | None = None,
     zero_edges: bool | None = None,
     all_edges: bool | None = None,
+    true_edge_count: int | None = None,
 ) -> list[int]:
     """The circuit sizes to evaluate.
 
     Args:
         edges: the graph's edges (or their number).
         test_counts: an :class:`EdgeCounts`, or a list of sizes (ints) and fractions of
-            all edges (floats). Default: ``GROUPS`` when the scores have fewer distinct
-            values than half the edges (as ACDC's do), else ``LOGARITHMIC`` above 200
-            edges and ``ALL`` below.
+            all edges (floats). Default, as in auto-circuit: ``GROUPS`` when the scores
+            have fewer distinct values than ``min(n_edges / 2, 100)`` (as ACDC's do), else
+            ``LOGARITHMIC`` above 200 edges (41 sizes for GPT-2 small's 32,491) and
+            ``ALL`` below.
         prune_scores: needed for ``GROUPS``.
-        zero_edges / all_edges: include 0 and ``n_edges`` (default: when more than one
-            size is asked for).
+        zero_edges / all_edges: include (True) or leave out (False) 0 and ``n_edges``;
+            default, as in auto-circuit: include them when more than two sizes result,
+            else leave them out.
+        true_edge_count: a size added to the list (the official circuit's size).
 
     Returns:
         Sorted, distinct sizes.
@@ -81,13 +86,15 @@ def edge_counts_util(
     if prune_scores is not None:
         flat = torch.cat([s.detach().flatten().float().cpu() for s in prune_scores.values()]).abs()
     if test_counts is None:
-        if flat is not None and len(torch.unique(flat)) < n_edges / 2:
+        if flat is not None and len(torch.unique(flat)) < min(n_edges / 2, 100):
             test_counts = EdgeCounts.GROUPS
         else:
             test_counts = EdgeCounts.LOGARITHMIC if n_edges > 200 else EdgeCounts.ALL
     if test_counts == EdgeCounts.ALL:
         counts = list(range(n_edges + 1))
     elif test_counts == EdgeCounts.LOGARITHMIC:
+        counts = [n for n in range(1, n_edges) if n % (10 ** math.floor(math.log10(n))) == 0]
+    elif test_counts == EdgeCounts.LOGARITHMIC_DENSE:
         counts = [
             n for n in range(1, n_edges) if n % (10 ** max(math.floor(math.log10(n)) - 1, 0)) == 0
         ]
@@ -109,12 +116,35 @@ def edge_counts_util(
                 raise ValueError(f"edge count {n} is outside 0..{n_edges}")
     else:
         raise ValueError(f"unknown test_counts {test_counts!r}")
-    several = len(counts) > 1
-    if (zero_edges if zero_edges is not None else several) and 0 not in counts:
-        counts.append(0)
-    if (all_edges if all_edges is not None else several) and n_edges not in counts:
-        counts.append(n_edges)
+    several = len(counts) > 2
+    for flag, n in ((zero_edges, 0), (all_edges, n_edges)):
+        if flag if flag is not None else several:
+            counts.append(n)
+        else:
+            counts = [c for c in counts if c != n]
+    if true_edge_count is not None:
+        counts.append(true_edge_count)
     return sorted(set(counts))
+
+
+def desc_prune_scores(prune_scores: PruneScores) -> torch.Tensor:
+    """Every edge's importance ``|score|``, sorted from the largest, ``[n_edges]``."""
+    flat = torch.cat([s.detach().flatten() for s in prune_scores.values()])
+    return flat.abs().sort(descending=True).values
+
+
+def prune_scores_threshold(prune_scores: PruneScores | torch.Tensor, edge_count: int) -> torch.Tensor:
+    """The importance of the ``edge_count``-th most important edge (``inf`` for 0): the
+    circuit of that size holds every edge at least this important, ties included.
+    ``prune_scores`` may be :func:`desc_prune_scores`' output."""
+    if edge_count == 0:
+        return torch.tensor(float("inf"))
+    desc = prune_scores if isinstance(prune_scores, torch.Tensor) else desc_prune_scores(prune_scores)
+    if desc.ndim != 1:
+        raise ValueError("pass PruneScores or the 1-D output of desc_prune_scores")
+    if not 0 < edge_count <= desc.numel():
+        raise ValueError(f"edge_count {edge_count} is outside 0..{desc.numel()}")
+    return desc[edge_count - 1]
 
 
 def circuit_thresholds(
@@ -238,7 +268,10 @@ def run_circuits(
             "EDGE_PATCH runs the corrupt prompt and restores circuit edges to their clean values, "
             f"which only resample ablation defines; use TREE_PATCH with {ablation_type}"
         )
-    counts = edge_counts_util(model.n_edges, list(test_edge_counts), zero_edges=False, all_edges=False)
+    requested = list(test_edge_counts)
+    # exactly the sizes asked for (fractions resolved): 0 and n_edges only if asked for
+    counts = edge_counts_util(model.n_edges, requested, zero_edges=0 in requested,
+                              all_edges=model.n_edges in requested or 1.0 in requested)
     thresholds = circuit_thresholds(flat_prune_scores(prune_scores, model).abs(), counts)
     ablation = ablation_type if patch_type == PatchType.TREE_PATCH else AblationType.RESAMPLE
     patch_from = "clean" if (patch_type == PatchType.TREE_PATCH) == reverse_clean_corrupt else "corrupt"

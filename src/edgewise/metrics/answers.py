@@ -13,7 +13,9 @@ from edgewise.data import PromptDataLoader, PromptPairBatch
 from edgewise.patching import PatchableModel
 from edgewise.types import CircuitOutputs
 
-ProbFunc = Literal["logits", "probs", "logprobs"]
+ProbFunc = Literal["logits", "softmax", "log_softmax", "probs", "logprobs"]
+"""``"logits"``; ``"softmax"`` (or ``"probs"``); ``"log_softmax"`` (or ``"logprobs"``).
+auto-circuit's names are ``"logits"``, ``"softmax"`` and ``"log_softmax"``."""
 Measurements = list[tuple[int, float]]
 """(circuit size, metric value) pairs, sorted by size."""
 
@@ -26,11 +28,14 @@ def last_position(out: torch.Tensor) -> torch.Tensor:
 def apply_prob_func(logits: torch.Tensor, prob_func: ProbFunc) -> torch.Tensor:
     if prob_func in ("logits", "logit"):
         return logits
-    if prob_func in ("probs", "prob"):
+    if prob_func in ("softmax", "probs", "prob"):
         return torch.softmax(logits, dim=-1)
-    if prob_func in ("logprobs", "logprob"):
+    if prob_func in ("log_softmax", "logprobs", "logprob"):
         return torch.log_softmax(logits, dim=-1)
-    raise ValueError(f"prob_func must be 'logits', 'probs' or 'logprobs', got {prob_func!r}")
+    raise ValueError(
+        f"prob_func must be 'logits', 'softmax' or 'log_softmax' ('probs'/'logprobs' also work), "
+        f"got {prob_func!r}"
+    )
 
 
 def _mean_gather(vals: torch.Tensor, idx: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
@@ -59,12 +64,18 @@ def batch_answer_vals(vals: torch.Tensor, batch: PromptPairBatch) -> torch.Tenso
 
 
 def _per_size(
-    dataloader: PromptDataLoader, circuit_outs: CircuitOutputs, fn
+    dataloader: PromptDataLoader, circuit_outs: CircuitOutputs, fn, batch_means: bool = False
 ) -> Measurements:
+    """``fn(output, batch)`` per prompt, averaged per circuit size: over all prompts, or
+    with ``batch_means`` as the mean of the batches' means (auto-circuit's weighting: a
+    smaller last batch counts as much as a full one)."""
     out: Measurements = []
     for size, by_batch in sorted(circuit_outs.items()):
-        vals = [fn(by_batch[b.key], b) for b in dataloader]
-        out.append((size, torch.cat([v.flatten().double() for v in vals]).mean().item()))
+        vals = [fn(by_batch[b.key], b).flatten().double() for b in dataloader]
+        if batch_means:
+            out.append((size, torch.stack([v.mean() for v in vals]).mean().item()))
+        else:
+            out.append((size, torch.cat(vals).mean().item()))
     return out
 
 
@@ -74,11 +85,13 @@ def measure_answer_diff(
     circuit_outs: CircuitOutputs,
     prob_func: ProbFunc = "logits",
 ) -> Measurements:
-    """Mean answer difference (answers minus wrong answers) per circuit size."""
+    """Mean answer difference (answers minus wrong answers) per circuit size: the mean
+    of the batches' means, as in auto-circuit."""
     return _per_size(
         dataloader,
         circuit_outs,
         lambda out, b: batch_answer_diffs(apply_prob_func(out, prob_func), b),
+        batch_means=True,
     )
 
 
@@ -87,13 +100,15 @@ def measure_answer_val(
     dataloader: PromptDataLoader,
     circuit_outs: CircuitOutputs,
     prob_func: ProbFunc = "logits",
+    wrong_answer: bool = False,
 ) -> Measurements:
-    """Mean value of the answers per circuit size."""
-    return _per_size(
-        dataloader,
-        circuit_outs,
-        lambda out, b: batch_answer_vals(apply_prob_func(out, prob_func), b),
-    )
+    """Mean value of the answers (of the wrong answers with ``wrong_answer``) per circuit
+    size: the mean of the batches' means, as in auto-circuit."""
+
+    def vals(out: torch.Tensor, b: PromptPairBatch) -> torch.Tensor:
+        return _mean_gather(apply_prob_func(out, prob_func), b.wrong_answers if wrong_answer else b.answers)
+
+    return _per_size(dataloader, circuit_outs, vals, batch_means=True)
 
 
 def _rows(out: torch.Tensor, idx: torch.Tensor | list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -120,11 +135,56 @@ def correct_answers(logits: torch.Tensor, batch: PromptPairBatch) -> torch.Tenso
     return torch.tensor(results)
 
 
-def measure_correct_ans_percent(
+def measure_all_answers_win_percent(
     model: PatchableModel, dataloader: PromptDataLoader, circuit_outs: CircuitOutputs
 ) -> Measurements:
-    """Percentage of prompts whose answers all beat every wrong answer, per size."""
+    """Percentage of prompts whose answers all beat every wrong answer (see
+    :func:`correct_answers`), per size. Any number of answers per prompt."""
     return [(s, 100 * v) for s, v in _per_size(dataloader, circuit_outs, correct_answers)]
+
+
+def top_answer_correct(
+    logits: torch.Tensor, batch: PromptPairBatch, out_of_correct_and_incorrect_answers: bool = False
+) -> torch.Tensor:
+    """auto-circuit's correctness, 1 or 0 per prompt ``[batch]``: the top token of the
+    whole vocabulary is the prompt's one answer; or, with
+    ``out_of_correct_and_incorrect_answers``, the answer's value is at least every wrong
+    answer's (a tie counts as correct)."""
+    out = last_position(logits)
+    answers = batch.answers
+    rows = answers if isinstance(answers, list) else list(answers)
+    if any(a.numel() != 1 for a in rows):
+        raise ValueError(
+            "measure_correct_ans_percent needs exactly one answer per prompt (as in auto-circuit); "
+            "use measure_all_answers_win_percent for several answers"
+        )
+    answer = torch.stack([a.reshape(()) for a in rows]).to(out.device)
+    if not out_of_correct_and_incorrect_answers:
+        return (out.argmax(dim=-1) == answer).double()
+    right = out.gather(-1, answer[:, None])[:, 0]
+    wrong = [out[i, w.to(out.device)].max() if w.numel() else right[i] - 1
+             for i, w in enumerate(batch.wrong_answers)]
+    return (right >= torch.stack(wrong)).double()
+
+
+def measure_correct_ans_percent(
+    model: PatchableModel,
+    dataloader: PromptDataLoader,
+    circuit_outs: CircuitOutputs,
+    out_of_correct_and_incorrect_answers: bool = False,
+) -> Measurements:
+    """auto-circuit's correct-answer percentage per circuit size: the percentage of
+    prompts whose one answer is the top token of the vocabulary (or, with
+    ``out_of_correct_and_incorrect_answers``, at least every wrong answer), averaged as
+    the mean of the batches' percentages. See :func:`top_answer_correct`."""
+    return [
+        (s, 100 * v)
+        for s, v in _per_size(
+            dataloader, circuit_outs,
+            lambda out, b: top_answer_correct(out, b, out_of_correct_and_incorrect_answers),
+            batch_means=True,
+        )
+    ]
 
 
 def measure_mse(
@@ -177,4 +237,35 @@ def measure_logit_diff_percent(
     full_mean = full.float().mean().item()
     if full_mean == 0:
         raise ValueError("the full model's logit difference is 0: the percentage is undefined")
-    return [(s, 100 * v / full_mean) for s, v in measure_answer_diff(model, dataloader, circuit_outs)]
+    return [(s, 100 * v / full_mean) for s, v in _per_size(
+        dataloader, circuit_outs, lambda out, b: batch_answer_diffs(out, b))]
+
+
+def measure_answer_diff_percent(
+    model: PatchableModel,
+    dataloader: PromptDataLoader,
+    circuit_outs: CircuitOutputs,
+    prob_func: ProbFunc = "logits",
+    diff_of_means: bool = True,
+) -> Measurements:
+    """auto-circuit's answer-difference percentage per circuit size, the full model's
+    difference being 100: with ``diff_of_means``, 100 x (mean of the batches' mean
+    differences of the circuit) / (the same of the full model); otherwise the mean over
+    prompts of each prompt's percentage."""
+    full_outs = full_model_outputs(model, dataloader)
+
+    def diffs(outs: dict[int, torch.Tensor]) -> list[torch.Tensor]:
+        return [batch_answer_diffs(apply_prob_func(outs[b.key], prob_func), b).flatten().double()
+                for b in dataloader]
+
+    full = diffs(full_outs)
+    full_mean = torch.stack([d.mean() for d in full]).mean()
+    out: Measurements = []
+    for size, by_batch in sorted(circuit_outs.items()):
+        circ = diffs(by_batch)
+        if diff_of_means:
+            value = 100 * torch.stack([d.mean() for d in circ]).mean() / full_mean
+        else:
+            value = (100 * torch.cat(circ) / torch.cat(full)).mean()
+        out.append((size, float(value)))
+    return out

@@ -3,6 +3,7 @@ ROC curves of scores against a known circuit."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -38,6 +39,39 @@ def area_under_curve(xs: Sequence[float], ys: Sequence[float]) -> float:
         raise ValueError("need at least two points with one y per x")
     top = xs[-1]
     return sum((xs[i + 1] - xs[i]) / top * (ys[i + 1] + ys[i]) / 2 for i in range(len(xs) - 1))
+
+
+def measurements_auc(
+    points: Measurements,
+    log_x: bool,
+    log_y: bool,
+    y_min: float | None = None,
+    eps: float = 1e-3,
+) -> float:
+    """auto-circuit's area under a curve of (circuit size, value) points, above the value
+    of the empty circuit. Points are sorted by size and must start at size 0. Trapezoids
+    between consecutive points; with ``log_x`` sizes become ``log10(size)`` and segments
+    touching size 0 are left out; with ``log_y`` values are clamped below at ``y_min``
+    and become ``log10(y) - log10(y_min)``. The baseline (the empty circuit's value) goes
+    through the same transform, unlike auto-circuit 1.0.1, which subtracts the raw value
+    from log-scaled ones (``docs/auto_circuit.md``). Returns at least ``eps``."""
+    pts = sorted(points)
+    if not pts or pts[0][0] != 0:
+        raise ValueError("measurements_auc needs a point at circuit size 0 (the empty circuit)")
+    if log_y and y_min is None:
+        raise ValueError("log_y needs y_min, the value that log-scaled values are clamped to")
+
+    def y_of(y: float) -> float:
+        return math.log10(max(y, y_min)) - math.log10(y_min) if log_y else y  # type: ignore[arg-type]
+
+    base = y_of(pts[0][1])
+    area = 0.0
+    for (x1, y1), (x2, y2) in zip(pts, pts[1:]):
+        if log_x and (x1 == 0 or x2 == 0):
+            continue
+        fx1, fx2 = (math.log10(x1), math.log10(x2)) if log_x else (x1, x2)
+        area += (fx2 - fx1) * ((y_of(y1) - base) + (y_of(y2) - base)) / 2
+    return max(area, eps)
 
 
 def cpr_cmd(

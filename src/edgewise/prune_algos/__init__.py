@@ -10,6 +10,7 @@ from edgewise.prune_algos.acdc import acdc_prune_scores
 from edgewise.prune_algos.atp_star import atp_star_prune_scores
 from edgewise.prune_algos.baselines import (
     activation_magnitude_prune_scores,
+    activation_norm_prune_scores,
     ground_truth_prune_scores,
     random_prune_scores,
 )
@@ -90,6 +91,10 @@ ALGORITHMS: dict[str, Algorithm] = {
     "random": Algorithm("random", random_prune_scores, {"seed": 0}, "baseline: uniform random scores"),
     "magnitude": Algorithm(
         "magnitude", activation_magnitude_prune_scores, {},
+        "baseline (auto-circuit's): |signed mean| of each edge's source output on the clean prompts",
+    ),
+    "norm": Algorithm(
+        "norm", activation_norm_prune_scores, {},
         "baseline: mean L2 norm of each edge's source output on the clean prompts",
     ),
     "ground-truth": Algorithm(
@@ -107,6 +112,7 @@ __all__ = [
     "Algorithm",
     "acdc_prune_scores",
     "activation_magnitude_prune_scores",
+    "activation_norm_prune_scores",
     "atp_star_prune_scores",
     "circuit_probing_prune_scores",
     "learned_mask_prune_scores",

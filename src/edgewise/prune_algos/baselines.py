@@ -30,6 +30,34 @@ def activation_magnitude_prune_scores(
     official_edges: set[Edge] | None = None,
     progress: bool = False,
 ) -> PruneScores:
+    """auto-circuit's activation magnitude: each edge scores ``|mean(out_s)|``, the
+    absolute value of the signed mean of its source's output on a batch's clean prompts
+    (over prompts, positions and ``d_model`` at once), averaged over batches. The same
+    for every destination, head and token position of the source. (The mean L2 norm is
+    :func:`activation_norm_prune_scores`.)"""
+    require_full_prompts(dataloader)
+    total, n_batches = None, 0
+    for batch in dataloader:
+        means = model.src_outs(batch.clean).double().flatten(1).mean(dim=1).abs()  # [n_srcs]
+        total = means if total is None else total + means
+        n_batches += 1
+    if total is None:
+        raise ValueError("the dataloader is empty")
+    per_src = total / n_batches
+    dtype = score_dtype(model)
+    scores = {n: torch.zeros(m.mask_shape, dtype=dtype, device=model.device)
+              for n, m in model.dest_modules.items()}
+    for e in model.edges:
+        scores[e.dest.module_name][e.patch_idx] = float(per_src[e.src.src_idx])
+    return scores
+
+
+def activation_norm_prune_scores(
+    model: PatchableModel,
+    dataloader: PromptDataLoader,
+    official_edges: set[Edge] | None = None,
+    progress: bool = False,
+) -> PruneScores:
     """Each edge scores the mean L2 norm (over ``d_model``) of its source's output on the
     clean prompts: the mean over prompts and positions, or per position for edges with
     token positions. An edge from a loud source ranks high, whatever its destination."""
