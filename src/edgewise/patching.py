@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -36,7 +36,7 @@ from edgewise.hook_points import (
     src_hooks,
     z_hooks_available,
 )
-from edgewise.types import DestNode, Edge, Node, SrcNode
+from edgewise.types import DestNode, Edge, EdgeList, Node, PruneScores, SrcNode
 
 SliceOutput = Literal["last_seq", "not_first_seq"] | bool | None
 
@@ -362,7 +362,7 @@ class PatchableModel(nn.Module):
         self.srcs: tuple[SrcNode, ...] = graph.srcs
         self.dests: tuple[DestNode, ...] = graph.dests
         self.nodes: tuple[Node, ...] = graph.srcs + graph.dests
-        self.edges: tuple[Edge, ...] = graph.edges
+        self.edges: EdgeList = EdgeList(graph.edges)
         self.n_edges = graph.n_edges
         self.seq_len = graph.seq_len
         self.separate_qkv = graph.separate_qkv
@@ -373,6 +373,8 @@ class PatchableModel(nn.Module):
         for e in graph.edges:
             self.edge_dict.setdefault(e.seq_idx, []).append(e)
         self._edge_by_name = {(e.name, e.seq_idx): e for e in graph.edges}
+        # auto-circuit's in-model masks, read only by edgewise.compat.patch_mode
+        self.patch_masks: dict[str, torch.Tensor] = self.new_masks(0.0)
 
     @property
     def cfg(self) -> Any:
@@ -404,6 +406,35 @@ class PatchableModel(nn.Module):
             )
             for name, m in self.dest_modules.items()
         }
+
+    def new_prune_scores(self, init_val: float = 0.0) -> PruneScores:
+        """Scores shaped like the masks, filled with ``init_val`` (float32)."""
+        return self.new_masks(init_val)
+
+    def circuit_prune_scores(
+        self,
+        edges: Collection[Edge | str] | None = None,
+        edge_dict: Mapping[Edge, float] | Mapping[str, float] | None = None,
+        bool: bool = False,  # noqa: A002 - auto-circuit's keyword
+    ) -> PruneScores:
+        """Scores of 1 on ``edges`` (``Edge`` s or names) or ``edge_dict``'s values on its
+        edges, 0 elsewhere; booleans with ``bool``. (auto-circuit's; names as keys of
+        ``edge_dict`` work here, where auto-circuit raises a ``KeyError``.)"""
+        if edges is None and edge_dict is None:
+            raise ValueError("give edges or edge_dict")
+        scores = self.new_prune_scores()
+        for e in self.edges:
+            if edges is not None and (e in edges or e.name in edges):
+                scores[e.dest.module_name][e.patch_idx] = 1.0
+            if edge_dict is not None:
+                value = edge_dict.get(e, edge_dict.get(e.name))  # type: ignore[call-overload]
+                if value is not None:
+                    scores[e.dest.module_name][e.patch_idx] = float(value)
+        return {n: s.bool() for n, s in scores.items()} if bool else scores
+
+    def current_patch_masks_as_prune_scores(self) -> PruneScores:
+        """``patch_masks`` themselves (shared storage, as in auto-circuit)."""
+        return dict(self.patch_masks)
 
     def masks_from_edges(
         self, edges: set[Edge] | list[Edge], value: float = 1.0, rest: float = 0.0

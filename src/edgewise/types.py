@@ -7,9 +7,10 @@ residual). An edge is a (source, destination) pair, optionally at one token posi
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -129,3 +130,39 @@ class Edge:
     def __repr__(self) -> str:
         pos = "" if self.seq_idx is None else f"@{self.seq_idx}"
         return f"Edge({self.name}{pos})"
+
+    def patch_mask(self, model: Any) -> Any:
+        """The mask tensor of this edge's destination in ``model.patch_masks``
+        (auto-circuit's ``Edge.patch_mask``; this edge's entry is ``[patch_idx]``)."""
+        return model.patch_masks[self.dest.module_name]
+
+    def prune_score(self, prune_scores: Mapping[str, Any]) -> Any:
+        """This edge's score in ``prune_scores`` (a 0-d tensor)."""
+        return prune_scores[self.dest.module_name][self.patch_idx]
+
+
+class EdgeList(tuple):
+    """The graph's edges in their fixed order (a tuple), with set algebra on the side:
+    ``model.edges - official`` and ``model.edges & found`` give sets, as auto-circuit's
+    set of edges does."""
+
+    def __sub__(self, other: Iterable[Edge]) -> set[Edge]:  # type: ignore[override]
+        return set(self) - set(other)
+
+    def __and__(self, other: Iterable[Edge]) -> set[Edge]:
+        return set(self) & set(other)
+
+    def __or__(self, other: Iterable[Edge]) -> set[Edge]:
+        return set(self) | set(other)
+
+    def __rsub__(self, other: Iterable[Edge]) -> set[Edge]:
+        return set(other) - set(self)
+
+    __rand__ = __and__
+    __ror__ = __or__
+
+    def issubset(self, other: Iterable[Edge]) -> bool:
+        return set(self) <= set(other)
+
+    def issuperset(self, other: Iterable[Edge]) -> bool:
+        return set(self) >= set(other)

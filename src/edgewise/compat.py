@@ -1,0 +1,308 @@
+"""auto-circuit's names for mask state, registries and experiments, as thin layers over
+edgewise's explicit state, so that a notebook written for auto-circuit 1.0.1 runs after
+changing its imports (``docs/auto_circuit.md``).
+
+auto-circuit keeps one mask per destination inside the model and switches patching on
+with context managers. Here the masks are one dict on the :class:`PatchableModel`
+(``model.patch_masks``), read only by :func:`patch_mode`, which patches through
+``model.patch(...)``. Nothing else in edgewise reads them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from edgewise.circuits import edge_counts_util, run_circuits
+from edgewise.data import PromptDataLoader
+from edgewise.metrics.answers import (
+    Measurements,
+    measure_answer_diff,
+    measure_answer_diff_percent,
+    measure_answer_val,
+    measure_correct_ans_percent,
+    measure_kl_div,
+)
+from edgewise.patching import PatchableModel
+from edgewise.types import AblationType, Edge, PatchType, PruneScores
+
+# ------------------------------------------------------------------------- mask state
+
+
+def _edges_named(model: PatchableModel, edges: Collection[str | Edge]) -> list[Edge]:
+    names = {e for e in edges if isinstance(e, str)}
+    found = [e for e in model.edges if e in edges or e.name in names] if names else list(edges)
+    missing = names - {e.name for e in found}
+    if missing:
+        raise KeyError(f"no edges named {sorted(missing)[:4]} in this graph")
+    return found  # type: ignore[return-value]
+
+
+def set_all_masks(model: PatchableModel, val: float) -> None:
+    """Set every edge's mask in ``model.patch_masks`` to ``val`` (1: patched)."""
+    with torch.no_grad():
+        for mask in model.patch_masks.values():
+            mask.fill_(val)
+
+
+@contextmanager
+def patch_mode(
+    model: PatchableModel,
+    patch_src_outs: torch.Tensor,
+    edges: Collection[str | Edge] | None = None,
+    curr_src_outs: torch.Tensor | None = None,
+) -> Iterator[None]:
+    """Inside, calling ``model`` patches every edge by ``model.patch_masks`` from
+    ``patch_src_outs`` ``[n_srcs, batch, seq, d_model]``. With ``edges`` (``Edge`` s or
+    names), the masks are first set to 1 on those edges and 0 elsewhere; as in
+    auto-circuit they stay so afterwards. ``curr_src_outs`` (auto-circuit's buffer for the
+    current outputs) is accepted and not needed: edgewise reads them during the pass."""
+    if edges is not None:
+        set_all_masks(model, 0.0)
+        with torch.no_grad():
+            for e in _edges_named(model, edges):
+                model.patch_masks[e.dest.module_name][e.patch_idx] = 1.0
+    with model.patch(model.patch_masks, patch_src_outs):
+        yield
+
+
+@contextmanager
+def train_mask_mode(model: PatchableModel, requires_grad: bool = True) -> Iterator[dict[str, torch.Tensor]]:
+    """Yield ``model.patch_masks`` with ``requires_grad`` set (for optimising them);
+    they stop requiring grad on exit."""
+    model.eval()
+    for mask in model.patch_masks.values():
+        mask.grad = None
+        mask.detach_().requires_grad_(requires_grad)
+    try:
+        yield model.patch_masks
+    finally:
+        for mask in model.patch_masks.values():
+            mask.requires_grad_(False)
+
+
+# ------------------------------------------------------------------------- registries
+
+
+@dataclass(frozen=True)
+class PruneAlgo:
+    """A named scoring function ``func(model, dataloader, official_edges) -> PruneScores``
+    (auto-circuit's ``PruneAlgo``; equal when their keys are)."""
+
+    key: str
+    name: str
+    func: Callable[..., PruneScores] = field(compare=False)
+    _short_name: str | None = field(default=None, compare=False)
+
+    @property
+    def short_name(self) -> str:
+        return self._short_name or self.name
+
+
+@dataclass(frozen=True)
+class PruneMetric:
+    """A named metric ``metric_func(model, dataloader, circuit_outs) -> Measurements`` and
+    how to plot it (auto-circuit's ``PruneMetric``)."""
+
+    key: str
+    name: str
+    metric_func: Callable[..., Measurements] = field(compare=False)
+    log_x: bool = False
+    log_y: bool = False
+    lower_better: bool = False
+    y_axes_match: bool = False
+    y_min: float | None = None
+
+
+def _bind(fn: Callable[..., Any], **kw: Any) -> Callable[..., Any]:
+    def bound(*args: Any, **more: Any) -> Any:
+        return fn(*args, **kw, **more)
+
+    bound.__name__ = getattr(fn, "__name__", "bound")
+    return bound
+
+
+def _algos() -> list[PruneAlgo]:
+    from edgewise import prune_algos as pa
+
+    grad = pa.mask_gradient_prune_scores
+    return [
+        PruneAlgo("Official Circuit", "Ground Truth", pa.ground_truth_prune_scores, "GT"),
+        PruneAlgo("Act Mag", "Activation Magnitude", pa.activation_magnitude_prune_scores, "Act Mag"),
+        PruneAlgo("Random", "Random", pa.random_prune_scores),
+        PruneAlgo("Edge Attribution Patching", "Edge Attribution Patching",
+                  pa.edge_attribution_patching_prune_scores, "EAP"),
+        PruneAlgo("ACDC", "ACDC", _bind(pa.acdc_prune_scores, tao_exps=list(range(-6, -2)), tao_bases=[1])),
+        PruneAlgo("MSE ACDC", "MSE ACDC", _bind(pa.acdc_prune_scores, tao_exps=list(range(-10, 0)),
+                                                tao_bases=[1], faithfulness_target="mse")),
+        PruneAlgo("Integrated Edge Gradients (Logit Grad)", "Integrated Edge Gradients (Logit Grad)",
+                  _bind(grad, grad_function="logit", answer_function="avg_val",
+                        integrated_grad_samples=50)),
+        PruneAlgo("Integrated Edge Gradients (Logit Diff)", "Integrated Edge Gradients (Logit Diff)",
+                  _bind(grad, grad_function="logit", answer_function="avg_diff",
+                        integrated_grad_samples=1000), "IEG"),
+        *(
+            PruneAlgo(f"Edge Answer {what} Gradient At Clean", f"Edge Answer {what} Gradient At Clean",
+                      _bind(grad, grad_function=gf, answer_function=af, mask_val=0.0), short)
+            for what, gf, af, short in (
+                ("Prob", "prob", "avg_val", None), ("Logit Exp", "logit_exp", "avg_val", None),
+                ("Log Prob", "logprob", "avg_val", None), ("Log Prob Diff", "logprob", "avg_diff", None),
+                ("Logit Diff", "logit", "avg_diff", "EAP"), ("Logit MSE", "logit", "mse", None),
+            )
+        ),
+        PruneAlgo("Subnetwork Edge Probing", "Subnetwork Edge Probing",
+                  _bind(pa.learned_mask_prune_scores, learning_rate=0.1, epochs=200,
+                        regularize_lambda=0.5, mask_fn="hard_concrete")),
+        PruneAlgo("Subnetwork Tree Probing", "Subnetwork Tree Probing",
+                  _bind(pa.learned_mask_prune_scores, learning_rate=0.1, epochs=2000,
+                        regularize_lambda=0.5, tree=True)),
+    ]
+
+
+PRUNE_ALGOS: list[PruneAlgo] = _algos()
+PRUNE_ALGO_DICT: dict[str, PruneAlgo] = {a.key: a for a in PRUNE_ALGOS}
+(GROUND_TRUTH_PRUNE_ALGO, ACT_MAG_PRUNE_ALGO, RANDOM_PRUNE_ALGO, EDGE_ATTR_PATCH_PRUNE_ALGO,
+ ACDC_PRUNE_ALGO, MSE_ACDC_PRUNE_ALGO, INTEGRATED_EDGE_GRADS_PRUNE_ALGO,
+ INTEGRATED_EDGE_GRADS_LOGIT_DIFF_PRUNE_ALGO, PROB_GRAD_PRUNE_ALGO, LOGIT_EXP_GRAD_PRUNE_ALGO,
+ LOGPROB_GRAD_PRUNE_ALGO, LOGPROB_DIFF_GRAD_PRUNE_ALGO, LOGIT_DIFF_GRAD_PRUNE_ALGO,
+ LOGIT_MSE_GRAD_PRUNE_ALGO, SUBNETWORK_EDGE_PROBING_PRUNE_ALGO,
+ SUBNETWORK_TREE_PROBING_PRUNE_ALGO) = PRUNE_ALGOS  # fmt: skip
+
+
+def _kl(compare_to_clean: bool) -> Callable[..., Measurements]:
+    def kl(model: PatchableModel, dataloader: PromptDataLoader, circuit_outs: Any) -> Measurements:
+        if not compare_to_clean:
+            from edgewise.metrics.answers import full_model_outputs
+
+            full = full_model_outputs(model, dataloader, clean=False)
+            return measure_kl_div(model, dataloader, circuit_outs, full_outs=full)
+        return measure_kl_div(model, dataloader, circuit_outs)
+
+    return kl
+
+
+def _metrics() -> list[PruneMetric]:
+    log = {"log_x": True}
+    val = measure_answer_val
+    return [
+        PruneMetric("Clean KL Div", "Clean KL Div", _kl(True), **log, log_y=True, lower_better=True, y_min=1e-2),
+        PruneMetric("Corrupt KL Div", "Corrupt KL Div", _kl(False), **log, log_y=True, y_min=1e-6),
+        PruneMetric("Answer Logit", "Answer Logit", _bind(val, prob_func="logits"), **log),
+        PruneMetric("Wrong Answer Logit", "Wrong Answer Logit",
+                    _bind(val, prob_func="logits", wrong_answer=True), **log),
+        PruneMetric("Answer Prob", "Answer Prob", _bind(val, prob_func="softmax"), **log),
+        PruneMetric("Answer Logprob", "Answer Logprob", _bind(val, prob_func="log_softmax"), **log,
+                    log_y=True, y_min=1e-6),
+        PruneMetric("Logit Diff", "Logit Diff", _bind(measure_answer_diff, prob_func="logits"), **log),
+        PruneMetric("Prob Diff", "Prob Diff", _bind(measure_answer_diff, prob_func="softmax"), **log),
+        PruneMetric("Logprob Diff", "Logprob Diff", _bind(measure_answer_diff, prob_func="log_softmax"),
+                    **log, log_y=True, y_min=1e-6),
+        PruneMetric("Logit Diff Percent", "Logit Diff Percent",
+                    _bind(measure_answer_diff_percent, prob_func="logits"), **log),
+        PruneMetric("Prob Diff Percent", "Prob Diff Percent",
+                    _bind(measure_answer_diff_percent, prob_func="softmax"), **log),
+        PruneMetric("LogProb Diff Percent", "LogProb Diff Percent",
+                    _bind(measure_answer_diff_percent, prob_func="log_softmax"), **log),
+        PruneMetric("Correct Answer Percent", "Correct Answer Percent", measure_correct_ans_percent, **log),
+        PruneMetric("Correct Answer Greater Than Incorrect Percent",
+                    "Correct Answer Greater Than Incorrect Percent",
+                    _bind(measure_correct_ans_percent, out_of_correct_and_incorrect_answers=True), **log),
+    ]
+
+
+PRUNE_METRICS: list[PruneMetric] = _metrics()
+PRUNE_METRIC_DICT: dict[str, PruneMetric] = {m.key: m for m in PRUNE_METRICS}
+(CLEAN_KL_DIV_METRIC, CORRUPT_KL_DIV_METRIC, ANSWER_LOGIT_METRIC, WRONG_ANSWER_LOGIT_METRIC,
+ ANSWER_PROB_METRIC, ANSWER_LOGPROB_METRIC, LOGIT_DIFF_METRIC, PROB_DIFF_METRIC,
+ LOGPROB_DIFF_METRIC, LOGIT_DIFF_PERCENT_METRIC, PROB_DIFF_PERCENT_METRIC,
+ LOGPROB_DIFF_PERCENT_METRIC, CORRECT_ANSWER_PERCENT_METRIC,
+ CORRECT_ANSWER_GREATER_THAN_INCORRECT_PERCENT_METRIC) = PRUNE_METRICS  # fmt: skip
+LOBPROB_DIFF_PERCENT_METRIC = LOGPROB_DIFF_PERCENT_METRIC  # auto-circuit's spelling
+
+
+# ------------------------------------------------------------------------- experiments
+
+
+@dataclass
+class ExperimentTask:
+    """What :func:`run_prune_algos` needs of a task (auto-circuit's ``Task``): a key,
+    a patchable model, train and test loaders and, if known, the official edges."""
+
+    key: str
+    model: PatchableModel
+    train_loader: PromptDataLoader
+    test_loader: PromptDataLoader
+    true_edges: set[Edge] | None = None
+
+    @property
+    def true_edge_count(self) -> int | None:
+        return None if self.true_edges is None else len(self.true_edges)
+
+
+class TaskPruneScores(dict):
+    """``{task key: {algorithm key: PruneScores}}``, remembering its tasks."""
+
+    def __init__(self, tasks: Mapping[str, Any]):
+        super().__init__()
+        self.tasks = dict(tasks)
+
+
+def run_prune_algos(tasks: Sequence[Any], prune_algos: Sequence[PruneAlgo]) -> TaskPruneScores:
+    """Every algorithm's scores on every task (its train loader): ``{task.key:
+    {algo.key: scores}}``."""
+    out = TaskPruneScores({t.key: t for t in tasks})
+    for task in tasks:
+        out[task.key] = {a.key: a.func(task.model, task.train_loader, task.true_edges) for a in prune_algos}
+    return out
+
+
+def measure_prune_metrics(
+    ablation_types: Sequence[AblationType],
+    metrics: Sequence[PruneMetric],
+    task_prune_scores: TaskPruneScores,
+    patch_type: PatchType,
+    reverse_clean_corrupt: bool = False,
+    test_edge_counts: Sequence[int] | None = None,
+) -> dict[AblationType, dict[str, dict[str, dict[str, Measurements]]]]:
+    """``[ablation type][metric key][task key][algo key]`` -> measurements over circuit
+    sizes on each task's test loader (sizes: ``test_edge_counts``, or
+    :func:`edge_counts_util`'s default for the scores and the official circuit's size)."""
+    out: dict = {}
+    for ablation in ablation_types:
+        per_metric: dict = {m.key: {} for m in metrics}
+        for task_key, algo_scores in task_prune_scores.items():
+            task = task_prune_scores.tasks[task_key]
+            for algo_key, scores in algo_scores.items():
+                counts = test_edge_counts if test_edge_counts is not None else edge_counts_util(
+                    task.model.edges, None, scores, true_edge_count=task.true_edge_count)
+                outs = run_circuits(task.model, task.test_loader, list(counts), scores,
+                                    patch_type=patch_type, ablation_type=ablation,
+                                    reverse_clean_corrupt=reverse_clean_corrupt, progress=False)
+                for m in metrics:
+                    per_metric[m.key].setdefault(task_key, {})[algo_key] = m.metric_func(
+                        task.model, task.test_loader, outs)
+        out[ablation] = per_metric
+    return out
+
+
+def load_tl_model(path: str, device: str | torch.device = "cpu") -> Any:
+    """auto-circuit's loader, from a local Hugging Face checkpoint only (nothing is
+    downloaded): a bridge in eval mode with every weight frozen, as auto-circuit leaves
+    it (edgewise's scores do not depend on that)."""
+    from edgewise.models import load_hf_bridge
+
+    model = load_hf_bridge(path, device=str(device))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+__all__ = [
+    "ExperimentTask", "PruneAlgo", "PruneMetric", "TaskPruneScores", "PRUNE_ALGOS",
+    "PRUNE_ALGO_DICT", "PRUNE_METRICS", "PRUNE_METRIC_DICT", "load_tl_model",
+    "measure_prune_metrics", "patch_mode", "run_prune_algos", "set_all_masks", "train_mask_mode",
+]
