@@ -47,7 +47,7 @@ from edgewise.prune_algos.acdc import acdc_prune_scores  # noqa: E402
 
 def build(args: argparse.Namespace):
     device = torch.device(args.device)
-    model = random_model(n_layers=4, n_heads=8, d_head=32, d_vocab=args.vocab,
+    model = random_model(n_layers=args.layers, n_heads=8, d_head=32, d_vocab=args.vocab,
                          n_ctx=max(32, args.seq), seed=0, kind=args.kind).to(device)
     pm = patchable_model(model)
     gen = torch.Generator().manual_seed(0)
@@ -113,6 +113,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq", type=int, default=16)
     p.add_argument("--vocab", type=int, default=5000)
+    p.add_argument("--layers", type=int, default=4, help="number of layers (default 4)")
     p.add_argument("--kind", choices=("hooked", "bridge"), default=None,
                    help="HookedTransformer (TransformerLens 3.x) or TransformerBridge")
     p.add_argument("--tau", type=float, default=None)
@@ -132,7 +133,9 @@ def main() -> None:
             out = os.path.join(tmp, f"{row}.pt")
             cmd = [sys.executable, __file__, "--worker", row, "--out", out, "--device", args.device,
                    "--threads", str(args.threads), "--batch", str(args.batch), "--seq",
-                   str(args.seq), "--vocab", str(args.vocab)]
+                   str(args.seq), "--vocab", str(args.vocab), "--layers", str(args.layers)]
+            if args.kind is not None:
+                cmd += ["--kind", args.kind]
             if args.tau is not None:
                 cmd += ["--tau", repr(args.tau)]
             res = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -146,7 +149,8 @@ def main() -> None:
     first = results[0][0]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"torch {torch.__version__}, device {args.device}, threads {args.threads}")
-    print(f"model: HookedTransformer 4 layers, d_model 256, 8 heads x 32, d_vocab {args.vocab}; "
+    kind = "TransformerBridge (GPT-2)" if args.kind == "bridge" else args.kind or "default kind"
+    print(f"model: {kind}, {args.layers} layers, d_model 256, 8 heads x 32, d_vocab {args.vocab}; "
           f"{first['n_edges']} edges; batch {args.batch} x {args.seq} tokens; one tau = "
           f"{first['tau']:.3g} (kl_div); {first['kept']} edges kept")
     base = first["ms_per_edge"]
