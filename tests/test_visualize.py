@@ -213,3 +213,20 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert (graph.sum(-1) < 3 * 235).mean() > 0.03  # not blank
     assert blueish(graph) > 200 and reddish(graph) > 100  # edges of both signs drawn
     assert near(graph, (0xFE, 0xF3, 0xC7), 12) > 500  # attention-head nodes drawn
+
+
+def test_draw_seq_graph_takes_auto_circuits_keywords(tmp_path):
+    """score_threshold draws every edge at least that important, seq_labels name the
+    position columns, file_path saves, and no scores means the model's patch masks."""
+    pm_seq = patchable_model(random_model(n_layers=2, d_vocab=20), seq_len=3)
+    gen = torch.Generator().manual_seed(1)
+    scores = {n: torch.randn(m.mask_shape, generator=gen) for n, m in pm_seq.dest_modules.items()}
+    n_above = int(sum((s.abs() >= 1.0).sum() for s in scores.values()))
+    fig = draw_seq_graph(pm_seq, scores, score_threshold=1.0, seq_labels=["<bos>", "Mary", "to"],
+                         file_path=tmp_path / "g.png", display_ipython=False)
+    assert len(drawn_edges(fig)) == n_above > 50  # no top-k limit
+    assert {"1: Mary", "2: to"} <= {t.get_text() for t in fig.axes[0].texts}
+    assert load_png(tmp_path / "g.png").std() > 5
+    e = pm_seq.edges[7]
+    pm_seq.patch_masks[e.dest.module_name][e.patch_idx] = 1.0
+    assert drawn_edges(draw_seq_graph(pm_seq)) == [f"edge:{e.name}@{e.seq_idx}"]

@@ -169,7 +169,7 @@ def _score(x: Any) -> float:
         return math.nan
 
 
-def _layout(edges: Sequence[Mapping[str, Any]]) -> _Layout:
+def _layout(edges: Sequence[Mapping[str, Any]], seq_labels: Sequence[str] | None = None) -> _Layout:
     """Positions of nodes and edges for top edges ``[{"edge", "seq_idx", "score"}, ...]``."""
     nodes: dict[tuple[str, int | None], _Node] = {}
 
@@ -219,7 +219,10 @@ def _layout(edges: Sequence[Mapping[str, Any]]) -> _Layout:
                 n.x, n.y = x + n.w / 2, row_y(rank)
                 x += n.w + _GAP
         if has_pos:
-            columns.append((x0 + col_w / 2, "all positions" if p is None else f"position {p}"))
+            label = "all positions" if p is None else f"position {p}"
+            if p is not None and seq_labels is not None and p < len(seq_labels):
+                label = f"{p}: {seq_labels[p]}"
+            columns.append((x0 + col_w / 2, label))
         x0 += col_w + _COL_GAP
     width = x0 - _COL_GAP + 36
     height = top + (n_rows - 1) * _ROW_H + 40 + _PORT_H + _BOTTOM
@@ -903,14 +906,14 @@ def _write(path: str | Path, write: Callable[[str], Any]) -> Path:
 
 
 def _circuit_figure(edges: Sequence[Mapping[str, Any]], title: str | None = None,
-                    dpi: float = 150) -> Figure:
+                    dpi: float = 150, seq_labels: Sequence[str] | None = None) -> Figure:
     """A matplotlib Figure (Agg canvas, no pyplot state) of the circuit of ``edges``."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import FancyBboxPatch, PathPatch, Rectangle
     from matplotlib.path import Path as MPath
 
-    lay = _layout(edges) if edges else _Layout([], [], 300.0, 120.0, [], [])
+    lay = _layout(edges, seq_labels) if edges else _Layout([], [], 300.0, 120.0, [], [])
     extra = 30.0 if title else 0.0
     scale = 1 / 100  # layout px -> inches
     fig = Figure(figsize=(max(lay.width, 300) * scale, (lay.height + extra) * scale), dpi=dpi)
@@ -1021,13 +1024,20 @@ def _selected_edges(model: PatchableModel, prune_scores: Mapping[str, Any],
 
 def draw_seq_graph(
     model: PatchableModel,
-    prune_scores: Mapping[str, Any],
+    prune_scores: Mapping[str, Any] | None = None,
     threshold: float | None = None,
     top_k: int | None = 50,
     *,
     title: str | None = None,
     path: str | Path | None = None,
     dpi: float = 150,
+    score_threshold: float | None = None,
+    seq_labels: Sequence[str] | None = None,
+    file_path: str | Path | None = None,
+    display_ipython: bool = False,
+    show_all_seq_pos: bool = False,
+    layer_spacing: bool = False,
+    orientation: str = "h",
 ) -> Figure:
     """Draw the circuit of ``model`` given by ``prune_scores`` and return the Figure.
 
@@ -1039,11 +1049,32 @@ def draw_seq_graph(
 
     The Figure has an Agg canvas and is not registered with pyplot; show it in a
     notebook by evaluating it, or pass ``path`` to also save it as a PNG.
+
+    auto-circuit's keywords work: ``prune_scores=None`` draws ``model.patch_masks``;
+    ``score_threshold`` draws every edge at least that important (no ``top_k`` limit);
+    ``seq_labels`` label the token-position columns; ``file_path`` is ``path``;
+    ``display_ipython`` shows the figure in IPython. ``show_all_seq_pos``,
+    ``layer_spacing`` and ``orientation`` are accepted; edgewise's layout already gives
+    every layer its own row and draws only positions that have edges.
     """
+    if prune_scores is None:
+        prune_scores = model.patch_masks
+    if score_threshold is not None:
+        threshold, top_k = score_threshold, None
+    path = path if path is not None else file_path
     edges = _selected_edges(model, prune_scores, threshold, top_k)
     if title is None:
         title = f"{len(edges)} edges"
-    fig = _circuit_figure(edges, title, dpi)
+    fig = _circuit_figure(edges, title, dpi, seq_labels)
     if path is not None:
         _write(path, lambda tmp: fig.savefig(tmp, format="png", facecolor="white"))
+    if display_ipython:
+        try:
+            from IPython import get_ipython
+            from IPython.display import display
+        except ImportError:
+            pass
+        else:
+            if get_ipython() is not None:
+                display(fig)
     return fig
