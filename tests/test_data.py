@@ -587,3 +587,61 @@ def test_no_algorithm_runs_on_prompts_cut_after_their_prefix(tmp_path):
         with pytest.raises(ValueError, match="tail_divergence=True"):
             call()
             pytest.fail(f"{name} ran on the cut prompts")
+
+
+@requires_hooked  # the prefix cache is HookedTransformer's
+def test_prefix_cached_prompts_give_the_full_prompts_results(tmp_path):
+    """tail_divergence loaders with the prefix cache in the model (auto-circuit's
+    kv_caches) give what the full prompts give: EAP, fractional masks, IG, EAP-IG on
+    inputs, exact patching, the hook reference and run_circuits. Algorithms that cannot
+    use the cache, and ablations that would leave the prefix unablated, refuse."""
+    import edgewise as ew
+    from edgewise.models import random_model
+
+    model = random_model(n_layers=2, d_vocab=50, dtype=torch.float64, seed=3)
+    gen = torch.Generator().manual_seed(0)
+    prefix = [3, 4, 5, 6]
+    prompts = []
+    for i in range(8):
+        tail = torch.randint(7, 50, (3,), generator=gen).tolist()
+        prompts.append({"clean": [*prefix, *tail], "corrupt": [*prefix, *tail[:-1], 7 + i],
+                        "answers": [i + 1], "wrong_answers": [i + 2]})
+    path = write_json(tmp_path / "p.json", {"prompts": prompts})
+    kw = dict(batch_size=(4, 4), train_test_size=(4, 4), shuffle=False)
+    full, full_test = load_datasets_from_json(model, path, **kw)
+    cut, cut_test = load_datasets_from_json(model, path, tail_divergence=True, **kw)
+    assert cut.diverge_idx == len(prefix) and next(iter(cut)).clean.shape[1] == 3
+    pm_full = ew.patchable_model(model)
+    pm_cut = ew.patchable_model(model, kv_caches=(cut.kv_cache, cut_test.kv_cache))
+
+    def same(a, b):
+        for n in a:
+            torch.testing.assert_close(b[n].double(), a[n].double(), atol=1e-9, rtol=1e-7)
+
+    grad = ew.mask_gradient_prune_scores
+    for kwargs in ({"mask_val": 0.0}, {"mask_val": 0.5}, {"integrated_grad_samples": 2}):
+        same(grad(pm_full, full, None, "logit", "avg_diff", progress=False, **kwargs),
+             grad(pm_cut, cut, None, "logit", "avg_diff", progress=False, **kwargs))
+    same(ew.eap_ig_inputs_prune_scores(pm_full, full, integrated_grad_samples=2, progress=False),
+         ew.eap_ig_inputs_prune_scores(pm_cut, cut, integrated_grad_samples=2, progress=False))
+    same(ew.exact_patching_prune_scores(pm_full, full, progress=False),
+         ew.exact_patching_prune_scores(pm_cut, cut, progress=False))
+    same(ew.edge_attribution_patching_prune_scores(pm_full, full, progress=False),
+         ew.edge_attribution_patching_prune_scores(pm_cut, cut, progress=False))
+    scores = grad(pm_full, full, None, "logit", "avg_diff", mask_val=0.0, progress=False)
+    outs_full = ew.run_circuits(pm_full, full_test, [0, 5, 30, pm_full.n_edges], scores, progress=False)
+    outs_cut = ew.run_circuits(pm_cut, cut_test, [0, 5, 30, pm_cut.n_edges], scores, progress=False)
+    assert list(outs_full) == list(outs_cut)
+    for size in outs_full:
+        for bf, bc in zip(full_test, cut_test):
+            torch.testing.assert_close(outs_cut[size][bc.key], outs_full[size][bf.key])
+    for refused in (
+        lambda: ew.acdc_prune_scores(pm_cut, cut, None, tao_exps=[-2], tao_bases=[1]),
+        lambda: grad(pm_cut, cut, None, "logit", "avg_diff", mask_val=0.0,
+                     ablation_type=ew.AblationType.ZERO),
+        lambda: ew.activation_magnitude_prune_scores(pm_cut, cut),
+        lambda: ew.atp_star_prune_scores(pm_cut, cut),
+        lambda: grad(ew.patchable_model(model), cut, None, "logit", "avg_diff", mask_val=0.0),
+    ):
+        with pytest.raises(ValueError, match="tail_divergence|prefix"):
+            refused()

@@ -108,7 +108,7 @@ def batch_src_ablations(
     ``clean_corrupt`` picks which prompts the per-batch ablations (resample, zero, batch
     means) are computed from; dataset means ignore it.
     """
-    require_full_prompts(dataloader)
+    require_full_prompts(dataloader, model, ablation_type)
     if ablation_type.mean_over_dataset:
         mean = src_ablations(model, dataloader, ablation_type)
         return {batch.key: mean for batch in dataloader}

@@ -261,7 +261,7 @@ def run_circuits(
     Returns:
         actual circuit size -> batch key -> output ``[batch, (seq,) vocab]``.
     """
-    require_full_prompts(dataloader)
+    require_full_prompts(dataloader, model, ablation_type if patch_type == PatchType.TREE_PATCH else None)
     _check_scores(model, prune_scores)
     if patch_type == PatchType.EDGE_PATCH and ablation_type != AblationType.RESAMPLE:
         raise ValueError(

@@ -921,16 +921,37 @@ def _common_prefix_len(dataset: PromptDataset) -> int:
     return int(differs[0, 0]) if differs.numel() > 0 else int(rows.shape[1])
 
 
-def require_full_prompts(dataloader: Any) -> None:
-    """Raise if ``dataloader``'s prompts were cut after their shared prefix
-    (``tail_divergence=True``): patched runs on the cut prompts would silently give the
-    results of other prompts."""
-    if getattr(dataloader, "kv_cache", None) is not None:
+def require_full_prompts(
+    dataloader: Any, model: Any = None, ablation_type: Any = None, supported: bool = True
+) -> None:
+    """Raise unless ``dataloader``'s prompts are whole, or were cut after their shared
+    prefix (``tail_divergence=True``) and ``model`` runs them after that prefix's cache
+    (``patchable_model(..., kv_caches=...)``): otherwise results would silently be those
+    of the cut prompts. With a prefix cache, only resample ablation gives the results of
+    the full prompts (the prefix's sources are not in the graph, so nothing there would be
+    ablated), and an algorithm that cannot use the cache (``supported=False``) refuses."""
+    from edgewise.types import AblationType
+
+    if getattr(dataloader, "kv_cache", None) is None:
+        return
+    cut = (f"this dataloader's prompts were cut after their first {dataloader.diverge_idx} tokens "
+           "(tail_divergence=True), which live only in loader.kv_cache")
+    if not supported:
+        raise ValueError(f"{cut}; this algorithm cannot run after a prefix cache. Load the "
+                         "dataset with tail_divergence=False (the default).")
+    if getattr(model, "kv_cache", None) is None:
         raise ValueError(
-            f"this dataloader's prompts were cut after their first {dataloader.diverge_idx} "
-            "tokens (tail_divergence=True), which live only in loader.kv_cache; edgewise does not "
-            "run patched models on a prefix cache yet, so every result would be for the cut "
-            "prompts. Load the dataset with tail_divergence=False (the default)."
+            f"{cut}, but the model has no prefix cache, so every result would be for the cut "
+            "prompts. Pass kv_caches=(train.kv_cache, test.kv_cache) to patchable_model, or "
+            "load the dataset with tail_divergence=False (the default)."
+        )
+    if model.kv_prefix_len != dataloader.diverge_idx:
+        raise ValueError(f"the model caches a {model.kv_prefix_len}-token prefix, the dataloader "
+                         f"cut {dataloader.diverge_idx} tokens: they are not the same prompts")
+    if ablation_type is not None and AblationType(ablation_type) != AblationType.RESAMPLE:
+        raise ValueError(
+            f"{ablation_type} after a prefix cache would leave the prefix unablated, unlike the "
+            "same run on the full prompts; use resample ablation or tail_divergence=False"
         )
 
 

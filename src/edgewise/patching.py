@@ -375,6 +375,8 @@ class PatchableModel(nn.Module):
         self._edge_by_name = {(e.name, e.seq_idx): e for e in graph.edges}
         # auto-circuit's in-model masks, read only by edgewise.compat.patch_mode
         self.patch_masks: dict[str, torch.Tensor] = self.new_masks(0.0)
+        self.kv_cache: Any = None  # a frozen cache of a shared prompt prefix (set_kv_caches)
+        self.kv_prefix_len = 0
 
     @property
     def cfg(self) -> Any:
@@ -385,8 +387,50 @@ class PatchableModel(nn.Module):
         return getattr(self.wrapped_model, "tokenizer", None)
 
     def forward(self, tokens: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        """Logits ``[batch, seq, vocab]`` for tokens ``[batch, seq]``."""
+        """Logits ``[batch, seq, vocab]`` for tokens ``[batch, seq]`` (after the cached
+        prefix, if the model has one: see :meth:`set_kv_caches`)."""
+        if self.kv_cache is not None and "past_kv_cache" not in kwargs:
+            kwargs["past_kv_cache"] = self._prefix_cache(tokens.shape[0])
+            kwargs.setdefault("attention_mask", torch.ones_like(tokens))
         return self.wrapped_model(tokens, **kwargs)
+
+    def set_kv_caches(self, kv_caches: Any) -> None:
+        """Run every forward pass after a frozen TransformerLens key/value cache of a
+        prompt prefix shared by every prompt (``load_datasets_from_json(...,
+        tail_divergence=True)`` builds them: pass ``(train.kv_cache, test.kv_cache)``).
+        The prompts the loaders yield are then the parts after that prefix, and results
+        equal those of the full prompts with resample ablation. Any batch size works."""
+        caches = [c for c in (kv_caches if isinstance(kv_caches, list | tuple) else [kv_caches])
+                  if c is not None]
+        if not caches:
+            self.kv_cache, self.kv_prefix_len = None, 0
+            return
+        lengths = {int(c.previous_attention_mask.shape[1]) for c in caches}
+        if len(lengths) != 1:
+            raise ValueError(f"the caches hold prefixes of different lengths {sorted(lengths)}")
+        first = caches[0]
+        for c in caches[1:]:  # one shared prefix: every row of every cache is the same
+            same = all(torch.equal(a.past_keys[:1], b.past_keys[:1]) for a, b in zip(c.entries, first.entries))
+            if not same:
+                raise ValueError("the caches hold different prefixes; edgewise needs one shared prefix")
+        if not getattr(first, "frozen", False):
+            raise ValueError("the key/value cache must be frozen (cache.freeze()), or it grows every pass")
+        self.kv_cache, self.kv_prefix_len = first, lengths.pop()
+
+    def _prefix_cache(self, batch: int) -> Any:
+        """The prefix cache with ``batch`` rows (views of its first row)."""
+        import dataclasses
+
+        c = self.kv_cache
+        if c.previous_attention_mask.shape[0] == batch:
+            return c
+
+        def rows(t: torch.Tensor) -> torch.Tensor:
+            return t[:1].expand(batch, *t.shape[1:])
+
+        entries = [dataclasses.replace(e, past_keys=rows(e.past_keys), past_values=rows(e.past_values))
+                   for e in c.entries]
+        return dataclasses.replace(c, entries=entries, previous_attention_mask=rows(c.previous_attention_mask))
 
     def edge(self, name: str, seq_idx: int | None = None) -> Edge:
         """The edge called ``name`` (e.g. ``"A0.1->A1.2.Q"``) at position ``seq_idx``."""
@@ -476,7 +520,7 @@ class PatchableModel(nn.Module):
             for h in hooks:
                 handles.append(self.adapter.hook_dict[h.point].register_forward_hook(make_hook(h)))
             with torch.inference_mode():
-                self.wrapped_model(tokens)
+                self(tokens)
         except _SourcesDone:
             pass
         finally:
@@ -526,7 +570,7 @@ class PatchableModel(nn.Module):
         handle = self.adapter.hook_point(hook).register_forward_hook(keep)
         try:
             with torch.no_grad():
-                self.wrapped_model(tokens)
+                self(tokens)
         except _SourcesDone:
             pass
         finally:
@@ -885,6 +929,7 @@ def patchable_model(
     seq_len: int | None = None,
     separate_qkv: bool = True,
     device: torch.device | str | None = None,
+    kv_caches: Any = None,
 ) -> PatchableModel:
     """Wrap a TransformerLens ``HookedTransformer`` or ``TransformerBridge`` for edge patching.
 
@@ -907,6 +952,10 @@ def patchable_model(
             exactly ``seq_len`` tokens.
         separate_qkv: separate Q, K and V destinations per head.
         device: where masks live (default: the model's device). The model is moved there.
+        kv_caches: frozen key/value caches of the prompts' shared prefix, as
+            ``load_datasets_from_json(..., tail_divergence=True)`` builds them (e.g.
+            ``(train.kv_cache, test.kv_cache)``, as in auto-circuit); see
+            :meth:`PatchableModel.set_kv_caches`.
     """
     adapter = HookAdapter(model)
     adapter.check_patchable()
@@ -937,6 +986,8 @@ def patchable_model(
             stacklevel=2,
         )
         pm = _build(model, adapter, graph, out_slice, device, False, False)
+    if kv_caches is not None:
+        pm.set_kv_caches(kv_caches)
     return pm
 
 

@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from edgewise.ablation import batch_src_ablations
-from edgewise.data import PromptDataLoader, PromptPairBatch
+from edgewise.data import PromptDataLoader, PromptPairBatch, require_full_prompts
 from edgewise.patching import PatchableModel
 from edgewise.prune_algos.loss import AnswerFunction, GradFunction, answer_loss, grad_values
 from edgewise.prune_algos.mask_gradient import score_dtype
@@ -86,6 +86,8 @@ def atp_star_prune_scores(
         edges_per_pass = 4 if model.device.type == "cpu" else 32
     qk = [e for e in model.edges if e.dest.qkv in ("q", "k")] if qk_fix else []
     layers = sorted({_layer_of(e.dest.module_name) for e in qk})
+    # the QK fix recomputes attention from the keys its hooks see, which miss a cached prefix
+    require_full_prompts(dataloader, model, ablation_type, supported=not qk_fix)
     patches = batch_src_ablations(model, dataloader, ablation_type, "corrupt")
     dtype = score_dtype(model)
     drops: list[int | None] = list(range(n_layers)) if grad_drop else [None]

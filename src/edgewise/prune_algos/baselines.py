@@ -35,7 +35,7 @@ def activation_magnitude_prune_scores(
     (over prompts, positions and ``d_model`` at once), averaged over batches. The same
     for every destination, head and token position of the source. (The mean L2 norm is
     :func:`activation_norm_prune_scores`.)"""
-    require_full_prompts(dataloader)
+    require_full_prompts(dataloader, model, supported=False)  # its means include the prefix
     total, n_batches = None, 0
     for batch in dataloader:
         means = model.src_outs(batch.clean).double().flatten(1).mean(dim=1).abs()  # [n_srcs]
@@ -61,7 +61,7 @@ def activation_norm_prune_scores(
     """Each edge scores the mean L2 norm (over ``d_model``) of its source's output on the
     clean prompts: the mean over prompts and positions, or per position for edges with
     token positions. An edge from a loud source ranks high, whatever its destination."""
-    require_full_prompts(dataloader)
+    require_full_prompts(dataloader, model, supported=False)  # its means include the prefix
     total: torch.Tensor | None = None  # [n_srcs, seq] sums over prompts
     count = 0
     for batch in dataloader:

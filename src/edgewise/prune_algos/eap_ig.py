@@ -51,7 +51,7 @@ def eap_ig_inputs_prune_scores(
     Returns:
         Destination module name -> scores shaped like its mask.
     """
-    require_full_prompts(dataloader)
+    require_full_prompts(dataloader, model)
     if integrated_grad_samples < 1:
         raise ValueError(f"integrated_grad_samples must be >= 1, got {integrated_grad_samples}")
     point = model.adapter.hook_point(INPUT_HOOK)

@@ -87,7 +87,7 @@ def mask_gradient_prune_scores(
     Returns:
         Destination module name -> scores shaped like its mask.
     """
-    require_full_prompts(dataloader)
+    require_full_prompts(dataloader, model, ablation_type)
     if (mask_val is None) == (integrated_grad_samples is None):
         raise ValueError(
             "pass exactly one of mask_val (e.g. mask_val=0.0 for edge attribution patching) "
