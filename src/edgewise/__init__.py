@@ -120,6 +120,7 @@ from edgewise.types import (
     PruneScores,
     SrcNode,
 )
+from edgewise.visualize import draw_seq_graph
 
 __version__ = "0.1.0"
 
@@ -139,7 +140,7 @@ __all__ = [
     "ground_truth_prune_scores", "eap_ig_inputs_prune_scores", "learned_mask_prune_scores",
     "circuit_probing_prune_scores", "atp_star_prune_scores", "activation_norm_prune_scores",
     "measure_all_answers_win_percent", "measure_answer_diff_percent", "measurements_auc",
-    "desc_prune_scores", "prune_scores_threshold",
+    "desc_prune_scores", "prune_scores_threshold", "draw_seq_graph",
     # auto-circuit's names (edgewise.compat, docs/auto_circuit.md)
     "ExperimentTask", "PruneAlgo", "PruneMetric", "TaskPruneScores", "PRUNE_ALGOS",
     "PRUNE_ALGO_DICT", "PRUNE_METRICS", "PRUNE_METRIC_DICT", "load_tl_model",
