@@ -13,6 +13,7 @@ from edgewise import (
     PatchType,
     circuit_edges,
     edge_counts_util,
+    flat_prune_scores,
     measure_all_answers_win_percent,
     measure_answer_diff,
     measure_answer_val,
@@ -284,3 +285,21 @@ def test_measurements_auc_and_thresholds():
     assert desc_prune_scores(scores).tolist() == [3.0, 2.0, 0.5, 0.5]
     assert float(prune_scores_threshold(scores, 3)) == 0.5
     assert math.isinf(float(prune_scores_threshold(scores, 0)))
+
+
+def test_float64_scores_give_circuits_of_exactly_the_requested_size(pm):
+    """Thresholds are taken in the scores' own dtype: rounding float64 scores to float32
+    once moved a threshold above the very score it came from, dropping that edge (found
+    by the auto-circuit parity harness: run_circuits then disagreed with patching the
+    top-k edges directly)."""
+    gen = torch.Generator().manual_seed(11)
+    scores = {n: 10 + torch.rand(m.mask_shape, generator=gen, dtype=torch.float64)
+              for n, m in pm.dest_modules.items()}
+    sizes = [1, 5, 17, 40, 77]
+    outs = run_circuits(pm, random_loader(seed=2), sizes, scores, progress=False)
+    assert sorted(outs) == sizes
+    flat = flat_prune_scores(scores, pm)
+    assert flat.dtype == torch.float64
+    for k in sizes:
+        want = {pm.edges[i] for i in flat.abs().argsort(descending=True)[:k].tolist()}
+        assert set(circuit_edges(pm, scores, k)) == want

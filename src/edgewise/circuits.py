@@ -36,10 +36,15 @@ TestEdges = EdgeCounts | Sequence[int | float]
 
 
 def flat_prune_scores(prune_scores: PruneScores, model: PatchableModel | None = None) -> torch.Tensor:
-    """All scores in one 1-D float32 tensor, destination modules in graph order (or in
-    ``prune_scores`` order when ``model`` is None)."""
+    """All scores in one 1-D tensor, destination modules in graph order (or in
+    ``prune_scores`` order when ``model`` is None). The dtype is the scores' own (the
+    widest of them, at least float32): rounding float64 scores would move circuit
+    thresholds off the scores they are compared with."""
     names = list(model.dest_modules) if model is not None else list(prune_scores)
-    return torch.cat([prune_scores[n].detach().flatten().float().cpu() for n in names])
+    dtype = torch.float32
+    for n in names:
+        dtype = torch.promote_types(dtype, prune_scores[n].dtype)
+    return torch.cat([prune_scores[n].detach().flatten().to("cpu", dtype) for n in names])
 
 
 def _check_scores(model: PatchableModel, prune_scores: PruneScores) -> None:
@@ -270,8 +275,8 @@ def run_circuits(
         )
     requested = list(test_edge_counts)
     # exactly the sizes asked for (fractions resolved): 0 and n_edges only if asked for
-    counts = edge_counts_util(model.n_edges, requested, zero_edges=0 in requested,
-                              all_edges=model.n_edges in requested or 1.0 in requested)
+    whole = any(c == model.n_edges if isinstance(c, int) else c == 1.0 for c in requested)
+    counts = edge_counts_util(model.n_edges, requested, zero_edges=0 in requested, all_edges=whole)
     thresholds = circuit_thresholds(flat_prune_scores(prune_scores, model).abs(), counts)
     ablation = ablation_type if patch_type == PatchType.TREE_PATCH else AblationType.RESAMPLE
     patch_from = "clean" if (patch_type == PatchType.TREE_PATCH) == reverse_clean_corrupt else "corrupt"
