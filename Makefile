@@ -43,3 +43,17 @@ test-all: install
 
 bench: install
 	$(BIN)/python bench/bench_patch.py
+
+# Parity with auto-circuit 1.0.1 (parity/README.md): auto-circuit in its own
+# TransformerLens 2.x environment (.venv-ac), edgewise from .venv, same float64 weights.
+VENVAC := .venv-ac
+$(VENVAC)/bin/.installed:
+	$(PY) -m venv $(VENVAC)
+	$(VENVAC)/bin/pip install --quiet torch==2.13.0
+	$(VENVAC)/bin/pip install --quiet auto-circuit==1.0.1 transformer-lens==2.18.0 "pyarrow<26" "plotly<7" attrs
+	touch $@
+
+.PHONY: parity
+# .venv is built only when it is missing (it is not refreshed here: `make install` does that)
+parity: $(if $(wildcard $(BIN)/python),,$(BIN)/.installed) $(VENVAC)/bin/.installed
+	$(BIN)/python parity/compare.py --ac-python $(VENVAC)/bin/python --ew-python $(BIN)/python
