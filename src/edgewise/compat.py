@@ -138,28 +138,31 @@ def _algos() -> list[PruneAlgo]:
                   pa.edge_attribution_patching_prune_scores, "EAP"),
         PruneAlgo("ACDC", "ACDC", _bind(pa.acdc_prune_scores, tao_exps=list(range(-6, -2)), tao_bases=[1])),
         PruneAlgo("MSE ACDC", "MSE ACDC", _bind(pa.acdc_prune_scores, tao_exps=list(range(-10, 0)),
-                                                tao_bases=[1], faithfulness_target="mse")),
+                                                tao_bases=[1], faithfulness_target="mse"), "ACDC (MSE)"),
         PruneAlgo("Integrated Edge Gradients (Logit Grad)", "Integrated Edge Gradients (Logit Grad)",
                   _bind(grad, grad_function="logit", answer_function="avg_val",
-                        integrated_grad_samples=50)),
-        PruneAlgo("Integrated Edge Gradients (Logit Diff)", "Integrated Edge Gradients (Logit Diff)",
+                        integrated_grad_samples=50), "IEG (Answer Logit)"),
+        PruneAlgo("Integrated Edge Gradients (Logit Diff)", "Integrated Edge Gradients",
                   _bind(grad, grad_function="logit", answer_function="avg_diff",
                         integrated_grad_samples=1000), "IEG"),
         *(
-            PruneAlgo(f"Edge Answer {what} Gradient At Clean", f"Edge Answer {what} Gradient At Clean",
+            PruneAlgo(f"Edge Answer {what} Gradient At Clean", name,
                       _bind(grad, grad_function=gf, answer_function=af, mask_val=0.0), short)
-            for what, gf, af, short in (
-                ("Prob", "prob", "avg_val", None), ("Logit Exp", "logit_exp", "avg_val", None),
-                ("Log Prob", "logprob", "avg_val", None), ("Log Prob Diff", "logprob", "avg_diff", None),
-                ("Logit Diff", "logit", "avg_diff", "EAP"), ("Logit MSE", "logit", "mse", None),
+            for what, name, gf, af, short in (
+                ("Prob", "Prob Gradient", "prob", "avg_val", "EAP (Prob)"),
+                ("Logit Exp", "Exp Logit Gradient", "logit_exp", "avg_val", "EAP (Answer Logit)"),
+                ("Log Prob", "Logprob Gradient", "logprob", "avg_val", "EAP (Answer Logprob)"),
+                ("Log Prob Diff", "Logprob Diff Gradient", "logprob", "avg_diff", "EAP (Logprob Diff)"),
+                ("Logit Diff", "Edge Attribution Patching", "logit", "avg_diff", "EAP"),
+                ("Logit MSE", "Edge Attribution Patching (MSE)", "logit", "mse", "EAP (MSE)"),
             )
         ),
         PruneAlgo("Subnetwork Edge Probing", "Subnetwork Edge Probing",
                   _bind(pa.learned_mask_prune_scores, learning_rate=0.1, epochs=200,
-                        regularize_lambda=0.5, mask_fn="hard_concrete")),
+                        regularize_lambda=0.5, mask_fn="hard_concrete"), "SEP"),
         PruneAlgo("Subnetwork Tree Probing", "Subnetwork Tree Probing",
                   _bind(pa.learned_mask_prune_scores, learning_rate=0.1, epochs=2000,
-                        regularize_lambda=0.5, tree=True)),
+                        regularize_lambda=0.5, tree=True), "STP"),
     ]
 
 
