@@ -281,8 +281,10 @@ def from_tl_weights(
         model = HookedTransformer(HookedTransformerConfig(**fields, dtype=dtype, device=str(device)))
         state = model.state_dict()
         unknown = sorted(set(weights) - set(state))
-        if unknown:
-            raise ValueError(f"the HookedTransformer has no parameter {unknown[:4]}")
+        missing = sorted({n for n, _ in model.named_parameters()} - set(weights))
+        if unknown or missing:
+            raise ValueError(f"the weights do not match the config (missing {missing[:4]}, "
+                             f"unexpected {unknown[:4]})")
         state.update({k: v.to(dtype) for k, v in weights.items()})
         model.load_state_dict(state, strict=True)
         if tokenizer is not None:
