@@ -89,7 +89,7 @@ def edge_counts_util(
     n_edges = edges if isinstance(edges, int) else len(edges)
     flat = None
     if prune_scores is not None:
-        flat = torch.cat([s.detach().flatten().float().cpu() for s in prune_scores.values()]).abs()
+        flat = flat_prune_scores(prune_scores).float().abs()
     if test_counts is None:
         if flat is not None and len(torch.unique(flat)) < min(n_edges / 2, 100):
             test_counts = EdgeCounts.GROUPS
@@ -134,7 +134,7 @@ def edge_counts_util(
 
 def desc_prune_scores(prune_scores: PruneScores) -> torch.Tensor:
     """Every edge's importance ``|score|``, sorted from the largest, ``[n_edges]``."""
-    flat = torch.cat([s.detach().flatten() for s in prune_scores.values()])
+    flat = torch.cat([s.detach().flatten() for s in prune_scores.values()])  # on their device
     return flat.abs().sort(descending=True).values
 
 

@@ -253,19 +253,13 @@ def measure_answer_diff_percent(
     differences of the circuit) / (the same of the full model); otherwise the mean over
     prompts of each prompt's percentage."""
     full_outs = full_model_outputs(model, dataloader)
+    if diff_of_means:
+        ((_, full_mean),) = measure_answer_diff(model, dataloader, {0: full_outs}, prob_func)
+        return [(s, 100 * v / full_mean)
+                for s, v in measure_answer_diff(model, dataloader, circuit_outs, prob_func)]
 
-    def diffs(outs: dict[int, torch.Tensor]) -> list[torch.Tensor]:
-        return [batch_answer_diffs(apply_prob_func(outs[b.key], prob_func), b).flatten().double()
-                for b in dataloader]
+    def percent(out: torch.Tensor, b: PromptPairBatch) -> torch.Tensor:
+        diff = batch_answer_diffs(apply_prob_func(out, prob_func), b).double()
+        return 100 * diff / batch_answer_diffs(apply_prob_func(full_outs[b.key], prob_func), b).double()
 
-    full = diffs(full_outs)
-    full_mean = torch.stack([d.mean() for d in full]).mean()
-    out: Measurements = []
-    for size, by_batch in sorted(circuit_outs.items()):
-        circ = diffs(by_batch)
-        if diff_of_means:
-            value = 100 * torch.stack([d.mean() for d in circ]).mean() / full_mean
-        else:
-            value = (100 * torch.cat(circ) / torch.cat(full)).mean()
-        out.append((size, float(value)))
-    return out
+    return _per_size(dataloader, circuit_outs, percent)

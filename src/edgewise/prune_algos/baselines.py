@@ -43,13 +43,7 @@ def activation_magnitude_prune_scores(
         n_batches += 1
     if total is None:
         raise ValueError("the dataloader is empty")
-    per_src = total / n_batches
-    dtype = score_dtype(model)
-    scores = {n: torch.zeros(m.mask_shape, dtype=dtype, device=model.device)
-              for n, m in model.dest_modules.items()}
-    for e in model.edges:
-        scores[e.dest.module_name][e.patch_idx] = float(per_src[e.src.src_idx])
-    return scores
+    return _source_scores(model, total / n_batches)
 
 
 def activation_norm_prune_scores(
@@ -75,13 +69,17 @@ def activation_norm_prune_scores(
     if total is None:
         raise ValueError("the dataloader is empty")
     mean = total / count  # [n_srcs, seq]
-    per_src = mean if model.seq_len is not None else mean.sum(-1) / mean.shape[-1]
-    dtype = score_dtype(model)
-    scores = {n: torch.zeros(m.mask_shape, dtype=dtype, device=model.device)
+    return _source_scores(model, mean if model.seq_len is not None else mean.sum(-1) / mean.shape[-1])
+
+
+def _source_scores(model: PatchableModel, per_src: torch.Tensor) -> PruneScores:
+    """Every edge scores its source's value: ``per_src`` ``[n_srcs]``, or ``[n_srcs, seq]``
+    (one value per token position, for edges with positions)."""
+    scores = {n: torch.zeros(m.mask_shape, dtype=score_dtype(model), device=model.device)
               for n, m in model.dest_modules.items()}
     for e in model.edges:
-        value = per_src[e.src.src_idx] if e.seq_idx is None else per_src[e.src.src_idx, e.seq_idx]
-        scores[e.dest.module_name][e.patch_idx] = float(value)
+        at = (e.src.src_idx,) if per_src.ndim == 1 or e.seq_idx is None else (e.src.src_idx, e.seq_idx)
+        scores[e.dest.module_name][e.patch_idx] = float(per_src[at])
     return scores
 
 
