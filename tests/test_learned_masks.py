@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from edgewise import (
-    circuit_probing_prune_scores,
     learned_mask_prune_scores,
+    learned_mask_sizes_prune_scores,
     measure_roc,
     patchable_model,
 )
@@ -39,7 +39,7 @@ def test_learned_masks_recover_the_planted_path(mask_fn, tree):
 
 def test_circuit_probing_ranks_the_planted_path_first():
     pm = patchable_model(planted_model())
-    scores = circuit_probing_prune_scores(pm, random_loader(seed=13), None, sizes=[2, 5],
+    scores = learned_mask_sizes_prune_scores(pm, random_loader(seed=13), None, sizes=[2, 5],
                                           progress=False, epochs=60, regularize_lambda=2.0)
     assert {e.name for e in _ranked(pm, scores)[:2]} == PLANTED
     assert measure_roc(pm, {e for e in pm.edges if e.name in PLANTED}, scores).auc == 1.0

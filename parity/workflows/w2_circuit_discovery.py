@@ -6,7 +6,7 @@ that order matters here."""
 
 import torch as t
 
-from _common import DATASET_PATH, Recorder, bind_names, toy_model
+from _common import DATASET_PATH, LIB, Recorder, bind_names, toy_model
 
 rec = Recorder("w2_circuit_discovery")
 bind_names({
@@ -17,6 +17,7 @@ bind_names({
     "auto_circuit.prune_algos.edge_attribution_patching": ["edge_attribution_patching_prune_scores"],
     "auto_circuit.prune_algos.ACDC": ["acdc_prune_scores"],
     "auto_circuit.prune_algos.subnetwork_probing": ["subnetwork_probing_prune_scores"],
+    "auto_circuit.prune_algos.circuit_probing": ["circuit_probing_prune_scores"],
     "auto_circuit.prune": ["run_circuits"],
     "auto_circuit.metrics.prune_metrics.answer_diff": ["measure_answer_diff"],
 }, rec, globals())
@@ -60,6 +61,45 @@ with rec.step("subnetwork_probing(20 epochs)"):
     algos["subnetwork_probing"] = subnetwork_probing_prune_scores(
         model=model, dataloader=train_loader, official_edges=None,
         learning_rate=0.1, epochs=20, regularize_lambda=0.5, mask_fn="hard_concrete",
+    )
+# auto-circuit's edge mode patches the corrupt prompts' token-wise mean, not the clean
+# values its docstring names; edgewise does the latter unless told (docs/auto_circuit.md).
+AC_EDGE_MODE = {"ablation_type": AblationType.TOKENWISE_MEAN_CORRUPT} if LIB == "edgewise" else {}
+if AC_EDGE_MODE:
+    rec.note("subnetwork probing edge mode: edgewise side passes ablation_type=TOKENWISE_MEAN_CORRUPT")
+with rec.step("subnetwork_probing(hard concrete, edge mode, auto-circuit's patches)"):
+    t.manual_seed(0)
+    algos["sp_hc_edge_ac_patches"] = subnetwork_probing_prune_scores(
+        model=model, dataloader=train_loader, official_edges=None,
+        learning_rate=0.1, epochs=5, regularize_lambda=0.5, mask_fn="hard_concrete", **AC_EDGE_MODE,
+    )
+with rec.step("subnetwork_probing(sigmoid, edge mode)"):
+    algos["sp_sigmoid_edge"] = subnetwork_probing_prune_scores(
+        model=model, dataloader=train_loader, official_edges=None,
+        learning_rate=0.1, epochs=10, regularize_lambda=0.5, mask_fn="sigmoid", **AC_EDGE_MODE,
+    )
+with rec.step("subnetwork_probing(sigmoid, edge mode, answer target)"):
+    algos["sp_sigmoid_answer"] = subnetwork_probing_prune_scores(
+        model=model, dataloader=train_loader, official_edges=None, epochs=5,
+        mask_fn="sigmoid", faithfulness_target="answer", **AC_EDGE_MODE,
+    )
+with rec.step("subnetwork_probing(sigmoid, tree, circuit_size, avoid_edges)"):
+    avoid = {e for e in model.edges if e.name in ("MLP 1->Resid End", "Resid Start->A0.0.V")}
+    algos["sp_sigmoid_tree"] = subnetwork_probing_prune_scores(
+        model=model, dataloader=train_loader, official_edges=None, learning_rate=0.05,
+        epochs=10, regularize_lambda=1.0, mask_fn="sigmoid", tree_optimisation=True,
+        circuit_size=20, avoid_edges=avoid, avoid_lambda=2.0,
+    )
+with rec.step("subnetwork_probing(no mask_fn, tree, logit_diff_percent)"):
+    algos["sp_raw_tree_ldp"] = subnetwork_probing_prune_scores(
+        model=model, dataloader=train_loader, official_edges=None, learning_rate=0.01,
+        epochs=5, mask_fn=None, tree_optimisation=True, init_val=0.5,
+        faithfulness_target="logit_diff_percent",
+    )
+with rec.step("circuit_probing(sigmoid, tree, sizes 10 and 30)"):
+    algos["cp_sigmoid_tree"] = circuit_probing_prune_scores(
+        model=model, dataloader=train_loader, official_edges=None, epochs=5,
+        mask_fn="sigmoid", tree_optimisation=True, circuit_sizes=[30, 10],
     )
 for name, ps in algos.items():
     with rec.step(f"summary.{name}"):

@@ -130,6 +130,7 @@ def _algos() -> list[PruneAlgo]:
     from edgewise import prune_algos as pa
 
     grad = pa.mask_gradient_prune_scores
+    sp, cp = pa.subnetwork_probing_prune_scores, pa.circuit_probing_prune_scores
     return [
         PruneAlgo("Official Circuit", "Ground Truth", pa.ground_truth_prune_scores, "GT"),
         PruneAlgo("Act Mag", "Activation Magnitude", pa.activation_magnitude_prune_scores, "Act Mag"),
@@ -157,12 +158,24 @@ def _algos() -> list[PruneAlgo]:
                 ("Logit MSE", "Edge Attribution Patching (MSE)", "logit", "mse", "EAP (MSE)"),
             )
         ),
-        PruneAlgo("Subnetwork Edge Probing", "Subnetwork Edge Probing",
-                  _bind(pa.learned_mask_prune_scores, learning_rate=0.1, epochs=200,
-                        regularize_lambda=0.5, mask_fn="hard_concrete"), "SEP"),
-        PruneAlgo("Subnetwork Tree Probing", "Subnetwork Tree Probing",
-                  _bind(pa.learned_mask_prune_scores, learning_rate=0.1, epochs=2000,
-                        regularize_lambda=0.5, tree=True), "STP"),
+        *(
+            PruneAlgo(key, key, _bind(fn, learning_rate=0.1, epochs=epochs, regularize_lambda=lam,
+                                      mask_fn="hard_concrete", **kw), short)
+            for key, short, fn, epochs, lam, kw in (
+                ("Subnetwork Edge Probing", "SEP", sp, 200, 0.5, {}),
+                ("Circuit Probing", "CP", cp, 2000, 0.1, {"circuit_sizes": ["true_size", 1000]}),
+                ("Subnetwork Tree Probing", "STP", sp, 2000, 0.5, {"tree_optimisation": True}),
+                ("Tree Probing", "TP", cp, 200, 0.1,
+                 {"circuit_sizes": [100, "true_size", 1000, 10000], "tree_optimisation": True}),
+                ("MSE Subnetwork Tree Probing", "STP (MSE)", sp, 200, 0.5,
+                 {"tree_optimisation": True, "faithfulness_target": "mse"}),
+                ("MSE Tree Probing", "TP (MSE)", cp, 200, 0.1,
+                 {"circuit_sizes": ["true_size"], "tree_optimisation": True, "faithfulness_target": "mse"}),
+                ("Opposite Tree Probing", "OTP", cp, 100, 0.1,
+                 {"circuit_sizes": ["true_size", 1000, 10000], "tree_optimisation": True,
+                  "faithfulness_target": "wrong_answer"}),
+            )
+        ),
     ]
 
 
@@ -172,8 +185,10 @@ PRUNE_ALGO_DICT: dict[str, PruneAlgo] = {a.key: a for a in PRUNE_ALGOS}
  ACDC_PRUNE_ALGO, MSE_ACDC_PRUNE_ALGO, INTEGRATED_EDGE_GRADS_PRUNE_ALGO,
  INTEGRATED_EDGE_GRADS_LOGIT_DIFF_PRUNE_ALGO, PROB_GRAD_PRUNE_ALGO, LOGIT_EXP_GRAD_PRUNE_ALGO,
  LOGPROB_GRAD_PRUNE_ALGO, LOGPROB_DIFF_GRAD_PRUNE_ALGO, LOGIT_DIFF_GRAD_PRUNE_ALGO,
- LOGIT_MSE_GRAD_PRUNE_ALGO, SUBNETWORK_EDGE_PROBING_PRUNE_ALGO,
- SUBNETWORK_TREE_PROBING_PRUNE_ALGO) = PRUNE_ALGOS  # fmt: skip
+ LOGIT_MSE_GRAD_PRUNE_ALGO, SUBNETWORK_EDGE_PROBING_PRUNE_ALGO, CIRCUIT_PROBING_PRUNE_ALGO,
+ SUBNETWORK_TREE_PROBING_PRUNE_ALGO, CIRCUIT_TREE_PROBING_PRUNE_ALGO,
+ MSE_SUBNETWORK_TREE_PROBING_PRUNE_ALGO, MSE_CIRCUIT_TREE_PROBING_PRUNE_ALGO,
+ OPPOSITE_TREE_PROBING_PRUNE_ALGO) = PRUNE_ALGOS  # fmt: skip
 
 
 def _kl(compare_to_clean: bool) -> Callable[..., Measurements]:

@@ -625,7 +625,9 @@ class PatchableModel(nn.Module):
 
         Masks may carry a leading dim of ``c`` circuits (``[c, *mask_shape]``): the input
         must then be the prompts repeated ``c`` times (``tokens.repeat(c, 1)``), and copy
-        ``i`` of the batch is patched by circuit ``i``.
+        ``i`` of the batch is patched by circuit ``i``. ``patch_src_outs`` then holds the
+        patches of one copy (shared by all), or of the whole batch (one per row: with
+        ``c`` equal to the batch, every prompt gets a mask and patch of its own).
 
         ``fixed_delta`` (``[n_srcs, batch, seq, d_model]``, masks all 0 only) replaces the
         ``patch - current`` differences of the run: the forward pass is the unpatched one
@@ -789,8 +791,11 @@ class PatchableModel(nn.Module):
                         cur = rows
                     else:
                         cur = outs
+                    patch = patch_src_outs[lo:hi]
+                    # one patch per prompt of the stacked batch, or one shared by the copies
+                    per_copy = copies > 1 and patch.shape[1] == rows.shape[1]
                     torch.sub(
-                        patch_src_outs[lo:hi, None],
+                        patch.unflatten(1, (copies, -1)) if per_copy else patch[:, None],
                         cur.unflatten(1, (copies, -1)),
                         out=rows.unflatten(1, (copies, -1)),
                     )

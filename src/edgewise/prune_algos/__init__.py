@@ -18,10 +18,14 @@ from edgewise.prune_algos.eap import edge_attribution_patching_prune_scores
 from edgewise.prune_algos.eap_ig import eap_ig_inputs_prune_scores
 from edgewise.prune_algos.exact import exact_patching_prune_scores
 from edgewise.prune_algos.learned_masks import (
-    circuit_probing_prune_scores,
     learned_mask_prune_scores,
+    learned_mask_sizes_prune_scores,
 )
 from edgewise.prune_algos.mask_gradient import mask_gradient_prune_scores
+from edgewise.prune_algos.subnetwork_probing import (
+    circuit_probing_prune_scores,
+    subnetwork_probing_prune_scores,
+)
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,7 @@ ALGORITHMS: dict[str, Algorithm] = {
         "subnetwork probing in tree mode: clean run, learns which edges to ablate",
     ),
     "circuit-probing": Algorithm(
-        "circuit-probing", circuit_probing_prune_scores, {"sizes": (10, 100, 1000)},
+        "circuit-probing", learned_mask_sizes_prune_scores, {"sizes": (10, 100, 1000)},
         "learned masks with a target size, once per size; smaller circuits rank first",
     ),
     "random": Algorithm("random", random_prune_scores, {"seed": 0}, "baseline: uniform random scores"),
@@ -114,6 +118,8 @@ __all__ = [
     "activation_magnitude_prune_scores",
     "activation_norm_prune_scores",
     "atp_star_prune_scores",
+    "learned_mask_sizes_prune_scores",
+    "subnetwork_probing_prune_scores",
     "circuit_probing_prune_scores",
     "learned_mask_prune_scores",
     "eap_ig_inputs_prune_scores",

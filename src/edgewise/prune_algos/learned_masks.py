@@ -137,7 +137,7 @@ def _keep_probability(theta: torch.Tensor, mask_fn: MaskFn) -> torch.Tensor:
     return torch.sigmoid(theta.double() - shift).to(theta.dtype)
 
 
-def circuit_probing_prune_scores(
+def learned_mask_sizes_prune_scores(
     model: PatchableModel,
     dataloader: PromptDataLoader,
     official_edges: set[Edge] | None = None,
