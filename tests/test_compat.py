@@ -3,6 +3,8 @@ do what they do there, computed against edgewise's explicit-state functions."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -94,3 +96,68 @@ def test_registries_and_experiment_functions(pm):
     corrupt = {b.key: pm(b.corrupt)[pm.out_slice] for b in test}
     kl = table["Corrupt KL Div"]["t"]["Act Mag"]
     assert kl == ew.measure_kl_div(pm, test, outs, full_outs=corrupt)
+
+
+AUTO_CIRCUIT_ALGO_KEYS = [  # auto-circuit 1.0.1's PRUNE_ALGOS, in its order
+    "Official Circuit", "Act Mag", "Random", "Edge Attribution Patching", "ACDC", "MSE ACDC",
+    "Integrated Edge Gradients (Logit Diff)", "Edge Answer Log Prob Gradient At Clean",
+    "Edge Answer Log Prob Diff Gradient At Clean", "Edge Answer Logit Diff Gradient At Clean",
+    "Edge Answer Logit MSE Gradient At Clean", "Subnetwork Edge Probing", "Circuit Probing",
+    "Subnetwork Tree Probing", "Tree Probing", "MSE Subnetwork Tree Probing", "MSE Tree Probing",
+    "Opposite Tree Probing",
+]
+
+
+def test_every_auto_circuit_algorithm_is_registered():
+    keys = [a.key for a in ew.PRUNE_ALGOS]
+    assert [k for k in keys if k in AUTO_CIRCUIT_ALGO_KEYS] == AUTO_CIRCUIT_ALGO_KEYS
+    assert ew.SUBNETWORK_TREE_PROBING_PRUNE_ALGO.short_name == "STP"
+    assert ew.OPPOSITE_TREE_PROBING_PRUNE_ALGO.key == "Opposite Tree Probing"
+
+
+def test_task_builds_what_the_same_calls_build_by_hand(tmp_path):
+    """auto-circuit's Task: lazy, frozen model, loaders from the JSON, the graph with token
+    positions only for a token circuit, and the official edges from its function."""
+    from edgewise.toy_models import load
+
+    path = ew.data._datasets_root().joinpath("toy_ioi.json")
+    model = load("toy-ioi")
+    calls = []
+
+    def true_edges(pm, **kw):
+        calls.append(kw)
+        return set(pm.edges[:3])
+
+    task = ew.Task("T", "T", (8, 4), (2, 3), False, model, str(path)[:-5], _true_edge_func=true_edges)
+    assert not task._built  # nothing loaded yet
+    assert task.true_edge_count == 3 and calls == [{}]
+    assert not any(p.requires_grad for p in model.parameters())
+    text = isinstance(json.loads(path.read_text())["prompts"][0]["clean"], str)
+    train, test = ew.load_datasets_from_json(model if text else None, path, prepend_bos=text,
+                                             batch_size=(8, 4), train_test_size=(16, 12),
+                                             tail_divergence=text)  # fmt: skip
+    assert [b.key for b in task.train_loader] == [b.key for b in train] and len(train) == 2
+    assert [b.key for b in task.test_loader] == [b.key for b in test] and len(test) == 3
+    assert task.model.seq_len is None and task.model.edges == ew.patchable_model(model).edges
+    token = ew.Task("T2", "T2", 8, 1, True, model, str(path)[:-5], _true_edge_func=true_edges)
+    assert token.model.seq_len == token.train_loader.seq_len is not None
+    assert set(calls[-1]) == {"token_positions", "word_idxs", "seq_start_idx"}
+
+
+def test_shipped_tasks_load_offline_with_their_official_circuits():
+    from edgewise.circuits_official.tracr import tracr_official_edges
+
+    task = ew.TASK_DICT["Tracr reverse Token Circuit"]
+    assert task.model.seq_len == 6 and len(task.train_loader) == len(task.test_loader) == 11
+    assert task.true_edges == tracr_official_edges(task.model, "reverse")
+    toy = ew.TOY_IOI_COMPONENT_CIRCUIT_TASK
+    assert toy.true_edge_count > 0 and toy.model.seq_len is None
+
+
+def test_task_refuses_what_edgewise_cannot_load():
+    with pytest.raises(ValueError, match="no file nope.json"):
+        ew.Task("x", "x", 2, 1, False, "reverse", "nope").init_task()
+    with pytest.raises(ValueError, match="sparse-autoencoder"):
+        ew.Task("x", "x", 2, 1, False, "reverse", "tracr_reverse", autoencoder_input="mlp").init_task()
+    with pytest.raises(ValueError, match="never downloads"):
+        ew.Task("x", "x", 2, 1, False, "no-such-model-xyz", "toy_ioi").init_task()

@@ -46,10 +46,16 @@ if LIB == "auto_circuit":
 else:
     dataset_name = str(DATASET_PATH.with_suffix(""))
 
+# auto-circuit sets a loader's seq_len for token-id prompts even without
+# return_seq_length, so its Task builds a token graph with token_circuit=False; edgewise
+# does that only with token_circuit=True (docs/auto_circuit.md). Same graph on both sides:
+token_circuit = LIB == "edgewise"
+if token_circuit:
+    rec.note("Task: edgewise side passes token_circuit=True (auto-circuit's False builds a token graph here)")
 task = None
 with rec.step("Task(...) + TASK_DICT"):
     task = Task(
-        key="Toy IOI", name="Toy IOI", batch_size=16, batch_count=4, token_circuit=False,
+        key="Toy IOI", name="Toy IOI", batch_size=16, batch_count=4, token_circuit=token_circuit,
         _model_def=toy_model(), _dataset_name=dataset_name,
     )
     TASK_DICT[task.key] = task

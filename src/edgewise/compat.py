@@ -10,9 +10,11 @@ with context managers. Here the masks are one dict on the :class:`PatchableModel
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -261,6 +263,168 @@ class ExperimentTask:
         return None if self.true_edges is None else len(self.true_edges)
 
 
+# auto-circuit's dataset names for the data edgewise ships
+_DATASET_ALIASES = {
+    "tracr/tracr_reverse_len_5_prompts": "tracr_reverse",
+    "tracr/tracr_xproportion_len_5_prompts": "tracr_xproportion",
+}
+
+
+def _dataset_path(name: str) -> str:
+    """A dataset JSON for auto-circuit's ``_dataset_name``: a file (``name`` or
+    ``name.json``), or a dataset edgewise ships (by its name or auto-circuit's)."""
+    from edgewise.data import _datasets_root, shipped_dataset_names
+
+    for candidate in (name, f"{name}.json"):
+        if Path(candidate).is_file():
+            return candidate
+    shipped = _DATASET_ALIASES.get(name, name)
+    if shipped in shipped_dataset_names():
+        return str(_datasets_root().joinpath(f"{shipped}.json"))
+    raise ValueError(
+        f"Task dataset {name!r}: no file {name}.json and no shipped dataset of that name. Give "
+        f"_dataset_name as a path to the JSON (without .json); shipped: "
+        f"{', '.join(shipped_dataset_names())}. auto-circuit's own datasets live in its source "
+        "repository; copy the file you need and give its path."
+    )
+
+
+def _load_model_def(model_def: str, dtype: torch.dtype) -> Any:
+    """auto-circuit's ``_model_def`` string: a tracr program (``"reverse"``,
+    ``"xproportion"``), a local checkpoint folder, or a name :func:`edgewise.tasks.load_model`
+    knows (shipped models; TransformerLens names whose weights are already on this machine)."""
+    from edgewise.tasks import load_model
+
+    if model_def in ("reverse", "xproportion"):
+        from edgewise.tracr_models import compile_tracr
+
+        model = compile_tracr(model_def)[0]  # type: ignore[arg-type]
+    elif Path(model_def).is_dir():
+        model = load_tl_model(model_def)
+    else:
+        model = load_model(model_def)
+    return model.to(dtype) if dtype != torch.float32 else model
+
+
+@dataclass
+class Task:
+    """auto-circuit's ``Task``: a model, prompt data and (maybe) an official circuit,
+    built on first use of ``model``, ``train_loader``, ``test_loader`` or ``true_edges``.
+
+    Fields as in auto-circuit: ``batch_size`` / ``batch_count`` (ints, or ``(train,
+    test)`` tuples), ``token_circuit`` (one edge per token position), ``_model_def`` (a
+    model, or a string: see :func:`_load_model_def`; nothing is downloaded),
+    ``_dataset_name`` (a JSON path without ``.json``, or a shipped dataset),
+    ``factorized``, ``separate_qkv``, ``_true_edge_func`` (called with the patchable model
+    and, for token circuits, ``token_positions=True, word_idxs=, seq_start_idx=``),
+    ``slice_output`` and ``dtype``. Sparse-autoencoder tasks (``autoencoder_*``) are not
+    supported. Unlike auto-circuit, the graph has token positions only when
+    ``token_circuit`` is true, and nothing is cached across tasks."""
+
+    key: str
+    name: str
+    batch_size: int | tuple[int, int]
+    batch_count: int | tuple[int, int]
+    token_circuit: bool
+    _model_def: str | torch.nn.Module
+    _dataset_name: str
+    factorized: bool = True
+    separate_qkv: bool = True
+    _true_edge_func: Callable[..., set[Edge]] | None = None
+    slice_output: str = "last_seq"
+    autoencoder_input: str | None = None
+    autoencoder_max_latents: int | None = None
+    autoencoder_pythia_size: str | None = None
+    autoencoder_prune_with_corrupt: bool | None = None
+    dtype: torch.dtype = torch.float32
+    _built: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def init_task(self) -> None:
+        """Load the model and data, wrap the model, find the official edges."""
+        from edgewise.data import load_datasets_from_json
+        from edgewise.patching import patchable_model
+
+        if self.autoencoder_input is not None:
+            raise ValueError(f"Task {self.key!r}: edgewise has no sparse-autoencoder models "
+                             "(autoencoder_input); leave the autoencoder_* fields unset")  # fmt: skip
+        model = self._model_def
+        if isinstance(model, str):
+            model = _load_model_def(model, self.dtype)
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        device = next(model.parameters()).device
+        pair = lambda v: v if isinstance(v, tuple) else (v, v)  # noqa: E731
+        (bs_train, bs_test), (n_train, n_test) = pair(self.batch_size), pair(self.batch_count)
+        path = _dataset_path(self._dataset_name)
+        # auto-circuit tokenizes when the model has a tokenizer; token-id prompts (tracr's)
+        # are used as they are
+        with open(path, encoding="utf-8") as f:
+            text = isinstance(json.load(f)["prompts"][0]["clean"], str)
+        has_tokenizer = text and getattr(model, "tokenizer", None) is not None
+        train, test = load_datasets_from_json(
+            model if has_tokenizer else None, path, device=device,
+            prepend_bos=has_tokenizer, batch_size=self.batch_size,
+            train_test_size=(bs_train * n_train, bs_test * n_test),
+            return_seq_length=self.token_circuit, tail_divergence=has_tokenizer, pad=True,
+        )
+        pm = patchable_model(model, self.factorized, self.slice_output,  # type: ignore[arg-type]
+                             train.seq_len if self.token_circuit else None, self.separate_qkv,
+                             device, kv_caches=(train.kv_cache, test.kv_cache))  # fmt: skip
+        true_edges = None
+        if self._true_edge_func is not None:
+            kw = ({"token_positions": True, "word_idxs": train.word_idxs, "seq_start_idx": train.diverge_idx}
+                  if self.token_circuit else {})  # fmt: skip
+            true_edges = self._true_edge_func(pm, **kw)
+        self._built.update(model=pm, train_loader=train, test_loader=test, true_edges=true_edges)
+
+    def _get(self, what: str) -> Any:
+        if not self._built:
+            self.init_task()
+        return self._built[what]
+
+    model = property(lambda self: self._get("model"), doc="The patchable model.")
+    train_loader = property(lambda self: self._get("train_loader"), doc="Training prompts.")
+    test_loader = property(lambda self: self._get("test_loader"), doc="Test prompts.")
+    true_edges = property(lambda self: self._get("true_edges"), doc="The official circuit, or None.")
+
+    @property
+    def true_edge_count(self) -> int | None:
+        return None if self.true_edges is None else len(self.true_edges)
+
+
+def _tracr_true_edges(program: str) -> Callable[..., set[Edge]]:
+    def true_edges(model: PatchableModel, **_: Any) -> set[Edge]:
+        from edgewise.circuits_official.tracr import tracr_official_edges
+
+        return tracr_official_edges(model, program)  # type: ignore[arg-type]
+
+    return true_edges
+
+
+def _toy_ioi_true_edges(model: PatchableModel, **_: Any) -> set[Edge]:
+    from edgewise.circuits_official.toy_ioi import toy_ioi_official_edges
+
+    return toy_ioi_official_edges(model)
+
+
+# auto-circuit's tasks that run offline on what edgewise ships (its other tasks need
+# hub models and auto-circuit's datasets), and edgewise's toy IOI task
+TASKS: list[Task] = [
+    Task("Tracr xproportion Token Circuit", "Tracr xproportion", 64, 8, True, "xproportion",
+         "tracr/tracr_xproportion_len_5_prompts", _true_edge_func=_tracr_true_edges("xproportion"),
+         slice_output="not_first_seq"),
+    Task("Tracr reverse Token Circuit", "Tracr reverse", 11, 11, True, "reverse",
+         "tracr/tracr_reverse_len_5_prompts", _true_edge_func=_tracr_true_edges("reverse"),
+         slice_output="not_first_seq"),
+    Task("Toy IOI Component Circuit", "Toy Indirect Object Identification", 64, 1, False, "toy-ioi",
+         "toy_ioi", _true_edge_func=_toy_ioi_true_edges),
+]
+TASK_DICT: dict[str, Task] = {t.key: t for t in TASKS}
+(TRACR_XPROPORTION_TOKEN_CIRCUIT_TASK, TRACR_REVERSE_TOKEN_CIRCUIT_TASK,
+ TOY_IOI_COMPONENT_CIRCUIT_TASK) = TASKS  # fmt: skip
+
+
 class TaskPruneScores(dict):
     """``{task key: {algorithm key: PruneScores}}``, remembering its tasks."""
 
@@ -320,7 +484,8 @@ def load_tl_model(path: str, device: str | torch.device = "cpu") -> Any:
 
 
 __all__ = [
-    "ExperimentTask", "PruneAlgo", "PruneMetric", "TaskPruneScores", "PRUNE_ALGOS",
+    "Task", "TASKS", "TASK_DICT", "TRACR_XPROPORTION_TOKEN_CIRCUIT_TASK", "TRACR_REVERSE_TOKEN_CIRCUIT_TASK",
+    "TOY_IOI_COMPONENT_CIRCUIT_TASK", "ExperimentTask", "PruneAlgo", "PruneMetric", "TaskPruneScores", "PRUNE_ALGOS",
     "PRUNE_ALGO_DICT", "PRUNE_METRICS", "PRUNE_METRIC_DICT", "load_tl_model",
     "measure_prune_metrics", "patch_mode", "run_prune_algos", "set_all_masks", "train_mask_mode",
 ]
