@@ -95,7 +95,7 @@ def test_registries_and_experiment_functions(pm):
     assert table["Correct Answer Percent"]["t"]["Act Mag"] == ew.measure_correct_ans_percent(pm, test, outs)
     corrupt = {b.key: pm(b.corrupt)[pm.out_slice] for b in test}
     kl = table["Corrupt KL Div"]["t"]["Act Mag"]
-    assert kl == ew.measure_kl_div(pm, test, outs, full_outs=corrupt)
+    assert kl == ew.measure_kl_div(pm, test, outs, full_outs=corrupt) == ew.measure_kl_div(pm, test, outs, False)
 
 
 AUTO_CIRCUIT_ALGO_KEYS = [  # auto-circuit 1.0.1's PRUNE_ALGOS, in its order

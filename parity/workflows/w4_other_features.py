@@ -135,6 +135,8 @@ with rec.step("run_circuits(TREE_PATCH, TOKENWISE_MEAN_CORRUPT, act_mag)"):
     kl = measure_kl_div(model, test_loader, tree_outs)
     ld = measure_answer_diff_percent(model, test_loader, tree_outs)
     rec.measurements("tree.kl_div", kl)
+    rec.measurements("tree.kl_div_to_corrupt",
+                     measure_kl_div(model, test_loader, tree_outs, compare_to_clean=False))
     rec.measurements("tree.logit_diff_percent", ld)
 with rec.step("measurements_auc(log_x, linear y)"):
     rec.num("auc.logit_diff_percent.logx", measurements_auc(ld, log_x=True, log_y=False, y_min=None))

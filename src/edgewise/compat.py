@@ -193,24 +193,12 @@ PRUNE_ALGO_DICT: dict[str, PruneAlgo] = {a.key: a for a in PRUNE_ALGOS}
  OPPOSITE_TREE_PROBING_PRUNE_ALGO) = PRUNE_ALGOS  # fmt: skip
 
 
-def _kl(compare_to_clean: bool) -> Callable[..., Measurements]:
-    def kl(model: PatchableModel, dataloader: PromptDataLoader, circuit_outs: Any) -> Measurements:
-        if not compare_to_clean:
-            from edgewise.metrics.answers import full_model_outputs
-
-            full = full_model_outputs(model, dataloader, clean=False)
-            return measure_kl_div(model, dataloader, circuit_outs, full_outs=full)
-        return measure_kl_div(model, dataloader, circuit_outs)
-
-    return kl
-
-
 def _metrics() -> list[PruneMetric]:
     log = {"log_x": True}
     val = measure_answer_val
     return [
-        PruneMetric("Clean KL Div", "Clean KL Div", _kl(True), **log, log_y=True, lower_better=True, y_min=1e-2),
-        PruneMetric("Corrupt KL Div", "Corrupt KL Div", _kl(False), **log, log_y=True, y_min=1e-6),
+        PruneMetric("Clean KL Div", "Clean KL Div", _bind(measure_kl_div, compare_to_clean=True), **log, log_y=True, lower_better=True, y_min=1e-2),
+        PruneMetric("Corrupt KL Div", "Corrupt KL Div", _bind(measure_kl_div, compare_to_clean=False), **log, log_y=True, y_min=1e-6),
         PruneMetric("Answer Logit", "Answer Logit", _bind(val, prob_func="logits"), **log),
         PruneMetric("Wrong Answer Logit", "Wrong Answer Logit",
                     _bind(val, prob_func="logits", wrong_answer=True), **log),

@@ -218,10 +218,14 @@ def measure_kl_div(
     model: PatchableModel,
     dataloader: PromptDataLoader,
     circuit_outs: CircuitOutputs,
+    compare_to_clean: bool = True,
     full_outs: dict[int, torch.Tensor] | None = None,
 ) -> Measurements:
-    """KL(full model || circuit) per circuit size, mean over prompts and output positions."""
-    full_outs = full_outs if full_outs is not None else full_model_outputs(model, dataloader)
+    """KL(full model || circuit) per circuit size, mean over prompts and output positions.
+    The full model runs the clean prompts, or the corrupt ones with ``compare_to_clean=False``
+    (as in auto-circuit); ``full_outs`` gives its outputs per batch key instead."""
+    if full_outs is None:
+        full_outs = full_model_outputs(model, dataloader, clean=compare_to_clean)
     return _per_size(dataloader, circuit_outs, lambda out, b: kl_div_full(full_outs[b.key], out))
 
 
