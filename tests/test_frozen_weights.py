@@ -19,6 +19,7 @@ from edgewise import (
     learned_mask_prune_scores,
     mask_gradient_prune_scores,
     patchable_model,
+    subnetwork_probing_prune_scores,
 )
 from edgewise.models import hooked_transformer_available, random_bridge, random_model
 
@@ -100,6 +101,9 @@ def test_other_gradient_scorers(kind):
         lambda pm: eap_ig_inputs_prune_scores(pm, loader, integrated_grad_samples=3, progress=False),
         lambda pm: atp_star_prune_scores(pm, loader, grad_drop=True, progress=False),
         lambda pm: learned_mask_prune_scores(pm, loader, epochs=3, progress=False),
+        lambda pm: subnetwork_probing_prune_scores(pm, loader, epochs=2, seed=0, progress=False),
+        lambda pm: subnetwork_probing_prune_scores(pm, loader, epochs=2, mask_fn="sigmoid",
+                                                   tree_optimisation=True, progress=False),
     ):
         assert_same(fn(trainable), fn(frozen))
     # and the plain-hook reference is EAP
@@ -115,3 +119,5 @@ def test_weights_stay_as_the_user_left_them():
     assert not any(p.requires_grad for p in frozen.wrapped_model.parameters())
     assert all(p.grad is None for p in frozen.wrapped_model.parameters())
     assert all(p.requires_grad for p in trainable.wrapped_model.parameters())
+    subnetwork_probing_prune_scores(trainable, random_loader(seed=6), epochs=1, progress=False)
+    assert all(p.grad is None for p in trainable.wrapped_model.parameters())  # masks only

@@ -123,8 +123,9 @@ def learned_mask_prune_scores(
             else:
                 penalty = F.relu(kept - circuit_size) / circuit_size
             loss = kl + regularize_lambda * penalty
-            optim.zero_grad()
-            loss.backward()
+            params = list(theta.values())  # only the logits get gradients, never the model
+            for t, g in zip(params, torch.autograd.grad(loss, params), strict=True):
+                t.grad = g
             optim.step()
             bar.set_postfix(kl=float(kl.detach()), kept=float(kept.detach()), refresh=False)
     # circuits rank edges by |score|: report the probability of keeping each edge
