@@ -274,3 +274,32 @@ def test_src_outs_reuses_its_buffer_only_when_no_result_is_held(kind):
     del view, second
     third = pm.src_outs(clean)  # nothing holds the buffer now: it is reused
     assert third.data_ptr() == ptr and torch.equal(third, kept)
+
+
+def test_patchable_model_is_an_nn_module():
+    """What a notebook does first: move it, change its dtype, look at its state. The patched
+    forward after ``pm.double()`` is the float64 reference."""
+    from util import random_loader
+
+    pm = patchable_model(random_model(n_layers=2, n_heads=2, d_vocab=20, seed=4))
+    batch = next(iter(random_loader(seed=3)))
+    masks = pm.new_masks(0.5)
+    pm.run_patched(batch.clean, masks, pm.src_outs(batch.corrupt))  # fills the reused buffers
+    assert pm.to("cpu") is pm and pm.device == torch.device("cpu")
+    assert pm.double() is pm
+    assert all(p.dtype == torch.float64 for p in pm.parameters())
+    assert all(m.dtype == torch.float64 for m in pm.patch_masks.values())
+    masks = {n: m.double() for n, m in masks.items()}
+    got = pm.run_patched(batch.clean, masks, pm.src_outs(batch.corrupt))
+    want = reference_patched_logits(pm, batch.clean, masks, pm.src_outs(batch.corrupt))
+    # (a HookedTransformer keeps cfg.dtype, and rounds attention patterns to it)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    state = pm.state_dict()
+    pm.float().eval().requires_grad_(False)
+    assert not pm.training and not any(p.requires_grad for p in pm.parameters())
+    assert all(p.dtype == torch.float32 for p in pm.parameters())
+    first = next(pm.parameters())
+    want = first.detach().clone()
+    first.data.add_(1.0)
+    pm.load_state_dict(state)  # the saved values come back
+    assert torch.equal(first, want)

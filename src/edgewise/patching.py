@@ -351,14 +351,14 @@ class PatchableModel(nn.Module):
         super().__init__()
         self.src_hooks = src_hooks
         self.dest_hooks = dest_hooks
-        self._buffers: dict[str, tuple[torch.Tensor, int | None]] = {}
+        self._reuse: dict[str, tuple[torch.Tensor, int | None]] = {}  # see _buffer
         self._workspace: dict = {}
         self.graph_flags = needed_flags(graph, projected=False, heads_from_z=False)
         self.wrapped_model = model
         self.graph = graph
         self.adapter = adapter
         self.out_slice = out_slice
-        self.device = device
+        self._device = torch.device(device)
         self.srcs: tuple[SrcNode, ...] = graph.srcs
         self.dests: tuple[DestNode, ...] = graph.dests
         self.nodes: tuple[Node, ...] = graph.srcs + graph.dests
@@ -377,6 +377,22 @@ class PatchableModel(nn.Module):
         self.patch_masks: dict[str, torch.Tensor] = self.new_masks(0.0)
         self.kv_cache: Any = None  # a frozen cache of a shared prompt prefix (set_kv_caches)
         self.kv_prefix_len = 0
+
+    @property
+    def device(self) -> torch.device:
+        """Where the wrapped model's parameters are (they move with ``pm.to(...)``)."""
+        p = next(self.wrapped_model.parameters(), None)
+        return self._device if p is None else p.device
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> PatchableModel:
+        """``to``, ``cuda``, ``float``, ``double``, ...: the wrapped model as usual, and the
+        masks in ``patch_masks`` too; reused buffers are dropped (wrong device or dtype)."""
+        super()._apply(fn, *args, **kwargs)
+        with torch.no_grad():
+            self.patch_masks = {n: fn(m).detach() for n, m in self.patch_masks.items()}
+        self._device = self.device
+        self.free_buffers()
+        return self
 
     @property
     def cfg(self) -> Any:
@@ -584,7 +600,7 @@ class PatchableModel(nn.Module):
         buffer and the ``src_outs`` buffer (``[n_srcs, batch, seq, d_model]``) and the
         backward pass's gradient rows (reusing them saves a page fault per 4 KiB per pass
         on a CPU)."""
-        self._buffers = {}
+        self._reuse = {}
         self._workspace = {}
 
     def _buffer(
@@ -595,7 +611,7 @@ class PatchableModel(nn.Module):
         this size costs a page fault per 4 KiB on every pass on a CPU, so calls reuse one
         while nothing else holds it: not the caller, nor the autograd graph of a pass
         with gradients (which holds views of its buffer until its backward is done)."""
-        buf, refs = self._buffers.get(role, (None, None))
+        buf, refs = self._reuse.get(role, (None, None))
         if (
             buf is not None
             and (buf.shape, buf.dtype, buf.device) == (shape, dtype, device)
@@ -604,10 +620,10 @@ class PatchableModel(nn.Module):
         ):
             return buf
         del buf  # the cache's reference goes before the new buffer comes
-        self._buffers.pop(role, None)
+        self._reuse.pop(role, None)
         with torch.inference_mode(False):  # a normal tensor: passes of either kind reuse it
             new = torch.empty(shape, dtype=dtype, device=device)
-        self._buffers[role] = (new, _storage_refs(new))
+        self._reuse[role] = (new, _storage_refs(new))
         return new
 
     # ------------------------------------------------------------------ patching
