@@ -303,3 +303,18 @@ def test_patchable_model_is_an_nn_module():
     first.data.add_(1.0)
     pm.load_state_dict(state)  # the saved values come back
     assert torch.equal(first, want)
+
+
+def test_graph_modules_carry_block_kind_and_qkv():
+    """Nothing needs to parse a hook name: the graph's modules say where they are."""
+    spec = GraphSpec(n_layers=3, n_heads=4, n_kv_heads=2)
+    g = build_graph(spec)
+    for m in g.src_modules:
+        assert m.kind == ("embed" if m.block is None else "attn" if m.n_heads else "mlp")
+        assert m.block is None or m.module_name.startswith(f"blocks.{m.block}.")
+    for m in g.dest_modules:
+        assert m.module_name.startswith(f"blocks.{m.block}.")
+        assert (m.qkv is not None) == m.module_name.endswith(("q_input", "k_input", "v_input"))
+        assert m.qkv is None or m.module_name.endswith(f"hook_{m.qkv}_input")
+        assert m.kind == ("attn" if m.qkv else "mlp" if "mlp" in m.module_name else "resid")
+    assert [m.kind for m in build_graph(spec, factorized=False).dest_modules] == ["resid"] * 6

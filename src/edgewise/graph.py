@@ -21,9 +21,9 @@ nodes, edges and mask shapes in every process. Edges are ordered by position
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from edgewise.types import DestNode, Edge, SrcNode
+from edgewise.types import QKV, DestNode, Edge, SrcNode
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,9 @@ class DestModule:
 
     ``n_heads`` is the size of the hook's head dimension (``None`` for ``[b, s, d]``
     hooks); the module reads sources ``src_lo .. src_hi - 1``. Its mask has shape
-    ``([seq_len] +) ([n_heads] +) [src_hi - src_lo]``.
+    ``([seq_len] +) ([n_heads] +) [src_hi - src_lo]``. ``block`` is the transformer block
+    it reads in; ``kind`` is ``"attn"`` (a head's input; ``qkv`` says which one when they
+    are separate), ``"mlp"`` or ``"resid"`` (the residual stream after a block).
     """
 
     module_name: str
@@ -64,15 +66,21 @@ class DestModule:
     src_lo: int
     src_hi: int
     mask_shape: tuple[int, ...]
+    block: int = 0
+    kind: Literal["attn", "mlp", "resid"] = "resid"
+    qkv: QKV | None = None
 
 
 @dataclass(frozen=True)
 class SrcModule:
-    """One source hook: ``n_heads`` sources (``None``: one) starting at ``src_lo``."""
+    """One source hook: ``n_heads`` sources (``None``: one) starting at ``src_lo``;
+    ``kind`` ``"embed"`` (block ``None``), ``"attn"`` or ``"mlp"`` of ``block``."""
 
     module_name: str
     n_heads: int | None
     src_lo: int
+    block: int | None = None
+    kind: Literal["embed", "attn", "mlp"] = "embed"
 
     @property
     def src_hi(self) -> int:
@@ -112,12 +120,12 @@ def _sources(spec: GraphSpec, factorized: bool) -> tuple[list[SrcNode], list[Src
     for b in range(spec.n_layers):
         attn_layer, mlp_layer = _block_layers(spec, b, factorized)
         hook = f"blocks.{b}.attn.hook_result"
-        mods.append(SrcModule(hook, spec.n_heads, len(srcs)))
+        mods.append(SrcModule(hook, spec.n_heads, len(srcs), b, "attn"))
         for h in range(spec.n_heads):
             srcs.append(SrcNode(f"A{b}.{h}", hook, attn_layer, h, len(srcs)))
         if not spec.attn_only:
             hook = f"blocks.{b}.hook_mlp_out"
-            mods.append(SrcModule(hook, None, len(srcs)))
+            mods.append(SrcModule(hook, None, len(srcs), b, "mlp"))
             srcs.append(SrcNode(f"MLP {b}", hook, mlp_layer, None, len(srcs)))
     return srcs, mods
 
@@ -155,34 +163,36 @@ def build_graph(
     def n_srcs_below(layer: int) -> int:
         return sum(1 for s in srcs if s.layer < layer)
 
-    def add_module(hook: str, n_heads: int | None, lo: int, hi: int) -> None:
+    def add_module(hook: str, n_heads: int | None, lo: int, hi: int, block: int,
+                   kind: Literal["attn", "mlp", "resid"], qkv: QKV | None = None) -> None:  # fmt: skip
         head_shape = () if n_heads is None else (n_heads,)
-        dest_mods.append(DestModule(hook, n_heads, lo, hi, seq_shape + head_shape + (hi - lo,)))
+        shape = seq_shape + head_shape + (hi - lo,)
+        dest_mods.append(DestModule(hook, n_heads, lo, hi, shape, block, kind, qkv))
 
     if factorized:
         for b in range(spec.n_layers):
             attn_layer, mlp_layer = _block_layers(spec, b, True)
             hi = n_srcs_below(attn_layer)
             if separate_qkv:
-                for qkv in ("q", "k", "v"):
+                for qkv in ("q", "k", "v"):  # type: QKV
                     hook = f"blocks.{b}.hook_{qkv}_input"
                     n = spec.n_heads if qkv == "q" else spec.n_kv_heads
-                    add_module(hook, n, 0, hi)
+                    add_module(hook, n, 0, hi, b, "attn", qkv)
                     for h in range(n):
                         name = f"A{b}.{h}.{qkv.upper()}"
                         dests.append(DestNode(name, hook, attn_layer, h, qkv, len(dests)))
             else:
                 hook = f"blocks.{b}.hook_attn_in"
-                add_module(hook, spec.n_heads, 0, hi)
+                add_module(hook, spec.n_heads, 0, hi, b, "attn")
                 for h in range(spec.n_heads):
                     dests.append(DestNode(f"A{b}.{h}", hook, attn_layer, h, None, len(dests)))
             if not spec.attn_only:
                 hook = f"blocks.{b}.hook_mlp_in"
-                add_module(hook, None, 0, n_srcs_below(mlp_layer))
+                add_module(hook, None, 0, n_srcs_below(mlp_layer), b, "mlp")
                 dests.append(DestNode(f"MLP {b}", hook, mlp_layer, None, None, len(dests)))
         end_layer = max(s.layer for s in srcs) + 1
         hook = _resid_end_hook(spec)
-        add_module(hook, None, 0, len(srcs))
+        add_module(hook, None, 0, len(srcs), spec.n_layers - 1, "resid")
         dests.append(DestNode("Resid End", hook, end_layer, None, None, len(dests)))
     else:
         for b in range(spec.n_layers):
@@ -192,15 +202,15 @@ def build_graph(
                 hi = lo + spec.n_heads + (0 if spec.attn_only else 1)
                 hook = f"blocks.{b}.hook_resid_post"
                 name = "Resid End" if b == spec.n_layers - 1 else f"Resid Post {b}"
-                add_module(hook, None, lo, hi)
+                add_module(hook, None, lo, hi, b, "resid")
                 dests.append(DestNode(name, hook, heads[0].layer + 1, None, None, len(dests)))
                 continue
             hook = f"blocks.{b}.hook_resid_mid"
-            add_module(hook, None, lo, lo + spec.n_heads)
+            add_module(hook, None, lo, lo + spec.n_heads, b, "resid")
             dests.append(DestNode(f"Resid Mid {b}", hook, heads[0].layer + 1, None, None, len(dests)))
             hook = f"blocks.{b}.hook_resid_post"
             mlp = srcs[lo + spec.n_heads]
-            add_module(hook, None, mlp.src_idx, mlp.src_idx + 1)
+            add_module(hook, None, mlp.src_idx, mlp.src_idx + 1, b, "resid")
             name = "Resid End" if b == spec.n_layers - 1 else f"Resid Post {b}"
             dests.append(DestNode(name, hook, mlp.layer + 1, None, None, len(dests)))
 

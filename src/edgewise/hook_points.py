@@ -77,18 +77,14 @@ def _one_src(out: torch.Tensor, into: torch.Tensor | None = None) -> torch.Tenso
     return out[None] if into is None else into.copy_(out[None])
 
 
-def _block(name: str) -> int:
-    return int(name.split(".")[1])
-
-
 def z_hooks_available(model: nn.Module, adapter: HookAdapter, graph: Graph) -> bool:
     """Whether every attention block has ``hook_z`` and a dense ``W_O [heads, d_head, d]``."""
     if getattr(adapter.cfg, "load_in_4bit", False):
         return False
     for mod in graph.src_modules:
-        if mod.n_heads is None:
+        if mod.kind != "attn":
             continue
-        b = _block(mod.module_name)
+        b = mod.block
         try:
             w_o = model.blocks[b].attn.W_O
         except (AttributeError, IndexError, TypeError, NotImplementedError):
@@ -107,8 +103,8 @@ def src_hooks(
     else from TransformerLens' ``hook_result``."""
     hooks = []
     for mod in graph.src_modules:
-        if mod.n_heads is not None and from_z:
-            b = _block(mod.module_name)
+        if mod.kind == "attn" and from_z:
+            b = mod.block
             point = adapter.resolve(f"blocks.{b}.attn.hook_z")
             hooks.append(SrcHook(mod, point, _heads_from_z(model.blocks[b].attn, mod.n_heads)))
         else:
@@ -266,13 +262,12 @@ def projected_dests_available(model: nn.Module, adapter: HookAdapter, graph: Gra
     if getattr(cfg, "original_architecture", None) in POST_NORM_ARCHITECTURES:
         return False
     for mod in graph.dest_modules:
-        leaf = mod.module_name.split(".")[-1]
-        if leaf not in ("hook_q_input", "hook_k_input", "hook_v_input"):
+        if mod.qkv is None:
             continue
-        b = _block(mod.module_name)
+        b = mod.block
         if _norm(model, b) is None or adapter.resolve(f"blocks.{b}.hook_resid_pre") is None:
             return False
-        if adapter.resolve(f"blocks.{b}.attn.hook_{leaf[5]}") is None:
+        if adapter.resolve(f"blocks.{b}.attn.hook_{mod.qkv}") is None:
             return False
     return True
 
@@ -283,9 +278,8 @@ def dest_hooks(
     """One :class:`DestHook` per destination module; Q/K/V projected if ``projected``."""
     hooks = []
     for mod in graph.dest_modules:
-        leaf = mod.module_name.split(".")[-1]
-        if projected and leaf in ("hook_q_input", "hook_k_input", "hook_v_input"):
-            b, qkv = _block(mod.module_name), leaf[5]
+        if projected and mod.qkv is not None:
+            b, qkv = mod.block, mod.qkv
             hooks.append(
                 DestHook(
                     mod,
