@@ -20,7 +20,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from edgewise.data import PromptDataLoader, require_full_prompts
+from edgewise.checks import require_int
+from edgewise.data import PromptDataLoader, checked_batches, require_full_prompts
 from edgewise.patching import PatchableModel
 from edgewise.prune_algos.loss import AnswerFunction, GradFunction, answer_loss, grad_values
 from edgewise.prune_algos.mask_gradient import score_dtype
@@ -52,8 +53,8 @@ def eap_ig_inputs_prune_scores(
         Destination module name -> scores shaped like its mask.
     """
     require_full_prompts(dataloader, model)
-    if integrated_grad_samples < 1:
-        raise ValueError(f"integrated_grad_samples must be >= 1, got {integrated_grad_samples}")
+    integrated_grad_samples = require_int(integrated_grad_samples, "integrated_grad_samples", 1)
+    checked_batches(model, dataloader, "eap_ig_inputs_prune_scores", answer_function, True)
     point = model.adapter.hook_point(INPUT_HOOK)
     dtype = score_dtype(model)
     scores = {n: torch.zeros(m.mask_shape, dtype=dtype, device=model.device)
