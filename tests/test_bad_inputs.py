@@ -448,3 +448,12 @@ def test_arbitrary_bytes_give_a_value_error_naming_the_file(tmp_path, raw):
     path.write_bytes(raw)
     with pytest.raises(ValueError, match=r"bytes\.json"):
         load_datasets_from_json(None, path, train_test_size=(1.0, 0.0), batch_size=1)
+
+
+def test_batches_with_clean_and_corrupt_of_different_lengths(model):
+    from types import SimpleNamespace
+
+    batch = SimpleNamespace(clean=torch.randint(3, VOCAB, (2, 5)), corrupt=torch.randint(3, VOCAB, (2, 6)))
+    with pytest.raises(ValueError, match=r"clean prompts \(2, 5\) and corrupt prompts \(2, 6\).*"
+                                         "token lengths must match"):
+        eap(model, [batch])

@@ -878,6 +878,12 @@ def check_batches_for_model(
     cfg = getattr(model, "cfg", None)
     check_tokens = getattr(model, "check_tokens", None)
     for b in batches:
+        if b.clean.shape != b.corrupt.shape:
+            raise ValueError(
+                f"{who}: a batch's clean prompts {tuple(b.clean.shape)} and corrupt prompts "
+                f"{tuple(b.corrupt.shape)} differ in shape; clean and corrupt token lengths must "
+                "match, position by position (re-word them, or pad both to one length)"
+            )
         if callable(check_tokens):
             check_tokens(b.clean, who)
     d_vocab = getattr(cfg, "d_vocab", None)

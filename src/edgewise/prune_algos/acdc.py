@@ -642,7 +642,7 @@ def acdc_thresholds(tao_exps: Sequence[int], tao_bases: Sequence[float]) -> list
         except TypeError:
             raise TypeError(f"{name} must be a list of numbers, got {values!r}") from None
         if not values:
-            raise ValueError(f"{name} is empty: ACDC needs at least one threshold")
+            raise ValueError(f"{name} is empty; it must be a non-empty list (ACDC needs a threshold)")
         for v in values:
             require_real(v, name)
     taus = set()

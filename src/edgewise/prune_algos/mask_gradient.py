@@ -105,10 +105,11 @@ def mask_gradient_prune_scores(
     if ablation_type.mean_over_dataset:
         clean_corrupt = None
     from_corrupt = ablation_type == AblationType.RESAMPLE and clean_corrupt == "corrupt"
-    checked_batches(model, dataloader, "mask_gradient_prune_scores", answer_function, from_corrupt)
+    batches = checked_batches(model, dataloader, "mask_gradient_prune_scores", answer_function,
+                              from_corrupt)  # fmt: skip
     # Data parallel under torch.distributed: rank r takes batches r, r + world, ...
     rank, world = rank_and_world()
-    mine = my_share(dataloader)
+    mine = my_share(batches)
 
     # One step per (group of masks moved, mask value): all masks together, or per layer.
     if integrated_grad_samples is None:
