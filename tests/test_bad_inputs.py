@@ -457,3 +457,19 @@ def test_batches_with_clean_and_corrupt_of_different_lengths(model):
     with pytest.raises(ValueError, match=r"clean prompts \(2, 5\) and corrupt prompts \(2, 6\).*"
                                          "token lengths must match"):
         eap(model, [batch])
+
+
+@pytest.mark.parametrize("name", ["eap", "eap-ig-inputs", "atp-star", "exact", "eap-reference"])
+def test_unknown_loss_names_are_refused_before_any_work(model, tmp_path, name):
+    data = loader(tmp_path, GOOD)
+    with pytest.raises(ValueError, match="grad_function must be one of 'logit'.*got 'logits'"):
+        ALGORITHMS[name](model, data, None, **{**SCORERS[name], "grad_function": "logits"})
+    with pytest.raises(ValueError, match="answer_function must be one of 'avg_diff'.*got 'logit_diff'"):
+        ALGORITHMS[name](model, data, None, **{**SCORERS[name], "answer_function": "logit_diff"})
+
+
+def test_circuit_sizes_given_as_a_number(model, tmp_path):
+    with pytest.raises(TypeError, match=r"test_edge_counts must be a list of circuit sizes.*\[5\]"):
+        run_circuits(model, loader(tmp_path, GOOD), 5, model.new_prune_scores(1.0), progress=False)
+    with pytest.raises(TypeError, match="size must be a whole number"):
+        circuit_edges(model, model.new_prune_scores(1.0), 0.5)

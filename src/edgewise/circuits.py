@@ -223,6 +223,7 @@ def circuit_edges(model: PatchableModel, prune_scores: PruneScores, size: int) -
         ValueError: scores that do not fit the model, or hold NaN (naming the edges).
     """
     _check_scores(model, prune_scores)
+    size = require_int(size, "size", 0)
     flat = flat_prune_scores(prune_scores, model).abs()
     ((_, threshold),) = list(circuit_thresholds(flat, [size]).items())
     if threshold is None:
@@ -287,6 +288,9 @@ def run_circuits(
     """The model's output (at ``model.out_slice``) on every batch with only the circuit
     of each size intact.
 
+    ``patch_type`` and ``ablation_type`` may also be given by name (``"tree_patch"`` or
+    ``"tree"``, ``"zero"``; any case).
+
     ``TREE_PATCH``: run the clean prompts, ablate every edge outside the circuit.
     ``EDGE_PATCH``: run the corrupt prompts, give the circuit's edges their clean
     values (resample ablation only). ``reverse_clean_corrupt`` swaps the roles.
@@ -302,13 +306,19 @@ def run_circuits(
     patch_type, ablation_type = PatchType(patch_type), AblationType(ablation_type)
     require_full_prompts(dataloader, model, ablation_type if patch_type == PatchType.TREE_PATCH else None)
     _check_scores(model, prune_scores)
-    check_batches_for_model(model, loader_batches(dataloader, "run_circuits"), "run_circuits")
+    batches = loader_batches(dataloader, "run_circuits")
+    check_batches_for_model(model, batches, "run_circuits")
     if circuits_per_pass is not None:
         circuits_per_pass = require_int(circuits_per_pass, "circuits_per_pass", 1)
     if patch_type == PatchType.EDGE_PATCH and ablation_type != AblationType.RESAMPLE:
         raise ValueError(
             "EDGE_PATCH runs the corrupt prompt and restores circuit edges to their clean values, "
             f"which only resample ablation defines; use TREE_PATCH with {ablation_type}"
+        )
+    if isinstance(test_edge_counts, int | float):
+        raise TypeError(
+            f"test_edge_counts must be a list of circuit sizes, got {test_edge_counts!r}; "
+            f"write [{test_edge_counts!r}]"
         )
     requested = list(test_edge_counts)
     # exactly the sizes asked for (fractions resolved): 0 and n_edges only if asked for
@@ -326,7 +336,7 @@ def run_circuits(
     # Data parallel under torch.distributed: rank r runs batches r, r + world, ...; every
     # rank returns every batch's outputs
     rank, world = rank_and_world()
-    mine = my_share(dataloader)
+    mine = my_share(batches)
     budget = parse_memory(max_memory, model.device)
     bar = tqdm(total=len(sizes) * len(mine), desc="circuits", disable=not progress or rank != 0)
     limit: int | None = None  # prompts x circuits per pass, lowered after running out of memory
@@ -359,7 +369,7 @@ def run_circuits(
         local = {size: {k: v.cpu() for k, v in per.items()} for size, per in outputs.items()}
         torch.distributed.all_gather_object(parts, local)
         outputs = {size: {} for size in thresholds}
-        for i, b in enumerate(dataloader):  # batches in the dataloader's order
+        for i, b in enumerate(batches):  # batches in the dataloader's order
             part = parts[i % world]
             assert part is not None
             for size in outputs:

@@ -506,6 +506,7 @@ class PromptDataset(Dataset[PromptPair]):
         Raises:
             ValueError: naming the prompt and field, for anything malformed.
         """
+        require_device(device)
         names = list(prompt_names) if prompt_names is not None else None
         prompts = _validated_prompts(data, names)
         names = names or [f"prompt {i}" for i in range(len(prompts))]

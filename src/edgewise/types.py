@@ -26,7 +26,10 @@ CircuitOutputs = dict[int, dict[BatchKey, torch.Tensor]]
 
 
 class AblationType(Enum):
-    """What an ablated (patched) edge carries instead of the source's current output."""
+    """What an ablated (patched) edge carries instead of the source's current output.
+
+    Every function taking an ``ablation_type`` also takes its value or name as a string,
+    in any case: ``"zero"``, ``"ZERO"`` and ``AblationType.ZERO`` are the same."""
 
     RESAMPLE = "resample"  # the source's output on the other prompt of the same pair
     ZERO = "zero"

@@ -33,7 +33,13 @@ from edgewise.data import (
     require_full_prompts,
 )
 from edgewise.patching import PatchableModel
-from edgewise.prune_algos.loss import AnswerFunction, GradFunction, answer_loss, grad_values
+from edgewise.prune_algos.loss import (
+    AnswerFunction,
+    GradFunction,
+    answer_loss,
+    check_loss_functions,
+    grad_values,
+)
 from edgewise.prune_algos.mask_gradient import score_dtype
 from edgewise.types import AblationType, Edge, PruneScores
 
@@ -82,6 +88,7 @@ def atp_star_prune_scores(
     Returns:
         Destination module name -> scores shaped like its mask.
     """
+    check_loss_functions(grad_function, answer_function)
     ablation_type = AblationType(ablation_type)
     if qk_fix and not (model.factorized and model.separate_qkv):
         raise ValueError("the QK fix needs separate query and key destinations: build the model "

@@ -15,7 +15,13 @@ from tqdm.auto import tqdm
 from edgewise.ablation import batch_src_ablations
 from edgewise.data import PromptDataLoader, checked_batches
 from edgewise.patching import PatchableModel
-from edgewise.prune_algos.loss import AnswerFunction, GradFunction, answer_loss, grad_values
+from edgewise.prune_algos.loss import (
+    AnswerFunction,
+    GradFunction,
+    answer_loss,
+    check_loss_functions,
+    grad_values,
+)
 from edgewise.prune_algos.mask_gradient import score_dtype
 from edgewise.types import AblationType, Edge, PruneScores
 
@@ -37,6 +43,7 @@ def edge_attribution_patching_prune_scores(
     Slower than :func:`mask_gradient_prune_scores` (a Python loop over edges) and
     independent of its patching machinery.
     """
+    check_loss_functions(grad_function, answer_function)
     ablation_type = AblationType(ablation_type)
     if ablation_type.mean_over_dataset:
         clean_corrupt = None

@@ -23,7 +23,13 @@ from tqdm.auto import tqdm
 from edgewise.checks import require_int
 from edgewise.data import PromptDataLoader, checked_batches, require_full_prompts
 from edgewise.patching import PatchableModel
-from edgewise.prune_algos.loss import AnswerFunction, GradFunction, answer_loss, grad_values
+from edgewise.prune_algos.loss import (
+    AnswerFunction,
+    GradFunction,
+    answer_loss,
+    check_loss_functions,
+    grad_values,
+)
 from edgewise.prune_algos.mask_gradient import score_dtype
 from edgewise.types import Edge, PruneScores
 
@@ -52,6 +58,7 @@ def eap_ig_inputs_prune_scores(
     Returns:
         Destination module name -> scores shaped like its mask.
     """
+    check_loss_functions(grad_function, answer_function)
     require_full_prompts(dataloader, model)
     integrated_grad_samples = require_int(integrated_grad_samples, "integrated_grad_samples", 1)
     checked_batches(model, dataloader, "eap_ig_inputs_prune_scores", answer_function, True)

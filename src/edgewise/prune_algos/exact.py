@@ -22,7 +22,13 @@ from edgewise.checks import require_int
 from edgewise.data import PromptDataLoader, checked_batches
 from edgewise.io import atomic_write
 from edgewise.patching import PatchableModel
-from edgewise.prune_algos.loss import AnswerFunction, GradFunction, answer_loss, grad_values
+from edgewise.prune_algos.loss import (
+    AnswerFunction,
+    GradFunction,
+    answer_loss,
+    check_loss_functions,
+    grad_values,
+)
 from edgewise.prune_algos.mask_gradient import score_dtype
 from edgewise.types import AblationType, Edge, PruneScores
 
@@ -64,6 +70,7 @@ def exact_patching_prune_scores(
     Returns:
         Destination module name -> ``loss(edge patched) - loss(clean)`` summed over batches.
     """
+    check_loss_functions(grad_function, answer_function)
     ablation_type = AblationType(ablation_type)
     if edges_per_pass is None:
         edges_per_pass = 4 if model.device.type == "cpu" else 32

@@ -24,7 +24,13 @@ from edgewise.memory import (
     sub_batch,
 )
 from edgewise.patching import PatchableModel
-from edgewise.prune_algos.loss import AnswerFunction, GradFunction, answer_loss, grad_values
+from edgewise.prune_algos.loss import (
+    AnswerFunction,
+    GradFunction,
+    answer_loss,
+    check_loss_functions,
+    grad_values,
+)
 from edgewise.types import AblationType, Edge, PruneScores
 
 IGMode = Literal["all", "layer"]
@@ -71,7 +77,8 @@ def mask_gradient_prune_scores(
         mask_val: the mask value of the forward pass. Exclusive with
             ``integrated_grad_samples``.
         integrated_grad_samples: number of interpolation steps ``N`` (``N + 1`` points).
-        ablation_type: what ablated edges carry.
+        ablation_type: what ablated edges carry (an :class:`AblationType` or its name,
+            e.g. ``"zero"``).
         clean_corrupt: which prompts per-batch ablations are computed from.
         integrated_grad_mode: ``"all"`` moves every mask together (as documented);
             ``"layer"`` interpolates one destination layer's masks at a time with every
@@ -88,6 +95,7 @@ def mask_gradient_prune_scores(
     Returns:
         Destination module name -> scores shaped like its mask.
     """
+    check_loss_functions(grad_function, answer_function)
     ablation_type = AblationType(ablation_type)
     require_full_prompts(dataloader, model, ablation_type)
     if (mask_val is None) == (integrated_grad_samples is None):
