@@ -34,6 +34,7 @@ def src_ablations(
         max_prompts: batch means over tokens ``[batch, seq]`` are accumulated from at most
             this many prompts at a time (bounded memory; the same mean).
     """
+    ablation_type = AblationType(ablation_type)  # also "zero", "RESAMPLE", ...
     if ablation_type.mean_over_dataset:
         if not isinstance(sample, PromptDataLoader):
             raise TypeError(f"{ablation_type} averages over a dataset: pass the PromptDataLoader")
@@ -55,7 +56,8 @@ def src_ablations(
                 total = outs if total is None else total + outs
                 count += tokens.shape[0]
         if total is None:
-            raise ValueError("the dataloader is empty")
+            name = getattr(sample, "name", None) or "the dataloader"
+            raise ValueError(f"{ablation_type} averages over {name}, which yields no batches")
         return (total / count).to(_dtype(model))
     if not isinstance(sample, torch.Tensor):
         raise TypeError(f"{ablation_type} needs a token tensor [batch, seq]")
@@ -108,6 +110,7 @@ def batch_src_ablations(
     ``clean_corrupt`` picks which prompts the per-batch ablations (resample, zero, batch
     means) are computed from; dataset means ignore it.
     """
+    ablation_type = AblationType(ablation_type)
     require_full_prompts(dataloader, model, ablation_type)
     if ablation_type.mean_over_dataset:
         mean = src_ablations(model, dataloader, ablation_type)

@@ -16,7 +16,14 @@ import torch
 from tqdm.auto import tqdm
 
 from edgewise.ablation import CleanCorrupt, batch_ablation, src_ablations
-from edgewise.data import PromptDataLoader, PromptPairBatch, require_full_prompts
+from edgewise.checks import require_int
+from edgewise.data import (
+    PromptDataLoader,
+    PromptPairBatch,
+    check_batches_for_model,
+    loader_batches,
+    require_full_prompts,
+)
 from edgewise.distributed import my_share, rank_and_world
 from edgewise.memory import MaxMemory, human, is_out_of_memory, parse_memory, plan_passes, sub_batch
 from edgewise.patching import PatchableModel
@@ -48,16 +55,31 @@ def flat_prune_scores(prune_scores: PruneScores, model: PatchableModel | None = 
 
 
 def _check_scores(model: PatchableModel, prune_scores: PruneScores) -> None:
+    """Raise a ``ValueError`` unless ``prune_scores`` has a tensor of the right shape for
+    every destination module and no NaN (a NaN is never ``>=`` a threshold, so its edge
+    would silently leave every circuit); the message names the edges with NaN."""
     for name, mod in model.dest_modules.items():
         if name not in prune_scores:
             raise ValueError(f"prune_scores has no entry for destination module {name}")
+        if not isinstance(prune_scores[name], torch.Tensor):
+            raise TypeError(f"prune_scores[{name!r}] must be a tensor, got {type(prune_scores[name]).__name__}")
         if tuple(prune_scores[name].shape) != mod.mask_shape:
             raise ValueError(
                 f"prune_scores[{name!r}] has shape {tuple(prune_scores[name].shape)}, the graph "
                 f"expects {mod.mask_shape}: were the scores made for another model or seq_len?"
             )
-        if torch.isnan(prune_scores[name]).any():
-            raise ValueError(f"prune_scores[{name!r}] contains NaN")
+    nan = {name: torch.isnan(prune_scores[name]) for name in model.dest_modules}
+    counts = {name: int(m.sum()) for name, m in nan.items() if bool(m.any())}
+    if counts:
+        edges = [e for e in model.edges if bool(nan[e.dest.module_name][e.patch_idx])]
+        shown = ", ".join(repr(e) for e in edges[:5]) + (", ..." if len(edges) > 5 else "")
+        modules = ", ".join(f"{n} ({c})" for n, c in counts.items())
+        raise ValueError(
+            f"prune_scores hold NaN for {sum(counts.values())} edge(s): {shown}, in {modules}. "
+            "A NaN cannot be ranked, so those edges would silently leave every circuit. NaN "
+            "scores come from a NaN in the model or its inputs: fix it and score again (or, "
+            "to rank them last on purpose, torch.nan_to_num(score, nan=0.0))."
+        )
 
 
 def edge_counts_util(
@@ -90,6 +112,12 @@ def edge_counts_util(
     flat = None
     if prune_scores is not None:
         flat = flat_prune_scores(prune_scores).float().abs()
+        if bool(torch.isnan(flat).any()):
+            bad = [n for n, t in prune_scores.items() if bool(torch.isnan(t).any())]
+            raise ValueError(
+                f"prune_scores hold NaN in {bad}: a NaN cannot be ranked; fix the model or "
+                "inputs that made it and score again (circuit_edges names the edges)"
+            )
     if test_counts is None:
         if flat is not None and len(torch.unique(flat)) < min(n_edges / 2, 100):
             test_counts = EdgeCounts.GROUPS
@@ -189,7 +217,13 @@ def circuit_masks(
 
 
 def circuit_edges(model: PatchableModel, prune_scores: PruneScores, size: int) -> list[Edge]:
-    """The edges of the circuit of (at least) ``size`` edges, in graph order."""
+    """The edges of the circuit of (at least) ``size`` edges, in graph order.
+
+    Raises:
+        ValueError: scores that do not fit the model, or hold NaN (naming the edges).
+    """
+    _check_scores(model, prune_scores)
+    size = require_int(size, "size", 0)
     flat = flat_prune_scores(prune_scores, model).abs()
     ((_, threshold),) = list(circuit_thresholds(flat, [size]).items())
     if threshold is None:
@@ -254,6 +288,9 @@ def run_circuits(
     """The model's output (at ``model.out_slice``) on every batch with only the circuit
     of each size intact.
 
+    ``patch_type`` and ``ablation_type`` may also be given by name (``"tree_patch"`` or
+    ``"tree"``, ``"zero"``; any case).
+
     ``TREE_PATCH``: run the clean prompts, ablate every edge outside the circuit.
     ``EDGE_PATCH``: run the corrupt prompts, give the circuit's edges their clean
     values (resample ablation only). ``reverse_clean_corrupt`` swaps the roles.
@@ -266,12 +303,22 @@ def run_circuits(
     Returns:
         actual circuit size -> batch key -> output ``[batch, (seq,) vocab]``.
     """
+    patch_type, ablation_type = PatchType(patch_type), AblationType(ablation_type)
     require_full_prompts(dataloader, model, ablation_type if patch_type == PatchType.TREE_PATCH else None)
     _check_scores(model, prune_scores)
+    batches = loader_batches(dataloader, "run_circuits")
+    check_batches_for_model(model, batches, "run_circuits")
+    if circuits_per_pass is not None:
+        circuits_per_pass = require_int(circuits_per_pass, "circuits_per_pass", 1)
     if patch_type == PatchType.EDGE_PATCH and ablation_type != AblationType.RESAMPLE:
         raise ValueError(
             "EDGE_PATCH runs the corrupt prompt and restores circuit edges to their clean values, "
             f"which only resample ablation defines; use TREE_PATCH with {ablation_type}"
+        )
+    if isinstance(test_edge_counts, int | float):
+        raise TypeError(
+            f"test_edge_counts must be a list of circuit sizes, got {test_edge_counts!r}; "
+            f"write [{test_edge_counts!r}]"
         )
     requested = list(test_edge_counts)
     # exactly the sizes asked for (fractions resolved): 0 and n_edges only if asked for
@@ -289,7 +336,7 @@ def run_circuits(
     # Data parallel under torch.distributed: rank r runs batches r, r + world, ...; every
     # rank returns every batch's outputs
     rank, world = rank_and_world()
-    mine = my_share(dataloader)
+    mine = my_share(batches)
     budget = parse_memory(max_memory, model.device)
     bar = tqdm(total=len(sizes) * len(mine), desc="circuits", disable=not progress or rank != 0)
     limit: int | None = None  # prompts x circuits per pass, lowered after running out of memory
@@ -322,7 +369,7 @@ def run_circuits(
         local = {size: {k: v.cpu() for k, v in per.items()} for size, per in outputs.items()}
         torch.distributed.all_gather_object(parts, local)
         outputs = {size: {} for size in thresholds}
-        for i, b in enumerate(dataloader):  # batches in the dataloader's order
+        for i, b in enumerate(batches):  # batches in the dataloader's order
             part = parts[i % world]
             assert part is not None
             for size in outputs:

@@ -26,14 +26,18 @@ are used as they are.
 
 Padding: prompt pairs of different lengths are left-padded with a pad token id so
 that the final positions line up. Like auto-circuit, edgewise does **not** mask the
-padding: padding positions are ordinary tokens that every later position attends to.
-Keep prompts the same length where the exact outputs matter.
+padding (it passes no attention mask): padding positions are ordinary tokens that every
+later position attends to, so a padded prompt's outputs differ from its unpadded ones.
+Padding therefore always warns (a ``UserWarning`` saying how many prompts were padded);
+keep prompts the same length where the exact outputs matter, or pass ``pad=False`` to
+make different lengths an error.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import warnings
@@ -48,6 +52,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from edgewise.checks import require_device, require_int
 from edgewise.io import atomic_write
 from edgewise.types import BatchKey
 
@@ -58,20 +63,27 @@ __all__ = [
     "PromptPair",
     "PromptPairBatch",
     "batch_key",
+    "check_answer_ids",
+    "check_batches_for_model",
+    "checked_batches",
     "collate_fn",
     "collate_prompt_pairs",
     "first_divergence",
     "left_pad",
     "load_dataset_json",
     "load_datasets_from_json",
+    "loader_batches",
+    "require_batches",
     "save_dataset_json",
     "shipped_dataset_names",
+    "warn_if_uncorrupted",
 ]
 
 
 _DATASETS_PACKAGE = "edgewise"
 _DATASETS_DIR = "datasets"
 _PROMPT_FIELDS = ("clean", "corrupt", "answers", "wrong_answers")
+_MAX_TOKEN_ID = 2**63  # ids must fit int64
 
 
 # --------------------------------------------------------------------------------------
@@ -228,6 +240,7 @@ def collate_prompt_pairs(
             "given; pass pad_id to the PromptDataset or PromptDataLoader to left-pad them"
         )
     else:
+        _warn_padding(len(pairs), lengths, pad_id)
         clean = left_pad([p.clean for p in pairs], pad_id)
         corrupt = left_pad([p.corrupt for p in pairs], pad_id)
     if seq_len is not None and clean.shape[1] != seq_len:
@@ -248,6 +261,19 @@ collate_fn = collate_prompt_pairs
 
 def _is_token_id(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _warn_padding(n_padded: int, lengths: Sequence[int], pad_id: int) -> None:
+    """Say that padding happened and that the model will attend to it (see the module
+    doc): its outputs on padded prompts are not those on the prompts alone."""
+    warnings.warn(
+        f"{n_padded} prompt pair(s) of lengths {sorted(set(lengths))} were left-padded to "
+        f"{max(lengths)} tokens with pad id {pad_id}; edgewise passes no attention mask, so "
+        "the model attends to the padding and its outputs differ from those on the unpadded "
+        "prompts. Make every prompt the same length, or pass pad=False to make this an error.",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _as_tokens(value: Any, what: str, device: torch.device | str | None = None) -> Tensor:
@@ -422,6 +448,8 @@ class PromptDataset(Dataset[PromptPair]):
             self.seq_len: int | None = int(self.lengths[0])
             self.padded = False
         elif pad_id is not None:
+            lengths = self.lengths.tolist()
+            _warn_padding(sum(n < max(lengths) for n in lengths), lengths, pad_id)
             self.clean = left_pad(tensors["clean"], pad_id)
             self.corrupt = left_pad(tensors["corrupt"], pad_id)
             self.seq_len = None
@@ -451,6 +479,7 @@ class PromptDataset(Dataset[PromptPair]):
         pad: bool = True,
         pad_id: int | None = None,
         device: torch.device | str = "cpu",
+        prompt_names: Sequence[str] | None = None,
     ) -> PromptDataset:
         """Build a dataset from a parsed JSON dict in the auto-circuit format.
 
@@ -468,11 +497,19 @@ class PromptDataset(Dataset[PromptPair]):
                 attended to). ``False``: different lengths are an error.
             pad_id: the padding id; default ``tokenizer.pad_token_id``.
             device: where the tensors live.
+            prompt_names: how error messages name each prompt (default ``"prompt i"``);
+                :func:`load_datasets_from_json` passes the file and the index in it.
 
         Returns:
             A :class:`PromptDataset` with ``[n, seq]`` prompts.
+
+        Raises:
+            ValueError: naming the prompt and field, for anything malformed.
         """
-        prompts = _validated_prompts(data)
+        require_device(device)
+        names = list(prompt_names) if prompt_names is not None else None
+        prompts = _validated_prompts(data, names)
+        names = names or [f"prompt {i}" for i in range(len(prompts))]
         if vocab_size is None and tokenizer is not None:
             vocab_size = len(tokenizer)
         kinds = {isinstance(p["clean"], str) for p in prompts}
@@ -499,13 +536,22 @@ class PromptDataset(Dataset[PromptPair]):
         else:
             clean = [p["clean"] for p in prompts]
             corrupt = [p["corrupt"] for p in prompts]
+        for name, c, k in zip(names, clean, corrupt):
+            _check_prompt_ids(c, vocab_size, f"{name}: clean")
+            _check_prompt_ids(k, vocab_size, f"{name}: corrupt")
+            if len(c) != len(k):
+                raise ValueError(
+                    f"{name}: the clean prompt has {len(c)} tokens but the corrupt prompt has "
+                    f"{len(k)}; each pair must have the same length so positions line up "
+                    "(re-word so clean and corrupt tokenize to the same length)"
+                )
         answers = [
-            _answer_ids(p["answers"], tokenizer, i, "answers", vocab_size)
-            for i, p in enumerate(prompts)
+            _answer_ids(p["answers"], tokenizer, name, "answers", vocab_size)
+            for name, p in zip(names, prompts)
         ]
         wrong = [
-            _answer_ids(p["wrong_answers"], tokenizer, i, "wrong_answers", vocab_size)
-            for i, p in enumerate(prompts)
+            _answer_ids(p["wrong_answers"], tokenizer, name, "wrong_answers", vocab_size)
+            for name, p in zip(names, prompts)
         ]
         lengths = {len(c) for c in clean} | {len(c) for c in corrupt}
         if len(lengths) > 1:
@@ -522,7 +568,14 @@ class PromptDataset(Dataset[PromptPair]):
                     "token id; pass pad_id=... or set tokenizer.pad_token"
                 )
         seq_labels = data.get("seq_labels")
-        word_idxs = dict(data.get("word_idxs") or {})
+        if seq_labels is not None and not (
+            isinstance(seq_labels, list) and all(isinstance(x, str) for x in seq_labels)
+        ):
+            raise ValueError(f'"seq_labels" must be a list of strings, got {seq_labels!r}')
+        word_idxs = data.get("word_idxs") or {}
+        if not isinstance(word_idxs, Mapping):
+            raise ValueError(f'"word_idxs" must be an object {{word: position}}, got {word_idxs!r}')
+        word_idxs = _shift_word_idxs(dict(word_idxs), 0)
         if bos_added:
             seq_labels = ["<|BOS|>", *seq_labels] if seq_labels is not None else None
             word_idxs = _shift_word_idxs(word_idxs, 1)
@@ -544,30 +597,54 @@ class PromptDataset(Dataset[PromptPair]):
         )
 
 
-def _validated_prompts(data: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+def _validated_prompts(
+    data: Mapping[str, Any], names: Sequence[str] | None = None
+) -> list[Mapping[str, Any]]:
+    """``data["prompts"]``, after checking that each is an object with the four fields and
+    string or token-id prompts; errors name a prompt by ``names[i]`` (default
+    ``"prompt i"``)."""
     if not isinstance(data, Mapping) or "prompts" not in data:
         raise ValueError('a prompt dataset must be a JSON object with a "prompts" list')
     prompts = data["prompts"]
     if not isinstance(prompts, list) or len(prompts) == 0:
         raise ValueError('"prompts" must be a non-empty list')
+    if names is not None and len(names) != len(prompts):
+        raise ValueError(f"{len(names)} prompt_names for {len(prompts)} prompts")
     for i, p in enumerate(prompts):
+        name = names[i] if names is not None else f"prompt {i}"
         if not isinstance(p, Mapping):
-            raise ValueError(f"prompt {i}: expected an object, got {type(p).__name__}")
+            raise ValueError(f"{name}: expected an object, got {type(p).__name__} {p!r:.80}")
         missing = [f for f in _PROMPT_FIELDS if f not in p]
         if missing:
             raise ValueError(
-                f"prompt {i}: missing field(s) {missing}; each prompt needs {list(_PROMPT_FIELDS)}"
+                f"{name}: missing field(s) {missing}; each prompt needs {list(_PROMPT_FIELDS)}"
             )
         for f in ("clean", "corrupt"):
             v = p[f]
-            ok = isinstance(v, str) or (
+            ok = (isinstance(v, str) and v != "") or (
                 isinstance(v, list) and len(v) > 0 and all(_is_token_id(x) for x in v)
             )
             if not ok:
                 raise ValueError(
-                    f"prompt {i}: {f} must be a string or a non-empty list of token ids, got {v!r}"
+                    f"{name}: {f} must be a non-empty string or a non-empty list of int token "
+                    f"ids, got {v!r:.80}"
                 )
     return prompts
+
+
+def _check_prompt_ids(ids: Sequence[int], vocab_size: int | None, where: str) -> None:
+    """Every id of a token-id prompt in ``0..vocab_size-1`` (or at least in int64)."""
+    limit = _MAX_TOKEN_ID if vocab_size is None else vocab_size
+    bad = next((i for i, x in enumerate(ids) if not 0 <= x < limit), None)
+    if bad is not None:
+        limits = (
+            "token ids must be >= 0 and fit int64"
+            if vocab_size is None
+            else f"vocabulary size is {vocab_size}, valid ids are 0..{vocab_size - 1}"
+        )
+        raise ValueError(
+            f"{where}: token id {ids[bad]} at index {bad} is outside the vocabulary ({limits})"
+        )
 
 
 def _encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:
@@ -589,21 +666,26 @@ def _warn_unknown_tokens(tokenizer: Any, prompts: list[list[int]]) -> None:
 
 
 def _answer_ids(
-    value: Any, tokenizer: Any, prompt_idx: int, field: str, vocab_size: int | None
+    value: Any, tokenizer: Any, prompt: str, field: str, vocab_size: int | None
 ) -> Tensor:
+    """``value`` (one answer, a list of answers, or one list per position) as a tensor of
+    token ids, or of real numbers when any is a float (``answer_function="mse"``);
+    errors name ``prompt`` and ``field``."""
     items = value if isinstance(value, list) else [value]
     if items and all(isinstance(x, list) for x in items):  # one list of answers per position
-        rows = [_answer_ids(x, tokenizer, prompt_idx, field, vocab_size) for x in items]
-        if len({r.shape for r in rows}) != 1:
-            raise ValueError(f"prompt {prompt_idx}: {field} per position must all have one length")
+        rows = [_answer_ids(x, tokenizer, prompt, field, vocab_size) for x in items]
+        if len({r.shape for r in rows}) != 1 or len({r.dtype for r in rows}) != 1:
+            raise ValueError(f"{prompt}: {field} per position must all have one length and kind")
         return torch.stack(rows)
     if items and all(isinstance(x, int | float) and not isinstance(x, bool) for x in items) and any(
         isinstance(x, float) for x in items
     ):  # real-valued answers (answer_function="mse")
+        if not all(math.isfinite(x) for x in items):
+            raise ValueError(f"{prompt}: {field} {items!r:.80} holds NaN or infinity")
         return torch.tensor(items, dtype=torch.float32)
     ids: list[int] = []
     for j, item in enumerate(items):
-        where = f"prompt {prompt_idx}: {field}[{j}]"
+        where = f"{prompt}: {field}[{j}]"
         if _is_token_id(item):
             ids.append(item)
         elif isinstance(item, str):
@@ -627,7 +709,9 @@ def _answer_ids(
                 )
             ids.append(int(toks[0]))
         else:
-            raise ValueError(f"{where} must be a string or an int token id, got {item!r}")
+            raise ValueError(f"{where} must be a string or an int token id, got {item!r:.80}")
+        if ids[-1] >= _MAX_TOKEN_ID:
+            raise ValueError(f"{where}: token id {ids[-1]} does not fit int64")
         if vocab_size is not None and not 0 <= ids[-1] < vocab_size:
             raise ValueError(
                 f"{where}: answer {item!r} is token id {ids[-1]}, outside the vocabulary "
@@ -682,10 +766,12 @@ class PromptDataLoader(DataLoader[PromptPairBatch]):
             for ``batch_size`` rows; pass it as ``past_kv_cache`` when running batches.
         drop_last: drop the last incomplete batch (default ``True``, as in auto-circuit,
             so every batch has ``batch_size`` rows).
+        name: what the loader holds, for error messages (e.g. ``"the train split of
+            ioi.json"``); default ``"the dataloader"``.
         **kwargs: passed to ``torch.utils.data.DataLoader`` (not ``collate_fn``).
 
     Attributes:
-        seq_len, diverge_idx, seq_labels, word_idxs, kv_cache, pad_id: as above.
+        seq_len, diverge_idx, seq_labels, word_idxs, kv_cache, pad_id, name: as above.
     """
 
     def __init__(
@@ -702,12 +788,14 @@ class PromptDataLoader(DataLoader[PromptPairBatch]):
         word_idxs: Mapping[str, int] | None = None,
         kv_cache: Any = None,
         drop_last: bool = True,
+        name: str | None = None,
         **kwargs: Any,
     ) -> None:
         if "collate_fn" in kwargs:
             raise TypeError("PromptDataLoader sets its own collate_fn")
         if not _is_token_id(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        name = name or "the dataloader"
         if seq_len is not None and seq_len < 1:
             raise ValueError(f"seq_len must be a positive int or None, got {seq_len!r}")
         if diverge_idx < 0:
@@ -730,9 +818,9 @@ class PromptDataLoader(DataLoader[PromptPairBatch]):
         n = len(dataset)  # type: ignore[arg-type]
         if drop_last and 0 < n < batch_size:
             raise ValueError(
-                f"the dataset has {n} prompt pairs, fewer than batch_size={batch_size}, so "
+                f"{name}: it has {n} prompt pairs, fewer than batch_size={batch_size}, so "
                 "with drop_last=True the loader would yield no batches; use a smaller "
-                "batch_size"
+                "batch_size or more prompts"
             )
         generator = kwargs.pop("generator", None)
         if shuffle and generator is None:
@@ -752,6 +840,146 @@ class PromptDataLoader(DataLoader[PromptPairBatch]):
         self.seq_labels: list[str] | None = None if seq_labels is None else list(seq_labels)
         self.word_idxs: dict[str, int] = dict(word_idxs or {})
         self.kv_cache: Any = kv_cache
+        self.name: str = name
+
+
+def require_batches(dataloader: Any, who: str) -> None:
+    """A ``ValueError`` naming the loader (its ``name``, e.g. the split and file) and
+    ``who`` (the function) when ``dataloader`` yields no batches, since every score or
+    output would then be silently empty or zero."""
+    try:
+        empty = len(dataloader) == 0
+    except TypeError:  # no length: look at the first batch
+        empty = next(iter(dataloader), None) is None
+    if empty:
+        name = getattr(dataloader, "name", None) or "the dataloader"
+        n = len(getattr(dataloader, "dataset", ()))  # type: ignore[arg-type]
+        raise ValueError(
+            f"{who}: {name} yields no batches ({n} prompt pairs); every result would be empty "
+            "or zero. Give it prompts (e.g. a nonzero count in train_test_size) or use the "
+            "other split."
+        )
+
+
+def loader_batches(dataloader: Any, who: str) -> list[PromptPairBatch]:
+    """Every batch of ``dataloader``, after :func:`require_batches`."""
+    require_batches(dataloader, who)
+    return list(dataloader)
+
+
+def check_batches_for_model(
+    model: Any, batches: Sequence[PromptPairBatch], who: str, answer_function: str | None = None
+) -> None:
+    """Check once, before any forward pass, that ``batches`` fit ``model``: prompt
+    lengths (the model's context, and its ``seq_len`` when edges are per position), token
+    ids within the model's vocabulary, and, for ``answer_function`` ``"avg_diff"`` or
+    ``"avg_val"``, answers that are non-empty integer ids within its output vocabulary.
+    A dataset loaded with ``model=None`` was checked against no vocabulary, so this is
+    where its ids meet the model. Errors name ``who`` and the fix."""
+    cfg = getattr(model, "cfg", None)
+    check_tokens = getattr(model, "check_tokens", None)
+    for b in batches:
+        if b.clean.shape != b.corrupt.shape:
+            raise ValueError(
+                f"{who}: a batch's clean prompts {tuple(b.clean.shape)} and corrupt prompts "
+                f"{tuple(b.corrupt.shape)} differ in shape; clean and corrupt token lengths must "
+                "match, position by position (re-word them, or pad both to one length)"
+            )
+        if callable(check_tokens):
+            check_tokens(b.clean, who)
+    d_vocab = getattr(cfg, "d_vocab", None)
+    d_vocab_out = getattr(cfg, "d_vocab_out", None)
+    d_vocab_out = d_vocab_out if _is_token_id(d_vocab_out) and d_vocab_out > 0 else d_vocab
+    if _is_token_id(d_vocab):
+        bounds = torch.stack([f(t) for b in batches for t in (b.clean, b.corrupt)
+                              for f in (torch.amin, torch.amax)]).cpu()  # fmt: skip
+        lo, hi = int(bounds.min()), int(bounds.max())
+        if lo < 0 or hi >= d_vocab:
+            raise ValueError(
+                f"{who}: a prompt holds token id {lo if lo < 0 else hi}, outside the model's "
+                f"vocabulary (d_vocab={d_vocab}, ids 0..{d_vocab - 1}). A dataset loaded "
+                "with model=None is checked against no vocabulary: load it with the model "
+                "(load_datasets_from_json(model, ...)) or fix the ids."
+            )
+    if answer_function in ("avg_diff", "avg_val") and _is_token_id(d_vocab_out):
+        fields = ("answers", "wrong_answers") if answer_function == "avg_diff" else ("answers",)
+        for field in fields:
+            check_answer_ids([getattr(b, field) for b in batches], d_vocab_out, field,
+                             f"{who} (answer_function={answer_function!r})")  # fmt: skip
+
+
+def check_answer_ids(
+    answers: Sequence[Tensor | list[Tensor]], vocab_size: int | None, field: str, who: str
+) -> None:
+    """Raise unless every prompt's ``field`` (answers of one or more batches, each a
+    ``[batch, (seq,) n]`` tensor or a list of ``[n]`` tensors) is a non-empty set of
+    integer token ids below ``vocab_size``: a ``TypeError`` for real numbers, a
+    ``ValueError`` for an empty set (its mean is NaN) or an id outside the vocabulary."""
+    if vocab_size is None and all(isinstance(a, Tensor) for a in answers):
+        # dtype and shape only (no sync): this runs on every loss
+        for a in answers:
+            if a.is_floating_point() or a.shape[-1] == 0:
+                break
+        else:
+            return
+    rows = [row for batch in answers for row in batch]
+    if any(r.is_floating_point() for r in rows):
+        example = next(r for r in rows if r.is_floating_point()).tolist()
+        raise TypeError(
+            f"{who}: the {field} are real numbers (e.g. {example}), not token ids. Write token "
+            "ids as ints (1, not 1.0); real-valued answers need answer_function='mse'."
+        )
+    empty = sum(r.numel() == 0 for r in rows)
+    if empty:
+        raise ValueError(
+            f"{who}: {empty} of {len(rows)} prompts have no {field} (an empty list); the mean "
+            f"over their {field} is NaN. Give every prompt at least one"
+            + (", or use answer_function='avg_val', which ignores wrong answers."
+               if field == "wrong_answers" else ".")  # fmt: skip
+        )
+    if vocab_size is None or not rows:
+        return
+    bounds = torch.stack([f(r) for r in rows for f in (torch.amin, torch.amax)]).cpu()
+    lo, hi = int(bounds.min()), int(bounds.max())
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(
+            f"{who}: {field} hold token id {lo if lo < 0 else hi}, outside the model's output "
+            f"vocabulary ({vocab_size} tokens, ids 0..{vocab_size - 1}). A dataset loaded with "
+            "model=None is checked against no vocabulary: load it with the model "
+            "(load_datasets_from_json(model, ...)) or fix the ids."
+        )
+
+
+def checked_batches(
+    model: Any,
+    dataloader: Any,
+    who: str,
+    answer_function: str | None = None,
+    patches_from_corrupt: bool = False,
+) -> list[PromptPairBatch]:
+    """The batches of ``dataloader``, after the checks every scoring function makes
+    once before its first forward pass: :func:`loader_batches` (not empty),
+    :func:`check_batches_for_model` (lengths, token ids, answers) and, when ablated
+    edges carry the corrupt run's activations, :func:`warn_if_uncorrupted`."""
+    batches = loader_batches(dataloader, who)
+    check_batches_for_model(model, batches, who, answer_function)
+    if patches_from_corrupt:
+        warn_if_uncorrupted(batches, who)
+    return batches
+
+
+def warn_if_uncorrupted(batches: Sequence[PromptPairBatch], who: str) -> None:
+    """Warn when every clean prompt equals its corrupt prompt: patching from the corrupt
+    run (resample ablation) then changes nothing, and every score is 0."""
+    if all(b.batch_diverge_idx >= b.clean.shape[-1] for b in batches):
+        warnings.warn(
+            f"{who}: every clean prompt is identical to its corrupt prompt, so patching in "
+            "the corrupt activations (resample ablation) changes nothing and every score is "
+            "0. Make the corrupt prompts differ from the clean ones (e.g. swap the name or "
+            "number the task is about), or use a mean or zero ablation_type.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -781,11 +1009,17 @@ def load_dataset_json(path_or_name: str | os.PathLike[str]) -> dict[str, Any]:
             without ``.json``; see :func:`shipped_dataset_names`). An existing file wins.
 
     Returns:
-        The parsed JSON object (not validated beyond having a ``"prompts"`` list).
+        The parsed JSON object (not validated beyond having a non-empty ``"prompts"``
+        list).
+
+    Raises:
+        FileNotFoundError: no such file and no such shipped dataset.
+        ValueError: naming the file, when it is not UTF-8 text, not JSON, not an object
+            with a ``"prompts"`` list, or that list is empty.
     """
     path = Path(path_or_name)
     if path.is_file():
-        text, source = path.read_text(encoding="utf-8"), str(path)
+        raw, source = path.read_bytes(), str(path)
     else:
         name = str(path_or_name)
         stem = name[: -len(".json")] if name.endswith(".json") else name
@@ -798,13 +1032,27 @@ def load_dataset_json(path_or_name: str | os.PathLike[str]) -> dict[str, Any]:
                 f"no dataset file at {name!r} and no shipped dataset named {stem!r}; "
                 f"shipped datasets: {', '.join(shipped_dataset_names()) or '(none)'}"
             )
-        text, source = resource.read_text(encoding="utf-8"), f"shipped dataset {stem!r}"
+        raw, source = resource.read_bytes(), f"shipped dataset {stem!r}"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{source}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}: "
+            f"{err.reason}); save the dataset as UTF-8 JSON"
+        ) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{source}: invalid JSON: {err}") from err
+        raise ValueError(f"{source}: invalid JSON: {err}") from None
+    except RecursionError:
+        raise ValueError(f"{source}: invalid JSON: nested too deeply") from None
     if not isinstance(data, dict) or not isinstance(data.get("prompts"), list):
-        raise ValueError(f'{source}: expected a JSON object with a "prompts" list')
+        raise ValueError(
+            f'{source}: expected a JSON object with a "prompts" list, got '
+            + (f"keys {sorted(data)!r:.80}" if isinstance(data, dict) else type(data).__name__)
+        )
+    if not data["prompts"]:
+        raise ValueError(f'{source}: the file has no prompts (its "prompts" list is empty)')
     return data
 
 
@@ -1025,39 +1273,81 @@ def load_datasets_from_json(
         shuffle: shuffle the prompts once, with ``random.Random(random_seed)``, before
             splitting; the loaders themselves do not reshuffle, so runs are reproducible.
         random_seed: the shuffle seed.
-        pad: left-pad prompts of different lengths to the longest (padding positions are
-            attended to). ``False``: different lengths are an error.
+        pad: left-pad prompts of different lengths to the longest, with a warning: the
+            padding is attended to (no attention mask; see the module doc). ``False``:
+            different lengths are an error.
         pad_id: the padding id; default ``model.tokenizer.pad_token_id``.
 
     Returns:
         ``(train_loader, test_loader)``; batches have ``clean``/``corrupt`` of shape
-        ``[batch, seq]``. Loaders drop incomplete final batches.
+        ``[batch, seq]``. Loaders drop incomplete final batches. Each loader's ``name``
+        says which split of which file it holds; an empty split (``train_test_size=(0,
+        n)``) gives a loader that scoring functions refuse, naming the split.
+
+    Raises:
+        ValueError: naming the file (and, for a bad prompt, its index in the file, before
+            shuffling), for any malformed dataset; for prompts longer than the model's
+            context ``model.cfg.n_ctx``; for a ``device`` this machine lacks.
+        TypeError: for a ``batch_size`` that is not an int.
     """
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     if not paths:
         raise ValueError("no dataset path given")
-    data = load_dataset_json(paths[0])
-    prompts = list(data["prompts"])
-    for extra in paths[1:]:
-        prompts.extend(load_dataset_json(extra)["prompts"])
-    if shuffle:
-        random.Random(random_seed).shuffle(prompts)
-    n_train, n_test = _split_sizes(train_test_size, len(prompts))
+    require_device(device)
+    sizes = batch_size if isinstance(batch_size, tuple) else (batch_size, batch_size)
+    if len(sizes) != 2:
+        raise ValueError(f"batch_size must be an int or (train, test), got {batch_size!r}")
+    sizes = (require_int(sizes[0], "batch_size", 1), require_int(sizes[1], "batch_size", 1))
+    # every prompt is named by its file and its index there, which shuffling keeps
+    data: dict[str, Any] = {}
+    prompts: list[Any] = []
+    names: list[str] = []
+    sources = [_source_name(p) for p in paths]
+    for p, source in zip(paths, sources):
+        contents = load_dataset_json(p)
+        data = data or contents
+        file_names = [f"{source}: prompt {i}" for i in range(len(contents["prompts"]))]
+        prompts += _validated_prompts(contents, file_names)
+        names += file_names
+    if shuffle:  # one permutation for both (shuffle's swaps depend only on the length)
+        order = list(range(len(prompts)))
+        random.Random(random_seed).shuffle(order)
+        prompts, names = [prompts[i] for i in order], [names[i] for i in order]
+    where = ", ".join(sources)
+    try:
+        n_train, n_test = _split_sizes(train_test_size, len(prompts))
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
     if n_train + n_test == 0:
-        raise ValueError(f"train_test_size={tuple(train_test_size)} selects no prompts")
+        raise ValueError(f"{where}: train_test_size={tuple(train_test_size)} selects no prompts")
 
     tokenizer = getattr(model, "tokenizer", None) if model is not None else None
     d_vocab = getattr(getattr(model, "cfg", None), "d_vocab", None)
     vocab_size = d_vocab if _is_token_id(d_vocab) and d_vocab > 0 else None
-    dataset = PromptDataset.from_json_dict(
-        {**data, "prompts": prompts[: n_train + n_test]},
-        tokenizer,
-        prepend_bos=prepend_bos,
-        vocab_size=vocab_size,
-        pad=pad,
-        pad_id=pad_id,
-        device=device,
-    )
+    try:
+        dataset = PromptDataset.from_json_dict(
+            {**data, "prompts": prompts[: n_train + n_test]},
+            tokenizer,
+            prepend_bos=prepend_bos,
+            vocab_size=vocab_size,
+            pad=pad,
+            pad_id=pad_id,
+            device=device,
+            prompt_names=names[: n_train + n_test],
+        )
+    except ValueError as err:  # name the file(s) in errors about the dataset as a whole
+        if any(source in str(err) for source in sources):
+            raise
+        raise ValueError(f"{where}: {err}") from None
+    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
+    longest = int(dataset.lengths.max())
+    if _is_token_id(n_ctx) and longest > n_ctx:
+        too_long = [names[i] for i in range(len(dataset)) if int(dataset.lengths[i]) > n_ctx]
+        raise ValueError(
+            f"{where}: {len(too_long)} prompt(s) have more tokens than the model's context "
+            f"(n_ctx={n_ctx}), the longest {longest} (e.g. {too_long[0]}); shorten them or "
+            "use a model with a longer context"
+        )
     seq_len: int | None = None
     if return_seq_length:
         if dataset.seq_len is None:
@@ -1067,7 +1357,6 @@ def load_datasets_from_json(
             )
         seq_len = dataset.seq_len
 
-    sizes = batch_size if isinstance(batch_size, tuple) else (batch_size, batch_size)
     diverge_idx = 0
     caches: dict[int, Any] = {}
     if tail_divergence:
@@ -1099,7 +1388,13 @@ def load_datasets_from_json(
             batch_size=size,
             shuffle=False,
             kv_cache=caches.get(size),
+            name=f"the {split} split of {where} (train_test_size={tuple(train_test_size)})",
         )
-        for indices, size in zip(splits, sizes)
+        for indices, size, split in zip(splits, sizes, ("train", "test"))
     )
     return loaders[0], loaders[1]
+
+
+def _source_name(path: str | os.PathLike[str]) -> str:
+    """How messages name a dataset: its path as given (a shipped dataset by its name)."""
+    return os.fspath(path)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from edgewise.adapter import HookAdapter
+from edgewise.checks import require_device, require_int
 from edgewise.graph import DestModule, Graph, GraphSpec, SrcModule, build_graph
 from edgewise.hook_points import (
     DestHook,
@@ -405,10 +406,40 @@ class PatchableModel(nn.Module):
     def forward(self, tokens: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """Logits ``[batch, seq, vocab]`` for tokens ``[batch, seq]`` (after the cached
         prefix, if the model has one: see :meth:`set_kv_caches`)."""
+        self.check_tokens(tokens)
         if self.kv_cache is not None and "past_kv_cache" not in kwargs:
             kwargs["past_kv_cache"] = self._prefix_cache(tokens.shape[0])
             kwargs.setdefault("attention_mask", torch.ones_like(tokens))
         return self.wrapped_model(tokens, **kwargs)
+
+    def check_tokens(self, tokens: Any, who: str | None = None) -> None:
+        """Raise a clear error for prompts this model cannot run (shape checks only, no
+        sync): not ``[batch, seq]`` integer ids, a length other than the ``seq_len`` the
+        graph was built with (its edges are per position), or longer than the model's
+        context ``cfg.n_ctx`` (after a cached prefix)."""
+        if not isinstance(tokens, torch.Tensor):
+            return  # e.g. a string for TransformerLens to tokenize
+        who = f"{who}: " if who else ""
+        if tokens.dim() != 2 or tokens.is_floating_point() or tokens.dtype == torch.bool:
+            raise TypeError(
+                f"{who}prompts must be a [batch, seq] tensor of integer token ids, got "
+                f"shape {tuple(tokens.shape)} and dtype {tokens.dtype}"
+            )
+        n = int(tokens.shape[1])
+        if self.seq_len is not None and n != self.seq_len:
+            raise ValueError(
+                f"{who}this model's graph was built with seq_len={self.seq_len} (one edge per "
+                f"token position), but the prompts have {n} tokens. Build it with "
+                f"patchable_model(..., seq_len={n}) (e.g. seq_len=dataloader.seq_len), or use "
+                f"prompts of {self.seq_len} tokens."
+            )
+        n_ctx = getattr(self.cfg, "n_ctx", None)
+        if isinstance(n_ctx, int) and n + self.kv_prefix_len > n_ctx:
+            prefix = f" after a cached prefix of {self.kv_prefix_len}" if self.kv_prefix_len else ""
+            raise ValueError(
+                f"{who}the prompts have {n} tokens{prefix}, more than the model's context "
+                f"(n_ctx={n_ctx}); shorten the prompts or use a model with a longer context."
+            )
 
     def set_kv_caches(self, kv_caches: Any) -> None:
         """Run every forward pass after a frozen TransformerLens key/value cache of a
@@ -985,7 +1016,12 @@ def patchable_model(
             device = next(model.parameters()).device
         except StopIteration:
             device = torch.device("cpu")
-    device = torch.device(device)
+    device = require_device(device)  # before moving anything: a failed move breaks the model
+    if seq_len is not None:
+        seq_len = require_int(seq_len, "seq_len", 1)
+        n_ctx = getattr(adapter.cfg, "n_ctx", None)
+        if isinstance(n_ctx, int) and seq_len > n_ctx:
+            raise ValueError(f"seq_len={seq_len} is longer than the model's context (n_ctx={n_ctx})")
     if any(p.device != device for p in model.parameters()):
         model.to(device)
     spec = GraphSpec.from_config(adapter.cfg)

@@ -26,7 +26,10 @@ CircuitOutputs = dict[int, dict[BatchKey, torch.Tensor]]
 
 
 class AblationType(Enum):
-    """What an ablated (patched) edge carries instead of the source's current output."""
+    """What an ablated (patched) edge carries instead of the source's current output.
+
+    Every function taking an ``ablation_type`` also takes its value or name as a string,
+    in any case: ``"zero"``, ``"ZERO"`` and ``AblationType.ZERO`` are the same."""
 
     RESAMPLE = "resample"  # the source's output on the other prompt of the same pair
     ZERO = "zero"
@@ -35,6 +38,12 @@ class AblationType(Enum):
     TOKENWISE_MEAN_CLEAN_AND_CORRUPT = "tokenwise_mean_clean_and_corrupt"
     BATCH_TOKENWISE_MEAN = "batch_tokenwise_mean"  # per-position mean over the batch
     BATCH_ALL_TOK_MEAN = "batch_all_tok_mean"  # mean over the batch and all positions
+
+    @classmethod
+    def _missing_(cls, value: object) -> AblationType:
+        """Accept a name or value as a string in any case: ``"zero"``, ``"ZERO"``,
+        ``"Batch_All_Tok_Mean"``."""
+        return _enum_from_str(cls, value, "ablation_type")
 
     @property
     def mean_over_dataset(self) -> bool:
@@ -66,6 +75,29 @@ class PatchType(Enum):
 
     EDGE_PATCH = "edge_patch"
     TREE_PATCH = "tree_patch"
+
+    @classmethod
+    def _missing_(cls, value: object) -> PatchType:
+        """Accept ``"tree_patch"``, ``"TREE_PATCH"``, ``"tree"`` or ``"edge"`` in any case."""
+        if isinstance(value, str) and value.strip().lower() in ("tree", "edge"):
+            value = f"{value.strip().lower()}_patch"
+        return _enum_from_str(cls, value, "patch_type")
+
+
+def _enum_from_str(cls: type[Enum], value: object, parameter: str) -> Any:
+    """The member of ``cls`` whose name or value is ``value`` ignoring case, else a
+    ``ValueError`` (not a string: a ``TypeError``) listing the valid choices."""
+    choices = ", ".join(repr(m.value) for m in cls)  # type: ignore[var-annotated]
+    if not isinstance(value, str):
+        raise TypeError(
+            f"{parameter} must be a {cls.__name__} or one of the strings {choices}, "
+            f"got {value!r} ({type(value).__name__})"
+        )
+    key = value.strip().lower()
+    for member in cls:  # type: ignore[var-annotated]
+        if key in (member.value, member.name.lower()):
+            return member
+    raise ValueError(f"{parameter}={value!r} is not a {cls.__name__}; use one of {choices}")
 
 
 QKV = Literal["q", "k", "v"]

@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from edgewise.data import PromptDataLoader, PromptPairBatch
+from edgewise.data import PromptDataLoader, PromptPairBatch, check_answer_ids, loader_batches
 from edgewise.patching import PatchableModel
 from edgewise.types import CircuitOutputs
 
@@ -43,7 +43,11 @@ def _mean_gather(vals: torch.Tensor, idx: torch.Tensor | list[torch.Tensor]) -> 
 
     ``vals`` is ``[batch, vocab]`` or ``[batch, seq, vocab]``; ``idx`` is ``[batch, n]``
     (the same answers at every position), ``[batch, seq, n]`` (answers per position) or
-    a list of 1-D tensors. Returns ``[batch]`` or ``[batch, seq]``."""
+    a list of 1-D tensors. Returns ``[batch]`` or ``[batch, seq]``.
+
+    Raises ``TypeError`` for real-valued answers and ``ValueError`` for a prompt without
+    answers (whose mean would be NaN): checks of dtype and shape only, no sync."""
+    check_answer_ids([idx], None, "answer ids", "answer metric")
     if isinstance(idx, torch.Tensor):
         idx = idx.to(vals.device)
         if idx.ndim == vals.ndim - 1:
@@ -64,19 +68,47 @@ def batch_answer_vals(vals: torch.Tensor, batch: PromptPairBatch) -> torch.Tenso
 
 
 def _per_size(
-    dataloader: PromptDataLoader, circuit_outs: CircuitOutputs, fn, batch_means: bool = False
+    dataloader: PromptDataLoader,
+    circuit_outs: CircuitOutputs,
+    fn,
+    batch_means: bool = False,
+    answer_ids: bool = False,
 ) -> Measurements:
     """``fn(output, batch)`` per prompt, averaged per circuit size: over all prompts, or
     with ``batch_means`` as the mean of the batches' means (auto-circuit's weighting: a
-    smaller last batch counts as much as a full one)."""
+    smaller last batch counts as much as a full one). ``answer_ids``: ``fn`` reads the
+    answers' token ids, which are first checked against the outputs' vocabulary."""
+    batches = loader_batches(dataloader, "measuring circuit outputs")
+    if answer_ids:
+        _check_ids_fit_outputs(batches, circuit_outs)
     out: Measurements = []
     for size, by_batch in sorted(circuit_outs.items()):
-        vals = [fn(by_batch[b.key], b).flatten().double() for b in dataloader]
+        missing = [b.key for b in batches if b.key not in by_batch]
+        if missing:
+            raise ValueError(
+                f"circuit_outs of size {size} have no output for {len(missing)} of the "
+                f"{len(batches)} batches of the dataloader (e.g. batch {missing[0]}): were they "
+                "computed by run_circuits on this dataloader?"
+            )
+        vals = [fn(by_batch[b.key], b).flatten().double() for b in batches]
         if batch_means:
             out.append((size, torch.stack([v.mean() for v in vals]).mean().item()))
         else:
             out.append((size, torch.cat(vals).mean().item()))
     return out
+
+
+def _check_ids_fit_outputs(batches: list[PromptPairBatch], circuit_outs: CircuitOutputs) -> None:
+    """Integer answers and wrong answers within the vocabulary of the outputs (checked
+    before indexing, which on a GPU would fail with an unrecoverable device assert)."""
+    outs = next((o for per in circuit_outs.values() for o in per.values()), None)
+    if outs is None:
+        return
+    for field in ("answers", "wrong_answers"):
+        ids = [getattr(b, field) for b in batches]
+        ints = [a for a in ids if not any(r.is_floating_point() or r.numel() == 0 for r in a)]
+        if ints:
+            check_answer_ids(ints, int(outs.shape[-1]), field, "answer metric")
 
 
 def measure_answer_diff(
@@ -92,6 +124,7 @@ def measure_answer_diff(
         circuit_outs,
         lambda out, b: batch_answer_diffs(apply_prob_func(out, prob_func), b),
         batch_means=True,
+        answer_ids=True,
     )
 
 
@@ -108,7 +141,7 @@ def measure_answer_val(
     def vals(out: torch.Tensor, b: PromptPairBatch) -> torch.Tensor:
         return _mean_gather(apply_prob_func(out, prob_func), b.wrong_answers if wrong_answer else b.answers)
 
-    return _per_size(dataloader, circuit_outs, vals, batch_means=True)
+    return _per_size(dataloader, circuit_outs, vals, batch_means=True, answer_ids=True)
 
 
 def _rows(out: torch.Tensor, idx: torch.Tensor | list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -140,7 +173,8 @@ def measure_all_answers_win_percent(
 ) -> Measurements:
     """Percentage of prompts whose answers all beat every wrong answer (see
     :func:`correct_answers`), per size. Any number of answers per prompt."""
-    return [(s, 100 * v) for s, v in _per_size(dataloader, circuit_outs, correct_answers)]
+    return [(s, 100 * v) for s, v in _per_size(dataloader, circuit_outs, correct_answers,
+                                                            answer_ids=True)]
 
 
 def top_answer_correct(
@@ -182,7 +216,7 @@ def measure_correct_ans_percent(
         for s, v in _per_size(
             dataloader, circuit_outs,
             lambda out, b: top_answer_correct(out, b, out_of_correct_and_incorrect_answers),
-            batch_means=True,
+            batch_means=True, answer_ids=True,
         )
     ]
 
@@ -242,7 +276,7 @@ def measure_logit_diff_percent(
     if full_mean == 0:
         raise ValueError("the full model's logit difference is 0: the percentage is undefined")
     return [(s, 100 * v / full_mean) for s, v in _per_size(
-        dataloader, circuit_outs, lambda out, b: batch_answer_diffs(out, b))]
+        dataloader, circuit_outs, lambda out, b: batch_answer_diffs(out, b), answer_ids=True)]
 
 
 def measure_answer_diff_percent(
@@ -266,4 +300,4 @@ def measure_answer_diff_percent(
         diff = batch_answer_diffs(apply_prob_func(out, prob_func), b).double()
         return 100 * diff / batch_answer_diffs(apply_prob_func(full_outs[b.key], prob_func), b).double()
 
-    return _per_size(dataloader, circuit_outs, percent)
+    return _per_size(dataloader, circuit_outs, percent, answer_ids=True)

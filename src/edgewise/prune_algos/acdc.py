@@ -38,11 +38,21 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from edgewise.data import PromptDataLoader, PromptPairBatch, batch_key, require_full_prompts
+from edgewise.checks import require_real
+from edgewise.data import (
+    PromptDataLoader,
+    PromptPairBatch,
+    batch_key,
+    check_batches_for_model,
+    require_batches,
+    require_full_prompts,
+    warn_if_uncorrupted,
+)
 from edgewise.distributed import from_rank_zero, gather_all, rank_and_world, sum_over_ranks
 from edgewise.hook_points import DestHook, SrcHook
 from edgewise.io import atomic_write
 from edgewise.patching import PatchableModel
+from edgewise.prune_algos.mask_gradient import first_nonfinite_source
 from edgewise.types import AblationType, CircuitOutputs, DestNode, Edge, PatchType, PruneScores
 
 FaithfulnessTarget = Literal["kl_div", "mse"]
@@ -622,6 +632,36 @@ class _ReferenceCheck:
 
 
 # ---------------------------------------------------------------------------- main
+def acdc_thresholds(tao_exps: Sequence[int], tao_bases: Sequence[float]) -> list[float]:
+    """The distinct thresholds ``base * 10 ** exp``, ascending; a ``ValueError`` naming
+    ``tao_exps``/``tao_bases`` unless each is a non-empty list of numbers giving positive,
+    finite thresholds (``TypeError`` for non-numbers)."""
+    for name, values in (("tao_exps", tao_exps), ("tao_bases", tao_bases)):
+        try:
+            values = list(values)
+        except TypeError:
+            raise TypeError(f"{name} must be a list of numbers, got {values!r}") from None
+        if not values:
+            raise ValueError(f"{name} is empty; it must be a non-empty list (ACDC needs a threshold)")
+        for v in values:
+            require_real(v, name)
+    taus = set()
+    for e in tao_exps:
+        for b in tao_bases:
+            try:
+                tau = float(b * 10.0**e)
+            except OverflowError:
+                tau = math.inf
+            if not (tau > 0 and math.isfinite(tau)):
+                raise ValueError(
+                    f"the threshold {b} * 10**{e} (tao_bases x tao_exps) is {tau}, not a positive "
+                    "finite number; thresholds are compared with increases of a KL divergence, so "
+                    "use positive tao_bases and tao_exps around -6..0 (the default is -5..-2)"
+                )
+            taus.add(tau)
+    return sorted(taus)
+
+
 def acdc_prune_scores(
     model: PatchableModel,
     dataloader: PromptDataLoader,
@@ -743,18 +783,15 @@ def acdc_prune_scores(
             "show_graphs=True needs a drawing function: pass draw_seq_graph_ref, called as "
             "draw_seq_graph_ref(model, prune_scores); edgewise has no visualiser of its own"
         )
-    taus = sorted({float(b * 10.0**e) for e in tao_exps for b in tao_bases})
-    if not taus:
-        raise ValueError("no thresholds: tao_exps and tao_bases must both be non-empty")
-    if any(not (t > 0 and math.isfinite(t)) for t in taus):
-        raise ValueError(f"every tau = base * 10**exp must be positive and finite, got {taus}")
+    taus = acdc_thresholds(tao_exps, tao_bases)
     if getattr(dataloader, "kv_cache", None) is not None:
         raise NotImplementedError(
             "acdc_prune_scores runs whole prompts and does not use a dataloader's kv_cache prefix"
         )
-    batch = next(iter(dataloader), None)
-    if batch is None:
-        raise ValueError("the dataloader yields no batches")
+    require_batches(dataloader, "acdc_prune_scores")
+    batch = next(iter(dataloader))
+    check_batches_for_model(model, [batch], "acdc_prune_scores")
+    warn_if_uncorrupted([batch], "acdc_prune_scores")
     if test_mode and run_circuits_ref is None:
         from edgewise.circuits import run_circuits
 
@@ -774,6 +811,15 @@ def acdc_prune_scores(
     patch = model.src_outs(corrupt)
     with torch.inference_mode():
         full = model(clean)[model.out_slice]
+    # a NaN in the model makes every loss NaN, and ACDC keeps every edge (score +inf)
+    for tokens, outs, what in ((clean, full, "output on the clean prompts"),
+                               (corrupt, patch, "source outputs on the corrupt prompts")):  # fmt: skip
+        if not bool(torch.isfinite(outs).all()):
+            raise FloatingPointError(
+                f"acdc_prune_scores: NaN or inf in the model's {what}, so every loss would be "
+                f"NaN and every score +inf; {first_nonfinite_source(model, tokens)}. Check the "
+                "model's weights and dtype (float16 overflows)."
+            )
 
     evaluator: _FastEvaluator | _PlainEvaluator
     if method == "plain":

@@ -25,9 +25,21 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from edgewise.ablation import batch_src_ablations
-from edgewise.data import PromptDataLoader, PromptPairBatch, require_full_prompts
+from edgewise.checks import require_int
+from edgewise.data import (
+    PromptDataLoader,
+    PromptPairBatch,
+    checked_batches,
+    require_full_prompts,
+)
 from edgewise.patching import PatchableModel
-from edgewise.prune_algos.loss import AnswerFunction, GradFunction, answer_loss, grad_values
+from edgewise.prune_algos.loss import (
+    AnswerFunction,
+    GradFunction,
+    answer_loss,
+    check_loss_functions,
+    grad_values,
+)
 from edgewise.prune_algos.mask_gradient import score_dtype
 from edgewise.types import AblationType, Edge, PruneScores
 
@@ -76,6 +88,8 @@ def atp_star_prune_scores(
     Returns:
         Destination module name -> scores shaped like its mask.
     """
+    check_loss_functions(grad_function, answer_function)
+    ablation_type = AblationType(ablation_type)
     if qk_fix and not (model.factorized and model.separate_qkv):
         raise ValueError("the QK fix needs separate query and key destinations: build the model "
                          "with patchable_model(model) (factorized, separate_qkv=True)")
@@ -84,6 +98,9 @@ def atp_star_prune_scores(
         raise ValueError("GradDrop averages over dropping each of L >= 2 layers")
     if edges_per_pass is None:
         edges_per_pass = 4 if model.device.type == "cpu" else 32
+    edges_per_pass = require_int(edges_per_pass, "edges_per_pass", 1)
+    checked_batches(model, dataloader, "atp_star_prune_scores", answer_function,
+                    ablation_type == AblationType.RESAMPLE)  # fmt: skip
     qk = [e for e in model.edges if e.dest.qkv in ("q", "k")] if qk_fix else []
     layers = sorted({_layer_of(e.dest.module_name) for e in qk})
     # the QK fix recomputes attention from the keys its hooks see, which miss a cached prefix

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from edgewise.data import PromptDataLoader, require_full_prompts
+from edgewise.data import PromptDataLoader, checked_batches, require_full_prompts
 from edgewise.patching import PatchableModel
 from edgewise.prune_algos.mask_gradient import score_dtype
 from edgewise.types import Edge, PruneScores
@@ -36,6 +36,7 @@ def activation_magnitude_prune_scores(
     for every destination, head and token position of the source. (The mean L2 norm is
     :func:`activation_norm_prune_scores`.)"""
     require_full_prompts(dataloader, model, supported=False)  # its means include the prefix
+    checked_batches(model, dataloader, "activation_magnitude_prune_scores")
     total, n_batches = None, 0
     for batch in dataloader:
         means = model.src_outs(batch.clean).double().flatten(1).mean(dim=1).abs()  # [n_srcs]
@@ -56,6 +57,7 @@ def activation_norm_prune_scores(
     clean prompts: the mean over prompts and positions, or per position for edges with
     token positions. An edge from a loud source ranks high, whatever its destination."""
     require_full_prompts(dataloader, model, supported=False)  # its means include the prefix
+    checked_batches(model, dataloader, "activation_norm_prune_scores")
     total: torch.Tensor | None = None  # [n_srcs, seq] sums over prompts
     count = 0
     for batch in dataloader:

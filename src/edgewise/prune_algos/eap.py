@@ -13,9 +13,15 @@ import torch
 from tqdm.auto import tqdm
 
 from edgewise.ablation import batch_src_ablations
-from edgewise.data import PromptDataLoader
+from edgewise.data import PromptDataLoader, checked_batches
 from edgewise.patching import PatchableModel
-from edgewise.prune_algos.loss import AnswerFunction, GradFunction, answer_loss, grad_values
+from edgewise.prune_algos.loss import (
+    AnswerFunction,
+    GradFunction,
+    answer_loss,
+    check_loss_functions,
+    grad_values,
+)
 from edgewise.prune_algos.mask_gradient import score_dtype
 from edgewise.types import AblationType, Edge, PruneScores
 
@@ -37,8 +43,13 @@ def edge_attribution_patching_prune_scores(
     Slower than :func:`mask_gradient_prune_scores` (a Python loop over edges) and
     independent of its patching machinery.
     """
+    check_loss_functions(grad_function, answer_function)
+    ablation_type = AblationType(ablation_type)
     if ablation_type.mean_over_dataset:
         clean_corrupt = None
+    from_corrupt = ablation_type == AblationType.RESAMPLE and clean_corrupt == "corrupt"
+    checked_batches(model, dataloader, "edge_attribution_patching_prune_scores",
+                    answer_function, from_corrupt)  # fmt: skip
     patches = batch_src_ablations(model, dataloader, ablation_type, clean_corrupt)
     scores = {n: torch.zeros(m.mask_shape, dtype=score_dtype(model), device=model.device)
               for n, m in model.dest_modules.items()}

@@ -20,9 +20,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from edgewise.data import PromptDataLoader, require_full_prompts
+from edgewise.checks import require_int
+from edgewise.data import PromptDataLoader, checked_batches, require_full_prompts
 from edgewise.patching import PatchableModel
-from edgewise.prune_algos.loss import AnswerFunction, GradFunction, answer_loss, grad_values
+from edgewise.prune_algos.loss import (
+    AnswerFunction,
+    GradFunction,
+    answer_loss,
+    check_loss_functions,
+    grad_values,
+)
 from edgewise.prune_algos.mask_gradient import score_dtype
 from edgewise.types import Edge, PruneScores
 
@@ -51,9 +58,10 @@ def eap_ig_inputs_prune_scores(
     Returns:
         Destination module name -> scores shaped like its mask.
     """
+    check_loss_functions(grad_function, answer_function)
     require_full_prompts(dataloader, model)
-    if integrated_grad_samples < 1:
-        raise ValueError(f"integrated_grad_samples must be >= 1, got {integrated_grad_samples}")
+    integrated_grad_samples = require_int(integrated_grad_samples, "integrated_grad_samples", 1)
+    checked_batches(model, dataloader, "eap_ig_inputs_prune_scores", answer_function, True)
     point = model.adapter.hook_point(INPUT_HOOK)
     dtype = score_dtype(model)
     scores = {n: torch.zeros(m.mask_shape, dtype=dtype, device=model.device)

@@ -18,10 +18,17 @@ import torch
 from tqdm.auto import tqdm
 
 from edgewise.ablation import batch_src_ablations
-from edgewise.data import PromptDataLoader
+from edgewise.checks import require_int
+from edgewise.data import PromptDataLoader, checked_batches
 from edgewise.io import atomic_write
 from edgewise.patching import PatchableModel
-from edgewise.prune_algos.loss import AnswerFunction, GradFunction, answer_loss, grad_values
+from edgewise.prune_algos.loss import (
+    AnswerFunction,
+    GradFunction,
+    answer_loss,
+    check_loss_functions,
+    grad_values,
+)
 from edgewise.prune_algos.mask_gradient import score_dtype
 from edgewise.types import AblationType, Edge, PruneScores
 
@@ -63,12 +70,15 @@ def exact_patching_prune_scores(
     Returns:
         Destination module name -> ``loss(edge patched) - loss(clean)`` summed over batches.
     """
+    check_loss_functions(grad_function, answer_function)
+    ablation_type = AblationType(ablation_type)
     if edges_per_pass is None:
         edges_per_pass = 4 if model.device.type == "cpu" else 32
-    if edges_per_pass < 1:
-        raise ValueError(f"edges_per_pass must be >= 1, got {edges_per_pass}")
+    edges_per_pass = require_int(edges_per_pass, "edges_per_pass", 1)
     if ablation_type.mean_over_dataset:
         clean_corrupt = None
+    checked_batches(model, dataloader, "exact_patching_prune_scores", answer_function,
+                    ablation_type == AblationType.RESAMPLE and clean_corrupt == "corrupt")  # fmt: skip
     todo = list(model.edges if edges is None else edges)
     patches = batch_src_ablations(model, dataloader, ablation_type, clean_corrupt)  # type: ignore[arg-type]
     dtype = score_dtype(model)

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from edgewise.ablation import batch_src_ablations
-from edgewise.data import PromptDataLoader
+from edgewise.checks import require_int
+from edgewise.data import PromptDataLoader, checked_batches
 from edgewise.patching import PatchableModel
 from edgewise.types import AblationType, Edge, PruneScores
 
@@ -91,6 +92,8 @@ def learned_mask_prune_scores(
     Returns:
         Destination module name -> keep probabilities shaped like its mask.
     """
+    epochs = require_int(epochs, "epochs", 1)
+    checked_batches(model, dataloader, "learned_mask_prune_scores", None, True)
     if not 0.0 < init_keep < 1.0:
         raise ValueError(f"init_keep must be in (0, 1), got {init_keep}")
     if circuit_size is not None and not 0 < circuit_size <= model.n_edges:

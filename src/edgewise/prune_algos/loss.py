@@ -14,6 +14,16 @@ GradFunction = Literal["logit", "prob", "logprob", "logit_exp"]
 AnswerFunction = Literal["avg_diff", "avg_val", "mse"]
 
 
+def check_loss_functions(grad_function: str, answer_function: str) -> None:
+    """A ``ValueError`` naming the parameter for an unknown ``grad_function`` or
+    ``answer_function``, before any forward pass (the loss is computed only after one)."""
+    for name, value, choices in (("grad_function", grad_function, GradFunction),
+                                 ("answer_function", answer_function, AnswerFunction)):  # fmt: skip
+        if value not in choices.__args__:  # type: ignore[attr-defined]
+            allowed = ", ".join(repr(c) for c in choices.__args__)  # type: ignore[attr-defined]
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
 def grad_values(logits: torch.Tensor, grad_function: GradFunction) -> torch.Tensor:
     """``logit``: the logits; ``prob``: softmax; ``logprob``: log-softmax;
     ``logit_exp``: ``exp(logits) / sum(exp(logits))`` with the denominator detached."""

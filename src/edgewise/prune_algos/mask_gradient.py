@@ -11,7 +11,8 @@ import torch
 from tqdm.auto import tqdm
 
 from edgewise.ablation import batch_ablation, src_ablations
-from edgewise.data import PromptDataLoader, PromptPairBatch, require_full_prompts
+from edgewise.checks import require_int, require_real
+from edgewise.data import PromptDataLoader, PromptPairBatch, checked_batches, require_full_prompts
 from edgewise.distributed import my_share, rank_and_world
 from edgewise.memory import (
     MaxMemory,
@@ -23,7 +24,13 @@ from edgewise.memory import (
     sub_batch,
 )
 from edgewise.patching import PatchableModel
-from edgewise.prune_algos.loss import AnswerFunction, GradFunction, answer_loss, grad_values
+from edgewise.prune_algos.loss import (
+    AnswerFunction,
+    GradFunction,
+    answer_loss,
+    check_loss_functions,
+    grad_values,
+)
 from edgewise.types import AblationType, Edge, PruneScores
 
 IGMode = Literal["all", "layer"]
@@ -70,7 +77,8 @@ def mask_gradient_prune_scores(
         mask_val: the mask value of the forward pass. Exclusive with
             ``integrated_grad_samples``.
         integrated_grad_samples: number of interpolation steps ``N`` (``N + 1`` points).
-        ablation_type: what ablated edges carry.
+        ablation_type: what ablated edges carry (an :class:`AblationType` or its name,
+            e.g. ``"zero"``).
         clean_corrupt: which prompts per-batch ablations are computed from.
         integrated_grad_mode: ``"all"`` moves every mask together (as documented);
             ``"layer"`` interpolates one destination layer's masks at a time with every
@@ -87,6 +95,8 @@ def mask_gradient_prune_scores(
     Returns:
         Destination module name -> scores shaped like its mask.
     """
+    check_loss_functions(grad_function, answer_function)
+    ablation_type = AblationType(ablation_type)
     require_full_prompts(dataloader, model, ablation_type)
     if (mask_val is None) == (integrated_grad_samples is None):
         raise ValueError(
@@ -94,15 +104,20 @@ def mask_gradient_prune_scores(
             "and integrated_grad_samples (e.g. integrated_grad_samples=10); "
             f"got mask_val={mask_val!r}, integrated_grad_samples={integrated_grad_samples!r}"
         )
-    if integrated_grad_samples is not None and integrated_grad_samples < 1:
-        raise ValueError(f"integrated_grad_samples must be >= 1, got {integrated_grad_samples}")
+    if mask_val is not None:
+        mask_val = require_real(mask_val, "mask_val")
+    if integrated_grad_samples is not None:
+        integrated_grad_samples = require_int(integrated_grad_samples, "integrated_grad_samples", 1)
     if integrated_grad_mode not in ("all", "layer"):
         raise ValueError(f"integrated_grad_mode must be 'all' or 'layer', got {integrated_grad_mode!r}")
     if ablation_type.mean_over_dataset:
         clean_corrupt = None
+    from_corrupt = ablation_type == AblationType.RESAMPLE and clean_corrupt == "corrupt"
+    batches = checked_batches(model, dataloader, "mask_gradient_prune_scores", answer_function,
+                              from_corrupt)  # fmt: skip
     # Data parallel under torch.distributed: rank r takes batches r, r + world, ...
     rank, world = rank_and_world()
-    mine = my_share(dataloader)
+    mine = my_share(batches)
 
     # One step per (group of masks moved, mask value): all masks together, or per layer.
     if integrated_grad_samples is None:
@@ -205,7 +220,7 @@ def _batch_grads(
                 if not bool(torch.isfinite(loss)):
                     raise FloatingPointError(
                         f"the loss of batch {batch.key} is {float(loss.detach())} (mask value {value}); "
-                        f"{_first_nonfinite_source(model, part.clean)}. Check the model's dtype "
+                        f"{first_nonfinite_source(model, part.clean)}. Check the model's dtype "
                         "(float16 overflows) and its inputs."
                     )
                 # a mask the loss does not reach (outside the block, or cut off from the
@@ -223,7 +238,7 @@ def _batch_grads(
     return out
 
 
-def _first_nonfinite_source(model: PatchableModel, tokens: torch.Tensor) -> str:
+def first_nonfinite_source(model: PatchableModel, tokens: torch.Tensor) -> str:
     """Which source first outputs NaN or inf on ``tokens``: the edges out of it are the
     first edges that carry it."""
     outs = model.src_outs(tokens)
