@@ -85,6 +85,17 @@ def test_empty_train_split_raises_naming_the_split(model, tmp_path, name):
         ALGORITHMS[name](model, train, None, **{"progress": False, **SCORERS[name]})
 
 
+@pytest.mark.parametrize("fn", ["subnetwork_probing_prune_scores", "circuit_probing_prune_scores"])
+def test_auto_circuit_probing_refuses_an_empty_split(model, tmp_path, fn):
+    import edgewise
+
+    train, _ = load_datasets_from_json(None, write(tmp_path, GOOD), train_test_size=(0, 4),
+                                       batch_size=2)  # fmt: skip
+    kw = {"circuit_sizes": [2]} if fn.startswith("circuit") else {}
+    with pytest.raises(ValueError, match=r"the train split of .*data\.json.*no batches"):
+        getattr(edgewise, fn)(model, train, None, epochs=1, progress=False, **kw)
+
+
 def test_run_circuits_and_metrics_on_an_empty_loader_raise(model):
     empty = PromptDataLoader(Subset(PromptDataset([[3, 4]], [[3, 5]], [[1]], [[2]]), []), batch_size=1)
     with pytest.raises(ValueError, match="run_circuits: the dataloader yields no batches"):

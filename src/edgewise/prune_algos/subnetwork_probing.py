@@ -40,8 +40,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from edgewise.ablation import batch_src_ablations
+from edgewise.checks import require_int
 from edgewise.circuits import prune_scores_threshold
-from edgewise.data import PromptDataLoader, PromptPairBatch
+from edgewise.data import PromptDataLoader, PromptPairBatch, checked_batches
 from edgewise.metrics.answers import _mean_gather, batch_answer_diffs, top_answer_correct
 from edgewise.patching import PatchableModel
 from edgewise.prune_algos.learned_masks import _L0_SHIFT, _LEFT, _RIGHT, _TEMP
@@ -152,8 +153,11 @@ def subnetwork_probing_prune_scores(
     Returns:
         Destination module name -> scores shaped like its mask (higher: more needed).
     """
-    if len(dataloader) == 0:
-        raise ValueError("subnetwork_probing_prune_scores got an empty dataloader: give it prompts")
+    epochs = require_int(epochs, "epochs", 0)
+    ablation_type = None if ablation_type is None else AblationType(ablation_type)
+    # resample patches come from the clean run in edge mode: identical pairs change nothing
+    checked_batches(model, dataloader, "subnetwork_probing_prune_scores", None,
+                    ablation_type in (None, AblationType.RESAMPLE))  # fmt: skip
     if mask_fn not in ("hard_concrete", "sigmoid", None):
         raise ValueError(f"mask_fn must be 'hard_concrete', 'sigmoid' or None, got {mask_fn!r}")
     if faithfulness_target not in SP_FAITHFULNESS_TARGET.__args__:
