@@ -754,14 +754,14 @@ class PatchableModel(nn.Module):
                 fused.setdefault(key, ([], []))[0].append(dh.module.module_name)
         group_of: dict[str, tuple[str, int, int]] = {}
         for key, (proj, inputs) in fused.items():
-            block = key[0].split(".")[1]  # type: ignore[union-attr]
+            block = self.dest_modules[proj[0]].block
             group_of.update(dict.fromkeys(proj, key))
             for dh in self.dest_hooks:
                 m = dh.module
                 if (
                     not dh.projected
                     and nonzero[m.module_name]
-                    and m.module_name.split(".")[1:2] == [block]
+                    and m.block == block
                     and m.src_lo == key[1]
                     and m.src_hi >= key[2]
                 ):
@@ -788,14 +788,13 @@ class PatchableModel(nn.Module):
                         zero_member[m.module_name] = dh.resid  # type: ignore[assignment]
             for dh in self.dest_hooks:
                 m = dh.module
-                block = m.module_name.split(".")[1:2]
                 m_lo, m_hi = span[m.module_name]
                 for resid, (members, lo, hi) in zero_groups.items():
                     if (
                         not dh.projected
                         and not nonzero[m.module_name]
                         and masks[m.module_name].requires_grad
-                        and block == resid.split(".")[1:2]
+                        and m.block == self.dest_modules[members[0][0]].block
                         and m_lo == lo
                         and m_hi >= hi
                     ):

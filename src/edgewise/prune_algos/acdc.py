@@ -29,7 +29,6 @@ from __future__ import annotations
 import inspect
 import math
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -135,14 +134,6 @@ class _StepLoss:
 
 
 # ---------------------------------------------------------------------------- evaluators
-_BLOCK = re.compile(r"^blocks\.(\d+)\.")
-
-
-def _block_of(hook_name: str) -> int | None:
-    m = _BLOCK.match(hook_name)
-    return int(m.group(1)) if m else None
-
-
 def _model_dtype(model: PatchableModel) -> torch.dtype:
     return next(model.wrapped_model.parameters()).dtype
 
@@ -201,8 +192,9 @@ class _FastEvaluator:
         self.d_model = int(model.cfg.d_model)
         self.n_layers = int(model.cfg.n_layers)
         self.out_slice = model.out_slice
-        self.dest_block = {m.module_name: _block_of(m.module_name) for m in self.graph.dest_modules}
-        self.src_block = {m.module_name: _block_of(m.module_name) for m in self.graph.src_modules}
+        # the block whose forward fires each hook (the embedding's: block 0's resid_pre)
+        self.dest_block = {m.module_name: m.block for m in self.graph.dest_modules}
+        self.src_block = {m.module_name: m.block or 0 for m in self.graph.src_modules}
         try:
             from transformer_lens import HookedTransformer
         except ImportError:  # TransformerLens 4.x has only bridges
@@ -213,8 +205,6 @@ class _FastEvaluator:
             and hasattr(self.wm, "unembed")
             and "start_at_layer" in inspect.signature(self.wm.forward).parameters
             and "stop_at_layer" in inspect.signature(self.wm.forward).parameters
-            and all(b is not None for b in self.dest_block.values())
-            and all(b is not None for b in self.src_block.values())
             and isinstance(self.wm, HookedTransformer)
         )
         self.partial = can_partial if partial is None else (partial and can_partial)
@@ -224,7 +214,7 @@ class _FastEvaluator:
             los = [
                 m.src_lo
                 for m in self.graph.src_modules
-                if (self.src_block[m.module_name] or 0) >= b
+                if self.src_block[m.module_name] >= b
             ]
             self.n_fixed[b] = min(los) if los else self.n_srcs
         clean_outs, self.resid_pre = self._clean_run()

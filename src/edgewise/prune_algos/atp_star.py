@@ -56,10 +56,6 @@ class _DropGrad(torch.autograd.Function):
         return torch.zeros_like(g)
 
 
-def _layer_of(name: str) -> int:
-    return int(name.split(".")[1])
-
-
 def atp_star_prune_scores(
     model: PatchableModel,
     dataloader: PromptDataLoader,
@@ -102,7 +98,7 @@ def atp_star_prune_scores(
     checked_batches(model, dataloader, "atp_star_prune_scores", answer_function,
                     ablation_type == AblationType.RESAMPLE)  # fmt: skip
     qk = [e for e in model.edges if e.dest.qkv in ("q", "k")] if qk_fix else []
-    layers = sorted({_layer_of(e.dest.module_name) for e in qk})
+    layers = sorted({model.dest_modules[e.dest.module_name].block for e in qk})
     # the QK fix recomputes attention from the keys its hooks see, which miss a cached prefix
     require_full_prompts(dataloader, model, ablation_type, supported=not qk_fix)
     patches = batch_src_ablations(model, dataloader, ablation_type, "corrupt")
@@ -200,7 +196,7 @@ def _qk_scores(
     out: dict[int | None, list[float]] = {d: [0.0] * len(qk) for d in grads_a}
     by_layer: dict[int, list[int]] = {}
     for i, e in enumerate(qk):
-        by_layer.setdefault(_layer_of(e.dest.module_name), []).append(i)
+        by_layer.setdefault(model.dest_modules[e.dest.module_name].block, []).append(i)
     for layer, idxs in by_layer.items():
         clean = clean_patterns[layer]  # [b, h, q, k]
         point = f"blocks.{layer}.attn.hook_pattern"
