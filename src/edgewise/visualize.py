@@ -22,7 +22,6 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
 import re
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -891,15 +890,12 @@ def write_report(results: Mapping[str, Any], path: str | Path) -> Path:
 
 
 def _write(path: str | Path, write: Callable[[str], Any]) -> Path:
-    """Write through a temp file in the same folder, then ``os.replace`` it onto ``path``;
-    the file is readable by everyone (0644), like a normal ``open(..., "w")`` file."""
+    """Write through a temp file in the same folder, then ``os.replace`` it onto ``path``
+    (:func:`edgewise.io.atomic_write`: the file gets the mode a plain ``open(..., "w")``
+    would, so the umask decides who can read it)."""
     from edgewise.io import atomic_write
 
-    def write_public(tmp: str) -> None:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-
-    return atomic_write(path, write_public)
+    return atomic_write(path, write)
 
 
 # --------------------------------------------------------------------------- matplotlib
