@@ -258,8 +258,7 @@ def _previous_results(out: Path, algos: list[str], settings: dict[str, Any]) -> 
     path = out / "results.json"
     if not path.exists():
         return {}
-    fix = "move it away, or rerun its algorithms with --fresh"
-    previous = read_json(path, fix)
+    previous = read_json(path, "delete it: rerunning its algorithms reuses their saved scores")
     check_results(previous, path)
     kept = {a: r for a, r in previous["algorithms"].items() if a not in algos}
     if kept:

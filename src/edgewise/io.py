@@ -44,6 +44,9 @@ class ChecksumError(FileFormatError):
 class DiskFullError(OSError):
     """No space left on the device while writing a file (named in the message)."""
 
+    def __str__(self) -> str:
+        return str(self.strerror)
+
 
 def is_edgewise_temporary(name: str) -> bool:
     """Whether ``name`` is a temporary file :func:`atomic_write` creates (and a killed
@@ -110,10 +113,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         if os.path.exists(tmp):
             os.remove(tmp)
         if isinstance(e, Exception) and _is_disk_full(e, path.parent):
-            full = DiskFullError(f"no space left on the device while writing {path}: free some "
-                                 "space (or write elsewhere), then run the same command again")
-            full.errno, full.filename = errno.ENOSPC, str(path)
-            raise full from None
+            raise DiskFullError(
+                errno.ENOSPC, f"no space left on the device while writing {path}: free some "
+                "space (or write elsewhere), then run the same command again", str(path)
+            ) from None
         raise
     return path
 
