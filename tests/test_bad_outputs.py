@@ -63,9 +63,10 @@ def cli_error(argv: list[str], capsys, rc: int = 2) -> str:
     assert main(argv) == rc
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("resuming:")]
-    assert len(lines) == 1 and lines[0].startswith("edgewise: error: "), err
-    return lines[0]
+    errors = [line for line in err.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("edgewise: error: "), err
+    assert err.rstrip().endswith(errors[0])  # the last word (progress bars may come before)
+    return errors[0]
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
