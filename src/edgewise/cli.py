@@ -517,9 +517,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "from their checkpoints in DIR/checkpoints; other settings are an error. "
                         "Results of other algorithms in DIR are kept; DIR holds one task and "
                         "model, and one run at a time")
-    d.add_argument("--allow-existing", action="store_true",
-                   help="write into a non-empty folder edgewise did not make; its files are "
-                        "left alone (none may have a name edgewise writes)")
     e = sub.add_parser("evaluate", help="re-evaluate saved scores")
     e.add_argument("dir")
     e.add_argument("--batch-size", type=int, default=None,
@@ -529,6 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("demo", help="the whole loop on the shipped toy model")
     m.add_argument("--out", default="runs/demo")
     for p in (d, m):
+        p.add_argument("--allow-existing", action="store_true",
+                       help="write into a non-empty folder edgewise did not make; its files "
+                            "are left alone (none may have a name edgewise writes)")
         p.add_argument("--batch-size", type=int, default=16)
         p.add_argument("--fresh", action="store_true",
                        help="start the requested algorithms over instead of resuming: delete "
