@@ -444,6 +444,23 @@ def test_damaged_checkpoints_name_the_file_and_suggest_fresh(run, data, monkeypa
     cli_error(eap, capsys)
 
 
+@pytest.mark.parametrize("algo", ["acdc", "exact"])
+def test_the_algorithms_name_a_damaged_checkpoint(pm, tmp_path, algo):
+    from edgewise.prune_algos import acdc_prune_scores, exact_patching_prune_scores
+
+    from util import random_loader
+
+    path = tmp_path / f"{algo}.pt"
+    path.write_bytes(b"\x80garbage")
+    with pytest.raises(FileFormatError, match=f"checkpoint {path} cannot be read.*delete it"):
+        if algo == "acdc":
+            acdc_prune_scores(pm, random_loader(vocab=20), None, [-2], [1], progress=False,
+                              checkpoint=path)
+        else:
+            exact_patching_prune_scores(pm, random_loader(vocab=20), progress=False,
+                                        checkpoint=path)
+
+
 def test_a_truncated_results_json_is_named(run, data, capsys):
     results = run / "results.json"
     results.write_text(results.read_text()[:100])
