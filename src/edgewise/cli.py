@@ -110,10 +110,12 @@ def _resolve_names(model_name: str | None, task_name: str) -> tuple[str, str]:
     return model_name, task_name
 
 
-def _setup(model_name: str, task_name: str, batch_size: int) -> tuple[Any, Any, Any, Any]:
+def _setup(model_name: str | None, task_name: str, batch_size: int) -> tuple[Any, Any, Any, Any]:
+    """The task, the patchable model (``None``: the task's default), and the loaders."""
     from edgewise.patching import patchable_model
     from edgewise.tasks import get_task, load_model
 
+    model_name, task_name = _resolve_names(model_name, task_name)
     task = get_task(task_name)
     model = load_model(model_name)
     train, test = task.dataloaders(model, batch_size)
