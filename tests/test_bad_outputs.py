@@ -137,6 +137,21 @@ def test_evaluate_from_another_directory_uses_the_saved_data(tmp_path, monkeypat
     assert snapshot(out) == before  # results.json untouched
 
 
+def test_evaluate_checks_the_saved_batch_size_and_names_a_missing_dataset(run, capsys):
+    saved = json.loads((run / "results.json").read_text())["algorithms"]["eap"]["measurements"]
+    assert main(["evaluate", str(run), "--batch-size", "2", "--quiet"]) == 0  # hash at 4
+    again = json.loads((run / "results.json").read_text())["algorithms"]["eap"]["measurements"]
+    assert [s for s, _ in again] == [s for s, _ in saved]
+    assert [v for _, v in again] == pytest.approx([v for _, v in saved], abs=1e-4)
+
+    results = json.loads((run / "results.json").read_text())
+    results["task"] = str(run / "gone.json")
+    (run / "results.json").write_text(json.dumps(results))
+    with pytest.raises(FileNotFoundError, match=r"results\.json names the task .*gone\.json"):
+        api(["evaluate", str(run)])
+    cli_error(["evaluate", str(run)], capsys)
+
+
 def test_evaluate_refuses_a_folder_discover_did_not_make(tmp_path, run, capsys):
     (run / MARKER).unlink()
     before = snapshot(run)

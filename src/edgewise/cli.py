@@ -239,7 +239,7 @@ def _load_resume(
         except FileFormatError:  # already says: recompute it with --fresh
             raise
         except ValueError as e:
-            raise type(e)(f"{e}; rerun with --fresh to start over, or use another --out") from None
+            raise ValueError(f"{e}; rerun with --fresh to start over, or use another --out") from None
         diffs = _settings_differ(meta, fingerprint)
         if diffs:
             raise _mismatch(scores_path, diffs)
@@ -422,7 +422,7 @@ class DataChangedError(ValueError):
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Re-evaluate the scores saved in a results folder, on the data they were computed
     from: the prompts' hash saved with each scores file must match the data the task
-    gives now (else :class:`DataChangedError`)."""
+    gives now at the batch size saved with them (else :class:`DataChangedError`)."""
     from edgewise.io import load_prune_scores
     from edgewise.results_folder import (
         OutputFolderError,
@@ -436,23 +436,26 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if read_marker(folder) is None:
         raise OutputFolderError(f"{folder} was not made by edgewise discover (no .edgewise "
                                 "marker): evaluate only rewrites results.json in its own folders")
+    for what in ("task", "model"):  # saved as absolute paths when they are files/folders
+        name = str(previous[what])
+        if os.path.isabs(name) and not os.path.exists(name):
+            raise FileNotFoundError(f"{folder / 'results.json'} names the {what} {name}, which "
+                                    "no longer exists: restore it, or rerun edgewise discover")
     check_writable(folder)
     with folder_lock(folder):
         paths = {algo: folder / f"scores_{algo}.safetensors" for algo in previous["algorithms"]}
         metas = {algo: load_prune_scores(path)[1] for algo, path in paths.items()}
-        saved_batch = {m.get("batch_size") for m in metas.values()}
-        batch_size = args.batch_size or (saved_batch.pop() if len(saved_batch) == 1 else 16)
-        task, pm, train, test = _setup(previous["model"], previous["task"], int(batch_size))
+        saved_batch = int(next(iter(metas.values())).get("batch_size") or 16)
+        task, pm, train, test = _setup(previous["model"], previous["task"], saved_batch)
+        data_sha256 = _sha256_of_data(train, test)
         for algo, meta in metas.items():
-            if meta.get("batch_size") != batch_size:
-                train, test = task.dataloaders(pm.model, meta["batch_size"])
-            if meta.get("data_sha256") != _sha256_of_data(train, test):
+            if meta.get("data_sha256") != data_sha256:
                 raise DataChangedError(
                     f"{paths[algo]} was computed on other prompts than task {previous['task']!r} "
                     "gives now (their hash differs: the dataset changed since discover ran); "
                     "restore that data, or rerun edgewise discover with --fresh")
-        if any(m.get("batch_size") != batch_size for m in metas.values()):
-            train, test = task.dataloaders(pm.model, int(batch_size))
+        if args.batch_size not in (None, saved_batch):
+            _, test = task.dataloaders(pm.wrapped_model, args.batch_size)
         for algo, path in paths.items():
             scores, _ = load_prune_scores(path, pm)
             seconds = previous["algorithms"][algo].get("seconds")
