@@ -282,6 +282,29 @@ def test_a_live_lock_refuses_and_a_stale_one_is_taken_over(run, data, capsys):
     assert not (run / LOCK).exists()
 
 
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_the_lock_without_a_command(tmp_path, monkeypatch, hard_links):
+    from edgewise.results_folder import folder_lock
+
+    if not hard_links:  # some network file systems: exclusive create instead
+        def no_link(*a, **k):
+            raise OSError(errno.EPERM, "Operation not permitted")
+
+        monkeypatch.setattr(os, "link", no_link)
+    with folder_lock(tmp_path):
+        held = json.loads((tmp_path / LOCK).read_text())
+        assert held["pid"] == os.getpid() and held["host"] == socket.gethostname()
+        with pytest.raises(FolderInUseError, match=f"pid {os.getpid()}"):
+            with folder_lock(tmp_path):
+                pass
+        assert (tmp_path / LOCK).exists()  # the refused one did not remove it
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    (tmp_path / LOCK).write_text("")  # unreadable: refused, never silently taken
+    with pytest.raises(FolderInUseError, match="unreadable.*delete"):
+        with folder_lock(tmp_path):
+            pass
+
+
 # ------------------------------------------------------------- 5. permissions
 @pytest.mark.parametrize(("umask", "mode"), [(0o077, 0o600), (0o022, 0o644), (0o002, 0o664)])
 def test_written_files_get_the_mode_open_would_give(tmp_path, umask, mode):
@@ -348,6 +371,14 @@ def test_report_on_results_missing_keys(tmp_path, doc, says, capsys):
         api(["report", str(tmp_path)])
     assert "rerun discover" in cli_error(["report", str(tmp_path)], capsys)
     assert not (tmp_path / "report.html").exists()
+
+
+def test_write_report_refuses_results_without_model_task_or_algorithms(tmp_path):
+    for doc, says in [({}, "'model', 'task', 'algorithms'"), ([], "got list"),
+                      ({"model": "m", "task": "t", "algorithms": []}, "an algorithms mapping")]:
+        with pytest.raises(FileFormatError, match=says):
+            write_report(doc, tmp_path / "r.html")
+    assert not (tmp_path / "r.html").exists()
 
 
 # ------------------------------------------------------------- 8. clear errors

@@ -160,6 +160,13 @@ def _create_lock(path: Path, doc: dict[str, Any]) -> bool:
             os.link(tmp, path)
         except FileExistsError:
             return False
+        except OSError:  # a file system without hard links: exclusive create, then write
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w") as f:
+                json.dump(doc, f)
         return True
     finally:
         os.remove(tmp)
