@@ -454,10 +454,21 @@ def test_a_full_disk_is_one_clear_error(tmp_path, data, monkeypatch, capsys):
     assert "run the same command again" in line
     assert not list(out.rglob("*.edgewise-tmp")) and not (out / LOCK).exists()
 
+    def torch_save(tmp):  # torch.save on a full disk gives no errno
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    usage = shutil.disk_usage(tmp_path)
+    with monkeypatch.context() as m:
+        m.setattr(shutil, "disk_usage", lambda _: usage._replace(free=0))
+        with pytest.raises(DiskFullError, match="c.pt"):
+            atomic_write(tmp_path / "c.pt", torch_save)
+    with pytest.raises(RuntimeError, match="file write failed"):  # space left: as it was
+        atomic_write(tmp_path / "c.pt", torch_save)
+
     monkeypatch.setattr(os, "fsync", full)  # any other write: the same error
     with pytest.raises(DiskFullError, match="x.json"):
         atomic_write(tmp_path / "x.json", lambda tmp: Path(tmp).write_text("{}"))
-    assert not (tmp_path / "x.json").exists()
+    assert not (tmp_path / "x.json").exists() and not (tmp_path / "c.pt").exists()
 
 
 def test_damaged_checkpoints_name_the_file_and_suggest_fresh(run, data, monkeypatch, capsys):

@@ -78,12 +78,13 @@ def _new_file_mode(path: Path) -> int:
 
 
 def _is_disk_full(e: BaseException, folder: Path) -> bool:
+    """Whether ``e``, raised while writing into ``folder``, means the disk is full."""
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     text = str(e)
     if "No space left on device" in text or "StorageFull" in text:  # safetensors, torch
         return True
-    if isinstance(e, (OSError, RuntimeError)):  # torch.save says only "file write failed"
+    if type(e) is RuntimeError:  # torch.save says only "file write failed": look
         try:
             return shutil.disk_usage(folder).free < 2**20
         except OSError:
