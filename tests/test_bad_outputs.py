@@ -493,12 +493,15 @@ def test_damaged_checkpoints_name_the_file_and_suggest_fresh(run, data, monkeypa
             api(argv)
         cli_error(argv, capsys)
 
-    state = run / "checkpoints" / "eap.json"
-    state.write_text(state.read_text()[:40])
-    eap = ["discover", "--task", str(data), "--algo", "eap", *RUN, "--out", str(run)]
-    with pytest.raises(FileFormatError, match=r"checkpoints/eap\.json is not valid JSON.*--fresh"):
-        api(eap)
-    cli_error(eap, capsys)
+    for name in ("acdc.json", "eap.json"):
+        state = run / "checkpoints" / name
+        state.write_text(state.read_text()[:40])
+        algo = name.removesuffix(".json")
+        argv = ["discover", "--task", str(data), "--algo", algo, *RUN, "--out", str(run)]
+        with pytest.raises(FileFormatError, match=rf"checkpoints/{algo}\.json is not valid JSON"
+                                                  r".*truncated.*--fresh"):
+            api(argv)
+        cli_error(argv, capsys)
 
 
 @pytest.mark.parametrize("algo", ["acdc", "exact"])
