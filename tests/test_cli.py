@@ -121,15 +121,17 @@ def test_resume_after_an_interruption_gives_identical_output(tmp_path, monkeypat
         assert main([*RESUME_ARGS, "--out", str(out)]) == 130
     assert "run the same command again" in capsys.readouterr().err
     assert (out / "scores_eap.safetensors").exists() and not (out / "results.json").exists()
-    (out / ".results.json.x1y2.tmp").write_text("{half")  # what a killed write leaves
+    (out / ".results.json.x1y2.edgewise-tmp").write_text("{half")  # what a killed write leaves
+    (out / ".notes.tmp").write_text("mine")  # a user's file: never touched
     _counting(monkeypatch, "ig", calls)
 
     assert main([*RESUME_ARGS, "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert "resuming: eap done, ig restarting, acdc not started" in err
     assert calls == {"eap": 1, "ig": 2}  # eap was not recomputed
+    assert not list(out.glob("*.edgewise-tmp")) and (out / ".notes.tmp").read_text() == "mine"
+    (out / ".notes.tmp").unlink()
     _assert_same_outputs(out, uninterrupted)
-    assert not list(out.glob(".*.tmp"))
     assert sorted(f.name for f in (out / "checkpoints").iterdir()) == [
         "acdc.json", "eap.json", "ig.json"]  # ACDC's own checkpoint went with its scores
 

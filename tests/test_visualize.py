@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -59,7 +60,9 @@ def make_results(seq_len: int | None = 4) -> dict:
 def test_report_is_self_contained_with_a_graph_per_algorithm(tmp_path, seq_len):
     results = make_results(seq_len)
     path = write_report(results, tmp_path / "report.html")
-    assert path == tmp_path / "report.html" and path.stat().st_mode & 0o777 == 0o644
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path == tmp_path / "report.html" and path.stat().st_mode & 0o777 == 0o666 & ~umask
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]  # no temp file left
     text = path.read_text(encoding="utf-8")
     assert text.startswith("<!DOCTYPE html>")

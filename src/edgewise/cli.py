@@ -5,6 +5,10 @@
     edgewise evaluate runs/ioi
     edgewise report runs/ioi
     edgewise demo
+
+Errors print one line, ``edgewise: error: ...``, naming the input and what to do, and
+exit with 2 (a bad input: argument, file, folder) or 1 (the environment: a full disk,
+a folder another run holds, a permission); an interruption exits with 130.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -21,6 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from edgewise.results_folder import STATE_DIR
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -87,14 +92,31 @@ def evaluate_scores(
     return result
 
 
-def _setup(model_name: str | None, task_name: str, batch_size: int) -> tuple[Any, Any, Any, Any]:
-    from edgewise.patching import patchable_model
-    from edgewise.tasks import get_task, load_model
+def _resolve_names(model_name: str | None, task_name: str) -> tuple[str, str]:
+    """The model and task names to use and save: a model directory or a dataset file
+    becomes an absolute path, so ``evaluate`` finds the same one from any directory."""
+    from edgewise.tasks import TASKS, get_task
+    from edgewise.toy_models import available
 
     task = get_task(task_name)
+    if task_name not in TASKS and Path(task_name).is_file():
+        task_name = str(Path(task_name).resolve())
     model_name = model_name or task.model
     if not model_name:
         raise ValueError(f"task {task_name!r} has no default model: pass --model")
+    if (model_name not in available() and not model_name.startswith("tracr-")
+            and os.path.isdir(model_name)):
+        model_name = str(Path(model_name).resolve())
+    return model_name, task_name
+
+
+def _setup(model_name: str | None, task_name: str, batch_size: int) -> tuple[Any, Any, Any, Any]:
+    """The task, the patchable model (``None``: the task's default), and the loaders."""
+    from edgewise.patching import patchable_model
+    from edgewise.tasks import get_task, load_model
+
+    model_name, task_name = _resolve_names(model_name, task_name)
+    task = get_task(task_name)
     model = load_model(model_name)
     train, test = task.dataloaders(model, batch_size)
     seq_len = train.seq_len if task.token_positions else None
@@ -103,7 +125,6 @@ def _setup(model_name: str | None, task_name: str, batch_size: int) -> tuple[Any
 
 
 # ------------------------------------------------------------------ resuming discover
-STATE_DIR = "checkpoints"  # resume state inside --out: <algo>.json and <algo>.pt
 _NOT_PARAMETERS = ("progress", "checkpoint", "max_memory")  # never change the result
 
 
@@ -170,10 +191,10 @@ class _Resume:
 
 def _checkpoint_step(path: Path) -> str:
     """How far an ACDC or exact-patching checkpoint got, as ``"N/M"`` (``"?"`` if unknown)."""
-    import torch
+    from edgewise.io import load_checkpoint
 
+    state = load_checkpoint(path, "rerun with --fresh to start over")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
         fp = state["fingerprint"]
         if "next_dest" in state:  # ACDC: destinations decided
             return f"{int(state['next_dest'])}/{int(fp['dests'])}"
@@ -189,28 +210,21 @@ def _write_json(path: Path, doc: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
 
 
-def _remove_stale_temporaries(*folders: Path) -> None:
-    """Delete temporary files a killed run left (``atomic_write``'s ``.name.XXX.tmp``);
-    finished files are only ever renamed into place."""
-    for folder in folders:
-        if folder.is_dir():
-            for f in folder.iterdir():
-                if f.is_file() and f.name.startswith(".") and f.name.endswith(".tmp"):
-                    f.unlink()
-
-
 def _load_resume(
     out: Path, algo: str, fingerprint: dict[str, Any], pm: Any, fresh: bool
 ) -> _Resume:
     """Check what ``out`` holds for ``algo`` against this run's settings."""
-    from edgewise.io import load_prune_scores
+    from edgewise.io import FileFormatError, load_prune_scores, read_json
 
     r = _Resume(fingerprint)
     if fresh:
         return r
     state_path = out / STATE_DIR / f"{algo}.json"
     if state_path.exists():
-        state = json.loads(state_path.read_text())
+        state = read_json(state_path, "rerun with --fresh to start over")
+        if not isinstance(state, dict):
+            raise FileFormatError(f"{state_path} is not edgewise's resume state; rerun with "
+                                  "--fresh to start over")
         diffs = _settings_differ(state.get("fingerprint", {}), fingerprint)
         if diffs:
             raise _mismatch(state_path, diffs)
@@ -222,8 +236,10 @@ def _load_resume(
     if scores_path.exists():
         try:
             scores, meta = load_prune_scores(scores_path, pm)
+        except FileFormatError:  # already says: recompute it with --fresh
+            raise
         except ValueError as e:
-            raise ValueError(f"{e}; rerun with --fresh to start over, or use another --out") from e
+            raise ValueError(f"{e}; rerun with --fresh to start over, or use another --out") from None
         diffs = _settings_differ(meta, fingerprint)
         if diffs:
             raise _mismatch(scores_path, diffs)
@@ -236,38 +252,77 @@ def _load_resume(
     return r
 
 
+def _previous_results(out: Path, algos: list[str], settings: dict[str, Any]) -> dict[str, Any]:
+    """The results of algorithms not rerun now that ``out/results.json`` holds, checked
+    to come from this run's settings (same data, graph and batch size)."""
+    from edgewise.io import read_json
+
+    path = out / "results.json"
+    if not path.exists():
+        return {}
+    previous = read_json(path, "delete it: rerunning its algorithms reuses their saved scores")
+    check_results(previous, path)
+    kept = {a: r for a, r in previous["algorithms"].items() if a not in algos}
+    if kept:
+        diffs = _settings_differ(previous.get("settings", {}), settings)
+        if diffs:
+            raise ValueError(
+                f"{path} holds results of {', '.join(kept)} computed with other settings "
+                f"({'; '.join(diffs)}): rerun them too (--algo {' '.join([*kept, *algos])} "
+                "--fresh), or use another --out")
+    return kept
+
+
 def discover(args: argparse.Namespace) -> dict[str, Any]:
     """Score edges with each algorithm, evaluate circuits, save everything under --out.
 
     A rerun with the same settings resumes: algorithms whose scores and evaluation were
     saved are reused, an interrupted ACDC or exact patching continues from its
-    checkpoint in ``--out/checkpoints``; ``--fresh`` starts over."""
-    import inspect
-
-    from edgewise import __version__
-    from edgewise.io import save_mib_json, save_prune_scores
+    checkpoint in ``--out/checkpoints``; ``--fresh`` starts the requested algorithms
+    over. Results of other algorithms already in ``--out`` are kept. Before any work,
+    the folder is checked (:func:`edgewise.results_folder.check_output_folder`) and
+    locked."""
     from edgewise.prune_algos import ALGORITHMS
+    from edgewise.results_folder import check_output_folder, folder_lock
 
     algos = list(dict.fromkeys(args.algo))
     unknown = [a for a in algos if a not in ALGORITHMS]
     if unknown:
         raise ValueError(f"unknown algorithm(s) {unknown}. Algorithms: {', '.join(ALGORITHMS)}")
-    task, pm, train, test = _setup(args.model, args.task, args.batch_size)
+    model_name, task_name = _resolve_names(args.model, args.task)
     out = Path(args.out)
+    check_output_folder(out, model_name, task_name, getattr(args, "allow_existing", False))
+    with folder_lock(out):
+        return _discover_locked(args, algos, model_name, task_name, out)
+
+
+def _discover_locked(
+    args: argparse.Namespace, algos: list[str], model_name: str, task_name: str, out: Path
+) -> dict[str, Any]:
+    import inspect
+
+    from edgewise import __version__
+    from edgewise.io import save_mib_json, save_prune_scores
+    from edgewise.prune_algos import ALGORITHMS
+    from edgewise.results_folder import remove_stale_temporaries, write_marker
+
+    task, pm, train, test = _setup(model_name, task_name, args.batch_size)
+    write_marker(out, model_name, task_name)
     state_dir = out / STATE_DIR
     fresh = getattr(args, "fresh", False)
-    if fresh:
-        shutil.rmtree(state_dir, ignore_errors=True)
-        (out / "results.json").unlink(missing_ok=True)
+    if fresh:  # only the requested algorithms' files: the others' results stay
         for algo in algos:
-            for name in (f"scores_{algo}.safetensors", f"circuit_{algo}_mib.json"):
-                (out / name).unlink(missing_ok=True)
-    _remove_stale_temporaries(out, state_dir)
-    results: dict[str, Any] = {"model": args.model or task.model, "task": task.name,
-                               "n_edges": pm.n_edges, "seq_len": pm.seq_len, "algorithms": {}}
-    common = {"model": results["model"], "task": task.name, "batch_size": args.batch_size,
+            for f in (state_dir / f"{algo}.json", state_dir / f"{algo}.pt",
+                      out / f"scores_{algo}.safetensors", out / f"circuit_{algo}_mib.json"):
+                f.unlink(missing_ok=True)
+    remove_stale_temporaries(out, state_dir)
+    common = {"model": model_name, "task": task_name, "batch_size": args.batch_size,
               "data_sha256": _sha256_of_data(train, test), "graph_sha256": _sha256_of_edges(pm),
               "seq_len": pm.seq_len, "edgewise_version": __version__}
+    settings = {k: v for k, v in common.items() if k != "edgewise_version"}
+    results: dict[str, Any] = {"model": model_name, "task": task_name, "n_edges": pm.n_edges,
+                               "seq_len": pm.seq_len, "settings": settings,
+                               "algorithms": _previous_results(out, algos, settings)}
     params: dict[str, dict[str, Any]] = {}
     resume: dict[str, _Resume] = {}
     for algo in algos:  # every check before any work: a mismatch fails at once
@@ -297,7 +352,10 @@ def discover(args: argparse.Namespace) -> dict[str, Any]:
                 scores = ALGORITHMS[algo](pm, train, official, **call)
             except BaseException:  # keep the time spent, then let the interruption through
                 spent = before + time.perf_counter() - start
-                _write_json(state_path, {"fingerprint": r.fingerprint, "seconds": spent})
+                try:
+                    _write_json(state_path, {"fingerprint": r.fingerprint, "seconds": spent})
+                except OSError:  # e.g. the disk is full: the first error is the one to see
+                    pass
                 raise
             seconds = before + time.perf_counter() - start
             meta = {k: r.fingerprint[k] for k in ("model", "task", "algorithm", "parameters",
@@ -321,27 +379,107 @@ def discover(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+_RESULT_KEYS = ("model", "task", "n_edges", "algorithms")
+_ALGORITHM_KEYS = ("metric", "measurements", "top_edges")
+
+
+def check_results(results: Any, path: Path) -> None:
+    """Raise :class:`edgewise.io.FileFormatError` naming ``path`` unless ``results`` has
+    the keys ``edgewise discover`` writes to ``results.json``."""
+    from edgewise.io import FileFormatError
+
+    fix = "it is not a results.json that edgewise discover wrote; rerun discover"
+    if not isinstance(results, dict):
+        raise FileFormatError(f"{path} holds a {type(results).__name__}, not an object: {fix}")
+    missing = [k for k in _RESULT_KEYS if k not in results]
+    if missing:
+        raise FileFormatError(f"{path} lacks {', '.join(map(repr, missing))}: {fix}")
+    if not isinstance(results["algorithms"], dict) or not results["algorithms"]:
+        raise FileFormatError(f"{path} has no algorithms' results: {fix}")
+    for algo, r in results["algorithms"].items():
+        lacking = [k for k in _ALGORITHM_KEYS if not isinstance(r, dict) or k not in r]
+        if lacking:
+            raise FileFormatError(f"{path}: the results of {algo!r} lack "
+                                  f"{', '.join(map(repr, lacking))}: {fix}")
+
+
+def _read_results(folder: Path) -> dict[str, Any]:
+    from edgewise.io import read_json
+
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is not a folder: give the --out folder of "
+                                 "edgewise discover")
+    path = folder / "results.json"
+    results = read_json(path, "give the --out folder of a finished edgewise discover")
+    check_results(results, path)
+    return results
+
+
+class DataChangedError(ValueError):
+    """Saved scores were computed on other prompts than the task gives now."""
+
+
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    """Re-evaluate the scores saved in a results folder."""
+    """Re-evaluate the scores saved in a results folder, on the data they were computed
+    from: the prompts' hash saved with each scores file must match the data the task
+    gives now at the batch size saved with them (else :class:`DataChangedError`)."""
     from edgewise.io import load_prune_scores
+    from edgewise.results_folder import (
+        OutputFolderError,
+        check_writable,
+        folder_lock,
+        read_marker,
+    )
 
     folder = Path(args.dir)
-    previous = json.loads((folder / "results.json").read_text())
-    task, pm, _, test = _setup(previous["model"], previous["task"], args.batch_size)
-    for algo in previous["algorithms"]:
-        scores, _ = load_prune_scores(folder / f"scores_{algo}.safetensors", pm)
-        seconds = previous["algorithms"][algo].get("seconds")
-        previous["algorithms"][algo] = evaluate_scores(pm, task, test, scores, algo, args.quiet, args.max_memory)
-        previous["algorithms"][algo]["seconds"] = seconds
-    _write_json(folder / "results.json", previous)
+    previous = _read_results(folder)
+    if read_marker(folder) is None:
+        raise OutputFolderError(f"{folder} was not made by edgewise discover (no .edgewise "
+                                "marker): evaluate only rewrites results.json in its own folders")
+    for what in ("task", "model"):  # saved as absolute paths when they are files/folders
+        name = str(previous[what])
+        if os.path.isabs(name) and not os.path.exists(name):
+            raise FileNotFoundError(f"{folder / 'results.json'} names the {what} {name}, which "
+                                    "no longer exists: restore it, or rerun edgewise discover")
+    check_writable(folder)
+    with folder_lock(folder):
+        paths = {algo: folder / f"scores_{algo}.safetensors" for algo in previous["algorithms"]}
+        metas = {algo: load_prune_scores(path)[1] for algo, path in paths.items()}
+        saved_batch = int(next(iter(metas.values())).get("batch_size") or 16)
+        task, pm, train, test = _setup(previous["model"], previous["task"], saved_batch)
+        data_sha256 = _sha256_of_data(train, test)
+        for algo, meta in metas.items():
+            if meta.get("data_sha256") != data_sha256:
+                raise DataChangedError(
+                    f"{paths[algo]} was computed on other prompts than task {previous['task']!r} "
+                    "gives now (their hash differs: the dataset changed since discover ran); "
+                    "restore that data, or rerun edgewise discover with --fresh")
+        if args.batch_size not in (None, saved_batch):
+            _, test = task.dataloaders(pm.wrapped_model, args.batch_size)
+        for algo, path in paths.items():
+            scores, _ = load_prune_scores(path, pm)
+            seconds = previous["algorithms"][algo].get("seconds")
+            previous["algorithms"][algo] = evaluate_scores(pm, task, test, scores, algo,
+                                                           args.quiet, args.max_memory)
+            previous["algorithms"][algo]["seconds"] = seconds
+        _write_json(folder / "results.json", previous)
     return previous
 
 
 def report(args: argparse.Namespace) -> Path:
+    """Write ``report.html`` for a results folder (refusing to replace a ``report.html``
+    in a folder edgewise did not make)."""
+    from edgewise.results_folder import OutputFolderError, check_writable, read_marker
     from edgewise.visualize import write_report
 
     folder = Path(args.dir)
-    return write_report(json.loads((folder / "results.json").read_text()), folder / "report.html")
+    results = _read_results(folder)
+    target = folder / "report.html"
+    if target.exists() and read_marker(folder) is None:
+        raise OutputFolderError(f"{target} exists and {folder} was not made by edgewise "
+                                "discover (no .edgewise marker): move it away first")
+    check_writable(folder)
+    return write_report(results, target)
 
 
 def summary_table(results: dict[str, Any]) -> str:
@@ -381,19 +519,26 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", required=True, metavar="DIR",
                    help="results folder. Rerunning the same command resumes an interrupted "
                         "run: finished algorithms are reused, ACDC and exact patching continue "
-                        f"from their checkpoints in DIR/{STATE_DIR}; other settings are an error")
+                        "from their checkpoints in DIR/checkpoints; other settings are an error. "
+                        "Results of other algorithms in DIR are kept; DIR holds one task and "
+                        "model, and one run at a time")
     e = sub.add_parser("evaluate", help="re-evaluate saved scores")
     e.add_argument("dir")
+    e.add_argument("--batch-size", type=int, default=None,
+                   help="default: the batch size the scores were computed with")
     r = sub.add_parser("report", help="write report.html for a results folder")
     r.add_argument("dir")
     m = sub.add_parser("demo", help="the whole loop on the shipped toy model")
     m.add_argument("--out", default="runs/demo")
-    for p in (d, e, m):
-        p.add_argument("--batch-size", type=int, default=16)
     for p in (d, m):
+        p.add_argument("--allow-existing", action="store_true",
+                       help="write into a non-empty folder edgewise did not make; its files "
+                            "are left alone (none may have a name edgewise writes)")
+        p.add_argument("--batch-size", type=int, default=16)
         p.add_argument("--fresh", action="store_true",
-                       help=f"start over instead of resuming: delete DIR/{STATE_DIR}, results.json "
-                            "and the requested algorithms' scores, then compute everything")
+                       help="start the requested algorithms over instead of resuming: delete "
+                            f"their scores and DIR/{STATE_DIR} files (other algorithms' results "
+                            "stay), then compute them")
     for p in (d, e, m):
         p.add_argument("--max-memory", metavar="SIZE",
                        help="budget for each pass's patch buffers, e.g. 8GiB or auto (see "
@@ -422,9 +567,14 @@ def main(argv: list[str] | None = None) -> int:
             print(report(args))
         else:
             demo(args)
-    except (ValueError, FileNotFoundError, ImportError) as e:
+    except (ValueError, ImportError, FileNotFoundError, NotADirectoryError) as e:
         print(f"edgewise: error: {e}", file=sys.stderr)
         return 2
+    except (OSError, RuntimeError) as e:  # full disk, permissions, a folder in use
+        if not isinstance(e, OSError) and type(e).__name__ != "FolderInUseError":
+            raise
+        print(f"edgewise: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         if args.command not in ("discover", "demo"):
             raise

@@ -1,13 +1,23 @@
 """Saved results: prune scores as safetensors with JSON metadata, and circuits in the
-MIB / EAP-IG graph JSON format. Every write is atomic: a temporary file in the same
-folder, then ``os.replace``, so a crash never leaves a half-written file."""
+MIB / EAP-IG graph JSON format.
+
+Every write is atomic (:func:`atomic_write`): a temporary file in the same folder, then
+``os.replace``, so a crash never leaves a half-written file; the file gets the mode a
+plain ``open(path, "w")`` would give it. Every read names the file when it is not what it
+should be: :class:`FileFormatError` (truncated, not JSON, wrong keys or types) and
+:class:`ChecksumError` (a scores file changed after it was written)."""
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import math
 import os
+import shutil
+import stat
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,25 +28,140 @@ from edgewise.types import Edge, PruneScores
 if TYPE_CHECKING:
     from edgewise.patching import PatchableModel
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the header holds a sha256 of the metadata and the tensors
+TEMP_SUFFIX = ".edgewise-tmp"  # atomic_write's temporaries: ".<name>.<random>.edgewise-tmp"
+
+
+class FileFormatError(ValueError):
+    """A file (or document) is not what it should be: truncated, not valid JSON or
+    safetensors, or missing keys. The message names the file and what to do."""
+
+
+class ChecksumError(FileFormatError):
+    """A scores file's bytes differ from those written: it was changed or damaged."""
+
+
+class DiskFullError(OSError):
+    """No space left on the device while writing a file (named in the message)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def is_edgewise_temporary(name: str) -> bool:
+    """Whether ``name`` is a temporary file :func:`atomic_write` creates (and a killed
+    process may leave behind); no other file has this pattern of name."""
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the OS allows."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (briefly process-wide)
+    os.umask(mask)
+    return mask
+
+
+def _new_file_mode(path: Path) -> int:
+    """The mode ``open(path, "w")`` leaves: an existing file keeps its own, a new one
+    gets ``0o666 & ~umask``."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
+def _is_disk_full(e: BaseException, folder: Path) -> bool:
+    """Whether ``e``, raised while writing into ``folder``, means the disk is full."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(e)
+    if "No space left on device" in text or "StorageFull" in text:  # safetensors, torch
+        return True
+    if type(e) is RuntimeError:  # torch.save says only "file write failed": look
+        try:
+            return shutil.disk_usage(folder).free < 2**20
+        except OSError:
+            return False
+    return False
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)``, then move the file to ``path`` in one step."""
+    """Call ``write(tmp_path)``, then move the file to ``path`` in one step.
+
+    The temporary file (``.<name>.<random>.edgewise-tmp``, next to ``path``) is removed
+    if anything fails. The result has the mode ``open(path, "w")`` would give: an
+    existing file's mode, else ``0o666`` less the umask. A full disk raises
+    :class:`DiskFullError` naming ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    mode = _new_file_mode(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, mode)  # mkstemp made it 0600
         with open(tmp, "rb+") as f:  # on disk before it takes the final name
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, Exception) and _is_disk_full(e, path.parent):
+            raise DiskFullError(
+                errno.ENOSPC, f"no space left on the device while writing {path}: free some "
+                "space (or write elsewhere), then run the same command again", str(path)
+            ) from None
         raise
     return path
+
+
+def read_json(path: str | os.PathLike, fix: str = "") -> Any:
+    """``json.load`` of ``path``; a missing, unreadable, truncated or invalid file raises
+    :class:`FileFormatError` (``FileNotFoundError`` when missing) naming ``path``, with
+    ``fix`` (what the user can do) appended."""
+    fix = f"; {fix}" if fix else ""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist{fix}") from None
+    except UnicodeDecodeError as e:
+        raise FileFormatError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}){fix}") from None
+    if not text.strip():
+        raise FileFormatError(f"{path} is empty (an interrupted copy?){fix}")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise FileFormatError(f"{path} is not valid JSON ({e.msg} at line {e.lineno} column "
+                              f"{e.colno}; truncated?){fix}") from None
+
+
+def load_checkpoint(path: str | os.PathLike, fix: str = "delete it to start over") -> Any:
+    """``torch.load`` (``weights_only``) of a checkpoint; one that cannot be read raises
+    :class:`FileFormatError` naming ``path`` and ``fix``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:
+        raise FileFormatError(f"the checkpoint {path} cannot be read (truncated or damaged: "
+                              f"{type(e).__name__}: {str(e)[:120]}); {fix}") from None
+
+
+def _sha256_of_scores(meta_json: str, tensors: Mapping[str, torch.Tensor]) -> str:
+    """A hash of the metadata text and every tensor's name, dtype, shape and bytes."""
+    h = hashlib.sha256(meta_json.encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous().reshape(-1)
+        h.update(f"|{name};{t.dtype};{tuple(tensors[name].shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def save_prune_scores(
@@ -46,8 +171,9 @@ def save_prune_scores(
     metadata: dict[str, Any] | None = None,
 ) -> Path:
     """Write scores to a safetensors file. The header holds ``metadata`` (model, task,
-    algorithm, parameters, ...) as JSON, the library version and, when ``model`` is
-    given, every edge's name and position in ``model.edges`` order."""
+    algorithm, parameters, ...) as JSON, the library version, a sha256 of the metadata
+    and tensors (checked on load) and, when ``model`` is given, every edge's name and
+    position in ``model.edges`` order."""
     from safetensors.torch import save_file
 
     from edgewise import __version__
@@ -58,22 +184,45 @@ def save_prune_scores(
         meta["edges"] = [[e.name, e.seq_idx] for e in model.edges]
         meta["seq_len"] = model.seq_len
     tensors = {name: t.detach().cpu().contiguous() for name, t in prune_scores.items()}
-    header = {"edgewise": json.dumps(meta)}
+    meta["sha256"] = _sha256_of_scores(json.dumps(meta), tensors)  # one header key: the
+    header = {"edgewise": json.dumps(meta)}  # order of several is not fixed, bytes would vary
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
 
 
 def load_prune_scores(
     path: str | os.PathLike, model: PatchableModel | None = None
 ) -> tuple[PruneScores, dict[str, Any]]:
-    """Read scores and their metadata. With ``model``, check they fit its graph."""
+    """Read scores and their metadata. With ``model``, check they fit its graph.
+
+    Raises :class:`FileFormatError` naming ``path`` when it is empty, truncated, not a
+    safetensors file or not edgewise's, and :class:`ChecksumError` when its bytes
+    changed after it was written (files of format 1 carry no checksum)."""
     from safetensors import safe_open
 
-    with safe_open(os.fspath(path), framework="pt") as f:
-        header = f.metadata() or {}
-        scores = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+    try:
+        with safe_open(os.fspath(path), framework="pt") as f:
+            header = f.metadata() or {}
+            scores = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no scores file {path}") from None
+    except Exception as e:  # safetensors' own error type for every malformed file
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        what = "empty" if size == 0 else f"not a readable safetensors file ({size} bytes: {e})"
+        raise FileFormatError(f"{path} is {what}; it was truncated or damaged after it was "
+                              "written: recompute it (edgewise discover --fresh)") from None
     if "edgewise" not in header:
-        raise ValueError(f"{path} is not an edgewise scores file (no 'edgewise' metadata)")
-    meta = json.loads(header["edgewise"])
+        raise FileFormatError(f"{path} is not an edgewise scores file (no 'edgewise' metadata)")
+    damaged = (f"{path} was changed or damaged after it was written (its checksum does not "
+               "match): recompute it (edgewise discover --fresh)")
+    try:
+        meta = json.loads(header["edgewise"])
+    except json.JSONDecodeError:
+        raise ChecksumError(damaged) from None
+    if not isinstance(meta, dict):
+        raise ChecksumError(damaged)
+    saved_sha256 = meta.pop("sha256", None)
+    if meta.get("format", 1) >= 2 and saved_sha256 != _sha256_of_scores(json.dumps(meta), scores):
+        raise ChecksumError(damaged)
     if model is not None:
         saved = meta.get("edges")
         if saved is not None and saved != [[e.name, e.seq_idx] for e in model.edges]:
@@ -157,28 +306,55 @@ def save_mib_json(
     return atomic_write(path, write)
 
 
-def load_mib_json(path: str | os.PathLike, model: PatchableModel) -> tuple[PruneScores, set[Edge]]:
-    """Read a MIB / EAP-IG graph JSON: the scores and the edges marked ``in_graph``."""
+def load_mib_json(
+    path: str | os.PathLike, model: PatchableModel, missing_score: float | None = None
+) -> tuple[PruneScores, set[Edge]]:
+    """Read a MIB / EAP-IG graph JSON: the scores and the edges marked ``in_graph``.
+
+    Every edge of ``model``'s graph must be in the file with a number (``Infinity`` is
+    allowed, ``NaN`` is not) as ``score``; pass ``missing_score`` to give absent edges
+    that score instead (they are then not in the circuit). A file that breaks any of
+    this raises :class:`FileFormatError` naming the file and the first bad edge."""
     _check_mib_compatible(model)
-    with open(path) as f:
-        doc = json.load(f)
-    if not {"cfg", "edges"} <= set(doc):
-        raise ValueError(f"{path} lacks the 'cfg' and 'edges' keys of the MIB graph format")
+    doc = read_json(path)
+    if not isinstance(doc, dict) or not {"cfg", "edges"} <= set(doc):
+        raise FileFormatError(f"{path} lacks the 'cfg' and 'edges' keys of the MIB graph format")
+    cfg, entries = doc["cfg"], doc["edges"]
+    if not isinstance(cfg, dict):
+        raise FileFormatError(f"{path}: 'cfg' must be an object, got {type(cfg).__name__}")
+    if not isinstance(entries, dict):
+        raise FileFormatError(f"{path}: 'edges' must be an object mapping edge names to "
+                              f'{{"score", "in_graph"}}, got {type(entries).__name__}')
     spec = model.adapter.spec
-    if (doc["cfg"].get("n_layers"), doc["cfg"].get("n_heads")) != (spec.n_layers, spec.n_heads):
-        raise ValueError(
-            f"{path} is for {doc['cfg'].get('n_layers')} layers x {doc['cfg'].get('n_heads')} "
+    if (cfg.get("n_layers"), cfg.get("n_heads")) != (spec.n_layers, spec.n_heads):
+        raise FileFormatError(
+            f"{path} is for {cfg.get('n_layers')} layers x {cfg.get('n_heads')} "
             f"heads, the model has {spec.n_layers} x {spec.n_heads}"
         )
-    scores = {n: torch.zeros(m.mask_shape) for n, m in model.dest_modules.items()}
-    circuit = set()
     by_name = {mib_edge_name(e): e for e in model.edges}
-    unknown = sorted(set(doc["edges"]) - set(by_name))
+    unknown = sorted(set(entries) - set(by_name))
     if unknown:
-        raise ValueError(f"{path} has edges this graph lacks: {unknown[:3]}")
-    for name, entry in doc["edges"].items():
+        raise FileFormatError(f"{path} has edges this graph lacks: {unknown[:3]}")
+    absent = [name for name in by_name if name not in entries]
+    if absent and missing_score is None:
+        raise FileFormatError(
+            f"{path} scores {len(entries)} of the graph's {len(by_name)} edges (missing e.g. "
+            f"{absent[:3]}); pass missing_score=... to load_mib_json to score the rest"
+        )
+    scores = {n: torch.full(m.mask_shape, float(missing_score or 0.0))
+              for n, m in model.dest_modules.items()}
+    circuit = set()
+    for name, entry in entries.items():
+        score = entry.get("score") if isinstance(entry, dict) else None
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or math.isnan(score):
+            raise FileFormatError(f'{path}: edge {name!r} needs {{"score": <number>}}, got '
+                                  f"{entry!r} (NaN is not a score)")
+        in_graph = entry.get("in_graph", False)
+        if not isinstance(in_graph, bool):
+            raise FileFormatError(f"{path}: edge {name!r} has in_graph {in_graph!r}, not "
+                                  "true or false")
         e = by_name[name]
-        scores[e.dest.module_name][e.patch_idx] = float(entry.get("score", 0.0))
-        if entry.get("in_graph"):
+        scores[e.dest.module_name][e.patch_idx] = float(score)
+        if in_graph:
             circuit.add(e)
     return scores, circuit

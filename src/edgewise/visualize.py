@@ -22,7 +22,6 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
 import re
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -884,22 +883,30 @@ def write_report(results: Mapping[str, Any], path: str | Path) -> Path:
     summary (model, task, edge count, per-algorithm seconds / CPR / CMD / AUC), each
     algorithm's circuit as a layered graph with its top-edge table (tabs switch
     algorithm), faithfulness and metric curves over circuit size, and ROC curves
-    against the official circuit when the results have them.
+    against the official circuit when the results have them. Results without
+    ``model``, ``task`` and an ``algorithms`` mapping raise
+    :class:`edgewise.io.FileFormatError`; other keys may be missing (drawn as absent).
     """
+    from edgewise.io import FileFormatError
+
+    if not isinstance(results, Mapping):
+        raise FileFormatError(f"results must be a mapping like results.json, got "
+                              f"{type(results).__name__}")
+    missing = [k for k in ("model", "task", "algorithms") if k not in results]
+    if missing or not isinstance(results["algorithms"], Mapping):
+        raise FileFormatError(f"results lack {', '.join(map(repr, missing)) or 'an algorithms mapping'}"
+                              ": pass the results.json of edgewise discover")
     text = _render_report(results)
     return _write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def _write(path: str | Path, write: Callable[[str], Any]) -> Path:
-    """Write through a temp file in the same folder, then ``os.replace`` it onto ``path``;
-    the file is readable by everyone (0644), like a normal ``open(..., "w")`` file."""
+    """Write through a temp file in the same folder, then ``os.replace`` it onto ``path``
+    (:func:`edgewise.io.atomic_write`: the file gets the mode a plain ``open(..., "w")``
+    would, so the umask decides who can read it)."""
     from edgewise.io import atomic_write
 
-    def write_public(tmp: str) -> None:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-
-    return atomic_write(path, write_public)
+    return atomic_write(path, write)
 
 
 # --------------------------------------------------------------------------- matplotlib

@@ -49,7 +49,7 @@ from edgewise.data import (
 )
 from edgewise.distributed import from_rank_zero, gather_all, rank_and_world, sum_over_ranks
 from edgewise.hook_points import DestHook, SrcHook
-from edgewise.io import atomic_write
+from edgewise.io import atomic_write, load_checkpoint
 from edgewise.patching import PatchableModel
 from edgewise.prune_algos.mask_gradient import first_nonfinite_source
 from edgewise.types import AblationType, CircuitOutputs, DestNode, Edge, PatchType, PruneScores
@@ -852,7 +852,7 @@ def acdc_prune_scores(
         path = os.fspath(checkpoint)
         state = None
         if rank == 0 and os.path.exists(path):
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_checkpoint(path, "delete it (or pass --fresh) to start over")
         state = from_rank_zero(state)
         if state is not None:
             first, groups, n_forwards = _restore(state, path, fingerprint, dtype, device)

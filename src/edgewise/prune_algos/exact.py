@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from edgewise.ablation import batch_src_ablations
 from edgewise.checks import require_int
 from edgewise.data import PromptDataLoader, checked_batches
-from edgewise.io import atomic_write
+from edgewise.io import atomic_write, load_checkpoint
 from edgewise.patching import PatchableModel
 from edgewise.prune_algos.loss import (
     AnswerFunction,
@@ -93,7 +93,7 @@ def exact_patching_prune_scores(
     }
     done = 0  # chunks finished, counted over all batches
     if checkpoint is not None and os.path.exists(checkpoint):
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = load_checkpoint(checkpoint, "delete it (or pass --fresh) to start over")
         if state.get("fingerprint") != fingerprint:
             raise ValueError(f"the checkpoint {checkpoint} was written by a run with other "
                              "arguments, model or data; delete it or pass another path")
