@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgewise.results_folder import STATE_DIR
+from edgewise.results_folder import STATE_DIR, FolderInUseError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -567,12 +567,11 @@ def main(argv: list[str] | None = None) -> int:
             print(report(args))
         else:
             demo(args)
-    except (ValueError, ImportError, FileNotFoundError, NotADirectoryError) as e:
+    except (ValueError, TypeError, FloatingPointError, ImportError, FileNotFoundError,
+            NotADirectoryError) as e:  # what the user gave: arguments, files, a model  # fmt: skip
         print(f"edgewise: error: {e}", file=sys.stderr)
         return 2
-    except (OSError, RuntimeError) as e:  # full disk, permissions, a folder in use
-        if not isinstance(e, OSError) and type(e).__name__ != "FolderInUseError":
-            raise
+    except (OSError, FolderInUseError) as e:  # the machine: full disk, permissions, a lock
         print(f"edgewise: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
