@@ -577,3 +577,40 @@ def test_a_truncated_mib_json_is_named(pm, mib):
     mib.write_text("")
     with pytest.raises(FileFormatError, match=f"{mib} is empty"):
         load_mib_json(mib, pm)
+
+
+# ------------------------------------------------ bad datasets through the command line
+def _bad_datasets(folder: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (a dataset file with one fault, a phrase the error must contain)."""
+    good = json.loads((ROOT / "src/edgewise/datasets/toy_ioi.json").read_text())
+    cases: dict[str, tuple[Path, str]] = {}
+
+    def case(name: str, says: str, text: str | None = None, raw: bytes | None = None, **change):
+        path = folder / f"{name}.json"
+        if raw is not None:
+            path.write_bytes(raw)
+        else:
+            doc = {**good, "prompts": good["prompts"][:8], **change}
+            path.write_text(text if text is not None else json.dumps(doc))
+        cases[name] = (path, says)
+
+    case("not_utf8", "utf-8", raw=b'{"prompts": [{"clean": "caf\xe9"}]}')
+    case("not_json", "invalid json", text='{"prompts": [')
+    case("no_prompts", "no prompts", prompts=[])
+    long = dict(good["prompts"][0], clean=[3] * 300, corrupt=[3] * 299 + [4])
+    case("too_long", "context", prompts=[long] * 8)
+    oov = dict(good["prompts"][0], answers=[[10**6]])
+    case("answer_outside_vocab", "vocab", prompts=[oov] * 8)
+    no_answer = dict(good["prompts"][0], answers=[])
+    case("no_answers", "no answers", prompts=[no_answer] * 8)
+    return cases
+
+
+@pytest.mark.parametrize("name", ["not_utf8", "not_json", "no_prompts", "too_long",
+                                  "answer_outside_vocab", "no_answers"])  # fmt: skip
+def test_bad_datasets_are_one_line_errors_on_the_command_line(tmp_path, name, capsys):
+    path, says = _bad_datasets(tmp_path)[name]
+    out = tmp_path / "out"
+    line = cli_error(["discover", "--task", str(path), "--algo", "eap", *RUN, "--out", str(out)], capsys)
+    assert says in line.lower(), line
+    assert not (out / "results.json").exists()
