@@ -58,19 +58,19 @@ def src_ablations(
         if total is None:
             name = getattr(sample, "name", None) or "the dataloader"
             raise ValueError(f"{ablation_type} averages over {name}, which yields no batches")
-        return (total / count).to(_dtype(model))
+        return (total / count).to(model.dtype)
     if not isinstance(sample, torch.Tensor):
         raise TypeError(f"{ablation_type} needs a token tensor [batch, seq]")
     n = sample.shape[0]
     if ablation_type == AblationType.ZERO:
         lo, hi = model.block_range(src_block)
-        d, dtype = int(model.cfg.d_model), _dtype(model)
+        d, dtype = int(model.cfg.d_model), model.dtype
         return torch.zeros(hi - lo, 1, 1, d, dtype=dtype, device=model.device)
     if ablation_type.mean_over_batch and max_prompts is not None and max_prompts < n:
         mean = _summed_src_outs(model, sample, src_block, max_prompts) / n
         if ablation_type == AblationType.BATCH_ALL_TOK_MEAN:
             mean = mean.mean(dim=2, keepdim=True)
-        return mean.to(_dtype(model))
+        return mean.to(model.dtype)
     outs = model.src_outs(sample, src_block)
     if ablation_type == AblationType.RESAMPLE:
         return outs
@@ -93,10 +93,6 @@ def _summed_src_outs(
     parts = (model.src_outs(tokens[i : i + step], src_block).double().sum(1, keepdim=True)
              for i in range(0, tokens.shape[0], step))  # fmt: skip
     return sum(parts)  # type: ignore[return-value]
-
-
-def _dtype(model: PatchableModel) -> torch.dtype:
-    return next(model.wrapped_model.parameters()).dtype
 
 
 def batch_src_ablations(

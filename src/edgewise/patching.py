@@ -396,6 +396,16 @@ class PatchableModel(nn.Module):
         return self
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The wrapped model's parameter dtype (activations and masks use it)."""
+        return next(self.wrapped_model.parameters()).dtype
+
+    @property
+    def score_dtype(self) -> torch.dtype:
+        """The dtype of scores: float32, or the model's dtype when that is wider (float64)."""
+        return torch.promote_types(self.dtype, torch.float32)
+
+    @property
     def cfg(self) -> Any:
         return self.wrapped_model.cfg
 

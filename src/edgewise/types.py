@@ -24,6 +24,9 @@ Importance of an edge is ``abs(score)``; larger is more important."""
 CircuitOutputs = dict[int, dict[BatchKey, torch.Tensor]]
 """Actual circuit size (edge count) -> batch key -> model output at the output slice."""
 
+Measurements = list[tuple[int, float]]
+"""(circuit size, value) per circuit size, ascending."""
+
 
 class AblationType(Enum):
     """What an ablated (patched) edge carries instead of the source's current output.

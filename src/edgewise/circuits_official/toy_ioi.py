@@ -34,11 +34,11 @@ from __future__ import annotations
 
 from edgewise.circuits_official import edges_by_name
 from edgewise.patching import PatchableModel
+from edgewise.toy_models import TOY_IOI_SEQ_LEN
 from edgewise.types import Edge
 
 __all__ = ["TOY_IOI_OFFICIAL_EDGES", "TOY_IOI_SEQ_LEN", "toy_ioi_official_edges"]
 
-TOY_IOI_SEQ_LEN = 15
 """Token length of the toy-IOI prompts (BOS included)."""
 
 TOY_IOI_OFFICIAL_EDGES: tuple[tuple[str, int], ...] = (

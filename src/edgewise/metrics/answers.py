@@ -11,14 +11,11 @@ import torch.nn.functional as F
 
 from edgewise.data import PromptDataLoader, PromptPairBatch, check_answer_ids, loader_batches
 from edgewise.patching import PatchableModel
-from edgewise.types import CircuitOutputs
+from edgewise.types import CircuitOutputs, Measurements
 
 ProbFunc = Literal["logits", "softmax", "log_softmax", "probs", "logprobs"]
 """``"logits"``; ``"softmax"`` (or ``"probs"``); ``"log_softmax"`` (or ``"logprobs"``).
 auto-circuit's names are ``"logits"``, ``"softmax"`` and ``"log_softmax"``."""
-Measurements = list[tuple[int, float]]
-"""(circuit size, metric value) pairs, sorted by size."""
-
 
 def last_position(out: torch.Tensor) -> torch.Tensor:
     """``[batch, vocab]`` from an output ``[batch, vocab]`` or ``[batch, seq, vocab]``."""

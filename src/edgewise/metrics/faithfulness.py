@@ -10,9 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from edgewise.patching import PatchableModel
-from edgewise.types import Edge, PruneScores
-
-Measurements = list[tuple[int, float]]
+from edgewise.types import Edge, Measurements, PruneScores
 
 
 def faithfulness_curve(

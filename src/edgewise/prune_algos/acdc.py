@@ -134,10 +134,6 @@ class _StepLoss:
 
 
 # ---------------------------------------------------------------------------- evaluators
-def _model_dtype(model: PatchableModel) -> torch.dtype:
-    return next(model.wrapped_model.parameters()).dtype
-
-
 class _PlainEvaluator:
     """One full patched forward pass (``model.run_patched``) per circuit: the plain
     sequential search, for benchmarks and checks."""
@@ -797,7 +793,7 @@ def acdc_prune_scores(
         _check_same_batch(batch, world)
     clean = batch.clean.to(device) if rows is None else batch.clean[rows].to(device)
     corrupt = batch.corrupt.to(device) if rows is None else batch.corrupt[rows].to(device)
-    dtype = _model_dtype(model)
+    dtype = model.dtype
     patch = model.src_outs(corrupt)
     with torch.inference_mode():
         full = model(clean)[model.out_slice]

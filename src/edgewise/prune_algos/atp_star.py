@@ -40,7 +40,6 @@ from edgewise.prune_algos.loss import (
     check_loss_functions,
     grad_values,
 )
-from edgewise.prune_algos.mask_gradient import score_dtype
 from edgewise.types import AblationType, Edge, PruneScores
 
 
@@ -102,7 +101,7 @@ def atp_star_prune_scores(
     # the QK fix recomputes attention from the keys its hooks see, which miss a cached prefix
     require_full_prompts(dataloader, model, ablation_type, supported=not qk_fix)
     patches = batch_src_ablations(model, dataloader, ablation_type, "corrupt")
-    dtype = score_dtype(model)
+    dtype = model.score_dtype
     drops: list[int | None] = list(range(n_layers)) if grad_drop else [None]
     scores = {n: torch.zeros(m.mask_shape, dtype=dtype, device=model.device)
               for n, m in model.dest_modules.items()}  # fmt: skip
@@ -192,7 +191,7 @@ def _qk_scores(
     clean_patterns: dict[int, torch.Tensor],
 ) -> dict[int | None, list[float]]:
     """``sum dL/dA . (A(edge patched) - A(clean))`` for each Q/K edge and each dropped layer."""
-    dtype = next(model.wrapped_model.parameters()).dtype
+    dtype = model.dtype
     out: dict[int | None, list[float]] = {d: [0.0] * len(qk) for d in grads_a}
     by_layer: dict[int, list[int]] = {}
     for i, e in enumerate(qk):

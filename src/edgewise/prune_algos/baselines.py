@@ -7,7 +7,6 @@ import torch
 
 from edgewise.data import PromptDataLoader, checked_batches, require_full_prompts
 from edgewise.patching import PatchableModel
-from edgewise.prune_algos.mask_gradient import score_dtype
 from edgewise.types import Edge, PruneScores
 
 
@@ -19,7 +18,7 @@ def random_prune_scores(
 ) -> PruneScores:
     """Independent uniform [0, 1) scores, the same for the same ``seed``."""
     gen = torch.Generator().manual_seed(seed)
-    dtype = score_dtype(model)
+    dtype = model.score_dtype
     return {n: torch.rand(m.mask_shape, generator=gen, dtype=torch.float64).to(dtype).to(model.device)
             for n, m in model.dest_modules.items()}  # fmt: skip
 
@@ -77,7 +76,7 @@ def activation_norm_prune_scores(
 def _source_scores(model: PatchableModel, per_src: torch.Tensor) -> PruneScores:
     """Every edge scores its source's value: ``per_src`` ``[n_srcs]``, or ``[n_srcs, seq]``
     (one value per token position, for edges with positions)."""
-    scores = {n: torch.zeros(m.mask_shape, dtype=score_dtype(model), device=model.device)
+    scores = {n: torch.zeros(m.mask_shape, dtype=model.score_dtype, device=model.device)
               for n, m in model.dest_modules.items()}
     for e in model.edges:
         at = (e.src.src_idx,) if per_src.ndim == 1 or e.seq_idx is None else (e.src.src_idx, e.seq_idx)
@@ -96,7 +95,7 @@ def ground_truth_prune_scores(
             "ground-truth scores need the official circuit: pass official_edges (e.g. "
             "edgewise.circuits_official.tracr.tracr_official_edges(model, 'reverse', 'resample'))"
         )
-    dtype = score_dtype(model)
+    dtype = model.score_dtype
     scores = {n: torch.zeros(m.mask_shape, dtype=dtype, device=model.device)
               for n, m in model.dest_modules.items()}
     for e in official_edges:

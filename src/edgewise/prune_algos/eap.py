@@ -22,7 +22,6 @@ from edgewise.prune_algos.loss import (
     check_loss_functions,
     grad_values,
 )
-from edgewise.prune_algos.mask_gradient import score_dtype
 from edgewise.types import AblationType, Edge, PruneScores
 
 
@@ -51,7 +50,7 @@ def edge_attribution_patching_prune_scores(
     checked_batches(model, dataloader, "edge_attribution_patching_prune_scores",
                     answer_function, from_corrupt)  # fmt: skip
     patches = batch_src_ablations(model, dataloader, ablation_type, clean_corrupt)
-    scores = {n: torch.zeros(m.mask_shape, dtype=score_dtype(model), device=model.device)
+    scores = {n: torch.zeros(m.mask_shape, dtype=model.score_dtype, device=model.device)
               for n, m in model.dest_modules.items()}
     for batch in tqdm(dataloader, desc="EAP", disable=not progress):
         logits, acts = _run_capturing(model, batch.clean)

@@ -30,7 +30,6 @@ from edgewise.prune_algos.loss import (
     check_loss_functions,
     grad_values,
 )
-from edgewise.prune_algos.mask_gradient import score_dtype
 from edgewise.types import Edge, PruneScores
 
 INPUT_HOOK = "blocks.0.hook_resid_pre"
@@ -63,7 +62,7 @@ def eap_ig_inputs_prune_scores(
     integrated_grad_samples = require_int(integrated_grad_samples, "integrated_grad_samples", 1)
     checked_batches(model, dataloader, "eap_ig_inputs_prune_scores", answer_function, True)
     point = model.adapter.hook_point(INPUT_HOOK)
-    dtype = score_dtype(model)
+    dtype = model.score_dtype
     scores = {n: torch.zeros(m.mask_shape, dtype=dtype, device=model.device)
               for n, m in model.dest_modules.items()}
     m = integrated_grad_samples

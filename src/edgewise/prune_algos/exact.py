@@ -29,7 +29,6 @@ from edgewise.prune_algos.loss import (
     check_loss_functions,
     grad_values,
 )
-from edgewise.prune_algos.mask_gradient import score_dtype
 from edgewise.types import AblationType, Edge, PruneScores
 
 CleanCorrupt = str | None
@@ -81,7 +80,7 @@ def exact_patching_prune_scores(
                     ablation_type == AblationType.RESAMPLE and clean_corrupt == "corrupt")  # fmt: skip
     todo = list(model.edges if edges is None else edges)
     patches = batch_src_ablations(model, dataloader, ablation_type, clean_corrupt)  # type: ignore[arg-type]
-    dtype = score_dtype(model)
+    dtype = model.score_dtype
     scores = {n: torch.zeros(m.mask_shape, dtype=dtype, device=model.device)
               for n, m in model.dest_modules.items()}
     fingerprint = {

@@ -110,7 +110,7 @@ def learned_mask_prune_scores(
     theta = {n: torch.full(m.mask_shape, init, device=model.device, requires_grad=True)
              for n, m in model.dest_modules.items()}  # fmt: skip
     optim = torch.optim.Adam(list(theta.values()), lr=learning_rate)
-    dtype = next(model.wrapped_model.parameters()).dtype
+    dtype = model.dtype
     bar = tqdm(range(epochs), desc="learned masks", disable=not progress)
     for _ in bar:
         for batch in dataloader:

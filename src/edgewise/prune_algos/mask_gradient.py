@@ -132,7 +132,7 @@ def mask_gradient_prune_scores(
     else:
         groups = [list(model.dest_modules)]
 
-    dtype = score_dtype(model)
+    dtype = model.score_dtype
     scores = {n: torch.zeros(m.mask_shape, dtype=dtype, device=model.device)
               for n, m in model.dest_modules.items()}
     steps = [(group, value) for group in groups for value in values]
@@ -263,11 +263,6 @@ def check_finite(model: PatchableModel, scores: PruneScores, where: str) -> None
                 f"the score of edge {label} is {float(score[idx])} in {where}: a NaN or inf in "
                 "the activations or gradients (try float32 instead of float16, or check inputs)"
             )
-
-
-def score_dtype(model: PatchableModel) -> torch.dtype:
-    """float32, or the model's dtype when that is wider (float64)."""
-    return torch.promote_types(next(model.wrapped_model.parameters()).dtype, torch.float32)
 
 
 def _module_layer(model: PatchableModel, module_name: str) -> int:

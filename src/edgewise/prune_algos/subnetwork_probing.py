@@ -176,7 +176,7 @@ def subnetwork_probing_prune_scores(
     val_patches = (batch_src_ablations(model, validation_dataloader, ablation_type,
                                        "corrupt" if tree else "clean")
                    if validation_dataloader is not None else {})  # fmt: skip
-    dtype = next(model.wrapped_model.parameters()).dtype
+    dtype = model.dtype
     theta = {n: torch.full(m.mask_shape, init_val if tree else -init_val, dtype=dtype,
                            device=model.device, requires_grad=True)
              for n, m in model.dest_modules.items()}  # fmt: skip
