@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from edgewise.data import PromptPairBatch
-from edgewise.metrics.answers import batch_answer_diffs, batch_answer_vals
+from edgewise.metrics.answers import apply_prob_func, batch_answer_diffs, batch_answer_vals
 
 GradFunction = Literal["logit", "prob", "logprob", "logit_exp"]
 AnswerFunction = Literal["avg_diff", "avg_val", "mse"]
@@ -25,21 +25,15 @@ def check_loss_functions(grad_function: str, answer_function: str) -> None:
 
 
 def grad_values(logits: torch.Tensor, grad_function: GradFunction) -> torch.Tensor:
-    """``logit``: the logits; ``prob``: softmax; ``logprob``: log-softmax;
-    ``logit_exp``: ``exp(logits) / sum(exp(logits))`` with the denominator detached."""
-    if grad_function == "logit":
-        return logits
-    if grad_function == "prob":
-        return torch.softmax(logits, dim=-1)
-    if grad_function == "logprob":
-        return torch.log_softmax(logits, dim=-1)
+    """``logit``: the logits; ``prob``: softmax; ``logprob``: log-softmax (as
+    :func:`~edgewise.metrics.answers.apply_prob_func`); ``logit_exp``:
+    ``exp(logits) / sum(exp(logits))`` with the denominator detached."""
     if grad_function == "logit_exp":
         shifted = logits - logits.max(dim=-1, keepdim=True).values.detach()
         numerator = torch.exp(shifted)
         return numerator / numerator.sum(dim=-1, keepdim=True).detach()
-    raise ValueError(
-        f"grad_function must be 'logit', 'prob', 'logprob' or 'logit_exp', got {grad_function!r}"
-    )
+    check_loss_functions(grad_function, "avg_diff")
+    return apply_prob_func(logits, grad_function)
 
 
 def answer_loss(
