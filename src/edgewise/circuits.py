@@ -24,7 +24,7 @@ from edgewise.data import (
     loader_batches,
     require_full_prompts,
 )
-from edgewise.distributed import my_share, rank_and_world
+from edgewise.distributed import gather_objects, my_share, rank_and_world
 from edgewise.memory import MaxMemory, human, is_out_of_memory, parse_memory, plan_passes, sub_batch
 from edgewise.patching import PatchableModel
 from edgewise.types import AblationType, CircuitOutputs, Edge, PatchType, PruneScores
@@ -365,13 +365,10 @@ def run_circuits(
             bar.update(len(sizes))
     bar.close()
     if world > 1:
-        parts: list[CircuitOutputs | None] = [None] * world
-        local = {size: {k: v.cpu() for k, v in per.items()} for size, per in outputs.items()}
-        torch.distributed.all_gather_object(parts, local)
+        parts = gather_objects({size: {k: v.cpu() for k, v in per.items()} for size, per in outputs.items()})
         outputs = {size: {} for size in thresholds}
         for i, b in enumerate(batches):  # batches in the dataloader's order
             part = parts[i % world]
-            assert part is not None
             for size in outputs:
                 outputs[size][b.key] = part[size][b.key].to(model.device)
     return outputs

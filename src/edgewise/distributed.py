@@ -48,6 +48,17 @@ def gather_all(t: torch.Tensor) -> list[torch.Tensor]:
     return [p.to(t.device) for p in parts]
 
 
+def gather_objects(obj: T) -> list[T]:
+    """``obj`` (any picklable object) of every process, in rank order; ``[obj]`` without
+    a group."""
+    _, world = rank_and_world()
+    if world == 1:
+        return [obj]
+    parts: list[T | None] = [None] * world
+    torch.distributed.all_gather_object(parts, obj)
+    return parts  # type: ignore[return-value]
+
+
 def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
     """The sum of ``t`` over the processes, added up in rank order on every process, so
     all of them get the same bits (an ``all_reduce`` does not promise that)."""

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from edgewise.ablation import batch_ablation, src_ablations
 from edgewise.checks import require_int, require_real
 from edgewise.data import PromptDataLoader, PromptPairBatch, checked_batches, require_full_prompts
-from edgewise.distributed import my_share, rank_and_world
+from edgewise.distributed import my_share, rank_and_world, sum_over_ranks
 from edgewise.memory import (
     MaxMemory,
     Plan,
@@ -170,9 +170,8 @@ def mask_gradient_prune_scores(
         for name, grad in grads.items():
             scores[name] += grad
     bar.close()
-    if world > 1:
-        for name in scores:
-            torch.distributed.all_reduce(scores[name])
+    if world > 1:  # summed in rank order: every process gets the same bits
+        scores = {name: sum_over_ranks(t) for name, t in scores.items()}
     return scores
 
 
