@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -184,3 +185,31 @@ def test_acdc_interrupted_midway_resumes_from_its_checkpoint(tmp_path, monkeypat
     assert calls == {"acdc": 1}
     assert saves == list(range(6, 18))  # destinations 1-5 were not searched again
     _assert_same_outputs(out, uninterrupted)
+
+
+def test_algorithms_declare_what_their_functions_take():
+    """The registry's capability flags (which the command line reads instead of
+    inspecting functions) match each function's signature."""
+    import inspect
+
+    from edgewise.prune_algos import ALGORITHMS
+
+    for name, a in ALGORITHMS.items():
+        takes = inspect.signature(a.function).parameters
+        assert a.progress == ("progress" in takes), name
+        assert a.max_memory == ("max_memory" in takes), name
+        assert a.checkpoint == ("checkpoint" in takes), name
+        assert a.loss == ("grad_function" in takes and "answer_function" in takes), name
+        assert a.faithfulness == ("faithfulness_target" in takes), name
+    assert [n for n, a in ALGORITHMS.items() if a.needs_official_edges] == ["ground-truth"]
+
+
+def test_ground_truth_on_a_task_without_an_official_circuit_is_refused_first(tmp_path, capsys):
+    from edgewise.cli import main
+
+    data = tmp_path / "d.json"
+    data.write_text((Path(__file__).parents[1] / "src/edgewise/datasets/toy_ioi.json").read_text())
+    assert main(["discover", "--model", "toy-ioi", "--task", str(data), "--algo", "ground-truth",
+                 "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert "official circuit" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

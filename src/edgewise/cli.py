@@ -34,17 +34,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 def _algorithm_params(
     algo: str, task: Any, quiet: bool, max_memory: str | None = None
 ) -> dict[str, Any]:
-    import inspect
-
     from edgewise.prune_algos import ALGORITHMS
 
-    accepts = inspect.signature(ALGORITHMS[algo].function).parameters
-    params: dict[str, Any] = {"progress": not quiet} if "progress" in accepts else {}
-    if max_memory is not None and "max_memory" in accepts:
+    a = ALGORITHMS[algo]
+    params: dict[str, Any] = {"progress": not quiet} if a.progress else {}
+    if max_memory is not None and a.max_memory:
         params["max_memory"] = max_memory
-    if "grad_function" in accepts and "answer_function" in accepts:
+    if a.loss:
         params.update(grad_function=task.grad_function, answer_function=task.answer_function)
-    if algo == "acdc":
+    if a.faithfulness:
         params["faithfulness_target"] = "mse" if task.metric == "mse" else "kl_div"
     return params
 
@@ -284,12 +282,18 @@ def discover(args: argparse.Namespace) -> dict[str, Any]:
     locked."""
     from edgewise.prune_algos import ALGORITHMS
     from edgewise.results_folder import check_output_folder, folder_lock
+    from edgewise.tasks import get_task
 
     algos = list(dict.fromkeys(args.algo))
     unknown = [a for a in algos if a not in ALGORITHMS]
     if unknown:
         raise ValueError(f"unknown algorithm(s) {unknown}. Algorithms: {', '.join(ALGORITHMS)}")
     model_name, task_name = _resolve_names(args.model, args.task)
+    if get_task(task_name).official_edges is None:
+        needy = [a for a in algos if ALGORITHMS[a].needs_official_edges]
+        if needy:
+            raise ValueError(f"{', '.join(needy)} needs the task's official circuit, and task "
+                             f"{task_name!r} has none: drop it from --algo")  # fmt: skip
     out = Path(args.out)
     check_output_folder(out, model_name, task_name, getattr(args, "allow_existing", False))
     with folder_lock(out):
@@ -299,7 +303,6 @@ def discover(args: argparse.Namespace) -> dict[str, Any]:
 def _discover_locked(
     args: argparse.Namespace, algos: list[str], model_name: str, task_name: str, out: Path
 ) -> dict[str, Any]:
-    import inspect
 
     from edgewise import __version__
     from edgewise.io import save_mib_json, save_prune_scores
@@ -342,7 +345,7 @@ def _discover_locked(
         scores, seconds = r.scores, r.seconds
         if scores is None:
             call = dict(params[algo])
-            if "checkpoint" in inspect.signature(ALGORITHMS[algo].function).parameters:
+            if ALGORITHMS[algo].checkpoint:
                 call["checkpoint"] = str(checkpoint)
             before = r.seconds or 0.0
             _write_json(state_path, {"fingerprint": r.fingerprint, "seconds": before})

@@ -31,12 +31,22 @@ from edgewise.prune_algos.subnetwork_probing import (
 @dataclass(frozen=True)
 class Algorithm:
     """A scoring function ``(model, dataloader, official_edges, **params) -> PruneScores``
-    with its default parameters."""
+    with its default parameters and what it supports, so that callers (the command line)
+    need not inspect it: ``progress`` (a progress bar), ``max_memory`` (a memory budget),
+    ``checkpoint`` (resumable from a checkpoint file), ``loss`` (takes ``grad_function``
+    and ``answer_function``), ``faithfulness`` (takes ``faithfulness_target``),
+    ``needs_official_edges`` (uses the task's official circuit)."""
 
     name: str
     function: Callable[..., Any]
     defaults: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    progress: bool = True
+    max_memory: bool = False
+    checkpoint: bool = False
+    loss: bool = False
+    faithfulness: bool = False
+    needs_official_edges: bool = False
 
     def __call__(self, model: Any, dataloader: Any, official_edges: Any = None, **params: Any) -> Any:
         return self.function(model, dataloader, official_edges, **{**self.defaults, **params})
@@ -47,37 +57,44 @@ ALGORITHMS: dict[str, Algorithm] = {
         "eap", mask_gradient_prune_scores,
         {"grad_function": "logit", "answer_function": "avg_diff", "mask_val": 0.0},
         "edge attribution patching: one forward and one backward pass (Syed et al. 2023)",
+        max_memory=True, loss=True,
     ),
     "ig": Algorithm(
         "ig", mask_gradient_prune_scores,
         {"grad_function": "logit", "answer_function": "avg_diff", "integrated_grad_samples": 10},
         "integrated gradients over all masks from clean (0) to ablated (1)",
+        max_memory=True, loss=True,
     ),
     "ig-layer": Algorithm(
         "ig-layer", mask_gradient_prune_scores,
         {"grad_function": "logit", "answer_function": "avg_diff", "integrated_grad_samples": 10,
          "integrated_grad_mode": "layer"},
         "integrated gradients, one destination layer's masks at a time",
+        max_memory=True, loss=True,
     ),
     "acdc": Algorithm(
         "acdc", acdc_prune_scores, {"tao_exps": [-5, -4, -3, -2], "tao_bases": [1, 3, 5, 7, 9]},
         "ACDC (Conmy et al. 2023): greedy pruning per threshold, exact fast search",
+        checkpoint=True, faithfulness=True,
     ),
     "eap-ig-inputs": Algorithm(
         "eap-ig-inputs", eap_ig_inputs_prune_scores,
         {"grad_function": "logit", "answer_function": "avg_diff", "integrated_grad_samples": 5},
         "EAP-IG: gradients averaged along corrupt -> clean input embeddings (Hanna et al. 2024)",
+        loss=True,
     ),
     "atp-star": Algorithm(
         "atp-star", atp_star_prune_scores,
         {"grad_function": "logit", "answer_function": "avg_diff", "qk_fix": True,
          "grad_drop": True},
         "AtP* for edges: exact attention patterns for Q/K edges, GradDrop (Kramar et al. 2024)",
+        loss=True,
     ),
     "exact": Algorithm(
         "exact", exact_patching_prune_scores,
         {"grad_function": "logit", "answer_function": "avg_diff"},
         "exact activation patching of each edge alone (what EAP approximates)",
+        checkpoint=True, loss=True,
     ),
     "sp": Algorithm(
         "sp", learned_mask_prune_scores, {"mask_fn": "hard_concrete", "epochs": 50},
@@ -92,7 +109,8 @@ ALGORITHMS: dict[str, Algorithm] = {
         "circuit-probing", learned_mask_sizes_prune_scores, {"sizes": (10, 100, 1000)},
         "learned masks with a target size, once per size; smaller circuits rank first",
     ),
-    "random": Algorithm("random", random_prune_scores, {"seed": 0}, "baseline: uniform random scores"),
+    "random": Algorithm("random", random_prune_scores, {"seed": 0}, "baseline: uniform random scores",
+                        progress=False),
     "magnitude": Algorithm(
         "magnitude", activation_magnitude_prune_scores, {},
         "baseline (auto-circuit's): |signed mean| of each edge's source output on the clean prompts",
@@ -104,10 +122,12 @@ ALGORITHMS: dict[str, Algorithm] = {
     "ground-truth": Algorithm(
         "ground-truth", ground_truth_prune_scores, {},
         "baseline: 1 on the task's official circuit, 0 elsewhere",
+        progress=False, needs_official_edges=True,
     ),
     "eap-reference": Algorithm(
         "eap-reference", edge_attribution_patching_prune_scores, {},
         "edge attribution patching with plain hooks (slow reference)",
+        loss=True,
     ),
 }
 
