@@ -891,9 +891,7 @@ def check_batches_for_model(
     d_vocab_out = getattr(cfg, "d_vocab_out", None)
     d_vocab_out = d_vocab_out if _is_token_id(d_vocab_out) and d_vocab_out > 0 else d_vocab
     if _is_token_id(d_vocab):
-        bounds = torch.stack([f(t) for b in batches for t in (b.clean, b.corrupt)
-                              for f in (torch.amin, torch.amax)]).cpu()  # fmt: skip
-        lo, hi = int(bounds.min()), int(bounds.max())
+        lo, hi = _id_range([t for b in batches for t in (b.clean, b.corrupt)])
         if lo < 0 or hi >= d_vocab:
             raise ValueError(
                 f"{who}: a prompt holds token id {lo if lo < 0 else hi}, outside the model's "
@@ -906,6 +904,12 @@ def check_batches_for_model(
         for field in fields:
             check_answer_ids([getattr(b, field) for b in batches], d_vocab_out, field,
                              f"{who} (answer_function={answer_function!r})")  # fmt: skip
+
+
+def _id_range(tensors: Sequence[Tensor]) -> tuple[int, int]:
+    """The smallest and largest id in ``tensors``, with one device sync."""
+    bounds = torch.stack([f(t) for t in tensors for f in (torch.amin, torch.amax)]).cpu()
+    return int(bounds.min()), int(bounds.max())
 
 
 def check_answer_ids(
@@ -939,8 +943,7 @@ def check_answer_ids(
         )
     if vocab_size is None or not rows:
         return
-    bounds = torch.stack([f(r) for r in rows for f in (torch.amin, torch.amax)]).cpu()
-    lo, hi = int(bounds.min()), int(bounds.max())
+    lo, hi = _id_range(rows)
     if lo < 0 or hi >= vocab_size:
         raise ValueError(
             f"{who}: {field} hold token id {lo if lo < 0 else hi}, outside the model's output "
