@@ -3,7 +3,9 @@
 
 The graph names hooks the 3.x way (``blocks.1.hook_q_input``); on 4.x bridges the
 canonical name carries ``attn.`` (``blocks.1.attn.hook_q_input``). ``hook_point`` tries
-both, so the rest of the library never asks which kind of model it has.
+both. What differs between the kinds beyond hook names (which fast paths a model
+allows) is answered here too, so the rest of the library never asks which kind of model
+it has.
 """
 
 from __future__ import annotations
@@ -60,6 +62,28 @@ class HookAdapter:
     @property
     def spec(self) -> GraphSpec:
         return GraphSpec.from_config(self.cfg)
+
+    @property
+    def is_hooked_transformer(self) -> bool:
+        """A TransformerLens 3.x ``HookedTransformer`` (not a bridge): its blocks' weights
+        are TransformerLens tensors (``W_Q``, ``ln1``) that fast paths may read."""
+        try:
+            from transformer_lens import HookedTransformer
+        except ImportError:  # TransformerLens 4.x has only bridges
+            return False
+        return isinstance(self.model, HookedTransformer)
+
+    @property
+    def runs_partial_forwards(self) -> bool:
+        """Whether ``forward(..., start_at_layer=, stop_at_layer=)`` runs a slice of the
+        blocks from a given residual stream (``HookedTransformer`` only)."""
+        import inspect
+
+        m = self.model
+        params = inspect.signature(m.forward).parameters
+        return (self.is_hooked_transformer and callable(getattr(m, "input_to_embed", None))
+                and hasattr(m, "unembed") and "start_at_layer" in params
+                and "stop_at_layer" in params)  # fmt: skip
 
     def enable_flags(self, flags: Iterable[str]) -> None:
         """Turn on each TransformerLens flag in ``flags``; raise naming those it cannot."""

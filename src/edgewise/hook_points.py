@@ -248,16 +248,14 @@ class DestHook:
 
 def projected_dests_available(model: nn.Module, adapter: HookAdapter, graph: Graph) -> bool:
     """Whether Q/K/V destinations can be patched after the projection (see module doc)."""
-    try:
-        from transformer_lens import HookedTransformer
-    except ImportError:  # TransformerLens 4.x has only bridges
+    if not adapter.is_hooked_transformer:
         return False
     try:
         from transformer_lens.components.transformer_block import POST_NORM_ARCHITECTURES
     except ImportError:  # pragma: no cover - older TransformerLens
         POST_NORM_ARCHITECTURES = ()
     cfg = adapter.cfg
-    if not isinstance(model, HookedTransformer) or getattr(cfg, "load_in_4bit", False):
+    if getattr(cfg, "load_in_4bit", False):
         return False
     if getattr(cfg, "original_architecture", None) in POST_NORM_ARCHITECTURES:
         return False

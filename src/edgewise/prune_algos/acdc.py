@@ -191,18 +191,7 @@ class _FastEvaluator:
         # the block whose forward fires each hook (the embedding's: block 0's resid_pre)
         self.dest_block = {m.module_name: m.block for m in self.graph.dest_modules}
         self.src_block = {m.module_name: m.block or 0 for m in self.graph.src_modules}
-        try:
-            from transformer_lens import HookedTransformer
-        except ImportError:  # TransformerLens 4.x has only bridges
-            HookedTransformer = ()  # noqa: N806 - isinstance(x, ()) is False
-
-        can_partial = (
-            callable(getattr(self.wm, "input_to_embed", None))
-            and hasattr(self.wm, "unembed")
-            and "start_at_layer" in inspect.signature(self.wm.forward).parameters
-            and "stop_at_layer" in inspect.signature(self.wm.forward).parameters
-            and isinstance(self.wm, HookedTransformer)
-        )
+        can_partial = model.adapter.runs_partial_forwards
         self.partial = can_partial if partial is None else (partial and can_partial)
         # First source whose hook fires in block >= b (sources are in topological order).
         self.n_fixed: dict[int, int] = {}
