@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgewise.evaluation import evaluate_scores
 from edgewise.results_folder import STATE_DIR, FolderInUseError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -45,49 +46,6 @@ def _algorithm_params(
     if a.faithfulness:
         params["faithfulness_target"] = "mse" if task.metric == "mse" else "kl_div"
     return params
-
-
-def _measure(pm: Any, loader: Any, outs: Any, metric: str) -> list[tuple[int, float]]:
-    from edgewise.metrics.answers import measure_answer_diff, measure_mse
-
-    if metric == "mse":  # lower is better: faithfulness uses -mse
-        return [(s, -v) for s, v in measure_mse(pm, loader, outs)]
-    return measure_answer_diff(pm, loader, outs)
-
-
-def evaluate_scores(
-    pm: Any, task: Any, test: Any, scores: Any, algo: str, quiet: bool = False,
-    max_memory: str | None = None,
-) -> dict[str, Any]:
-    """Circuits of several sizes from ``scores``: metric, faithfulness, CPR/CMD, and
-    ROC/AUC against the task's official circuit when it has one."""
-    from edgewise.circuits import circuit_edges, edge_counts_util, run_circuits
-    from edgewise.metrics.faithfulness import cpr_cmd, faithfulness_curve, measure_roc
-
-    sizes = edge_counts_util(pm.n_edges, None, scores)
-    if len(sizes) > 40:  # keep evaluation quick: a log-spaced subset
-        step = len(sizes) / 40
-        sizes = sorted({sizes[int(i * step)] for i in range(40)} | {0, pm.n_edges})
-    outs = run_circuits(pm, test, sizes, scores, progress=not quiet, max_memory=max_memory)
-    measured = _measure(pm, test, outs, task.metric)
-    result: dict[str, Any] = {"algorithm": algo, "metric": task.metric, "measurements": measured}
-    try:
-        result["faithfulness"] = faithfulness_curve(measured)
-        result["cpr"], result["cmd"] = cpr_cmd(measured)
-    except ValueError as e:
-        result["faithfulness_error"] = str(e)
-    if task.official_edges is not None:
-        official = task.official_edges(pm)
-        roc = measure_roc(pm, official, scores)
-        result.update(auc=roc.auc, roc={"fpr": roc.fpr, "tpr": roc.tpr},
-                      official_edges=sorted([e.name, e.seq_idx] for e in official))
-    top = circuit_edges(pm, scores, min(20, pm.n_edges))
-    result["top_edges"] = [
-        {"edge": e.name, "seq_idx": e.seq_idx,
-         "score": float(scores[e.dest.module_name][e.patch_idx])}
-        for e in sorted(top, key=lambda e: -abs(float(scores[e.dest.module_name][e.patch_idx])))
-    ]
-    return result
 
 
 def _resolve_names(model_name: str | None, task_name: str) -> tuple[str, str]:
