@@ -10,11 +10,16 @@ random tokens (default 16 x 16); the corrupt prompts differ in the last two posi
 One threshold ``--tau`` (default: 1e-3 of the loss with every edge ablated, rounded down
 to base * 10**exp with an integer base), KL divergence.
 
+``--task toy-ioi``: instead, the demo's ACDC: the shipped toy IOI model and its task as
+the command line sets them up (batch ``--batch``, the registry's 20 taus).
+
 Rows, each in its own process (so its peak memory is its own):
 
 - plain: ``method="plain"``: one full patched forward (``run_patched``) per tested edge;
 - fast, speculation k: ``method="fast"``: forwards start at the destination's block,
-  unembedding only the output position, k candidate edges per forward pass.
+  unembedding only the output position, k candidate edges per forward pass;
+- fast, speculation auto: the default, ``speculation=None`` (k measured at setup and
+  chosen before every pass from the accept rate).
 
 ms/edge is wall time of the whole ``acdc_prune_scores`` call (including its one-off clean
 and corrupt forwards) divided by the number of edges tested (n_edges x number of taus);
@@ -47,6 +52,13 @@ from edgewise.prune_algos.acdc import acdc_prune_scores  # noqa: E402
 
 def build(args: argparse.Namespace):
     device = torch.device(args.device)
+    if args.task == "toy-ioi":
+        from edgewise.tasks import get_task
+        from edgewise.toy_models import load
+
+        model = load("toy-ioi", device=str(device), kind=args.kind)
+        train, _ = get_task("toy_ioi").dataloaders(model, args.batch)
+        return patchable_model(model), train
     model = random_model(n_layers=args.layers, n_heads=8, d_head=32, d_vocab=args.vocab,
                          n_ctx=max(32, args.seq), seed=0, kind=args.kind).to(device)
     pm = patchable_model(model)
@@ -79,8 +91,16 @@ def tau_grid(pm, loader, tau: float | None) -> tuple[list[int], list[int]]:
 def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     pm, loader = build(args)
-    exps, bases = tau_grid(pm, loader, args.tau)
-    kw = {"method": "plain"} if args.worker == "plain" else {"speculation": int(args.worker)}
+    if args.task == "toy-ioi":
+        from edgewise.prune_algos import ALGORITHMS
+
+        exps, bases = ALGORITHMS["acdc"].defaults["tao_exps"], ALGORITHMS["acdc"].defaults["tao_bases"]
+    else:
+        exps, bases = tau_grid(pm, loader, args.tau)
+    if args.worker == "plain":
+        kw = {"method": "plain"}
+    else:
+        kw = {"speculation": None if args.worker == "auto" else int(args.worker)}
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -117,7 +137,9 @@ def main() -> None:
     p.add_argument("--kind", choices=("hooked", "bridge"), default=None,
                    help="HookedTransformer (TransformerLens 3.x) or TransformerBridge")
     p.add_argument("--tau", type=float, default=None)
-    p.add_argument("--speculation", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--speculation", nargs="+", default=["1", "8", "auto"],
+                   help="k values and/or 'auto' (the measured default)")
+    p.add_argument("--task", choices=("random", "toy-ioi"), default="random")
     p.add_argument("--skip-plain", action="store_true", help="fast rows only (no equality check)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -127,13 +149,16 @@ def main() -> None:
         return
 
     rows = ([] if args.skip_plain else ["plain"]) + [str(k) for k in args.speculation]
+    if any(r not in ("plain", "auto") and not r.isdigit() for r in rows):
+        sys.exit("--speculation takes positive integers and 'auto'")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for row in rows:
             out = os.path.join(tmp, f"{row}.pt")
             cmd = [sys.executable, __file__, "--worker", row, "--out", out, "--device", args.device,
                    "--threads", str(args.threads), "--batch", str(args.batch), "--seq",
-                   str(args.seq), "--vocab", str(args.vocab), "--layers", str(args.layers)]
+                   str(args.seq), "--vocab", str(args.vocab), "--layers", str(args.layers),
+                   "--task", args.task]
             if args.kind is not None:
                 cmd += ["--kind", args.kind]
             if args.tau is not None:
@@ -150,9 +175,13 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"torch {torch.__version__}, device {args.device}, threads {args.threads}")
     kind = "TransformerBridge (GPT-2)" if args.kind == "bridge" else args.kind or "default kind"
-    print(f"model: {kind}, {args.layers} layers, d_model 256, 8 heads x 32, d_vocab {args.vocab}; "
-          f"{first['n_edges']} edges; batch {args.batch} x {args.seq} tokens; one tau = "
-          f"{first['tau']:.3g} (kl_div); {first['kept']} edges kept")
+    if args.task == "toy-ioi":
+        print(f"model: toy IOI ({kind}); {first['n_edges']} edges; batch {args.batch}; "
+              f"the registry's 20 taus (kl_div); {first['kept']} edges kept by every tau")
+    else:
+        print(f"model: {kind}, {args.layers} layers, d_model 256, 8 heads x 32, d_vocab "
+              f"{args.vocab}; {first['n_edges']} edges; batch {args.batch} x {args.seq} "
+              f"tokens; one tau = {first['tau']:.3g} (kl_div); {first['kept']} edges kept")
     base = first["ms_per_edge"]
     cbase = first["cpu_ms_per_edge"]
     print(f"{'row':<22}{'wall s':>9}{'ms/edge':>10}{'speed-up':>10}{'cpu ms/edge':>13}"

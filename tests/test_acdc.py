@@ -163,11 +163,43 @@ def test_speculation_and_plain_method_do_not_change_scores_and_runs_repeat():
     loader = random_loader(seed=8, seq=4, seq_len_edges=True)
     exps, bases, _ = taus_for(pm, loader, "kl_div")
     runs = [acdc_prune_scores(pm, loader, None, exps, bases, progress=False, speculation=s)
-            for s in (1, 5, 64, 5)]
+            for s in (1, 5, 64, 5, None)]
     runs.append(acdc_prune_scores(pm, loader, None, exps, bases, progress=False, method="plain"))
     assert n_distinct(runs[0]) >= 3
     for r in runs[1:]:
         assert_same_scores(r, runs[0])
+
+
+def test_a_k_that_changes_from_pass_to_pass_does_not_change_scores(monkeypatch):
+    """The measured speculation picks k again before every pass: any sequence of k gives
+    the scores of the plain sequential search."""
+    import random
+
+    from edgewise.prune_algos import acdc as acdc_module
+
+    pm = patchable_model(MODELS["hooked-2L"][0](), seq_len=4)
+    loader = random_loader(seed=8, seq=4, seq_len_edges=True)
+    exps, bases, _ = taus_for(pm, loader, "kl_div")
+    plain = acdc_prune_scores(pm, loader, None, exps, bases, progress=False, method="plain")
+    rng = random.Random(0)
+    monkeypatch.setattr(acdc_module._Speculation, "k", property(lambda self: rng.randint(1, 9)))
+    assert_same_scores(acdc_prune_scores(pm, loader, None, exps, bases, progress=False), plain)
+
+
+def test_measured_speculation_maximises_edges_decided_per_second():
+    from edgewise.prune_algos.acdc import _Speculation
+
+    times = {1: 1.0, 2: 1.1, 4: 1.3, 8: 2.4, 16: 5.0}
+    spec = _Speculation(None, times)
+    # p = 0.8: edges per pass (1 - p^k) / (1 - p) = 1, 1.8, 2.95, 4.16, 4.86 -> per second best at k=4
+    assert spec.k == 4
+    for _ in range(400):  # every edge rejected outright: one candidate per pass is best
+        spec.record(1, stopped=True)
+    assert spec.k == 1
+    for _ in range(400):  # none rejected: the k with the most copies per second
+        spec.record(8, stopped=False)
+    assert spec.k == 8 and spec.p > 0.99  # k / t(k): 1, 1.8, 3.1, 3.3, 3.2
+    assert _Speculation(3, times).k == 3
 
 
 def test_float32_model_matches_plain_method():

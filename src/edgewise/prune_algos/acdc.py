@@ -29,6 +29,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -727,10 +728,11 @@ def acdc_prune_scores(
             the state to the others); it resumes only with the same number of processes.
         speculation: how many candidate edges are tested per forward pass (>= 1); at
             most as many as fit a fixed memory budget for the stacked copies (1 GiB on
-            CPU, 8 GiB on GPU). Larger values pay off on a GPU; on a CPU a forward pass
-            over ``k`` copies can cost more than ``k`` single ones (memory traffic), and
-            ``speculation=1`` is fastest. Default: 1 on a CPU, 8 elsewhere. The scores
-            do not depend on it.
+            CPU, 8 GiB on GPU). Default (``None``): measured. At setup a few passes time
+            1, 2, 4, ... 32 stacked copies of the real batch on the real device, and
+            each pass then uses the number that decides the most edges per second at
+            the accept rate seen so far (see ``_Speculation``). The scores do not
+            depend on it.
         progress: show a progress bar on process 0 (edges decided over all taus; the
             postfix shows the current circuit size, the number of distinct search states
             and forwards).
@@ -749,9 +751,9 @@ def acdc_prune_scores(
         )
     if method not in ("fast", "plain"):
         raise ValueError(f"method must be 'fast' or 'plain', got {method!r}")
-    if speculation is None:  # stacking copies pays on accelerators; on a CPU it costs more
-        speculation = 1 if model.device.type == "cpu" else 8
-    if isinstance(speculation, bool) or not isinstance(speculation, int) or speculation < 1:
+    if speculation is not None and (
+        isinstance(speculation, bool) or not isinstance(speculation, int) or speculation < 1
+    ):
         raise ValueError(f"speculation must be an int >= 1, got {speculation!r}")
     if show_graphs and draw_seq_graph_ref is None:
         raise ValueError(
@@ -796,15 +798,21 @@ def acdc_prune_scores(
                 "model's weights and dtype (float16 overflows)."
             )
 
+    order = acdc_visit_order(model)
     evaluator: _FastEvaluator | _PlainEvaluator
     if method == "plain":
         evaluator = _PlainEvaluator(model, clean, patch)
-        speculation = 1
+        spec = _Speculation(1)
     else:
         evaluator = _FastEvaluator(model, clean, patch, full)
         if rows is not None:  # one number of copies per pass, so the steps line up
             mine = torch.tensor([evaluator.max_copies], dtype=torch.int64, device=device)
             evaluator.max_copies = int(torch.cat(gather_all(mine)).min())
+        # measured when first needed (not at all for a finished checkpoint); process 0's
+        # times on every process, so all choose the same k at every step
+        fast = evaluator
+        spec = _Speculation(speculation, lambda: from_rank_zero(
+            _time_copies(fast, model, order, dtype, device)))
     check = None
     if test_mode and run_circuits_ref is not None:
         full_batch = full
@@ -815,7 +823,6 @@ def acdc_prune_scores(
             model, dataloader, batch, full_batch, faithfulness_target, run_circuits_ref, rows
         )
 
-    order = acdc_visit_order(model)
     full_sum = full.double().sum()
     fingerprint = {
         "version": _CHECKPOINT_VERSION,
@@ -860,7 +867,7 @@ def acdc_prune_scores(
                     edges,
                     evaluator,
                     step_loss,
-                    speculation,
+                    spec,
                     check,
                     bar,
                     counter,
@@ -887,13 +894,73 @@ def acdc_prune_scores(
     return scores
 
 
+class _Speculation:
+    """How many candidate edges each forward pass tests.
+
+    A pass over ``k`` stacked candidates decides edges until the first one that every
+    tau of the state rejects (the candidates after it are tested again later). With
+    ``p`` the chance that an edge is not rejected outright, a pass decides
+    ``(1 - p**k) / (1 - p)`` edges on average, so the best ``k`` maximises that over the
+    pass's time. The times per ``k`` are measured once at setup
+    (:func:`_time_copies`); ``p`` is a running estimate from the search so far (starting
+    at 0.8), so the choice follows the accept rate as it changes. A fixed ``k`` (the
+    ``speculation`` argument) is used as it is. The scores never depend on ``k``."""
+
+    def __init__(self, fixed: int | None, times: dict[int, float] | Callable[[], dict[int, float]] | None = None):
+        self.fixed = fixed
+        self._times = times or {1: 1.0}  # or a function measuring them, called on first use
+        self.p = 0.8
+
+    @property
+    def times(self) -> dict[int, float]:
+        if callable(self._times):
+            self._times = self._times()
+        return self._times
+
+    def record(self, tested: int, stopped: bool) -> None:
+        """A pass tested ``tested`` candidates; ``stopped``: the last was rejected outright."""
+        for j in range(tested):
+            self.p += 0.02 * ((0.0 if stopped and j == tested - 1 else 1.0) - self.p)
+
+    @property
+    def k(self) -> int:
+        if self.fixed is not None:
+            return self.fixed
+        p = min(self.p, 1 - 1e-6)
+        return max(self.times, key=lambda k: (1 - p**k) / (1 - p) / self.times[k])
+
+
+def _time_copies(evaluator: _FastEvaluator, model: PatchableModel, order: list, dtype: torch.dtype,
+                 device: torch.device) -> dict[int, float]:  # fmt: skip
+    """Seconds of one forward pass over ``k`` stacked candidates, for ``k`` = 1, 2, 4, ...
+    up to 32 and ``evaluator.max_copies``: the best of 3 timed passes after a warm-up, on
+    a destination in the middle of the visit order, every mask 0."""
+    node, _ = order[len(order) // 2]
+    masks = model.new_masks(0.0, dtype=dtype)
+    base = masks[node.module_name]
+    times = {}
+    for k in (1, 2, 4, 8, 16, 32):
+        if k > evaluator.max_copies:
+            break
+        cand = base.unsqueeze(0).repeat(k, *([1] * base.dim()))
+        runs = []
+        for _ in range(4):
+            start = time.perf_counter()
+            evaluator.outputs(masks, node.module_name, cand)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            runs.append(time.perf_counter() - start)
+        times[k] = min(runs[1:])
+    return times
+
+
 def _search_destination(
     group: _Group,
     node: DestNode,
     edges: list[Edge],
     evaluator: _FastEvaluator | _PlainEvaluator,
     step_loss: _StepLoss,
-    speculation: int,
+    speculation: _Speculation,
     check: _ReferenceCheck | None,
     bar: Any,
     counter: list[int],
@@ -909,7 +976,7 @@ def _search_destination(
         if i >= len(edges):
             finished.append(g)
             continue
-        k = min(speculation, getattr(evaluator, "max_copies", 1), len(edges) - i)
+        k = min(speculation.k, getattr(evaluator, "max_copies", 1), len(edges) - i)
         cands = edges[i : i + k]
         base = g.masks[module]
         cand = base.unsqueeze(0).repeat(k, *([1] * base.dim()))
@@ -934,12 +1001,14 @@ def _search_destination(
                 pending.append((_Group(reject, active.masks, active.prev), i + j + 1))
             if not accept:
                 active = None
+                speculation.record(j + 1, stopped=True)
                 break
             masks = dict(active.masks)
             masks[module] = cand[j]
             active = _Group(accept, masks, loss)
         if active is not None:
             pending.append((active, i + k))
+            speculation.record(k, stopped=False)
         if bar.disable is False:
             cur = active if active is not None else (pending[-1][0] if pending else g)
             size = n_edges - int(sum(int(m.count_nonzero()) for m in cur.masks.values()))
@@ -947,6 +1016,7 @@ def _search_destination(
                 circuit=size,
                 states=len(pending) + len(finished),
                 forwards=counter[0],
+                spec=speculation.k,
                 refresh=False,
             )
     return finished
