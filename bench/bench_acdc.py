@@ -53,12 +53,10 @@ from edgewise.prune_algos.acdc import acdc_prune_scores  # noqa: E402
 def build(args: argparse.Namespace):
     device = torch.device(args.device)
     if args.task == "toy-ioi":
-        from edgewise.tasks import get_task
-        from edgewise.toy_models import load
+        from edgewise.cli import _setup
 
-        model = load("toy-ioi", device=str(device), kind=args.kind)
-        train, _ = get_task("toy_ioi").dataloaders(model, args.batch)
-        return patchable_model(model), train
+        _, pm, train, _ = _setup("toy-ioi", "toy_ioi", args.batch)  # as `edgewise demo` does
+        return pm, train
     model = random_model(n_layers=args.layers, n_heads=8, d_head=32, d_vocab=args.vocab,
                          n_ctx=max(32, args.seq), seed=0, kind=args.kind).to(device)
     pm = patchable_model(model)

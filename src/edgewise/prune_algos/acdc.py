@@ -932,25 +932,29 @@ class _Speculation:
 
 def _time_copies(evaluator: _FastEvaluator, model: PatchableModel, order: list, dtype: torch.dtype,
                  device: torch.device) -> dict[int, float]:  # fmt: skip
-    """Seconds of one forward pass over ``k`` stacked candidates, for ``k`` = 1, 2, 4, ...
-    up to 32 and ``evaluator.max_copies``: the best of 3 timed passes after a warm-up, on
-    a destination in the middle of the visit order, every mask 0."""
-    node, _ = order[len(order) // 2]
-    masks = model.new_masks(0.0, dtype=dtype)
-    base = masks[node.module_name]
-    times = {}
+    """Seconds of forward passes over ``k`` stacked candidates, for ``k`` = 1, 2, 4, ...
+    up to 32 and ``evaluator.max_copies``: summed over destinations at a quarter, half
+    and three quarters of the visit order (a pass's cost depends on where it starts),
+    each the best of 2 timed passes after a warm-up, with every edge ablated (as most
+    are during a search: circuits are small)."""
+    masks = model.new_masks(1.0, dtype=dtype)
+    nodes = [order[int(len(order) * f)][0] for f in (0.25, 0.5, 0.75)]
+    times: dict[int, float] = {}
     for k in (1, 2, 4, 8, 16, 32):
         if k > evaluator.max_copies:
             break
-        cand = base.unsqueeze(0).repeat(k, *([1] * base.dim()))
-        runs = []
-        for _ in range(4):
-            start = time.perf_counter()
-            evaluator.outputs(masks, node.module_name, cand)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            runs.append(time.perf_counter() - start)
-        times[k] = min(runs[1:])
+        times[k] = 0.0
+        for node in nodes:
+            base = masks[node.module_name]
+            cand = base.unsqueeze(0).repeat(k, *([1] * base.dim()))
+            runs = []
+            for _ in range(3):
+                start = time.perf_counter()
+                evaluator.outputs(masks, node.module_name, cand)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                runs.append(time.perf_counter() - start)
+            times[k] += min(runs[1:])
     return times
 
 
