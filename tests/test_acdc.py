@@ -333,3 +333,32 @@ def test_interrupted_run_resumes_from_checkpoint_to_identical_scores(tmp_path, m
     # a checkpoint from other arguments is refused
     with pytest.raises(ValueError, match="other arguments"):
         acdc_prune_scores(pm, loader, None, exps, bases, "mse", progress=False, checkpoint=path)
+
+
+def test_edges_where_patch_equals_clean_are_accepted_untested(monkeypatch):
+    """Token positions before the first clean/corrupt difference change nothing when
+    ablated (causal attention): ACDC accepts their edges without a forward pass, with the
+    plain search's scores, and tests them when the model is not causal."""
+    from edgewise.adapter import HookAdapter
+    from edgewise.prune_algos import acdc as acdc_module
+
+    pm = patchable_model(MODELS["hooked-2L"][0](), seq_len=4)
+    loader = random_loader(seed=8, seq=4, seq_len_edges=True)  # prompts differ at 2 and 3
+    exps, bases, _ = taus_for(pm, loader, "kl_div")
+    plain = acdc_prune_scores(pm, loader, None, exps, bases, progress=False, method="plain")
+    tested = []
+    original = acdc_module._FastEvaluator.outputs
+
+    def counting(self, masks, module, cand):
+        tested.append(cand.shape[0])
+        return original(self, masks, module, cand)
+
+    monkeypatch.setattr(acdc_module._FastEvaluator, "outputs", counting)
+    runs = {}
+    for causal in (True, False):
+        monkeypatch.setattr(HookAdapter, "is_causal", property(lambda self, c=causal: c))
+        tested.clear()
+        scores = acdc_prune_scores(pm, loader, None, exps, bases, progress=False, speculation=1)
+        assert_same_scores(scores, plain)
+        runs[causal] = len(tested)
+    assert runs[True] < runs[False]

@@ -74,6 +74,19 @@ class HookAdapter:
         return isinstance(self.model, HookedTransformer)
 
     @property
+    def is_causal(self) -> bool:
+        """Whether every position attends only to itself and earlier positions. A bridge's
+        ``cfg.attention_dir`` says "causal" even over a bidirectional Hugging Face model,
+        so its config and attention modules are asked too."""
+        m = self.model
+        if getattr(self.cfg, "attention_dir", "causal") != "causal":
+            return False
+        if getattr(getattr(getattr(m, "original_model", None), "config", None), "is_causal", True) is False:
+            return False
+        return all(getattr(getattr(b, "attn", None), "is_causal", True) is not False
+                   for b in getattr(m, "blocks", []))  # fmt: skip
+
+    @property
     def runs_partial_forwards(self) -> bool:
         """Whether ``forward(..., start_at_layer=, stop_at_layer=)`` runs a slice of the
         blocks from a given residual stream (``HookedTransformer`` only)."""

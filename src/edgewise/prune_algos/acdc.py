@@ -813,6 +813,16 @@ def acdc_prune_scores(
         fast = evaluator
         spec = _Speculation(speculation, lambda: from_rank_zero(
             _time_copies(fast, model, order, dtype, device)))
+    # Positions before which every source's patch equals its clean output, in every
+    # prompt: with causal attention no ablation changes anything there, so edges at those
+    # positions are accepted without a forward pass, for every tau (the plain search
+    # would compute the same loss again). Token-position graphs only; the fast path only.
+    dead_until = 0
+    if method == "fast" and model.seq_len is not None and model.adapter.is_causal:
+        changed = (evaluator.delta_clean != 0).any(dim=(0, 1, 3))  # type: ignore[union-attr]
+        dead_until = int(changed.nonzero()[0, 0]) if bool(changed.any()) else int(changed.numel())
+        if rows is not None:  # the same on every process
+            dead_until = int(torch.cat(gather_all(torch.tensor([dead_until], device=device))).min())
     check = None
     if test_mode and run_circuits_ref is not None:
         full_batch = full
@@ -854,7 +864,7 @@ def acdc_prune_scores(
     bar = tqdm(
         total=total, initial=done, desc="ACDC", disable=not progress or rank != 0, unit="edge"
     )
-    counter = [n_forwards]
+    counter = [n_forwards, 0]  # forward passes, edges accepted untested
     step_loss = _StepLoss(full, faithfulness_target, world)
     try:
         for i in range(first, len(order)):
@@ -872,6 +882,7 @@ def acdc_prune_scores(
                     bar,
                     counter,
                     model.n_edges,
+                    dead_until,
                 )
             groups = sorted(new_groups, key=lambda g: g.taus[0])
             if checkpoint is not None and rank == 0:
@@ -969,14 +980,27 @@ def _search_destination(
     bar: Any,
     counter: list[int],
     n_edges: int,
+    dead_until: int = 0,
 ) -> list[_Group]:
     """Test every input edge of ``node`` for the taus of ``group``; return the groups
-    (split where the taus' decisions differ) after the destination."""
+    (split where the taus' decisions differ) after the destination. Edges at positions
+    below ``dead_until`` change nothing when ablated and are accepted untested."""
     module = node.module_name
     pending: list[tuple[_Group, int]] = [(group, 0)]
     finished: list[_Group] = []
     while pending:
         g, i = pending.pop()
+        skip = i
+        while skip < len(edges) and edges[skip].seq_idx is not None and edges[skip].seq_idx < dead_until:
+            skip += 1
+        if skip > i:  # ablated for every tau, the loss unchanged
+            m = g.masks[module].clone()
+            for e in edges[i:skip]:
+                m[e.patch_idx] = 1
+            g = _Group(g.taus, {**g.masks, module: m}, g.prev)
+            bar.update((skip - i) * len(g.taus))
+            counter[1] += skip - i
+            i = skip
         if i >= len(edges):
             finished.append(g)
             continue
@@ -1020,6 +1044,7 @@ def _search_destination(
                 circuit=size,
                 states=len(pending) + len(finished),
                 forwards=counter[0],
+                skipped=counter[1],
                 spec=speculation.k,
                 refresh=False,
             )
