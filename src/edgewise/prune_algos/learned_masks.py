@@ -53,6 +53,15 @@ def keep_values(theta: torch.Tensor, mask_fn: MaskFn, gen: torch.Generator | Non
     return (s * (_RIGHT - _LEFT) + _LEFT).clamp(0.0, 1.0)
 
 
+def adam_step(optim: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """One step of ``optim`` on the gradient of ``loss`` with respect to its own
+    parameters (the mask logits) only: the model's weights, trainable or not, get none."""
+    params = [p for group in optim.param_groups for p in group["params"]]
+    for p, g in zip(params, torch.autograd.grad(loss, params), strict=True):
+        p.grad = g
+    optim.step()
+
+
 def _expected_kept(theta: torch.Tensor, mask_fn: MaskFn) -> torch.Tensor:
     """Expected number of kept edges: ``sum P(k > 0)`` (hard-concrete) or ``sum k``."""
     if mask_fn == "sigmoid":
@@ -126,10 +135,7 @@ def learned_mask_prune_scores(
             else:
                 penalty = F.relu(kept - circuit_size) / circuit_size
             loss = kl + regularize_lambda * penalty
-            params = list(theta.values())  # only the logits get gradients, never the model
-            for t, g in zip(params, torch.autograd.grad(loss, params), strict=True):
-                t.grad = g
-            optim.step()
+            adam_step(optim, loss)
             bar.set_postfix(kl=float(kl.detach()), kept=float(kept.detach()), refresh=False)
     # circuits rank edges by |score|: report the probability of keeping each edge
     return {n: _keep_probability(t.detach(), mask_fn) for n, t in theta.items()}

@@ -45,7 +45,7 @@ from edgewise.circuits import prune_scores_threshold
 from edgewise.data import PromptDataLoader, PromptPairBatch, checked_batches
 from edgewise.metrics.answers import _mean_gather, batch_answer_diffs, top_answer_correct
 from edgewise.patching import PatchableModel
-from edgewise.prune_algos.learned_masks import _L0_SHIFT, _LEFT, _RIGHT, _TEMP
+from edgewise.prune_algos.learned_masks import _L0_SHIFT, _LEFT, _RIGHT, _TEMP, adam_step
 from edgewise.types import AblationType, BatchKey, Edge, PruneScores
 
 SP = "Subnetwork Probing"
@@ -169,10 +169,11 @@ def subnetwork_probing_prune_scores(
         ablation_type = AblationType.TOKENWISE_MEAN_CORRUPT if tree else AblationType.RESAMPLE
     patches = batch_src_ablations(model, dataloader, ablation_type, "corrupt" if tree else "clean")
     out_slice = model.out_slice
+    val_batches = list(validation_dataloader or [])
     with torch.inference_mode():
         clean: dict[BatchKey, torch.Tensor] = {b.key: model(b.clean)[out_slice] for b in dataloader}
         val_clean = {b.key: F.log_softmax(model(b.clean)[out_slice], -1)
-                     for b in validation_dataloader or []}  # fmt: skip
+                     for b in val_batches}  # fmt: skip
     val_patches = (batch_src_ablations(model, validation_dataloader, ablation_type,
                                        "corrupt" if tree else "clean")
                    if validation_dataloader is not None else {})  # fmt: skip
@@ -183,6 +184,8 @@ def subnetwork_probing_prune_scores(
     optim = torch.optim.Adam(list(theta.values()), lr=learning_rate)
     n_edges = model.n_edges
     avoid = list(avoid_edges or [])
+    avoid_weight = (-1 if tree else 1) * avoid_lambda / max(len(avoid), 1)
+    avoid_shift = regularize_const if mask_fn == "hard_concrete" else 0.0
     history: dict[str, list[float]] = {"Loss": [], faithfulness_target.title(): [], "Regularization": [],
                                        "Val Logit Diff Percent": []}  # fmt: skip
     bar = tqdm(range(epochs), desc=SP, disable=not progress)
@@ -202,21 +205,16 @@ def subnetwork_probing_prune_scores(
                 n_mask = F.relu(n_mask - circuit_size)
             regularize = n_mask / (circuit_size if circuit_size else n_edges)
             for e in avoid:
-                weight = (-1 if tree else 1) * avoid_lambda / len(avoid)
                 logit = theta[e.dest.module_name][e.patch_idx]
-                shift = regularize_const if mask_fn == "hard_concrete" else 0.0
-                regularize = regularize + weight * (torch.sigmoid(logit - shift) if mask_fn else logit)
+                regularize = regularize + avoid_weight * (torch.sigmoid(logit - avoid_shift) if mask_fn else logit)
             loss = faithful + regularize * regularize_lambda
-            params = list(theta.values())  # only the logits get gradients, never the model
-            for t, g in zip(params, torch.autograd.grad(loss, params), strict=True):
-                t.grad = g
-            optim.step()
+            adam_step(optim, loss)
             history["Loss"].append(loss.item())
             history[faithfulness_target.title()].append(faithful.item())
             history["Regularization"].append(regularize.item() * regularize_lambda)
             if validation_dataloader is not None:
                 history["Val Logit Diff Percent"].append(
-                    _validate(model, validation_dataloader, i, theta, mask_fn, gen, tree, val_clean, val_patches))
+                    _validate(model, val_batches, i, theta, mask_fn, gen, tree, val_clean, val_patches))
             bar.set_postfix(loss=history["Loss"][-1], refresh=False)
     if show_train_graph:
         import plotly.graph_objects as go
@@ -237,12 +235,11 @@ def _dropout(mask: torch.Tensor, p: float, gen: torch.Generator | None) -> torch
     return mask * keep / (1 - p)
 
 
-def _validate(model: PatchableModel, loader: PromptDataLoader, i: int, theta: dict[str, torch.Tensor],
+def _validate(model: PatchableModel, batches: list[PromptPairBatch], i: int, theta: dict[str, torch.Tensor],
               mask_fn: SPMaskFn, gen: torch.Generator | None, tree: bool,
               clean: dict[BatchKey, torch.Tensor], patches: dict[BatchKey, torch.Tensor]) -> float:  # fmt: skip
     """Mean logit difference percent of the current circuit on validation batch ``i``
     (the first batch when there are fewer)."""
-    batches = list(loader)
     batch = batches[i] if i < len(batches) else batches[0]
     with torch.no_grad():
         masks = _masks(theta, mask_fn, batch.clean.shape[0], gen)
