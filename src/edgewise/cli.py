@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from edgewise.evaluation import evaluate_scores
+from edgewise.io import write_json
 from edgewise.results_folder import STATE_DIR, FolderInUseError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -158,12 +159,6 @@ def _checkpoint_step(path: Path) -> str:
         return f"{int(state['done'])}/{per_batch * len(fp['batches'])}"
     except Exception:  # another algorithm's format: resuming still works, only unreported
         return "?"
-
-
-def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    from edgewise.io import atomic_write
-
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
 
 
 def _load_resume(
@@ -306,7 +301,7 @@ def _discover_locked(
             if ALGORITHMS[algo].checkpoint:
                 call["checkpoint"] = str(checkpoint)
             before = r.seconds or 0.0
-            _write_json(state_path, {"fingerprint": r.fingerprint, "seconds": before})
+            write_json(state_path, {"fingerprint": r.fingerprint, "seconds": before})
             official = task.official_edges(pm) if task.official_edges is not None else None
             start = time.perf_counter()
             try:
@@ -314,7 +309,7 @@ def _discover_locked(
             except BaseException:  # keep the time spent, then let the interruption through
                 spent = before + time.perf_counter() - start
                 try:
-                    _write_json(state_path, {"fingerprint": r.fingerprint, "seconds": spent})
+                    write_json(state_path, {"fingerprint": r.fingerprint, "seconds": spent})
                 except OSError:  # e.g. the disk is full: the first error is the one to see
                     pass
                 raise
@@ -322,13 +317,13 @@ def _discover_locked(
             meta = {k: r.fingerprint[k] for k in ("model", "task", "algorithm", "parameters",
                                                   "batch_size", "data_sha256", "graph_sha256")}
             save_prune_scores(out / f"scores_{algo}.safetensors", scores, pm, meta)
-            _write_json(state_path, {"fingerprint": r.fingerprint, "seconds": seconds})
+            write_json(state_path, {"fingerprint": r.fingerprint, "seconds": seconds})
             checkpoint.unlink(missing_ok=True)  # the scores file supersedes it
             r.result = None
         result = r.result
         if result is None:
             result = evaluate_scores(pm, task, test, scores, algo, args.quiet, args.max_memory)
-            _write_json(state_path, {"fingerprint": r.fingerprint, "seconds": seconds,
+            write_json(state_path, {"fingerprint": r.fingerprint, "seconds": seconds,
                                      "result": result})
         results["algorithms"][algo] = {**result, "seconds": seconds}
         try:
@@ -336,7 +331,7 @@ def _discover_locked(
                           [pm.edge(d["edge"], d["seq_idx"]) for d in result["top_edges"]])
         except ValueError:  # the format cannot express this graph (e.g. token positions)
             pass
-    _write_json(out / "results.json", results)
+    write_json(out / "results.json", results)
     return results
 
 
@@ -423,7 +418,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             previous["algorithms"][algo] = evaluate_scores(pm, task, test, scores, algo,
                                                            args.quiet, args.max_memory)
             previous["algorithms"][algo]["seconds"] = seconds
-        _write_json(folder / "results.json", previous)
+        write_json(folder / "results.json", previous)
     return previous
 
 

@@ -142,6 +142,11 @@ def read_json(path: str | os.PathLike, fix: str = "") -> Any:
                               f"{e.colno}; truncated?){fix}") from None
 
 
+def write_json(path: str | os.PathLike, doc: Any) -> Path:
+    """Write ``doc`` as indented JSON to ``path`` with :func:`atomic_write`."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
+
+
 def load_checkpoint(path: str | os.PathLike, fix: str = "delete it to start over") -> Any:
     """``torch.load`` (``weights_only``) of a checkpoint; one that cannot be read raises
     :class:`FileFormatError` naming ``path`` and ``fix``."""

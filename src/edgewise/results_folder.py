@@ -63,12 +63,12 @@ def read_marker(folder: Path) -> dict[str, Any] | None:
 def write_marker(folder: Path, model: str, task: str) -> None:
     """Mark ``folder`` as edgewise's, holding ``task`` on ``model`` (once; kept after)."""
     from edgewise import __version__
-    from edgewise.io import atomic_write
+    from edgewise.io import write_json
 
     if (folder / MARKER).exists():
         return
-    doc = {"written_by": "edgewise", "model": model, "task": task, "created_by_version": __version__}
-    atomic_write(folder / MARKER, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
+    write_json(folder / MARKER, {"written_by": "edgewise", "model": model, "task": task,
+                                 "created_by_version": __version__})
 
 
 def check_output_folder(folder: Path, model: str, task: str, allow_existing: bool) -> None:
