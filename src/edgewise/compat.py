@@ -10,7 +10,6 @@ with context managers. Here the masks are one dict on the :class:`PatchableModel
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -329,7 +328,7 @@ class Task:
 
     def init_task(self) -> None:
         """Load the model and data, wrap the model, find the official edges."""
-        from edgewise.data import load_datasets_from_json
+        from edgewise.data import load_dataset_json, load_datasets_from_json
         from edgewise.patching import patchable_model
 
         if self.autoencoder_input is not None:
@@ -346,9 +345,9 @@ class Task:
         (bs_train, bs_test), (n_train, n_test) = pair(self.batch_size), pair(self.batch_count)
         path = _dataset_path(self._dataset_name)
         # auto-circuit tokenizes when the model has a tokenizer; token-id prompts (tracr's)
-        # are used as they are
-        with open(path, encoding="utf-8") as f:
-            text = isinstance(json.load(f)["prompts"][0]["clean"], str)
+        # are used as they are (load_dataset_json names the file if it is not a dataset)
+        first = load_dataset_json(path)["prompts"][0]
+        text = isinstance(first, dict) and isinstance(first.get("clean"), str)
         has_tokenizer = text and getattr(model, "tokenizer", None) is not None
         train, test = load_datasets_from_json(
             model if has_tokenizer else None, path, device=device,
