@@ -154,7 +154,10 @@ def test_shipped_tasks_load_offline_with_their_official_circuits():
     assert toy.true_edge_count > 0 and toy.model.seq_len is None
 
 
-def test_task_refuses_what_edgewise_cannot_load():
+def test_task_refuses_what_edgewise_cannot_load(tmp_path):
+    (tmp_path / "empty.json").write_text('{"prompts": []}')
+    with pytest.raises(ValueError, match="empty.json: the file has no prompts"):
+        ew.Task("x", "x", 2, 1, False, "reverse", str(tmp_path / "empty")).init_task()
     with pytest.raises(ValueError, match="no file nope.json"):
         ew.Task("x", "x", 2, 1, False, "reverse", "nope").init_task()
     with pytest.raises(ValueError, match="sparse-autoencoder"):
