@@ -11,7 +11,7 @@ floor, flags off: the plain model (hook flags off): the corrupt prompts' forward
     gradients, as EAP computes none either).
 floor, flags on: the same with the flags ``patchable_model`` switched on (for a
     HookedTransformer only ``use_hook_mlp_in``: head outputs come from ``hook_z`` and
-    Q/K/V are patched after the projection, see ``edgewise.hook_points``).
+    Q/K/V are patched after the projection, see ``edgewise.patching.sites``).
 EAP: ``mask_gradient_prune_scores(model, loader, None, "logit", "avg_diff", mask_val=0.0)``.
 IG(5): the same with ``integrated_grad_samples=5`` (6 forward + backward passes).
 

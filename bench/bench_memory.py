@@ -28,7 +28,7 @@ import sys
 import torch
 
 from edgewise import mask_gradient_prune_scores, patchable_model
-from edgewise.memory import human, narrowest_block, pass_bytes, plan_passes
+from edgewise.runtime.memory import human, narrowest_block, pass_bytes, plan_passes
 
 from common import (
     CpuMonitor,

@@ -45,13 +45,11 @@ from edgewise import (  # noqa: E402
     patchable_model,
     run_circuits,
 )
-from edgewise.circuits_official.toy_ioi import (  # noqa: E402
+from edgewise.benchmarks.official.toy_ioi import (  # noqa: E402
     TOY_IOI_OFFICIAL_EDGES,
     toy_ioi_official_edges,
 )
-from edgewise.data import PromptDataLoader, PromptDataset  # noqa: E402
-from edgewise.patching import PatchableModel  # noqa: E402
-from edgewise.toy_models import (  # noqa: E402
+from edgewise.benchmarks.toy_models import (  # noqa: E402
     TOY_IOI_SEQ_LABELS,
     TOY_IOI_SEQ_LEN,
     TOY_IOI_WORD_IDXS,
@@ -62,6 +60,8 @@ from edgewise.toy_models import (  # noqa: E402
     toy_ioi_dataloaders,
     toy_ioi_vocab,
 )
+from edgewise.data import PromptDataLoader, PromptDataset  # noqa: E402
+from edgewise.patching import PatchableModel  # noqa: E402
 from edgewise.types import Edge, PruneScores  # noqa: E402
 
 N1, N2, S2, END = (TOY_IOI_WORD_IDXS[k] for k in ("N1", "N2", "S2", "end"))

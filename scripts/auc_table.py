@@ -15,13 +15,13 @@ import time
 import torch
 
 from edgewise import AblationType, measure_roc, patchable_model
+from edgewise.benchmarks.tasks import TASKS, load_model
 from edgewise.prune_algos import ALGORITHMS
-from edgewise.tasks import TASKS, load_model
 
 
 def official(task_name: str, pm, ablation: str):
     if task_name.startswith("tracr_"):
-        from edgewise.circuits_official.tracr import tracr_official_edges
+        from edgewise.benchmarks.official.tracr import tracr_official_edges
 
         return tracr_official_edges(pm, task_name.removeprefix("tracr_"), ablation)
     return TASKS[task_name].official_edges(pm)

@@ -17,8 +17,14 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from edgewise.convert import hf_gpt2_from_tl  # noqa: E402
-from edgewise.toy_models import HF_DIR, load_config, load_vocab, load_weights, toy_ioi_tokenizer  # noqa: E402
+from edgewise.benchmarks.toy_models import (  # noqa: E402
+    HF_DIR,
+    load_config,
+    load_vocab,
+    load_weights,
+    toy_ioi_tokenizer,
+)
+from edgewise.models.convert import hf_gpt2_from_tl  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -42,7 +42,7 @@ from edgewise import (
     patchable_model,
     run_circuits,
 )
-from edgewise.circuits import flat_prune_scores
+from edgewise.evaluation.circuits import flat_prune_scores
 from edgewise.metrics.agreement import pearson, spearman, top_overlap
 from edgewise.metrics.agreement import relative_error as rel_err
 from edgewise.models import random_bridge, random_hooked_transformer

@@ -12,7 +12,7 @@ version or CPU may change the last bits of the floating point sums).
 
 The model is trained with next-token cross-entropy over the whole vocabulary **at the
 final position only** (the answer after ``to``); the loss ignores all other positions.
-Batches are drawn from the training split of :mod:`edgewise.toy_models` (training
+Batches are drawn from the training split of :mod:`edgewise.benchmarks.toy_models` (training
 name pairs and training templates, both orders ABBA/BABA). Accuracy is reported on
 fresh prompts of every split; the held-out splits never occur in training.
 
@@ -41,8 +41,7 @@ import torch.nn.functional as F  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: E402
 
-from edgewise.data import PromptDataset, save_dataset_json  # noqa: E402
-from edgewise.toy_models import (  # noqa: E402
+from edgewise.benchmarks.toy_models import (  # noqa: E402
     TOY_IOI_SEQ_LABELS,
     TOY_IOI_SEQ_LEN,
     TOY_IOI_WORD_IDXS,
@@ -51,6 +50,7 @@ from edgewise.toy_models import (  # noqa: E402
     toy_ioi_abc_corrupt,
     toy_ioi_vocab,
 )
+from edgewise.data import PromptDataset, save_dataset_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SPLITS = ("train", "heldout_pairs", "heldout_templates", "heldout")

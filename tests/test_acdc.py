@@ -219,7 +219,7 @@ def test_test_mode_passes_and_catches_a_broken_fast_path(monkeypatch):
     calls = []
 
     def ref(*args, **kwargs):
-        from edgewise.circuits import run_circuits
+        from edgewise.evaluation.circuits import run_circuits
 
         calls.append(args[2])
         return run_circuits(*args, **kwargs)
@@ -339,7 +339,7 @@ def test_edges_where_patch_equals_clean_are_accepted_untested(monkeypatch):
     """Token positions before the first clean/corrupt difference change nothing when
     ablated (causal attention): ACDC accepts their edges without a forward pass, with the
     plain search's scores, and tests them when the model is not causal."""
-    from edgewise.adapter import HookAdapter
+    from edgewise.models.adapter import HookAdapter
     from edgewise.prune_algos import acdc as acdc_module
 
     pm = patchable_model(MODELS["hooked-2L"][0](), seq_len=4)

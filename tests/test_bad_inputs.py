@@ -24,12 +24,12 @@ from edgewise import (
     patchable_model,
     run_circuits,
 )
-from edgewise.ablation import src_ablations
 from edgewise.checks import require_device, require_int, require_real
 from edgewise.data import PromptDataset
 from edgewise.metrics.answers import measure_answer_diff
 from edgewise.models import random_model
 from edgewise.prune_algos import ALGORITHMS, acdc_prune_scores, eap_ig_inputs_prune_scores
+from edgewise.runtime.ablation import src_ablations
 from edgewise.types import AblationType, PatchType
 
 VOCAB, N_CTX = 20, 8

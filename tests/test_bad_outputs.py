@@ -34,8 +34,8 @@ from edgewise.io import (
     save_mib_json,
     save_prune_scores,
 )
+from edgewise.io.results_folder import LOCK, MARKER, FolderInUseError, OutputFolderError
 from edgewise.models import random_model
-from edgewise.results_folder import LOCK, MARKER, FolderInUseError, OutputFolderError
 from edgewise.visualize import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,16 +79,16 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 def few_circuit_sizes():
     """Evaluate circuits of 4 sizes instead of up to 40 (what is tested here is what
     happens to files, not the curves), keeping this file fast."""
-    import edgewise.circuits
+    import edgewise.evaluation.circuits
 
-    real = edgewise.circuits.edge_counts_util
+    real = edgewise.evaluation.circuits.edge_counts_util
 
     def four(n_edges, *args, **kw):
         sizes = real(n_edges, *args, **kw)
         return sorted({sizes[0], sizes[len(sizes) // 3], sizes[2 * len(sizes) // 3], sizes[-1]})
 
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(edgewise.circuits, "edge_counts_util", four)
+        m.setattr(edgewise.evaluation.circuits, "edge_counts_util", four)
         yield
 
 
@@ -284,7 +284,7 @@ def test_a_live_lock_refuses_and_a_stale_one_is_taken_over(run, data, capsys):
 
 @pytest.mark.parametrize("hard_links", [True, False])
 def test_the_lock_without_a_command(tmp_path, monkeypatch, hard_links):
-    from edgewise.results_folder import folder_lock
+    from edgewise.io.results_folder import folder_lock
 
     if not hard_links:  # some network file systems: exclusive create instead
         def no_link(*a, **k):
@@ -383,12 +383,12 @@ def test_write_report_refuses_results_without_model_task_or_algorithms(tmp_path)
 
 # ------------------------------------------------------------- 8. clear errors
 def test_out_pointing_at_a_file_fails_before_the_model_loads(tmp_path, data, monkeypatch, capsys):
-    import edgewise.tasks
+    import edgewise.benchmarks.tasks
 
     def no_loading(*a, **k):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(edgewise.tasks, "load_model", no_loading)
+    monkeypatch.setattr(edgewise.benchmarks.tasks, "load_model", no_loading)
     (tmp_path / "file").write_text("mine")
     argv = ["discover", "--task", str(data), "--algo", "eap", *RUN, "--out", str(tmp_path / "file")]
     with pytest.raises(OutputFolderError, match="is a file, not a folder"):
@@ -413,13 +413,13 @@ def _unwritable(monkeypatch, folder: Path) -> None:
 
 
 def test_a_read_only_folder_is_refused_before_any_work(run, data, monkeypatch, capsys):
+    import edgewise.benchmarks.tasks
     import edgewise.cli
-    import edgewise.tasks
 
     def no_work(*a, **k):
         raise AssertionError("work began")
 
-    monkeypatch.setattr(edgewise.tasks, "load_model", no_work)
+    monkeypatch.setattr(edgewise.benchmarks.tasks, "load_model", no_work)
     monkeypatch.setattr(edgewise.cli, "evaluate_scores", no_work)
     _unwritable(monkeypatch, run)
     for argv in (["evaluate", str(run)], ["report", str(run)],

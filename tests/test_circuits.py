@@ -24,8 +24,8 @@ from edgewise import (
     run_circuits,
     src_ablations,
 )
-from edgewise.ablation import batch_src_ablations
 from edgewise.models import random_bridge, random_model
+from edgewise.runtime.ablation import batch_src_ablations
 
 from reference import reference_patched_logits
 from util import VOCAB, random_loader

@@ -118,7 +118,7 @@ def test_every_auto_circuit_algorithm_is_registered():
 def test_task_builds_what_the_same_calls_build_by_hand(tmp_path):
     """auto-circuit's Task: lazy, frozen model, loaders from the JSON, the graph with token
     positions only for a token circuit, and the official edges from its function."""
-    from edgewise.toy_models import load
+    from edgewise.benchmarks.toy_models import load
 
     path = ew.data._datasets_root().joinpath("toy_ioi.json")
     model = load("toy-ioi")
@@ -145,7 +145,7 @@ def test_task_builds_what_the_same_calls_build_by_hand(tmp_path):
 
 
 def test_shipped_tasks_load_offline_with_their_official_circuits():
-    from edgewise.circuits_official.tracr import tracr_official_edges
+    from edgewise.benchmarks.official.tracr import tracr_official_edges
 
     task = ew.TASK_DICT["Tracr reverse Token Circuit"]
     assert task.model.seq_len == 6 and len(task.train_loader) == len(task.test_loader) == 11

@@ -10,8 +10,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import edgewise.hook_points as hook_points
-import edgewise.patching as patching
+import edgewise.patching.model as patching
+import edgewise.patching.sites as hook_points
 from edgewise import patchable_model
 from edgewise.models import random_bridge, random_model
 

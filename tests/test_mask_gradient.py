@@ -14,9 +14,9 @@ from edgewise import (
     mask_gradient_prune_scores,
     patchable_model,
 )
-from edgewise.ablation import batch_src_ablations
 from edgewise.models import random_bridge, random_model
 from edgewise.prune_algos.loss import answer_loss, grad_values
+from edgewise.runtime.ablation import batch_src_ablations
 
 from reference import reference_patched_logits
 from util import VOCAB, random_loader

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from edgewise import AblationType, mask_gradient_prune_scores, patchable_model, run_circuits
-from edgewise.memory import (
+from edgewise.models import hooked_transformer_available, random_bridge, random_model
+from edgewise.patching import PatchableModel
+from edgewise.runtime.memory import (
     Plan,
     narrowest_block,
     parse_memory,
@@ -16,8 +18,6 @@ from edgewise.memory import (
     plan_passes,
     smaller_plan,
 )
-from edgewise.models import hooked_transformer_available, random_bridge, random_model
-from edgewise.patching import PatchableModel
 
 from util import VOCAB, random_loader
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgewise import patchable_model, toy_models
-from edgewise.convert import hf_gpt2_from_tl
+from edgewise import patchable_model
+from edgewise.benchmarks import toy_models
 from edgewise.models import from_tl_weights, hooked_transformer_available, resolve_kind
+from edgewise.models.convert import hf_gpt2_from_tl
 
 from util import planted_model, requires_hooked
 
@@ -51,7 +52,7 @@ def test_toy_ioi_kinds_agree():
 @pytest.mark.parametrize("task", ["reverse", "xproportion"])
 def test_tracr_kinds_agree(task):
     pytest.importorskip("tracr")
-    from edgewise.tracr_models import compile_tracr
+    from edgewise.benchmarks.tracr_models import compile_tracr
 
     hooked, info = compile_tracr(task, kind="hooked")
     bridge, _ = compile_tracr(task, kind="bridge")

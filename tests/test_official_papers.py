@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from edgewise import patchable_model
-from edgewise.circuits_official.papers import (
+from edgewise.benchmarks.official.papers import (
     DOCSTRING_OFFICIAL_EDGES,
     GREATERTHAN_GROUPS,
     IOI_HEAD_CLASSES,

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgewise import mask_gradient_prune_scores, patchable_model, run_circuits
-from edgewise.circuits import flat_prune_scores
+from edgewise.evaluation.circuits import flat_prune_scores
 from edgewise.metrics.agreement import pearson, relative_error, spearman, top_overlap
 from edgewise.metrics.agreement import relative_error as rel_err
 from edgewise.models import random_bridge, random_model

@@ -13,8 +13,8 @@ from edgewise import (
     patchable_model,
     run_circuits,
 )
-from edgewise.circuits_official.toy_ioi import TOY_IOI_OFFICIAL_EDGES, toy_ioi_official_edges
-from edgewise.toy_models import (
+from edgewise.benchmarks.official.toy_ioi import TOY_IOI_OFFICIAL_EDGES, toy_ioi_official_edges
+from edgewise.benchmarks.toy_models import (
     NAMES,
     TOY_IOI_SEQ_LEN,
     TOY_IOI_WORD_IDXS,

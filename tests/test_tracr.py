@@ -20,18 +20,18 @@ from edgewise import (  # noqa: E402
     patchable_model,
     run_circuits,
 )
-from edgewise.circuits_official.tracr import (  # noqa: E402
+from edgewise.benchmarks.official.tracr import (  # noqa: E402
     tracr_official_edges,
     tracr_reverse_official_edges,
     tracr_xproportion_official_edges,
 )
-from edgewise.prune_algos.loss import answer_loss  # noqa: E402
-from edgewise.tracr_models import (  # noqa: E402
+from edgewise.benchmarks.tracr_models import (  # noqa: E402
     TRACR_TASKS,
     compile_tracr,
     make_tracr_dataset,
     tracr_dataloaders,
 )
+from edgewise.prune_algos.loss import answer_loss  # noqa: E402
 
 ABLATIONS = {"resample": AblationType.RESAMPLE, "zero": AblationType.ZERO}
 
@@ -50,7 +50,7 @@ def dataset_tokens(task: str) -> torch.Tensor:
 
 
 def test_missing_tracr_says_how_to_install(monkeypatch):
-    from edgewise import tracr_models
+    from edgewise.benchmarks import tracr_models
 
     for name in ("tracr", "tracr.compiler", "tracr.rasp"):
         monkeypatch.setitem(sys.modules, name, None)

@@ -44,8 +44,8 @@ BEGIN, END = "=====PARITY-JSON-BEGIN=====", "=====PARITY-JSON-END====="
 
 # edgewise submodules searched when a name is not exported by ``edgewise`` itself
 _EDGEWISE_SUBMODULES = (
-    "edgewise.compat", "edgewise.visualize", "edgewise.tasks", "edgewise.circuits",
-    "edgewise.patching", "edgewise.types", "edgewise.data", "edgewise.ablation",
+    "edgewise.compat", "edgewise.visualize", "edgewise.benchmarks.tasks", "edgewise.evaluation.circuits",
+    "edgewise.patching.model", "edgewise.types", "edgewise.data", "edgewise.runtime.ablation",
     "edgewise.prune_algos", "edgewise.metrics.answers", "edgewise.metrics.faithfulness",
 )
 

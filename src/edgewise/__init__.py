@@ -5,16 +5,6 @@ Everything a user calls is importable from here::
     from edgewise import patchable_model, mask_gradient_prune_scores, run_circuits
 """
 
-from edgewise.ablation import batch_src_ablations, src_ablations
-from edgewise.circuits import (
-    EdgeCounts,
-    circuit_edges,
-    desc_prune_scores,
-    edge_counts_util,
-    flat_prune_scores,
-    prune_scores_threshold,
-    run_circuits,
-)
 from edgewise.compat import (
     ACDC_PRUNE_ALGO,
     ACT_MAG_PRUNE_ALGO,
@@ -82,8 +72,17 @@ from edgewise.data import (
     load_datasets_from_json,
     save_dataset_json,
 )
-from edgewise.graph import Graph, GraphSpec, build_graph
-from edgewise.io import load_mib_json, load_prune_scores, save_mib_json, save_prune_scores
+from edgewise.evaluation.circuits import (
+    EdgeCounts,
+    circuit_edges,
+    desc_prune_scores,
+    edge_counts_util,
+    flat_prune_scores,
+    prune_scores_threshold,
+    run_circuits,
+)
+from edgewise.graph.build import Graph, GraphSpec, build_graph
+from edgewise.io.files import load_mib_json, load_prune_scores, save_mib_json, save_prune_scores
 from edgewise.metrics.answers import (
     batch_answer_diffs,
     batch_answer_vals,
@@ -104,7 +103,7 @@ from edgewise.metrics.faithfulness import (
     measure_roc,
     measurements_auc,
 )
-from edgewise.patching import PatchableModel, patchable_model
+from edgewise.patching.model import PatchableModel, patchable_model
 from edgewise.prune_algos import (
     ALGORITHMS,
     acdc_prune_scores,
@@ -122,6 +121,7 @@ from edgewise.prune_algos import (
     random_prune_scores,
     subnetwork_probing_prune_scores,
 )
+from edgewise.runtime.ablation import batch_src_ablations, src_ablations
 from edgewise.types import (
     AblationType,
     BatchKey,

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgewise.evaluation import evaluate_scores
-from edgewise.io import write_json
-from edgewise.results_folder import STATE_DIR, FolderInUseError
+from edgewise.evaluation.pipeline import evaluate_scores
+from edgewise.io.files import write_json
+from edgewise.io.results_folder import STATE_DIR, FolderInUseError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -52,8 +52,8 @@ def _algorithm_params(
 def _resolve_names(model_name: str | None, task_name: str) -> tuple[str, str]:
     """The model and task names to use and save: a model directory or a dataset file
     becomes an absolute path, so ``evaluate`` finds the same one from any directory."""
-    from edgewise.tasks import TASKS, get_task
-    from edgewise.toy_models import available
+    from edgewise.benchmarks.tasks import TASKS, get_task
+    from edgewise.benchmarks.toy_models import available
 
     task = get_task(task_name)
     if task_name not in TASKS and Path(task_name).is_file():
@@ -69,8 +69,8 @@ def _resolve_names(model_name: str | None, task_name: str) -> tuple[str, str]:
 
 def _setup(model_name: str | None, task_name: str, batch_size: int) -> tuple[Any, Any, Any, Any]:
     """The task, the patchable model (``None``: the task's default), and the loaders."""
-    from edgewise.patching import patchable_model
-    from edgewise.tasks import get_task, load_model
+    from edgewise.benchmarks.tasks import get_task, load_model
+    from edgewise.patching.model import patchable_model
 
     model_name, task_name = _resolve_names(model_name, task_name)
     task = get_task(task_name)
@@ -148,7 +148,7 @@ class _Resume:
 
 def _checkpoint_step(path: Path) -> str:
     """How far an ACDC or exact-patching checkpoint got, as ``"N/M"`` (``"?"`` if unknown)."""
-    from edgewise.io import load_checkpoint
+    from edgewise.io.files import load_checkpoint
 
     state = load_checkpoint(path, "rerun with --fresh to start over")
     try:
@@ -165,7 +165,7 @@ def _load_resume(
     out: Path, algo: str, fingerprint: dict[str, Any], pm: Any, fresh: bool
 ) -> _Resume:
     """Check what ``out`` holds for ``algo`` against this run's settings."""
-    from edgewise.io import FileFormatError, load_prune_scores, read_json
+    from edgewise.io.files import FileFormatError, load_prune_scores, read_json
 
     r = _Resume(fingerprint)
     if fresh:
@@ -206,7 +206,7 @@ def _load_resume(
 def _previous_results(out: Path, algos: list[str], settings: dict[str, Any]) -> dict[str, Any]:
     """The results of algorithms not rerun now that ``out/results.json`` holds, checked
     to come from this run's settings (same data, graph and batch size)."""
-    from edgewise.io import read_json
+    from edgewise.io.files import read_json
 
     path = out / "results.json"
     if not path.exists():
@@ -231,11 +231,11 @@ def discover(args: argparse.Namespace) -> dict[str, Any]:
     saved are reused, an interrupted ACDC or exact patching continues from its
     checkpoint in ``--out/checkpoints``; ``--fresh`` starts the requested algorithms
     over. Results of other algorithms already in ``--out`` are kept. Before any work,
-    the folder is checked (:func:`edgewise.results_folder.check_output_folder`) and
+    the folder is checked (:func:`edgewise.io.results_folder.check_output_folder`) and
     locked."""
+    from edgewise.benchmarks.tasks import get_task
+    from edgewise.io.results_folder import check_output_folder, folder_lock
     from edgewise.prune_algos import ALGORITHMS
-    from edgewise.results_folder import check_output_folder, folder_lock
-    from edgewise.tasks import get_task
 
     algos = list(dict.fromkeys(args.algo))
     unknown = [a for a in algos if a not in ALGORITHMS]
@@ -258,9 +258,9 @@ def _discover_locked(
 ) -> dict[str, Any]:
 
     from edgewise import __version__
-    from edgewise.io import save_mib_json, save_prune_scores
+    from edgewise.io.files import save_mib_json, save_prune_scores
+    from edgewise.io.results_folder import remove_stale_temporaries, write_marker
     from edgewise.prune_algos import ALGORITHMS
-    from edgewise.results_folder import remove_stale_temporaries, write_marker
 
     task, pm, train, test = _setup(model_name, task_name, args.batch_size)
     write_marker(out, model_name, task_name)
@@ -340,9 +340,9 @@ _ALGORITHM_KEYS = ("metric", "measurements", "top_edges")
 
 
 def check_results(results: Any, path: Path) -> None:
-    """Raise :class:`edgewise.io.FileFormatError` naming ``path`` unless ``results`` has
+    """Raise :class:`edgewise.io.files.FileFormatError` naming ``path`` unless ``results`` has
     the keys ``edgewise discover`` writes to ``results.json``."""
-    from edgewise.io import FileFormatError
+    from edgewise.io.files import FileFormatError
 
     fix = "it is not a results.json that edgewise discover wrote; rerun discover"
     if not isinstance(results, dict):
@@ -360,7 +360,7 @@ def check_results(results: Any, path: Path) -> None:
 
 
 def _read_results(folder: Path) -> dict[str, Any]:
-    from edgewise.io import read_json
+    from edgewise.io.files import read_json
 
     if not folder.is_dir():
         raise NotADirectoryError(f"{folder} is not a folder: give the --out folder of "
@@ -379,8 +379,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Re-evaluate the scores saved in a results folder, on the data they were computed
     from: the prompts' hash saved with each scores file must match the data the task
     gives now at the batch size saved with them (else :class:`DataChangedError`)."""
-    from edgewise.io import load_prune_scores
-    from edgewise.results_folder import (
+    from edgewise.io.files import load_prune_scores
+    from edgewise.io.results_folder import (
         OutputFolderError,
         check_writable,
         folder_lock,
@@ -425,7 +425,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 def report(args: argparse.Namespace) -> Path:
     """Write ``report.html`` for a results folder (refusing to replace a ``report.html``
     in a folder edgewise did not make)."""
-    from edgewise.results_folder import OutputFolderError, check_writable, read_marker
+    from edgewise.io.results_folder import OutputFolderError, check_writable, read_marker
     from edgewise.visualize import write_report
 
     folder = Path(args.dir)
@@ -498,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (d, e, m):
         p.add_argument("--max-memory", metavar="SIZE",
                        help="budget for each pass's patch buffers, e.g. 8GiB or auto (see "
-                            "edgewise.memory); same scores, more passes")  # fmt: skip
+                            "edgewise.runtime.memory); same scores, more passes")  # fmt: skip
     for p in (d, e, r, m):
         p.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser

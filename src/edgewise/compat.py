@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from edgewise.circuits import edge_counts_util, run_circuits
 from edgewise.data import PromptDataLoader
+from edgewise.evaluation.circuits import edge_counts_util, run_circuits
 from edgewise.metrics.answers import (
     Measurements,
     measure_answer_diff,
@@ -28,7 +28,7 @@ from edgewise.metrics.answers import (
     measure_correct_ans_percent,
     measure_kl_div,
 )
-from edgewise.patching import PatchableModel
+from edgewise.patching.model import PatchableModel
 from edgewise.types import AblationType, Edge, PatchType, PruneScores
 
 # ------------------------------------------------------------------------- mask state
@@ -278,12 +278,12 @@ def _dataset_path(name: str) -> str:
 
 def _load_model_def(model_def: str, dtype: torch.dtype) -> Any:
     """auto-circuit's ``_model_def`` string: a tracr program (``"reverse"``,
-    ``"xproportion"``), a local checkpoint folder, or a name :func:`edgewise.tasks.load_model`
+    ``"xproportion"``), a local checkpoint folder, or a name :func:`edgewise.benchmarks.tasks.load_model`
     knows (shipped models; TransformerLens names whose weights are already on this machine)."""
-    from edgewise.tasks import load_model
+    from edgewise.benchmarks.tasks import load_model
 
     if model_def in ("reverse", "xproportion"):
-        from edgewise.tracr_models import compile_tracr
+        from edgewise.benchmarks.tracr_models import compile_tracr
 
         model = compile_tracr(model_def)[0]  # type: ignore[arg-type]
     elif Path(model_def).is_dir():
@@ -329,7 +329,7 @@ class Task:
     def init_task(self) -> None:
         """Load the model and data, wrap the model, find the official edges."""
         from edgewise.data import load_dataset_json, load_datasets_from_json
-        from edgewise.patching import patchable_model
+        from edgewise.patching.model import patchable_model
 
         if self.autoencoder_input is not None:
             raise ValueError(f"Task {self.key!r}: edgewise has no sparse-autoencoder models "
@@ -382,7 +382,7 @@ class Task:
 
 def _tracr_true_edges(program: str) -> Callable[..., set[Edge]]:
     def true_edges(model: PatchableModel, **_: Any) -> set[Edge]:
-        from edgewise.circuits_official.tracr import tracr_official_edges
+        from edgewise.benchmarks.official.tracr import tracr_official_edges
 
         return tracr_official_edges(model, program)  # type: ignore[arg-type]
 
@@ -390,7 +390,7 @@ def _tracr_true_edges(program: str) -> Callable[..., set[Edge]]:
 
 
 def _toy_ioi_true_edges(model: PatchableModel, **_: Any) -> set[Edge]:
-    from edgewise.circuits_official.toy_ioi import toy_ioi_official_edges
+    from edgewise.benchmarks.official.toy_ioi import toy_ioi_official_edges
 
     return toy_ioi_official_edges(model)
 
@@ -462,7 +462,7 @@ def load_tl_model(path: str, device: str | torch.device = "cpu") -> Any:
     """auto-circuit's loader, from a local Hugging Face checkpoint only (nothing is
     downloaded): a bridge in eval mode with every weight frozen, as auto-circuit leaves
     it (edgewise's scores do not depend on that)."""
-    from edgewise.models import load_hf_bridge
+    from edgewise.models.kinds import load_hf_bridge
 
     model = load_hf_bridge(path, device=str(device))
     for p in model.parameters():

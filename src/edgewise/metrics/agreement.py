@@ -1,6 +1,6 @@
 """How closely two sets of edge scores agree: the same algorithm in two precisions, or
 two algorithms on one model. Scores are flat tensors over the same edges (see
-:func:`edgewise.circuits.flat_prune_scores`)."""
+:func:`edgewise.evaluation.circuits.flat_prune_scores`)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from edgewise.data import PromptDataLoader, PromptPairBatch, check_answer_ids, loader_batches
-from edgewise.patching import PatchableModel
+from edgewise.patching.model import PatchableModel
 from edgewise.types import CircuitOutputs, Measurements
 
 ProbFunc = Literal["logits", "softmax", "log_softmax", "probs", "logprobs"]

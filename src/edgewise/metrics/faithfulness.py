@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from edgewise.patching import PatchableModel
+from edgewise.patching.model import PatchableModel
 from edgewise.types import Edge, Measurements, PruneScores
 
 

@@ -48,11 +48,11 @@ from edgewise.data import (
     require_full_prompts,
     warn_if_uncorrupted,
 )
-from edgewise.distributed import from_rank_zero, gather_all, rank_and_world, sum_over_ranks
-from edgewise.hook_points import DestHook, SrcHook
-from edgewise.io import atomic_write, load_checkpoint
-from edgewise.patching import PatchableModel
+from edgewise.io.files import atomic_write, load_checkpoint
+from edgewise.patching.model import PatchableModel
+from edgewise.patching.sites import DestHook, SrcHook
 from edgewise.prune_algos.mask_gradient import first_nonfinite_source
+from edgewise.runtime.distributed import from_rank_zero, gather_all, rank_and_world, sum_over_ranks
 from edgewise.types import AblationType, CircuitOutputs, DestNode, Edge, PatchType, PruneScores
 
 FaithfulnessTarget = Literal["kl_div", "mse"]
@@ -119,7 +119,7 @@ class _StepLoss:
     """The loss of each of ``k`` circuits on the searched batch, the same float on every
     process. Under ``torch.distributed`` each process holds some of the batch's prompts:
     their float64 loss sums and term counts are added up over the processes in rank order
-    (:func:`edgewise.distributed.sum_over_ranks`), and the loss is sum / count, the mean
+    (:func:`edgewise.runtime.distributed.sum_over_ranks`), and the loss is sum / count, the mean
     over the whole batch as one process computes it, to float rounding."""
 
     def __init__(self, full: torch.Tensor, target: FaithfulnessTarget, world: int):
@@ -484,7 +484,7 @@ class _Group:
 
 
 def _save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
-    """Write ``state`` atomically (:func:`edgewise.io.atomic_write`)."""
+    """Write ``state`` atomically (:func:`edgewise.io.files.atomic_write`)."""
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
@@ -712,7 +712,7 @@ def acdc_prune_scores(
             difference beyond ``sqrt(eps)`` of the model's dtype (relative to the logits'
             scale).
         run_circuits_ref: the reference for ``test_mode`` (default
-            :func:`edgewise.circuits.run_circuits`); called as
+            :func:`edgewise.evaluation.circuits.run_circuits`); called as
             ``run_circuits_ref(model, dataloader, [size], prune_scores,
             patch_type=PatchType.TREE_PATCH, ablation_type=AblationType.RESAMPLE)`` with
             scores that are 1 on the circuit's edges and 0 elsewhere.
@@ -770,7 +770,7 @@ def acdc_prune_scores(
     check_batches_for_model(model, [batch], "acdc_prune_scores")
     warn_if_uncorrupted([batch], "acdc_prune_scores")
     if test_mode and run_circuits_ref is None:
-        from edgewise.circuits import run_circuits
+        from edgewise.evaluation.circuits import run_circuits
 
         run_circuits_ref = run_circuits
 

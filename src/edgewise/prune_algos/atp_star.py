@@ -24,7 +24,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from edgewise.ablation import batch_src_ablations
 from edgewise.checks import require_int
 from edgewise.data import (
     PromptDataLoader,
@@ -32,7 +31,7 @@ from edgewise.data import (
     checked_batches,
     require_full_prompts,
 )
-from edgewise.patching import PatchableModel
+from edgewise.patching.model import PatchableModel
 from edgewise.prune_algos.loss import (
     AnswerFunction,
     GradFunction,
@@ -40,6 +39,7 @@ from edgewise.prune_algos.loss import (
     check_loss_functions,
     grad_values,
 )
+from edgewise.runtime.ablation import batch_src_ablations
 from edgewise.types import AblationType, Edge, PruneScores
 
 

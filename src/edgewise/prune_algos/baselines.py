@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from edgewise.data import PromptDataLoader, checked_batches, require_full_prompts
-from edgewise.patching import PatchableModel
+from edgewise.patching.model import PatchableModel
 from edgewise.types import Edge, PruneScores
 
 
@@ -93,7 +93,7 @@ def ground_truth_prune_scores(
     if official_edges is None:
         raise ValueError(
             "ground-truth scores need the official circuit: pass official_edges (e.g. "
-            "edgewise.circuits_official.tracr.tracr_official_edges(model, 'reverse', 'resample'))"
+            "edgewise.benchmarks.official.tracr.tracr_official_edges(model, 'reverse', 'resample'))"
         )
     dtype = model.score_dtype
     scores = {n: torch.zeros(m.mask_shape, dtype=dtype, device=model.device)

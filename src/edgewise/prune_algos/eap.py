@@ -12,9 +12,8 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
-from edgewise.ablation import batch_src_ablations
 from edgewise.data import PromptDataLoader, checked_batches
-from edgewise.patching import PatchableModel
+from edgewise.patching.model import PatchableModel
 from edgewise.prune_algos.loss import (
     AnswerFunction,
     GradFunction,
@@ -22,6 +21,7 @@ from edgewise.prune_algos.loss import (
     check_loss_functions,
     grad_values,
 )
+from edgewise.runtime.ablation import batch_src_ablations
 from edgewise.types import AblationType, Edge, PruneScores
 
 

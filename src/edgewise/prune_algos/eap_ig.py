@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from edgewise.checks import require_int
 from edgewise.data import PromptDataLoader, checked_batches, require_full_prompts
-from edgewise.patching import PatchableModel
+from edgewise.patching.model import PatchableModel
 from edgewise.prune_algos.loss import (
     AnswerFunction,
     GradFunction,

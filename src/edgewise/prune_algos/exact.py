@@ -5,7 +5,7 @@ The score of edge ``e`` is ``sum over batches of loss(e patched) - loss(nothing 
 with the same loss as :func:`~edgewise.prune_algos.mask_gradient.mask_gradient_prune_scores`
 (so EAP's score is its linearisation at mask 0). Many edges are evaluated per forward
 pass: the batch is repeated ``k`` times and copy ``j`` patches edge ``j`` alone
-(stacked masks, :meth:`~edgewise.patching.PatchableModel.patch`).
+(stacked masks, :meth:`~edgewise.patching.model.PatchableModel.patch`).
 """
 
 from __future__ import annotations
@@ -17,11 +17,10 @@ from collections.abc import Iterable
 import torch
 from tqdm.auto import tqdm
 
-from edgewise.ablation import batch_src_ablations
 from edgewise.checks import require_int
 from edgewise.data import PromptDataLoader, checked_batches
-from edgewise.io import atomic_write, load_checkpoint
-from edgewise.patching import PatchableModel
+from edgewise.io.files import atomic_write, load_checkpoint
+from edgewise.patching.model import PatchableModel
 from edgewise.prune_algos.loss import (
     AnswerFunction,
     GradFunction,
@@ -29,6 +28,7 @@ from edgewise.prune_algos.loss import (
     check_loss_functions,
     grad_values,
 )
+from edgewise.runtime.ablation import batch_src_ablations
 from edgewise.types import AblationType, Edge, PruneScores
 
 CleanCorrupt = str | None

@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from edgewise.ablation import batch_src_ablations
 from edgewise.checks import require_int
 from edgewise.data import PromptDataLoader, checked_batches
-from edgewise.patching import PatchableModel
+from edgewise.patching.model import PatchableModel
+from edgewise.runtime.ablation import batch_src_ablations
 from edgewise.types import AblationType, Edge, PruneScores
 
 MaskFn = Literal["hard_concrete", "sigmoid"]

@@ -10,11 +10,19 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
-from edgewise.ablation import batch_ablation, src_ablations
 from edgewise.checks import require_int, require_real
 from edgewise.data import PromptDataLoader, PromptPairBatch, checked_batches, require_full_prompts
-from edgewise.distributed import my_share, rank_and_world, sum_over_ranks
-from edgewise.memory import (
+from edgewise.patching.model import PatchableModel
+from edgewise.prune_algos.loss import (
+    AnswerFunction,
+    GradFunction,
+    answer_loss,
+    check_loss_functions,
+    grad_values,
+)
+from edgewise.runtime.ablation import batch_ablation, src_ablations
+from edgewise.runtime.distributed import my_share, rank_and_world, sum_over_ranks
+from edgewise.runtime.memory import (
     MaxMemory,
     Plan,
     is_out_of_memory,
@@ -22,14 +30,6 @@ from edgewise.memory import (
     plan_passes,
     smaller_plan,
     sub_batch,
-)
-from edgewise.patching import PatchableModel
-from edgewise.prune_algos.loss import (
-    AnswerFunction,
-    GradFunction,
-    answer_loss,
-    check_loss_functions,
-    grad_values,
 )
 from edgewise.types import AblationType, Edge, PruneScores
 
@@ -87,7 +87,7 @@ def mask_gradient_prune_scores(
         max_memory: a budget for each pass's patch buffers (bytes, ``"2GiB"``, ``"auto"``:
             half the device's free memory; ``None``: no limit). Batches that do not fit
             run as slices of prompts, and for edge attribution patching (every mask 0)
-            with one prompt per pass and blocks of sources (see :mod:`edgewise.memory`);
+            with one prompt per pass and blocks of sources (see :mod:`edgewise.runtime.memory`);
             the scores are the same. The plan is shown in the progress bar. Whatever
             ``max_memory``, a pass that runs out of memory is retried with half the prompts
             (or, at one prompt, source blocks half as wide), with a warning.

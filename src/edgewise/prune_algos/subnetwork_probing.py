@@ -39,13 +39,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from edgewise.ablation import batch_src_ablations
 from edgewise.checks import require_int
-from edgewise.circuits import prune_scores_threshold
 from edgewise.data import PromptDataLoader, PromptPairBatch, checked_batches
+from edgewise.evaluation.circuits import prune_scores_threshold
 from edgewise.metrics.answers import _mean_gather, batch_answer_diffs, top_answer_correct
-from edgewise.patching import PatchableModel
+from edgewise.patching.model import PatchableModel
 from edgewise.prune_algos.learned_masks import _L0_SHIFT, _LEFT, _RIGHT, _TEMP, adam_step
+from edgewise.runtime.ablation import batch_src_ablations
 from edgewise.types import AblationType, BatchKey, Edge, PruneScores
 
 SP = "Subnetwork Probing"

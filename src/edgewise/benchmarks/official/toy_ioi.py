@@ -1,4 +1,4 @@
-"""The official circuit of the shipped ``toy-ioi`` model (:func:`edgewise.toy_models.load`).
+"""The official circuit of the shipped ``toy-ioi`` model (:func:`edgewise.benchmarks.toy_models.load`).
 
 The circuit was chosen by exact patching experiments (``scripts/analyse_toy_ioi.py``,
 written up in ``docs/toy_ioi.md``), for resample ablation from the ABC-corrupt prompts
@@ -32,9 +32,9 @@ docs for the exact figures).
 
 from __future__ import annotations
 
-from edgewise.circuits_official import edges_by_name
-from edgewise.patching import PatchableModel
-from edgewise.toy_models import TOY_IOI_SEQ_LEN
+from edgewise.benchmarks.official import edges_by_name
+from edgewise.benchmarks.toy_models import TOY_IOI_SEQ_LEN
+from edgewise.patching.model import PatchableModel
 from edgewise.types import Edge
 
 __all__ = ["TOY_IOI_OFFICIAL_EDGES", "TOY_IOI_SEQ_LEN", "toy_ioi_official_edges"]

@@ -16,7 +16,7 @@ the shipped dataset ``toy_ioi`` and the documented accuracy use prompts whose na
 *and* template were both held out of training.
 
 The mechanism and the official circuit are documented in ``docs/toy_ioi.md`` and
-:mod:`edgewise.circuits_official.toy_ioi`.
+:mod:`edgewise.benchmarks.official.toy_ioi`.
 
 Everything here is offline: weights, config and vocabulary are read with
 :mod:`importlib.resources`, so they load from an installed wheel as well as from the
@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import torch
 
-from edgewise.models import ModelKind
+from edgewise.models.kinds import ModelKind
 
 __all__ = [
     "NAMES",
@@ -206,7 +206,7 @@ def toy_ioi_abc_corrupt(prompt: ToyIOIPrompt, rng: random.Random) -> list[str]:
 def toy_ioi_tokenizer(vocab: Sequence[str] | None = None) -> Any:
     """The word-level Hugging Face tokenizer of ``vocab`` (default :func:`toy_ioi_vocab`;
     the first three entries must be ``<bos>``, ``<pad>``, ``<unk>``)."""
-    from edgewise.models import word_tokenizer
+    from edgewise.models.kinds import word_tokenizer
 
     vocab = list(vocab if vocab is not None else toy_ioi_vocab())
     if tuple(vocab[:3]) != SPECIAL_TOKENS:
@@ -284,7 +284,7 @@ def load(name: str = "toy-ioi", device: str | torch.device = "cpu", kind: ModelK
     Raises:
         ValueError: ``name`` is not a shipped model (the message lists the valid names).
     """
-    from edgewise.models import from_tl_weights, load_hf_bridge, resolve_kind
+    from edgewise.models.kinds import from_tl_weights, load_hf_bridge, resolve_kind
 
     folder = _model_dir(name)
     vocab = load_vocab(name)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from edgewise.data import PromptPairBatch
-from edgewise.patching import PatchableModel
+from edgewise.patching.model import PatchableModel
 
 MaxMemory = int | str | None
 """Bytes (``2**30``), a size (``"1.5GiB"``, ``"800MB"``), ``"auto"`` (half of the free

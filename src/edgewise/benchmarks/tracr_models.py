@@ -39,7 +39,7 @@ from torch.utils.data import Dataset, Subset
 from edgewise.data import PromptDataLoader, PromptPair, load_dataset_json
 
 if TYPE_CHECKING:
-    from edgewise.models import ModelKind
+    from edgewise.models.kinds import ModelKind
 
 __all__ = [
     "TRACR_BOS",
@@ -296,7 +296,7 @@ def compile_tracr(
         kind: ``"hooked"`` (a ``HookedTransformer``, TransformerLens 3.x) or ``"bridge"``
             (a ``TransformerBridge`` over an equivalent GPT-2 whose norms are identities,
             heads zero-padded to the residual width and ``lm_head`` of the output size; see
-            :mod:`edgewise.convert`). Default: ``"hooked"`` where TransformerLens has it.
+            :mod:`edgewise.models.convert`). Default: ``"hooked"`` where TransformerLens has it.
 
     Returns:
         ``(model, info)``; ``info`` holds the vocabularies, encodings and tracr's own model.
@@ -305,7 +305,7 @@ def compile_tracr(
     Raises:
         ImportError: tracr is not installed (``pip install edgewise[tracr]``).
     """
-    from edgewise.models import from_tl_weights, vocab_tokenizer
+    from edgewise.models.kinds import from_tl_weights, vocab_tokenizer
 
     _check_task(task)
     compiled = _compile(task)

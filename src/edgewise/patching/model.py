@@ -24,10 +24,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from edgewise.adapter import HookAdapter
 from edgewise.checks import require_device, require_int
-from edgewise.graph import DestModule, Graph, GraphSpec, SrcModule, build_graph
-from edgewise.hook_points import (
+from edgewise.graph.build import DestModule, Graph, GraphSpec, SrcModule, build_graph
+from edgewise.models.adapter import HookAdapter
+from edgewise.patching.sites import (
     DestHook,
     Norm,
     SrcHook,
@@ -333,7 +333,7 @@ class PatchableModel(nn.Module):
         edge_dict: position (``None`` without token positions) -> edges at that position.
         dest_modules / src_modules: hook name -> mask layout / source layout.
         src_hooks / dest_hooks: where each source module's outputs are read and each
-            destination module is patched (see :mod:`edgewise.hook_points`).
+            destination module is patched (see :mod:`edgewise.patching.sites`).
         graph_flags: the TransformerLens flags under which every hook the graph names
             (``hook_result``, ``hook_q_input``, ...) fires; independent references that
             read those hooks switch them on (``with model.adapter.flags(**graph_flags)``).
@@ -995,7 +995,7 @@ def patchable_model(
     """Wrap a TransformerLens ``HookedTransformer`` or ``TransformerBridge`` for edge patching.
 
     Builds the graph, chooses where each source is read and each destination patched
-    (:mod:`edgewise.hook_points`: head outputs from ``hook_z``; on ``HookedTransformer``
+    (:mod:`edgewise.patching.sites`: head outputs from ``hook_z``; on ``HookedTransformer``
     Q/K/V patched after the projection, so no per-head copies of the residual stream),
     switches on the TransformerLens hook flags those hooks need (``use_hook_mlp_in``, and
     ``use_split_qkv_input`` / ``use_attn_in`` / ``use_attn_result`` only where the fast

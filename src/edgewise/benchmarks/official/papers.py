@@ -27,8 +27,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from edgewise.circuits_official import edges_by_name
-from edgewise.patching import PatchableModel
+from edgewise.benchmarks.official import edges_by_name
+from edgewise.patching.model import PatchableModel
 from edgewise.types import Edge
 
 __all__ = [

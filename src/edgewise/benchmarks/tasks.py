@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgewise.data import PromptDataLoader, load_datasets_from_json, shipped_dataset_names
-from edgewise.patching import PatchableModel
+from edgewise.patching.model import PatchableModel
 from edgewise.types import Edge
 
 Loaders = tuple[PromptDataLoader, PromptDataLoader]
@@ -49,20 +49,20 @@ class Task:
 
 
 def _toy_ioi_loaders(model: Any, batch_size: int) -> Loaders:
-    from edgewise.toy_models import toy_ioi_dataloaders
+    from edgewise.benchmarks.toy_models import toy_ioi_dataloaders
 
     return toy_ioi_dataloaders(model, batch_size=batch_size, train_test_size=(64, 64), shuffle=False)
 
 
 def _toy_ioi_official(model: PatchableModel) -> set[Edge]:
-    from edgewise.circuits_official.toy_ioi import toy_ioi_official_edges
+    from edgewise.benchmarks.official.toy_ioi import toy_ioi_official_edges
 
     return toy_ioi_official_edges(model)
 
 
 def _tracr_loaders(task: str) -> Callable[[Any, int], Loaders]:
     def loaders(model: Any, batch_size: int) -> Loaders:
-        from edgewise.tracr_models import tracr_dataloaders
+        from edgewise.benchmarks.tracr_models import tracr_dataloaders
 
         return tracr_dataloaders(task, batch_size=batch_size, shuffle=False)  # type: ignore[arg-type]
 
@@ -71,7 +71,7 @@ def _tracr_loaders(task: str) -> Callable[[Any, int], Loaders]:
 
 def _tracr_official(task: str) -> Callable[[PatchableModel], set[Edge]]:
     def official(model: PatchableModel) -> set[Edge]:
-        from edgewise.circuits_official.tracr import tracr_official_edges
+        from edgewise.benchmarks.official.tracr import tracr_official_edges
 
         return tracr_official_edges(model, task, "resample")  # type: ignore[arg-type]
 
@@ -117,7 +117,7 @@ def get_task(name: str) -> Task:
 
 def model_names() -> list[str]:
     """Names :func:`load_model` knows besides paths and TransformerLens names."""
-    from edgewise.toy_models import available
+    from edgewise.benchmarks.toy_models import available
 
     return [*available(), "tracr-reverse", "tracr-xproportion"]
 
@@ -126,16 +126,16 @@ def load_model(name: str, device: str = "cpu") -> Any:
     """A model by name: a model the package ships (``toy-ioi``), a tracr program
     (``tracr-reverse``), a local Hugging Face directory, or a TransformerLens model
     name whose weights are already on this machine (nothing is downloaded)."""
-    from edgewise.toy_models import available, load
+    from edgewise.benchmarks.toy_models import available, load
 
     if name in available():
         return load(name, device=device)
     if name.startswith("tracr-"):
-        from edgewise.tracr_models import compile_tracr
+        from edgewise.benchmarks.tracr_models import compile_tracr
 
         return compile_tracr(name.removeprefix("tracr-"), device=device)[0]  # type: ignore[arg-type]
     if os.path.isdir(name):
-        from edgewise.models import load_hf_bridge
+        from edgewise.models.kinds import load_hf_bridge
 
         return load_hf_bridge(name, device=device)
     try:

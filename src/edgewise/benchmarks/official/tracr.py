@@ -1,7 +1,7 @@
 """The official circuits of the tracr ``reverse`` and ``xproportion`` models.
 
 tracr compiles a RASP program into weights, so which edges the program uses is known
-(see :mod:`edgewise.tracr_models`). Which of them a circuit must keep depends on what
+(see :mod:`edgewise.benchmarks.tracr_models`). Which of them a circuit must keep depends on what
 ablated edges carry:
 
 Resample ablation (auto-circuit's official circuits)
@@ -42,7 +42,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
-from edgewise.patching import PatchableModel
+from edgewise.patching.model import PatchableModel
 from edgewise.types import Edge
 
 __all__ = [

@@ -53,7 +53,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from edgewise.checks import require_device, require_int
-from edgewise.io import atomic_write
+from edgewise.io.files import atomic_write
 from edgewise.types import BatchKey
 
 __all__ = [

@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 
 from edgewise.data import PromptDataLoader, PromptPairBatch, require_full_prompts
-from edgewise.patching import PatchableModel
+from edgewise.patching.model import PatchableModel
 from edgewise.types import AblationType, BatchKey
 
 CleanCorrupt = Literal["clean", "corrupt"]

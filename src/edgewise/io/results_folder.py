@@ -41,7 +41,7 @@ class FolderInUseError(RuntimeError):
 
 def is_edgewise_name(name: str) -> bool:
     """Whether a top-level entry of a results folder has a name edgewise writes."""
-    from edgewise.io import is_edgewise_temporary
+    from edgewise.io.files import is_edgewise_temporary
 
     return (name in (MARKER, LOCK, STATE_DIR) or bool(_OUTPUTS.fullmatch(name))
             or is_edgewise_temporary(name))
@@ -49,7 +49,7 @@ def is_edgewise_name(name: str) -> bool:
 
 def read_marker(folder: Path) -> dict[str, Any] | None:
     """The marker's content, or ``None`` when ``folder`` has no marker."""
-    from edgewise.io import read_json
+    from edgewise.io.files import read_json
 
     path = folder / MARKER
     if not path.exists():
@@ -63,7 +63,7 @@ def read_marker(folder: Path) -> dict[str, Any] | None:
 def write_marker(folder: Path, model: str, task: str) -> None:
     """Mark ``folder`` as edgewise's, holding ``task`` on ``model`` (once; kept after)."""
     from edgewise import __version__
-    from edgewise.io import write_json
+    from edgewise.io.files import write_json
 
     if (folder / MARKER).exists():
         return
@@ -119,8 +119,8 @@ def check_writable(folder: Path) -> None:
 
 def remove_stale_temporaries(*folders: Path) -> None:
     """Delete the temporary files a killed run left in ``folders`` (only names made by
-    :func:`edgewise.io.atomic_write`; call with the folder's lock held)."""
-    from edgewise.io import is_edgewise_temporary
+    :func:`edgewise.io.files.atomic_write`; call with the folder's lock held)."""
+    from edgewise.io.files import is_edgewise_temporary
 
     for folder in folders:
         if folder.is_dir():

@@ -190,7 +190,7 @@ def random_bridge(
     """
     import transformers as tf
 
-    from edgewise.convert import identity_norms, zero_mlps
+    from edgewise.models.convert import identity_norms, zero_mlps
 
     cfg = _hf_config(arch, n_layers, n_heads, d_head, d_vocab, n_ctx, n_kv_heads)
     torch.manual_seed(seed)
@@ -269,7 +269,7 @@ def from_tl_weights(
 ) -> Any:
     """A model of ``kind`` from TransformerLens-format ``weights`` and config fields
     ``cfg`` (``dtype`` a ``torch.dtype`` or its name): a ``HookedTransformer``, or a bridge
-    over the equivalent GPT-2 (:func:`edgewise.convert.hf_gpt2_from_tl`). Both compute the
+    over the equivalent GPT-2 (:func:`edgewise.models.convert.hf_gpt2_from_tl`). Both compute the
     same outputs to float rounding."""
     fields = dict(cfg)
     dtype = fields.pop("dtype", weights["embed.W_E"].dtype)
@@ -290,7 +290,7 @@ def from_tl_weights(
         if tokenizer is not None:
             model.set_tokenizer(tokenizer)
         return model.to(device).eval()
-    from edgewise.convert import finish_bridge, hf_gpt2_from_tl
+    from edgewise.models.convert import finish_bridge, hf_gpt2_from_tl
 
     export = hf_gpt2_from_tl(fields, {k: v.to(dtype) for k, v in weights.items()})
     bridge = load_hf_bridge(export.model, tokenizer=tokenizer, dtype=dtype, device=str(device))

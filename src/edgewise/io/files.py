@@ -26,7 +26,7 @@ import torch
 from edgewise.types import Edge, PruneScores
 
 if TYPE_CHECKING:
-    from edgewise.patching import PatchableModel
+    from edgewise.patching.model import PatchableModel
 
 FORMAT_VERSION = 2  # 2: the header holds a sha256 of the metadata and the tensors
 TEMP_SUFFIX = ".edgewise-tmp"  # atomic_write's temporaries: ".<name>.<random>.edgewise-tmp"

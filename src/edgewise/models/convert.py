@@ -110,7 +110,7 @@ def hf_gpt2_from_tl(cfg: Mapping[str, Any], weights: Mapping[str, Tensor]) -> Gp
     if bad:
         raise ValueError(
             f"a GPT-2 cannot express {', '.join(bad)}; build the bridge from a Hugging Face "
-            "architecture that has it (edgewise.models.random_bridge: 'neox', 'llama', ...)."
+            "architecture that has it (edgewise.models.kinds.random_bridge: 'neox', 'llama', ...)."
         )
     dh2 = max(dh, math.ceil(d / H))  # padded head size
     d2 = H * dh2  # padded residual width

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from edgewise.patching import PatchableModel
+    from edgewise.patching.model import PatchableModel
 
 __all__ = ["write_report", "draw_circuit_png", "draw_seq_graph"]
 
@@ -885,9 +885,9 @@ def write_report(results: Mapping[str, Any], path: str | Path) -> Path:
     algorithm), faithfulness and metric curves over circuit size, and ROC curves
     against the official circuit when the results have them. Results without
     ``model``, ``task`` and an ``algorithms`` mapping raise
-    :class:`edgewise.io.FileFormatError`; other keys may be missing (drawn as absent).
+    :class:`edgewise.io.files.FileFormatError`; other keys may be missing (drawn as absent).
     """
-    from edgewise.io import FileFormatError
+    from edgewise.io.files import FileFormatError
 
     if not isinstance(results, Mapping):
         raise FileFormatError(f"results must be a mapping like results.json, got "
@@ -902,9 +902,9 @@ def write_report(results: Mapping[str, Any], path: str | Path) -> Path:
 
 def _write(path: str | Path, write: Callable[[str], Any]) -> Path:
     """Write through a temp file in the same folder, then ``os.replace`` it onto ``path``
-    (:func:`edgewise.io.atomic_write`: the file gets the mode a plain ``open(..., "w")``
+    (:func:`edgewise.io.files.atomic_write`: the file gets the mode a plain ``open(..., "w")``
     would, so the umask decides who can read it)."""
-    from edgewise.io import atomic_write
+    from edgewise.io.files import atomic_write
 
     return atomic_write(path, write)
 

@@ -15,7 +15,6 @@ from enum import Enum
 import torch
 from tqdm.auto import tqdm
 
-from edgewise.ablation import CleanCorrupt, batch_ablation, src_ablations
 from edgewise.checks import require_int
 from edgewise.data import (
     PromptDataLoader,
@@ -24,9 +23,17 @@ from edgewise.data import (
     loader_batches,
     require_full_prompts,
 )
-from edgewise.distributed import gather_objects, my_share, rank_and_world
-from edgewise.memory import MaxMemory, human, is_out_of_memory, parse_memory, plan_passes, sub_batch
-from edgewise.patching import PatchableModel
+from edgewise.patching.model import PatchableModel
+from edgewise.runtime.ablation import CleanCorrupt, batch_ablation, src_ablations
+from edgewise.runtime.distributed import gather_objects, my_share, rank_and_world
+from edgewise.runtime.memory import (
+    MaxMemory,
+    human,
+    is_out_of_memory,
+    parse_memory,
+    plan_passes,
+    sub_batch,
+)
 from edgewise.types import AblationType, CircuitOutputs, Edge, PatchType, PruneScores
 
 

@@ -23,7 +23,7 @@ def evaluate_scores(
 ) -> dict[str, Any]:
     """Circuits of several sizes from ``scores``: metric, faithfulness, CPR/CMD, and
     ROC/AUC against the task's official circuit when it has one."""
-    from edgewise.circuits import circuit_edges, edge_counts_util, run_circuits
+    from edgewise.evaluation.circuits import circuit_edges, edge_counts_util, run_circuits
     from edgewise.metrics.faithfulness import cpr_cmd, faithfulness_curve, measure_roc
 
     sizes = edge_counts_util(pm.n_edges, None, scores)

@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgewise.adapter import HookAdapter
-from edgewise.graph import DestModule, Graph, SrcModule
+from edgewise.graph.build import DestModule, Graph, SrcModule
+from edgewise.models.adapter import HookAdapter
 
 _QKV = ("q", "k", "v")
 

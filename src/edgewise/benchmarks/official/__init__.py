@@ -2,23 +2,23 @@
 
 Modules:
     tracr: the tracr ``reverse`` and ``xproportion`` circuits
-        (:func:`edgewise.circuits_official.tracr.tracr_reverse_official_edges`,
-        :func:`edgewise.circuits_official.tracr.tracr_xproportion_official_edges`).
+        (:func:`edgewise.benchmarks.official.tracr.tracr_reverse_official_edges`,
+        :func:`edgewise.benchmarks.official.tracr.tracr_xproportion_official_edges`).
     toy_ioi: the documented circuit of the shipped toy IOI model
-        (:func:`edgewise.circuits_official.toy_ioi.toy_ioi_official_edges`, see
+        (:func:`edgewise.benchmarks.official.toy_ioi.toy_ioi_official_edges`, see
         ``docs/toy_ioi.md``).
     papers: published circuits of real models, as data: IOI and greater-than on GPT-2
         small, docstring on attn-only-4l
-        (:func:`edgewise.circuits_official.papers.ioi_official_edges`,
-        :func:`~edgewise.circuits_official.papers.greaterthan_official_edges`,
-        :func:`~edgewise.circuits_official.papers.docstring_official_edges`).
+        (:func:`edgewise.benchmarks.official.papers.ioi_official_edges`,
+        :func:`~edgewise.benchmarks.official.papers.greaterthan_official_edges`,
+        :func:`~edgewise.benchmarks.official.papers.docstring_official_edges`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from edgewise.patching import PatchableModel
+from edgewise.patching.model import PatchableModel
 from edgewise.types import Edge
 
 

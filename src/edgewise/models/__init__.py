@@ -1,0 +1,37 @@
+"""Models edgewise runs on: which TransformerLens kind (``HookedTransformer`` or
+``TransformerBridge``) a model is, random models of any shape for tests, and the adapter
+that hides the kinds' differences from the rest of edgewise.
+
+Modules: ``kinds`` (building and loading models), ``convert`` (TransformerLens weights to
+an equivalent Hugging Face GPT-2), ``adapter`` (:class:`HookAdapter`).
+"""
+
+from edgewise.models.adapter import HookAdapter
+from edgewise.models.kinds import (
+    ARCHS,
+    ModelKind,
+    from_tl_weights,
+    hooked_transformer_available,
+    load_hf_bridge,
+    random_bridge,
+    random_hooked_transformer,
+    random_model,
+    resolve_kind,
+    vocab_tokenizer,
+    word_tokenizer,
+)
+
+__all__ = [
+    "ARCHS",
+    "HookAdapter",
+    "ModelKind",
+    "from_tl_weights",
+    "hooked_transformer_available",
+    "load_hf_bridge",
+    "random_bridge",
+    "random_hooked_transformer",
+    "random_model",
+    "resolve_kind",
+    "vocab_tokenizer",
+    "word_tokenizer",
+]
