@@ -1,0 +1,233 @@
+"""One adapter over TransformerLens hook names, for ``HookedTransformer`` (3.x) and
+``TransformerBridge`` (3.9 and 4.x) alike.
+
+The graph names hooks the 3.x way (``blocks.1.hook_q_input``); on 4.x bridges the
+canonical name carries ``attn.`` (``blocks.1.attn.hook_q_input``). ``hook_point`` tries
+both. What differs between the kinds beyond hook names (which fast paths a model
+allows) is answered here too, so the rest of the library never asks which kind of model
+it has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgewise.graph.build import GraphSpec
+
+# Flags that make TransformerLens expose per-head results and per-head inputs.
+_FLAG_SETTERS = {
+    "use_attn_result": "set_use_attn_result",
+    "use_split_qkv_input": "set_use_split_qkv_input",
+    "use_attn_in": "set_use_attn_in",
+    "use_hook_mlp_in": "set_use_hook_mlp_in",
+}
+
+
+def _alternatives(name: str) -> list[str]:
+    """Equivalent spellings of a hook name across TransformerLens versions."""
+    alts = [name]
+    parts = name.split(".")
+    if len(parts) == 3 and parts[0] == "blocks":
+        leaf = parts[2]
+        if leaf in ("hook_q_input", "hook_k_input", "hook_v_input", "hook_attn_in"):
+            alts.append(f"blocks.{parts[1]}.attn.{leaf}")
+    if len(parts) == 4 and parts[2] == "attn" and parts[3] == "hook_result":
+        alts.append(f"blocks.{parts[1]}.hook_result")
+    return alts
+
+
+class HookAdapter:
+    """Finds hook points by name and switches on the hook flags edges need."""
+
+    def __init__(self, model: nn.Module):
+        hook_dict = getattr(model, "hook_dict", None)
+        if not isinstance(hook_dict, dict) or not hasattr(model, "cfg"):
+            raise TypeError(
+                f"{type(model).__name__} has no TransformerLens hook points. edgewise patches "
+                "TransformerLens models: load it as a transformer_lens.HookedTransformer or wrap "
+                "a Hugging Face model with transformer_lens.model_bridge.TransformerBridge."
+            )
+        self.model = model
+        self.hook_dict: dict[str, nn.Module] = hook_dict
+
+    @property
+    def cfg(self) -> Any:
+        return self.model.cfg
+
+    @property
+    def spec(self) -> GraphSpec:
+        return GraphSpec.from_config(self.cfg)
+
+    @property
+    def is_hooked_transformer(self) -> bool:
+        """A TransformerLens 3.x ``HookedTransformer`` (not a bridge): its blocks' weights
+        are TransformerLens tensors (``W_Q``, ``ln1``) that fast paths may read."""
+        try:
+            from transformer_lens import HookedTransformer
+        except ImportError:  # TransformerLens 4.x has only bridges
+            return False
+        return isinstance(self.model, HookedTransformer)
+
+    @property
+    def is_causal(self) -> bool:
+        """Whether every position attends only to itself and earlier positions. A bridge's
+        ``cfg.attention_dir`` says "causal" even over a bidirectional Hugging Face model,
+        so its config and attention modules are asked too."""
+        m = self.model
+        if getattr(self.cfg, "attention_dir", "causal") != "causal":
+            return False
+        if getattr(getattr(getattr(m, "original_model", None), "config", None), "is_causal", True) is False:
+            return False
+        return all(getattr(getattr(b, "attn", None), "is_causal", True) is not False
+                   for b in getattr(m, "blocks", []))  # fmt: skip
+
+    @property
+    def runs_partial_forwards(self) -> bool:
+        """Whether ``forward(..., start_at_layer=, stop_at_layer=)`` runs a slice of the
+        blocks from a given residual stream (``HookedTransformer`` only)."""
+        import inspect
+
+        m = self.model
+        params = inspect.signature(m.forward).parameters
+        return (self.is_hooked_transformer and callable(getattr(m, "input_to_embed", None))
+                and hasattr(m, "unembed") and "start_at_layer" in params
+                and "stop_at_layer" in params)  # fmt: skip
+
+    def start_kwargs(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What a partial forward (:meth:`forward_from`) needs besides the residual stream
+        of ``tokens`` ``[batch, seq]``: the attention mask and shortformer positional
+        embedding ``HookedTransformer.input_to_embed`` gives, where it gives them."""
+        _, _, shortformer, attn_mask = self.model.input_to_embed(tokens)
+        kwargs: dict[str, torch.Tensor] = {}
+        if attn_mask is not None:
+            kwargs["attention_mask"] = attn_mask
+        if shortformer is not None:
+            kwargs["shortformer_pos_embed"] = shortformer
+        return kwargs
+
+    def forward_from(self, block: int, resid: torch.Tensor, out_slice: tuple[slice | int, ...],
+                     **kwargs: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """``logits[out_slice]`` from the residual stream ``resid`` ``[batch, seq, d_model]``
+        entering ``block``: the blocks from there on, then the final norm, unembedding and
+        logit soft-cap at the output positions only (see :attr:`runs_partial_forwards`)."""
+        m, n_layers = self.model, int(self.cfg.n_layers)
+        resid = m(resid, start_at_layer=block, stop_at_layer=n_layers, **kwargs)
+        squeeze = False
+        if len(out_slice) == 2 and out_slice[0] == slice(None) and isinstance(out_slice[1], int):
+            j = out_slice[1] % resid.shape[1]
+            resid, squeeze, out_slice = resid[:, j : j + 1], True, (slice(None),)
+        elif len(out_slice) == 2 and out_slice[0] == slice(None) and isinstance(out_slice[1], slice):
+            resid, out_slice = resid[:, out_slice[1]], (slice(None),)
+        if self.cfg.normalization_type is not None:
+            resid = m.ln_final(resid)
+        logits = m.unembed(resid)
+        cap = getattr(self.cfg, "output_logits_soft_cap", None)
+        if cap is not None and cap > 0:
+            logits = cap * torch.tanh(logits / cap)
+        return logits[:, 0] if squeeze else logits[out_slice]
+
+    def enable_flags(self, flags: Iterable[str]) -> None:
+        """Turn on each TransformerLens flag in ``flags``; raise naming those it cannot."""
+        missing = []
+        for flag in flags:
+            setter = getattr(self.model, _FLAG_SETTERS[flag], None)
+            try:
+                if setter is None:
+                    raise NotImplementedError
+                setter(True)
+            except (NotImplementedError, AttributeError, AssertionError, ValueError) as e:
+                missing.append(f"{flag} ({type(e).__name__}: {e})" if str(e) else flag)
+        if missing:
+            raise ValueError(
+                f"{type(self.model).__name__} cannot switch on the hook flags edge patching needs: "
+                f"{', '.join(missing)}. Use a HookedTransformer, or a TransformerBridge booted from "
+                "a Hugging Face model (TransformerBridge.boot_transformers), which support them."
+            )
+
+    def disable_flag(self, flag: str) -> None:
+        """Turn ``flag`` off if the model has it on."""
+        if getattr(self.cfg, flag, False):
+            getattr(self.model, _FLAG_SETTERS[flag])(False)
+
+    @contextmanager
+    def flags(self, **values: bool) -> Iterator[None]:
+        """Set hook flags (``use_attn_result=True``, ...) inside the context only."""
+        before = {f: bool(getattr(self.cfg, f, False)) for f in values}
+        try:
+            for f, v in values.items():
+                if v != before[f]:
+                    self.enable_flags([f]) if v else self.disable_flag(f)
+            yield
+        finally:
+            for f, v in before.items():
+                if bool(getattr(self.cfg, f, False)) != v:
+                    getattr(self.model, _FLAG_SETTERS[f])(v)
+
+    def check_patchable(self) -> None:
+        """Raise if the model's per-head outputs do not sum to what its blocks add to the
+        residual stream, so per-head edges cannot be patched exactly."""
+        for i, block in enumerate(getattr(self.model, "blocks", ())):
+            ln = getattr(block, "ln1_post", None)
+            if ln is not None and not isinstance(getattr(ln, "original_component", ln), nn.Identity):
+                raise ValueError(
+                    f"{type(self.model).__name__} normalises the sum of its attention heads' "
+                    f"outputs before adding it to the residual stream (blocks.{i}.ln1_post, e.g. "
+                    "Gemma 2's post_attention_layernorm), so the heads' outputs z_h @ W_O[h] do not "
+                    "sum to what later layers read and per-head edges cannot be patched exactly. "
+                    "edgewise supports pre-norm blocks (GPT-2, GPT-NeoX/Pythia, Llama, Qwen 2.5, ...)."
+                )
+
+    def resolve(self, name: str) -> str | None:
+        for alt in _alternatives(name):
+            if alt in self.hook_dict:
+                return alt
+        return None
+
+    def hook_point(self, name: str) -> nn.Module:
+        resolved = self.resolve(name)
+        if resolved is None:
+            raise KeyError(name)
+        return self.hook_dict[resolved]
+
+    def check_hooks(self, names: Iterable[str]) -> None:
+        """Raise a clear error if any hook in ``names`` is missing from the model."""
+        missing = [n for n in names if self.resolve(n) is None]
+        if missing:
+            shown = ", ".join(missing[:6]) + (" ..." if len(missing) > 6 else "")
+            raise ValueError(
+                f"{type(self.model).__name__} lacks hook points edge patching needs: {shown}. "
+                "They exist on HookedTransformer and on TransformerBridges of Hugging Face "
+                "models once use_attn_result, use_split_qkv_input and use_hook_mlp_in are set."
+            )
+
+    def probe(self, names: Iterable[str], device: torch.device | str) -> dict[str, tuple[int, ...]]:
+        """Run two tokens through the model and return the shape each hook in ``names``
+        saw. Raise if one never fires (some bridges list hooks that are never called)."""
+        names = list(names)
+        seen: dict[str, tuple[int, ...]] = {}
+        handles = []
+        try:
+            for name in names:
+
+                def record(_mod: nn.Module, _inp: Any, out: torch.Tensor, name: str = name) -> None:
+                    seen[name] = tuple(out.shape)
+
+                handles.append(self.hook_point(name).register_forward_hook(record))
+            with torch.inference_mode():
+                self.model(torch.zeros(1, 2, dtype=torch.long, device=device))
+        finally:
+            for h in handles:
+                h.remove()
+        silent = [n for n in names if n not in seen]
+        if silent:
+            raise ValueError(
+                f"These hooks of {type(self.model).__name__} never fire in a forward pass: "
+                f"{', '.join(silent[:6])}. TransformerBridge.boot_native models do not support "
+                "per-head hooks; boot the bridge from a Hugging Face model instead."
+            )
+        return seen
