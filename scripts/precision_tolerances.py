@@ -14,7 +14,7 @@ the worst over the seeds:
   correlation with the float64 scores, and the fraction of float64's top 10% edges (by
   ``|score|``) that are also in the dtype's top 10%.
 - ``EAP hooks``: the normalised error of the plain-hook EAP reference
-  (``edge_attribution_patching_prune_scores``: TransformerLens' own backward in the same
+  (``tests/reference.py``'s ``reference_eap_scores``: TransformerLens' own backward in the same
   dtype), i.e. the error that computing in that dtype brings anyway.
 - ``circuits``: ``run_circuits`` outputs for circuits of 10%, 30% and 60% of the edges
   (chosen by the float64 EAP scores, so every dtype runs the same circuits), normalised
@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,7 +39,6 @@ import torch
 from edgewise import (
     PromptDataLoader,
     PromptDataset,
-    edge_attribution_patching_prune_scores,
     mask_gradient_prune_scores,
     patchable_model,
     run_circuits,
@@ -47,6 +48,9 @@ from edgewise.metrics.agreement import pearson, spearman, top_overlap
 from edgewise.metrics.agreement import relative_error as rel_err
 from edgewise.models import random_bridge, random_hooked_transformer
 from edgewise.patching import PatchableModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from reference import reference_eap_scores  # noqa: E402
 
 VOCAB = 24
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -108,7 +112,7 @@ def measure(pm: PatchableModel, seed: int, ref_scores: torch.Tensor | None = Non
                                      progress=False)
     ig = mask_gradient_prune_scores(pm, data, None, "logit", "avg_diff",
                                     integrated_grad_samples=5, progress=False)
-    hooks = edge_attribution_patching_prune_scores(pm, data, progress=False)
+    hooks = reference_eap_scores(pm, data)
     flat_eap = flat_prune_scores(eap, pm)
     chosen = flat_eap if ref_scores is None else ref_scores
     shaped, i = {}, 0

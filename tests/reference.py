@@ -11,6 +11,9 @@ from __future__ import annotations
 import torch
 
 from edgewise.patching import PatchableModel
+from edgewise.prune_algos.loss import answer_loss, check_loss_functions, grad_values
+from edgewise.runtime.ablation import batch_src_ablations
+from edgewise.types import AblationType
 
 
 def reference_patched_logits(
@@ -67,3 +70,73 @@ def reference_patched_logits(
         finally:
             for h in handles:
                 h.remove()
+
+
+def reference_eap_scores(
+    model: PatchableModel,
+    dataloader,
+    grad_function: str = "logit",
+    answer_function: str = "avg_diff",
+    ablation_type: AblationType = AblationType.RESAMPLE,
+    clean_corrupt: str | None = "corrupt",
+) -> dict[str, torch.Tensor]:
+    """Edge attribution patching with plain hooks and one edge at a time: keep each
+    source's output and the gradient at each destination's input (TransformerLens' own
+    per-head hooks, its own backward), then score every edge by a dot product."""
+    check_loss_functions(grad_function, answer_function)
+    ablation_type = AblationType(ablation_type)
+    if ablation_type.mean_over_dataset:
+        clean_corrupt = None
+    patches = batch_src_ablations(model, dataloader, ablation_type, clean_corrupt)
+    scores = {n: torch.zeros(m.mask_shape, dtype=model.score_dtype, device=model.device)
+              for n, m in model.dest_modules.items()}
+    for batch in dataloader:
+        logits, acts = capture_sources_and_dests(model, batch.clean)
+        loss = answer_loss(grad_values(logits, grad_function), batch, answer_function)
+        dest_names = list(model.dest_modules)
+        grads = dict(zip(dest_names, torch.autograd.grad(loss, [acts[n] for n in dest_names])))
+        patch = patches[batch.key]
+        for edge in model.edges:
+            src, dest = edge.src, edge.dest
+            clean_out = acts[src.module_name]
+            if src.head_idx is not None:
+                clean_out = clean_out[:, :, src.head_idx]
+            diff = patch[src.src_idx].expand_as(clean_out) - clean_out.detach()
+            grad = grads[dest.module_name]
+            if dest.head_idx is not None:
+                grad = grad[:, :, dest.head_idx]
+            if edge.seq_idx is not None:
+                grad, diff = grad[:, edge.seq_idx], diff[:, edge.seq_idx]
+            scores[dest.module_name][edge.patch_idx] += (grad.double() * diff.double()).sum()
+    return scores
+
+
+def capture_sources_and_dests(model: PatchableModel, tokens: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Logits at ``model.out_slice`` and every source output and destination input."""
+    acts: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def keep(name: str):
+        # A hook's output may alias the residual stream (TransformerBridge's hook_mlp_in
+        # feeds ln2 the very tensor the skip connection adds), so give the destination
+        # its own copy and differentiate with respect to that.
+        # With frozen weights the first destinations' inputs need no gradient; a leaf that
+        # does lets the gradient be taken there (nothing upstream of it needs one).
+        def hook(_m, _i, out: torch.Tensor) -> torch.Tensor:
+            acts[name] = out.clone() if out.requires_grad else out.detach().clone().requires_grad_()
+            return acts[name]
+
+        return hook
+
+    names = {s.module_name for s in model.srcs} | set(model.dest_modules)
+    # TransformerLens' own per-head hooks (hook_result, hook_q_input, ...), independent of
+    # the hooks PatchableModel patches at
+    with model.adapter.flags(**model.graph_flags):
+        try:
+            for name in sorted(names):
+                handles.append(model.adapter.hook_point(name).register_forward_hook(keep(name)))
+            logits = model(tokens)[model.out_slice]
+        finally:
+            for h in handles:
+                h.remove()
+    return logits, acts

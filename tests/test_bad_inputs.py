@@ -71,7 +71,7 @@ def eap(model, dataloader, **kwargs):
 SCORERS = {  # the registry's algorithms, made quick
     "eap": {}, "ig": {"integrated_grad_samples": 2}, "ig-layer": {"integrated_grad_samples": 2},
     "eap-ig-inputs": {"integrated_grad_samples": 2}, "atp-star": {"grad_drop": False},
-    "exact": {}, "eap-reference": {"progress": False}, "acdc": {"tao_exps": [-2], "tao_bases": [1]},
+    "exact": {}, "acdc": {"tao_exps": [-2], "tao_bases": [1]},
     "sp": {"epochs": 1}, "magnitude": {}, "norm": {},
 }
 
@@ -470,7 +470,7 @@ def test_batches_with_clean_and_corrupt_of_different_lengths(model):
         eap(model, [batch])
 
 
-@pytest.mark.parametrize("name", ["eap", "eap-ig-inputs", "atp-star", "exact", "eap-reference"])
+@pytest.mark.parametrize("name", ["eap", "eap-ig-inputs", "atp-star", "exact"])
 def test_unknown_loss_names_are_refused_before_any_work(model, tmp_path, name):
     data = loader(tmp_path, GOOD)
     with pytest.raises(ValueError, match="grad_function must be one of 'logit'.*got 'logits'"):

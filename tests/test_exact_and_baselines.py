@@ -153,13 +153,13 @@ def _eap_ig_reference(pm, loader, m, grad_function="logit"):
     """Independent EAP-IG on inputs with TransformerLens's own per-head hooks: for each
     path point run the model on the interpolated embedding, take the gradient at every
     destination hook and dot it with corrupt minus clean source outputs, edge by edge."""
-    from edgewise.prune_algos.eap import _run_capturing
+    from reference import capture_sources_and_dests
 
     scores = {n: torch.zeros(s.mask_shape, dtype=torch.float64) for n, s in pm.dest_modules.items()}
     point = pm.adapter.hook_point("blocks.0.hook_resid_pre")
     for batch in loader:
-        _, clean_acts = _run_capturing(pm, batch.clean)
-        _, corrupt_acts = _run_capturing(pm, batch.corrupt)
+        _, clean_acts = capture_sources_and_dests(pm, batch.clean)
+        _, corrupt_acts = capture_sources_and_dests(pm, batch.corrupt)
         x_clean = clean_acts["blocks.0.hook_resid_pre"].detach()
         x_corrupt = corrupt_acts["blocks.0.hook_resid_pre"].detach()
         for k in range(1, m + 1):
@@ -167,7 +167,7 @@ def _eap_ig_reference(pm, loader, m, grad_function="logit"):
             x = (x_corrupt + (k / m) * (x_clean - x_corrupt)).requires_grad_(True)
             h = point.register_forward_hook(lambda _m, _i, _o, x=x: x)
             try:
-                logits, acts = _run_capturing(pm, batch.clean)
+                logits, acts = capture_sources_and_dests(pm, batch.clean)
             finally:
                 h.remove()
             loss = answer_loss(grad_values(logits, grad_function), batch, "avg_diff")

@@ -10,8 +10,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import edgewise.patching.model as patching
 import edgewise.patching.sites as hook_points
+import edgewise.patching.wrap as patching
 from edgewise import patchable_model
 from edgewise.models import random_bridge, random_model
 

@@ -10,7 +10,6 @@ import torch
 
 from edgewise import (
     AblationType,
-    edge_attribution_patching_prune_scores,
     mask_gradient_prune_scores,
     patchable_model,
 )
@@ -18,7 +17,7 @@ from edgewise.models import random_bridge, random_model
 from edgewise.prune_algos.loss import answer_loss, grad_values
 from edgewise.runtime.ablation import batch_src_ablations
 
-from reference import reference_patched_logits
+from reference import reference_eap_scores, reference_patched_logits
 from util import VOCAB, random_loader
 
 
@@ -45,7 +44,7 @@ def test_mask_val_zero_equals_edge_attribution_patching(kind, seq):
     loader = random_loader(seed=1, seq_len_edges=seq)
     got = mask_gradient_prune_scores(pm, loader, None, "logit", "avg_diff", mask_val=0.0,
                                      progress=False)
-    want = edge_attribution_patching_prune_scores(pm, loader, progress=False)
+    want = reference_eap_scores(pm, loader)
     assert_scores_close(got, want)
     assert all(v.dtype == torch.float64 for v in got.values())  # never narrower than the model
 
@@ -149,8 +148,7 @@ def test_every_ablation_type_and_clean_corrupt_match_reference(ablation, clean_c
     got = mask_gradient_prune_scores(pm, loader, None, "logit", "avg_diff", mask_val=0.0,
                                      ablation_type=ablation, clean_corrupt=clean_corrupt,
                                      progress=False)
-    want = edge_attribution_patching_prune_scores(pm, loader, ablation_type=ablation,
-                                                  clean_corrupt=clean_corrupt, progress=False)
+    want = reference_eap_scores(pm, loader, ablation_type=ablation, clean_corrupt=clean_corrupt)
     assert_scores_close(got, want)
     if ablation == AblationType.RESAMPLE and clean_corrupt == "clean":
         # patching the clean prompt with itself changes nothing: every score is 0

@@ -9,7 +9,7 @@ import torch
 
 from edgewise import AblationType, mask_gradient_prune_scores, patchable_model, run_circuits
 from edgewise.models import hooked_transformer_available, random_bridge, random_model
-from edgewise.patching import PatchableModel
+from edgewise.patching import PatchableModel, engine
 from edgewise.runtime.memory import (
     Plan,
     narrowest_block,
@@ -60,7 +60,7 @@ def block_budget(pm: PatchableModel) -> int:
         ("hooked", False, AblationType.TOKENWISE_MEAN_CLEAN_AND_CORRUPT),
     ],
 )
-def test_source_blocks_give_the_scores_of_one_pass(kind, seq, ablation):
+def test_source_blocks_give_the_scores_of_one_pass(kind, seq, ablation, monkeypatch):
     pm = patchable_model(MODELS[kind](), seq_len=SEQ if seq else None)
     loader = random_loader(seed=3, seq=SEQ, seq_len_edges=seq)
     kw = dict(ablation_type=ablation, progress=False)
@@ -68,16 +68,25 @@ def test_source_blocks_give_the_scores_of_one_pass(kind, seq, ablation):
     budget = block_budget(pm)  # not even one prompt with every source fits
     plan = plan_passes(pm, 3, SEQ, budget, blocks_ok=True)
     assert plan.chunk == 1 and len(plan.blocks) >= 3
-    pm.free_buffers()
+    rows: list[int] = []  # sources held by each pass's differences and each src_outs
+    real_begin, real_src_outs = engine._Pass.begin, PatchableModel.src_outs
+
+    def begin(self, *args):
+        real_begin(self, *args)
+        rows.append(self.run.delta.shape[0])
+
+    def src_outs(self, *args, **kwargs):
+        out = real_src_outs(self, *args, **kwargs)
+        rows.append(out.shape[0])
+        return out
+
+    monkeypatch.setattr(engine._Pass, "begin", begin)
+    monkeypatch.setattr(PatchableModel, "src_outs", src_outs)
     got = mask_gradient_prune_scores(pm, loader, None, "logit", "avg_diff", mask_val=0.0,
                                      max_memory=budget, **kw)  # fmt: skip
     assert_same(got, want)
     # the patch buffers of a pass hold one block of sources, not all of them
-    widest = plan.widest
-    assert widest < len(pm.srcs)
-    for role in ("delta", "src_outs"):
-        if role in pm._buffers:
-            assert pm._buffers[role][0].shape[0] <= widest
+    assert rows and plan.widest < len(pm.srcs) and max(rows) <= plan.widest
 
 
 def test_src_block_gradients_sum_to_the_unblocked_ones():

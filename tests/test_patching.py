@@ -260,20 +260,44 @@ def test_inference_and_gradient_passes_alternate_on_the_reused_buffer():
 
 
 @pytest.mark.parametrize("kind", ["hooked", "bridge-gpt2"])
-def test_src_outs_reuses_its_buffer_only_when_no_result_is_held(kind):
+def test_src_outs_writes_only_into_the_buffer_it_is_given(kind):
     pm = patchable_model(MODEL_KINDS[kind]())
     gen = torch.Generator().manual_seed(10)
     clean, corrupt = tokens(gen), tokens(gen)
     first = pm.src_outs(clean)
     kept = first.clone()
-    view = first[:, :1]  # a view of a result holds the buffer too
-    del first
-    second = pm.src_outs(corrupt)
-    assert torch.equal(view, kept[:, :1]) and not torch.equal(second, kept)
-    ptr = second.data_ptr()
-    del view, second
-    third = pm.src_outs(clean)  # nothing holds the buffer now: it is reused
-    assert third.data_ptr() == ptr and torch.equal(third, kept)
+    second = pm.src_outs(corrupt)  # a result stays the caller's: never overwritten
+    assert torch.equal(first, kept) and not torch.equal(second, kept)
+    third = pm.src_outs(clean, out=second)  # unless handed back as out=
+    assert third.data_ptr() == second.data_ptr() and torch.equal(third, kept)
+    wrong = torch.empty(1)
+    assert pm.src_outs(clean, out=wrong).data_ptr() != wrong.data_ptr()  # wrong shape: ignored
+
+
+def test_buffer_cache_hands_a_buffer_to_one_taker_at_a_time():
+    """Inference passes give their difference buffer back when the context ends; a pass
+    with gradients never takes the cache's, so its graph can outlive the context."""
+    pm = patchable_model(MODEL_KINDS["hooked"]())
+    gen = torch.Generator().manual_seed(11)
+    clean, corrupt = tokens(gen), tokens(gen)
+    patch = pm.src_outs(corrupt)
+    masks = pm.new_masks(0.5)
+    pm.free_buffers()
+    with torch.inference_mode(), pm.patch(masks, patch):
+        pm(clean)
+        assert len(pm.buffers) == 0  # taken by the pass
+    assert len(pm.buffers) == 1  # given back
+    taken = pm.buffers.take("delta", 1, pm.dtype, pm.device)
+    assert len(pm.buffers) == 0 and pm.buffers.take("delta", 1, pm.dtype, pm.device) is not taken
+    pm.buffers.give_back("delta", taken)
+    grad_masks = pm.new_masks(0.5, requires_grad=True, dtype=pm.dtype)
+    with pm.patch(grad_masks, patch):
+        out = pm(clean)
+    with torch.inference_mode():  # reuses the cache's buffer while the graph holds its own
+        want = pm.run_patched(clean, masks, patch)
+    torch.testing.assert_close(out.detach(), want, atol=1e-12, rtol=0)
+    out.sum().backward()
+    assert all(m.grad is not None and torch.isfinite(m.grad).all() for m in grad_masks.values())
 
 
 def test_patchable_model_is_an_nn_module():
@@ -303,6 +327,25 @@ def test_patchable_model_is_an_nn_module():
     first.data.add_(1.0)
     pm.load_state_dict(state)  # the saved values come back
     assert torch.equal(first, want)
+    assert pm.half() is pm and all(p.dtype == torch.float16 for p in pm.parameters())
+    assert all(m.dtype == torch.float16 for m in pm.patch_masks.values())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_patchable_model_moves_to_cuda_and_back():
+    from util import random_loader
+
+    pm = patchable_model(random_model(n_layers=2, n_heads=2, d_vocab=20, seed=4))
+    batch = next(iter(random_loader(seed=3)))
+    masks = pm.new_masks(0.5)
+    want = pm.run_patched(batch.clean, masks, pm.src_outs(batch.corrupt))
+    assert pm.cuda() is pm and pm.device.type == "cuda"
+    assert all(m.device.type == "cuda" for m in pm.patch_masks.values())
+    masks = {n: m.cuda() for n, m in masks.items()}
+    clean, corrupt = batch.clean.cuda(), batch.corrupt.cuda()
+    got = pm.run_patched(clean, masks, pm.src_outs(corrupt))
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-4)
+    assert pm.to("cpu").device.type == "cpu"
 
 
 def test_graph_modules_carry_block_kind_and_qkv():
@@ -316,5 +359,13 @@ def test_graph_modules_carry_block_kind_and_qkv():
         assert m.module_name.startswith(f"blocks.{m.block}.")
         assert (m.qkv is not None) == m.module_name.endswith(("q_input", "k_input", "v_input"))
         assert m.qkv is None or m.module_name.endswith(f"hook_{m.qkv}_input")
+    # and so do the nodes, matching their modules
+    srcs = {m.module_name: m for m in g.src_modules}
+    dests = {m.module_name: m for m in g.dest_modules}
+    for n in g.srcs:
+        assert (n.block, n.kind) == (srcs[n.module_name].block, srcs[n.module_name].kind)
+    for n in g.dests:
+        m = dests[n.module_name]
+        assert (n.block, n.kind, n.qkv) == (m.block, m.kind, m.qkv)
         assert m.kind == ("attn" if m.qkv else "mlp" if "mlp" in m.module_name else "resid")
     assert [m.kind for m in build_graph(spec, factorized=False).dest_modules] == ["resid"] * 6

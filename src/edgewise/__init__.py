@@ -103,7 +103,8 @@ from edgewise.metrics.faithfulness import (
     measure_roc,
     measurements_auc,
 )
-from edgewise.patching.model import PatchableModel, patchable_model
+from edgewise.patching.model import PatchableModel
+from edgewise.patching.wrap import patchable_model
 from edgewise.prune_algos import (
     ALGORITHMS,
     acdc_prune_scores,

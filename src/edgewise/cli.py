@@ -70,7 +70,7 @@ def _resolve_names(model_name: str | None, task_name: str) -> tuple[str, str]:
 def _setup(model_name: str | None, task_name: str, batch_size: int) -> tuple[Any, Any, Any, Any]:
     """The task, the patchable model (``None``: the task's default), and the loaders."""
     from edgewise.benchmarks.tasks import get_task, load_model
-    from edgewise.patching.model import patchable_model
+    from edgewise.patching.wrap import patchable_model
 
     model_name, task_name = _resolve_names(model_name, task_name)
     task = get_task(task_name)

@@ -8,7 +8,7 @@ residual). An edge is a (source, destination) pair, optionally at one token posi
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Literal
 
@@ -127,9 +127,12 @@ class Node:
 @dataclass(frozen=True, order=True)
 class SrcNode(Node):
     """A node that writes into the residual stream. ``src_idx`` is its global position
-    in topological order (the index along the first dim of source-output tensors)."""
+    in topological order (the index along the first dim of source-output tensors);
+    ``kind`` is ``"embed"`` (``block`` None), ``"attn"`` (a head) or ``"mlp"`` of ``block``."""
 
     src_idx: int = 0
+    block: int | None = field(default=None, compare=False)
+    kind: Literal["embed", "attn", "mlp"] = field(default="embed", compare=False)
 
 
 @dataclass(frozen=True, order=True)
@@ -137,11 +140,14 @@ class DestNode(Node):
     """A node that reads from the residual stream.
 
     ``qkv`` is ``"q"``, ``"k"`` or ``"v"`` for separate query/key/value inputs.
-    ``dest_idx`` is its position in topological order.
+    ``dest_idx`` is its position in topological order. ``kind`` is ``"attn"`` (a head's
+    input), ``"mlp"`` or ``"resid"`` (the residual stream after ``block``).
     """
 
     qkv: QKV | None = None
     dest_idx: int = 0
+    block: int = field(default=0, compare=False)
+    kind: Literal["attn", "mlp", "resid"] = field(default="resid", compare=False)
 
 
 @dataclass(frozen=True)

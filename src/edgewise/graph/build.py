@@ -122,11 +122,11 @@ def _sources(spec: GraphSpec, factorized: bool) -> tuple[list[SrcNode], list[Src
         hook = f"blocks.{b}.attn.hook_result"
         mods.append(SrcModule(hook, spec.n_heads, len(srcs), b, "attn"))
         for h in range(spec.n_heads):
-            srcs.append(SrcNode(f"A{b}.{h}", hook, attn_layer, h, len(srcs)))
+            srcs.append(SrcNode(f"A{b}.{h}", hook, attn_layer, h, len(srcs), b, "attn"))
         if not spec.attn_only:
             hook = f"blocks.{b}.hook_mlp_out"
             mods.append(SrcModule(hook, None, len(srcs), b, "mlp"))
-            srcs.append(SrcNode(f"MLP {b}", hook, mlp_layer, None, len(srcs)))
+            srcs.append(SrcNode(f"MLP {b}", hook, mlp_layer, None, len(srcs), b, "mlp"))
     return srcs, mods
 
 
@@ -180,20 +180,20 @@ def build_graph(
                     add_module(hook, n, 0, hi, b, "attn", qkv)
                     for h in range(n):
                         name = f"A{b}.{h}.{qkv.upper()}"
-                        dests.append(DestNode(name, hook, attn_layer, h, qkv, len(dests)))
+                        dests.append(DestNode(name, hook, attn_layer, h, qkv, len(dests), b, "attn"))
             else:
                 hook = f"blocks.{b}.hook_attn_in"
                 add_module(hook, spec.n_heads, 0, hi, b, "attn")
                 for h in range(spec.n_heads):
-                    dests.append(DestNode(f"A{b}.{h}", hook, attn_layer, h, None, len(dests)))
+                    dests.append(DestNode(f"A{b}.{h}", hook, attn_layer, h, None, len(dests), b, "attn"))
             if not spec.attn_only:
                 hook = f"blocks.{b}.hook_mlp_in"
                 add_module(hook, None, 0, n_srcs_below(mlp_layer), b, "mlp")
-                dests.append(DestNode(f"MLP {b}", hook, mlp_layer, None, None, len(dests)))
+                dests.append(DestNode(f"MLP {b}", hook, mlp_layer, None, None, len(dests), b, "mlp"))
         end_layer = max(s.layer for s in srcs) + 1
         hook = _resid_end_hook(spec)
         add_module(hook, None, 0, len(srcs), spec.n_layers - 1, "resid")
-        dests.append(DestNode("Resid End", hook, end_layer, None, None, len(dests)))
+        dests.append(DestNode("Resid End", hook, end_layer, None, None, len(dests), spec.n_layers - 1))
     else:
         for b in range(spec.n_layers):
             heads = [s for s in srcs if s.module_name == f"blocks.{b}.attn.hook_result"]
@@ -203,16 +203,16 @@ def build_graph(
                 hook = f"blocks.{b}.hook_resid_post"
                 name = "Resid End" if b == spec.n_layers - 1 else f"Resid Post {b}"
                 add_module(hook, None, lo, hi, b, "resid")
-                dests.append(DestNode(name, hook, heads[0].layer + 1, None, None, len(dests)))
+                dests.append(DestNode(name, hook, heads[0].layer + 1, None, None, len(dests), b))
                 continue
             hook = f"blocks.{b}.hook_resid_mid"
             add_module(hook, None, lo, lo + spec.n_heads, b, "resid")
-            dests.append(DestNode(f"Resid Mid {b}", hook, heads[0].layer + 1, None, None, len(dests)))
+            dests.append(DestNode(f"Resid Mid {b}", hook, heads[0].layer + 1, None, None, len(dests), b))
             hook = f"blocks.{b}.hook_resid_post"
             mlp = srcs[lo + spec.n_heads]
             add_module(hook, None, mlp.src_idx, mlp.src_idx + 1, b, "resid")
             name = "Resid End" if b == spec.n_layers - 1 else f"Resid Post {b}"
-            dests.append(DestNode(name, hook, mlp.layer + 1, None, None, len(dests)))
+            dests.append(DestNode(name, hook, mlp.layer + 1, None, None, len(dests), b))
 
     mods_by_name = {m.module_name: m for m in dest_mods}
     edges: list[Edge] = []

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from edgewise.types import Edge, PruneScores
+from edgewise.types import Edge, Node, PruneScores
 
 if TYPE_CHECKING:
     from edgewise.patching.model import PatchableModel
@@ -240,21 +240,21 @@ def load_prune_scores(
 
 
 # ---------------------------------------------------------------------- MIB / EAP-IG
-def _mib_node(name: str) -> str:
-    if name == "Resid Start":
+def _mib_node(node: Node) -> str:
+    """MIB's name of a node: ``input``, ``logits``, ``a{block}.h{head}``, ``m{block}``."""
+    if node.kind == "embed":
         return "input"
-    if name == "Resid End":
+    if node.kind == "resid":
         return "logits"
-    if name.startswith("MLP "):
-        return f"m{name[4:]}"
-    layer, head = name[1:].split(".")[:2]
-    return f"a{layer}.h{head}"
+    if node.kind == "mlp":
+        return f"m{node.block}"
+    return f"a{node.block}.h{node.head_idx}"
 
 
 def mib_edge_name(edge: Edge) -> str:
     """``"A0.1->A1.2.Q"`` -> ``"a0.h1->a1.h2<q>"`` (the EAP-IG / MIB spelling)."""
     qkv = f"<{edge.dest.qkv}>" if edge.dest.qkv else ""
-    return f"{_mib_node(edge.src.name)}->{_mib_node(edge.dest.name)}{qkv}"
+    return f"{_mib_node(edge.src)}->{_mib_node(edge.dest)}{qkv}"
 
 
 def _check_mib_compatible(model: PatchableModel) -> None:
@@ -285,14 +285,14 @@ def save_mib_json(
     inside = set(circuit or ())
     spec = model.adapter.spec
     edges = {}
-    nodes = {_mib_node(s.name): False for s in model.srcs}
+    nodes = {_mib_node(s): False for s in model.srcs}
     nodes["logits"] = True
     for e in model.edges:
         score = float(prune_scores[e.dest.module_name][e.patch_idx])
         edges[mib_edge_name(e)] = {"score": score, "in_graph": e in inside}
         if e in inside:
-            nodes[_mib_node(e.src.name)] = True
-            nodes[_mib_node(e.dest.name)] = True
+            nodes[_mib_node(e.src)] = True
+            nodes[_mib_node(e.dest)] = True
     doc = {
         "cfg": {
             "n_layers": spec.n_layers,

@@ -3,6 +3,7 @@ plan-and-run engine that patches every edge in one forward pass and gives every 
 gradient in one backward pass (``engine``, ``autograd``, ``buffers``), and the
 :class:`PatchableModel` that wraps a model with its graph (``model``)."""
 
-from edgewise.patching.model import PatchableModel, patchable_model
+from edgewise.patching.model import PatchableModel
+from edgewise.patching.wrap import patchable_model
 
 __all__ = ["PatchableModel", "patchable_model"]

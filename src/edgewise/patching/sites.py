@@ -295,11 +295,11 @@ def dest_hooks(
 
 def needed_flags(graph: Graph, projected: bool, heads_from_z: bool) -> dict[str, bool]:
     """The TransformerLens hook flags the hooks of ``graph`` need on."""
-    names = {m.module_name.split(".")[-1] for m in graph.dest_modules}
+    mods = graph.dest_modules
     flags = {
-        "use_split_qkv_input": not projected and bool(names & {"hook_q_input"}),
-        "use_attn_in": "hook_attn_in" in names,
-        "use_hook_mlp_in": "hook_mlp_in" in names,
+        "use_split_qkv_input": not projected and any(m.qkv is not None for m in mods),
+        "use_attn_in": any(m.kind == "attn" and m.qkv is None for m in mods),
+        "use_hook_mlp_in": any(m.kind == "mlp" for m in mods),
         "use_attn_result": not heads_from_z and any(m.n_heads for m in graph.src_modules),
     }
     return {f: v for f, v in flags.items() if v}

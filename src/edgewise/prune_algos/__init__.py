@@ -124,11 +124,6 @@ ALGORITHMS: dict[str, Algorithm] = {
         "baseline: 1 on the task's official circuit, 0 elsewhere",
         progress=False, needs_official_edges=True,
     ),
-    "eap-reference": Algorithm(
-        "eap-reference", edge_attribution_patching_prune_scores, {},
-        "edge attribution patching with plain hooks (slow reference)",
-        loss=True,
-    ),
 }
 
 __all__ = [

@@ -142,7 +142,6 @@ def _gradients(
     through layer ``drop``'s attention and MLP outputs set to 0), and the clean patterns."""
     adapter = model.adapter
     patterns: dict[int, torch.Tensor] = {}
-    handles = []
 
     def keep(layer: int):
         def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
@@ -154,20 +153,12 @@ def _gradients(
         return _DropGrad.apply(out)
 
     masks = model.new_masks(0.0, requires_grad=True, dtype=dtype)
-    try:
-        for layer in layers:
-            handles.append(adapter.hook_point(f"blocks.{layer}.attn.hook_pattern")
-                           .register_forward_hook(keep(layer)))  # fmt: skip
-        if drop is not None:
-            for leaf in ("hook_attn_out", "hook_mlp_out"):
-                if adapter.resolve(f"blocks.{drop}.{leaf}") is not None:
-                    point = adapter.hook_point(f"blocks.{drop}.{leaf}")
-                    handles.append(point.register_forward_hook(dropped))
-        with model.patch(masks, patch, param_grads=False):
-            logits = model(batch.clean)[model.out_slice]
-    finally:
-        for h in handles:
-            h.remove()
+    points = [(f"blocks.{layer}.attn.hook_pattern", keep(layer)) for layer in layers]
+    if drop is not None:
+        points += [(f"blocks.{drop}.{leaf}", dropped) for leaf in ("hook_attn_out", "hook_mlp_out")
+                   if adapter.resolve(f"blocks.{drop}.{leaf}") is not None]  # fmt: skip
+    with model.patch(masks, patch, param_grads=False), model.hooks(points):
+        logits = model(batch.clean)[model.out_slice]
     loss = answer_loss(grad_values(logits, grad_function), batch, answer_function)
     inputs = list(masks.values()) + [patterns[layer] for layer in layers]
     grads = torch.autograd.grad(loss, inputs, allow_unused=True)

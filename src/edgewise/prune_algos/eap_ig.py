@@ -61,7 +61,6 @@ def eap_ig_inputs_prune_scores(
     require_full_prompts(dataloader, model)
     integrated_grad_samples = require_int(integrated_grad_samples, "integrated_grad_samples", 1)
     checked_batches(model, dataloader, "eap_ig_inputs_prune_scores", answer_function, True)
-    point = model.adapter.hook_point(INPUT_HOOK)
     dtype = model.score_dtype
     scores = {n: torch.zeros(m.mask_shape, dtype=dtype, device=model.device)
               for n, m in model.dest_modules.items()}
@@ -81,12 +80,9 @@ def eap_ig_inputs_prune_scores(
         for k in range(1, m + 1):
             x = x_corrupt + (k / m) * (x_clean - x_corrupt)
             masks = model.new_masks(0.0, requires_grad=True, dtype=dtype)
-            handle = point.register_forward_hook(_replace(x))
-            try:
-                with model.patch(masks, corrupt_src, fixed_delta=delta, param_grads=False):
-                    logits = model(batch.clean)[model.out_slice]
-            finally:
-                handle.remove()
+            with model.patch(masks, corrupt_src, fixed_delta=delta, param_grads=False), \
+                    model.hooks([(INPUT_HOOK, _replace(x))]):  # fmt: skip
+                logits = model(batch.clean)[model.out_slice]
             loss = answer_loss(grad_values(logits, grad_function), batch, answer_function)
             grads = torch.autograd.grad(loss, list(masks.values()))
             for name, grad in zip(masks, grads):
