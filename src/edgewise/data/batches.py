@@ -1,0 +1,199 @@
+"""Prompt pairs and their batches: the containers, batch keys, divergence, left-padding
+and collation.
+
+Padding: prompt pairs of different lengths are left-padded with a pad token id so
+that the final positions line up. Like auto-circuit, edgewise does **not** mask the
+padding (it passes no attention mask): padding positions are ordinary tokens that every
+later position attends to, so a padded prompt's outputs differ from its unpadded ones.
+Padding therefore always warns (a ``UserWarning`` saying how many prompts were padded);
+keep prompts the same length where the exact outputs matter, or pass ``pad=False`` to
+make different lengths an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from edgewise.types import BatchKey
+
+
+@dataclass(frozen=True, eq=False)
+class PromptPair:
+    """One clean/corrupt prompt pair with its answers. All tensors hold int64 token ids.
+
+    Attributes:
+        clean: ``[seq]`` the clean prompt.
+        corrupt: ``[seq]`` the corrupt prompt (same length as ``clean``).
+        answers: ``[n_answers]`` the correct next tokens for the clean prompt.
+        wrong_answers: ``[n_wrong]`` the incorrect next tokens.
+    """
+
+    clean: Tensor
+    corrupt: Tensor
+    answers: Tensor
+    wrong_answers: Tensor
+
+
+@dataclass(frozen=True, eq=False)
+class PromptPairBatch:
+    """A batch of prompt pairs, as produced by :class:`PromptDataLoader`.
+
+    Attributes:
+        key: a deterministic key of the batch's tokens (see :func:`batch_key`); equal
+            tokens give equal keys in every process.
+        batch_diverge_idx: the first position where any clean prompt of the batch differs
+            from its corrupt prompt; ``seq`` when no pair differs.
+        clean: ``[batch, seq]`` clean prompts (left-padded when lengths differed).
+        corrupt: ``[batch, seq]`` corrupt prompts, padded like ``clean``.
+        answers: ``[batch, n_answers]`` when every prompt of the batch has the same number
+            of answers, otherwise a list of ``batch`` tensors of shape ``[n_answers_i]``.
+        wrong_answers: like ``answers``: ``[batch, n_wrong]`` or a list of ``[n_wrong_i]``.
+    """
+
+    key: BatchKey
+    batch_diverge_idx: int
+    clean: Tensor
+    corrupt: Tensor
+    answers: Tensor | list[Tensor]
+    wrong_answers: Tensor | list[Tensor]
+
+
+def batch_key(clean: Tensor, corrupt: Tensor | None = None) -> BatchKey:
+    """A deterministic 63-bit key of a batch's tokens.
+
+    Hashes (BLAKE2b) the shape and int64 little-endian bytes of ``clean`` and, when
+    given, of ``corrupt``, so the key is the same in every process and on every device
+    (unlike Python's salted ``hash`` of a ``str``). Including ``corrupt`` means two batches
+    with the same clean prompts but different corruptions get different keys.
+
+    Args:
+        clean: ``[batch, seq]`` (any shape works) token ids.
+        corrupt: optional ``[batch, seq]`` token ids.
+
+    Returns:
+        A non-negative ``int`` below ``2**63``.
+    """
+    digest = hashlib.blake2b(digest_size=8)
+    for tokens in (clean,) if corrupt is None else (clean, corrupt):
+        array = tokens.detach().to(device="cpu", dtype=torch.int64).contiguous().numpy()
+        digest.update(repr(tuple(array.shape)).encode())
+        digest.update(array.astype("<i8", copy=False).tobytes())
+    return int.from_bytes(digest.digest(), "big") >> 1
+
+
+def first_divergence(clean: Tensor, corrupt: Tensor) -> int:
+    """The first position where any clean prompt differs from its corrupt prompt.
+
+    Args:
+        clean: ``[batch, seq]`` or ``[seq]`` token ids.
+        corrupt: same shape as ``clean``.
+
+    Returns:
+        An index in ``0..seq``; ``seq`` when every pair is identical.
+    """
+    if clean.shape != corrupt.shape:
+        raise ValueError(
+            f"clean and corrupt must have the same shape, got {tuple(clean.shape)} and "
+            f"{tuple(corrupt.shape)}"
+        )
+    if clean.dim() == 1:
+        clean, corrupt = clean.unsqueeze(0), corrupt.unsqueeze(0)
+    differs = (clean != corrupt).any(dim=0).nonzero()
+    return int(differs[0, 0]) if differs.numel() > 0 else int(clean.shape[-1])
+
+
+def left_pad(sequences: Sequence[Tensor], pad_id: int, length: int | None = None) -> Tensor:
+    """Stack 1-D token tensors into one tensor, padding each on the left.
+
+    Args:
+        sequences: ``n`` tensors of shape ``[seq_i]`` on one device.
+        pad_id: the token id written into padding positions.
+        length: the output length; default the longest ``seq_i``.
+
+    Returns:
+        ``[n, length]`` where row ``i`` ends with ``sequences[i]``.
+    """
+    if len(sequences) == 0:
+        raise ValueError("left_pad needs at least one sequence")
+    longest = max(int(s.shape[0]) for s in sequences)
+    length = longest if length is None else length
+    if length < longest:
+        raise ValueError(f"length={length} is shorter than the longest sequence ({longest})")
+    first = sequences[0]
+    out = torch.full((len(sequences), length), pad_id, dtype=first.dtype, device=first.device)
+    for row, seq in enumerate(sequences):
+        if seq.shape[0] > 0:
+            out[row, length - seq.shape[0] :] = seq
+    return out
+
+
+def _stack_or_list(tensors: Sequence[Tensor]) -> Tensor | list[Tensor]:
+    if all(t.shape == tensors[0].shape for t in tensors):
+        return torch.stack(list(tensors))
+    return list(tensors)
+
+
+def collate_prompt_pairs(
+    pairs: Sequence[PromptPair], pad_id: int | None = None, seq_len: int | None = None
+) -> PromptPairBatch:
+    """Stack prompt pairs into a :class:`PromptPairBatch`.
+
+    Args:
+        pairs: ``batch`` prompt pairs; pair ``i`` has prompts of shape ``[seq_i]``.
+        pad_id: if the prompts of the batch have different lengths, they are left-padded
+            to the longest with this id (padding is attended to, see the module doc).
+            ``None``: different lengths are an error.
+        seq_len: if given, the (padded) prompts must have exactly this length.
+
+    Returns:
+        A batch with ``clean``/``corrupt`` of shape ``[batch, seq]`` and answers stacked to
+        ``[batch, n]`` when all counts agree, else kept as a list of 1-D tensors.
+    """
+    if len(pairs) == 0:
+        raise ValueError("cannot collate an empty batch of prompt pairs")
+    lengths = sorted({int(p.clean.shape[0]) for p in pairs})
+    if len(lengths) == 1:
+        clean = torch.stack([p.clean for p in pairs])
+        corrupt = torch.stack([p.corrupt for p in pairs])
+    elif pad_id is None:
+        raise ValueError(
+            f"the prompts of this batch have different lengths {lengths} and no pad_id was "
+            "given; pass pad_id to the PromptDataset or PromptDataLoader to left-pad them"
+        )
+    else:
+        _warn_padding(len(pairs), lengths, pad_id)
+        clean = left_pad([p.clean for p in pairs], pad_id)
+        corrupt = left_pad([p.corrupt for p in pairs], pad_id)
+    if seq_len is not None and clean.shape[1] != seq_len:
+        raise ValueError(f"batch prompts have length {clean.shape[1]}, expected seq_len={seq_len}")
+    return PromptPairBatch(
+        key=batch_key(clean, corrupt),
+        batch_diverge_idx=first_divergence(clean, corrupt),
+        clean=clean,
+        corrupt=corrupt,
+        answers=_stack_or_list([p.answers for p in pairs]),
+        wrong_answers=_stack_or_list([p.wrong_answers for p in pairs]),
+    )
+
+
+collate_fn = collate_prompt_pairs
+"""Alias of :func:`collate_prompt_pairs` (the name auto-circuit uses)."""
+
+
+def _warn_padding(n_padded: int, lengths: Sequence[int], pad_id: int) -> None:
+    """Say that padding happened and that the model will attend to it (see the module
+    doc): its outputs on padded prompts are not those on the prompts alone."""
+    warnings.warn(
+        f"{n_padded} prompt pair(s) of lengths {sorted(set(lengths))} were left-padded to "
+        f"{max(lengths)} tokens with pad id {pad_id}; edgewise passes no attention mask, so "
+        "the model attends to the padding and its outputs differ from those on the unpadded "
+        "prompts. Make every prompt the same length, or pass pad=False to make this an error.",
+        UserWarning,
+        stacklevel=3,
+    )
