@@ -1,0 +1,250 @@
+"""The HTML report of ``edgewise discover``'s results: one self-contained page (inline
+SVG, CSS and a little vanilla JS; nothing is fetched) with a summary table, each
+algorithm's circuit and top-edge table, and faithfulness, metric and ROC curves.
+Standard library only."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from edgewise.visualize.assets import CSS, JS_BODY, JS_HEAD
+from edgewise.visualize.nodes import edges_from_records
+from edgewise.visualize.style import NEGATIVE, PALETTE, POSITIVE, as_score, esc, fmt, sign_color
+from edgewise.visualize.svg import Series, circuit_svg, line_chart
+
+
+def _finite_points(points: Any) -> list[tuple[float, float]]:
+    out = []
+    for p in points or []:
+        try:
+            x, y = float(p[0]), float(p[1])
+        except (TypeError, ValueError, IndexError):
+            continue
+        if math.isfinite(x) and math.isfinite(y):
+            out.append((x, y))
+    return out
+
+
+def _num(r: Mapping[str, Any], key: str) -> float | None:
+    v = r.get(key)
+    if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+        return float(v)
+    return None
+
+
+def _summary_table(algos: Mapping[str, Mapping[str, Any]], colors: Mapping[str, str]) -> str:
+    keys = [("cpr", max), ("cmd", min), ("auc", max)]
+    best: dict[str, float] = {}
+    for key, pick in keys:
+        vals = [v for r in algos.values() if (v := _num(r, key)) is not None]
+        if len(vals) > 1:
+            best[key] = pick(vals)
+    rows = []
+    for name, r in algos.items():
+        cells = [f'<td><span class="swatch" style="background:{colors[name]}"></span>'
+                 f"{esc(name)}</td><td>{esc(r.get('metric', '—'))}</td>"]
+        sec = _num(r, "seconds")
+        cells.append(f'<td class="num">{"—" if sec is None else f"{sec:.1f} s"}</td>')
+        for key, _ in keys:
+            v = _num(r, key)
+            cls = "num best" if v is not None and best.get(key) == v else "num"
+            cells.append(f'<td class="{cls}">{"—" if v is None else f"{v:.3f}"}</td>')
+        cells.append(f'<td class="num">{len(r.get("top_edges") or [])}</td>')
+        note = r.get("faithfulness_error")
+        cells.append(f'<td class="muted">{esc(note) if note else ""}</td>')
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return ('<table><thead><tr><th>algorithm</th><th>metric</th><th class="num">seconds</th>'
+            '<th class="num" title="circuit performance ratio: area under the faithfulness '
+            'curve (higher is better)">CPR ↑</th><th class="num" title="circuit-model '
+            'difference: area under |1 - faithfulness| (lower is better)">CMD ↓</th>'
+            '<th class="num" title="area under the ROC curve against the official circuit">'
+            'AUC ↑</th><th class="num">top edges</th><th></th></tr></thead><tbody>'
+            + "".join(rows) + "</tbody></table>")
+
+
+def _edge_table(r: Mapping[str, Any], prefix: str) -> str:
+    top = list(r.get("top_edges") or [])
+    if not top:
+        return '<p class="muted">No top edges recorded.</p>'
+    official = {(str(o[0]), None if o[1] is None else int(o[1]))
+                for o in r.get("official_edges") or [] if len(o) >= 2}
+    has_official = bool(r.get("official_edges"))
+    has_pos = any(d.get("seq_idx") is not None for d in top)
+    finite = [abs(as_score(d.get("score"))) for d in top if math.isfinite(as_score(d.get("score")))]
+    biggest = max(finite, default=0.0) or 1.0
+    head = ['<th class="num">#</th><th>edge</th>']
+    if has_pos:
+        head.append('<th class="num">position</th>')
+    head.append('<th class="num">score</th>')
+    if has_official:
+        head.append("<th>in official circuit</th>")
+    rows = []
+    for i, d in enumerate(top):
+        s = as_score(d.get("score"))
+        a = abs(s)
+        frac = 1.0 if math.isinf(a) else 0.0 if math.isnan(a) else a / biggest
+        bar = (f'<span class="scorebar" style="width:{4 + 56 * frac:.0f}px;'
+               f'background:{sign_color(s)}"></span>')
+        cells = [f'<td class="num">{i + 1}</td><td class="edge">{esc(d.get("edge"))}</td>']
+        if has_pos:
+            pos = d.get("seq_idx")
+            cells.append(f'<td class="num">{"all" if pos is None else int(pos)}</td>')
+        cells.append(f'<td class="num">{bar}{fmt(s)}</td>')
+        if has_official:
+            key = (str(d.get("edge")), None if d.get("seq_idx") is None else int(d["seq_idx"]))
+            cells.append('<td class="yes">✓</td>' if key in official else "<td></td>")
+        rows.append(f'<tr class="edge-row" data-edge="{prefix}-e{i}">' + "".join(cells) + "</tr>")
+    return ("<table><thead><tr>" + "".join(head) + "</tr></thead><tbody>" + "".join(rows)
+            + "</tbody></table>")
+
+
+def _curves(algos: Mapping[str, Mapping[str, Any]], colors: Mapping[str, str],
+            n_edges: int | None) -> str:
+    faith = [Series(n, colors[n], _finite_points(r.get("faithfulness"))) for n, r in algos.items()]
+    faith = [s for s in faith if s.points]
+    meas = [Series(n, colors[n], _finite_points(r.get("measurements"))) for n, r in algos.items()]
+    meas = [s for s in meas if s.points]
+    metrics = {str(r.get("metric")) for r in algos.values()}
+    metric = metrics.pop() if len(metrics) == 1 else "metric"
+    y_label = {"logit_diff": "logit difference", "mse": "−MSE"}.get(metric, metric)
+    xs = [x for s in meas + faith for x, _ in s.points]
+    x_max = float(n_edges) if n_edges else max(xs, default=1.0)
+    figs = []
+    toggle = '<button class="toggle" type="button">x: log</button>'
+    for title, series, label, ref in (("Faithfulness vs circuit size", faith,
+                                       "faithfulness", (0.0, 1.0)),
+                                      (f"{y_label[0].upper()}{y_label[1:]} vs circuit size", meas,
+                                       y_label, ())):
+        if not series:
+            continue
+        charts = "".join(
+            line_chart(series, "circuit size (edges)", label, log_x=log, css=css,
+                        x_range=None if log else (0.0, x_max), ref_y=ref)
+            for log, css in ((True, "xlog"), (False, "xlin")))
+        figs.append(f"<figure><figcaption><span>{esc(title)}</span>{toggle}</figcaption>"
+                    f"{charts}</figure>")
+    roc = []
+    for n, r in algos.items():
+        fpr, tpr = (r.get("roc") or {}).get("fpr"), (r.get("roc") or {}).get("tpr")
+        if fpr and tpr:
+            auc = _num(r, "auc")
+            legend = n if auc is None else f"{n} (AUC {auc:.3f})"
+            roc.append(Series(n, colors[n], _finite_points(zip(fpr, tpr)), legend))
+    if roc:
+        n_off = max(len(r.get("official_edges") or []) for r in algos.values())
+        note = f" ({n_off} official edges)" if n_off else ""
+        figs.append(f"<figure><figcaption><span>ROC vs the official circuit{note}</span>"
+                    "</figcaption>"
+                    + line_chart(roc, "false positive rate", "true positive rate",
+                                  x_range=(0.0, 1.0), y_range=(0.0, 1.0), diagonal=True,
+                                  step=True) + "</figure>")
+    if not figs:
+        return '<p class="muted">No curves recorded.</p>'
+    extra = "" if roc else ('<p class="note">No ROC curves: this task has no official circuit '
+                            "to compare against.</p>")
+    return f'<div class="charts">{"".join(figs)}</div>{extra}'
+
+
+def _json_for_html(obj: Any) -> str:
+    def clean(x: Any) -> Any:
+        if isinstance(x, float) and not math.isfinite(x):
+            return str(x)
+        if isinstance(x, Mapping):
+            return {str(k): clean(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [clean(v) for v in x]
+        return x
+
+    text = json.dumps(clean(obj), separators=(",", ":"), default=str)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _render_report(results: Mapping[str, Any]) -> str:
+    """The HTML text of :func:`write_report`."""
+    algos: dict[str, Mapping[str, Any]] = dict(results.get("algorithms") or {})
+    colors = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(algos)}
+    model, task = results.get("model", "?"), results.get("task", "?")
+    n_edges = results.get("n_edges")
+    seq_len = results.get("seq_len")
+    meta = [f"model <b>{esc(model)}</b>", f"task <b>{esc(task)}</b>",
+            f"edges <b>{esc(n_edges if n_edges is not None else '?')}</b>",
+            f"token positions <b>{esc(seq_len) if seq_len is not None else 'no'}</b>",
+            f"algorithms <b>{len(algos)}</b>"]
+    parts = [
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>edgewise: {esc(task)} on {esc(model)}</title>",
+        f"<style>{CSS}</style><script>{JS_HEAD}</script></head><body>",
+        f'<header><h1>Circuit report — {esc(task)}</h1><div class="meta">'
+        + "".join(f"<span>{m}</span>" for m in meta) + "</div></header><main>",
+    ]
+    if not algos:
+        parts.append('<section class="card"><p class="muted">No algorithms in these results.'
+                     "</p></section>")
+    else:
+        parts.append('<section class="card"><h2>Summary</h2>'
+                     + _summary_table(algos, colors) + "</section>")
+        tabs, panels = [], []
+        for i, (name, r) in enumerate(algos.items()):
+            pid, prefix = f"panel-{i}", f"c{i}"
+            top = list(r.get("top_edges") or [])
+            edges = edges_from_records(top)
+            tabs.append(f'<button type="button" role="tab" data-panel="{pid}" '
+                        f'aria-selected="{"true" if i == 0 else "false"}"><span class="swatch" '
+                        f'style="background:{colors[name]}"></span>{esc(name)}</button>')
+            has_pos = any(d.get("seq_idx") is not None for d in top)
+            legend = ('<div class="legendrow"><span><i style="border-color:' + POSITIVE
+                      + '"></i>positive score</span><span><i style="border-color:' + NEGATIVE
+                      + '"></i>negative score</span><span>width ∝ |score|</span>'
+                      "<span>edges flow upwards, from Resid Start to Resid End</span>"
+                      + ("<span>Q / K / V: the head's query, key, value input</span>"
+                         if any(e.port for e in edges) else "")
+                      + ("<span>one column per token position</span>" if has_pos else "")
+                      + "<span>hover a node or a table row to highlight its edges</span></div>")
+            panels.append(
+                f'<section class="panel" id="{pid}" role="tabpanel" data-algorithm="{esc(name)}">'
+                f"<h3>{esc(name)}: top {len(top)} edges</h3>"
+                f'<div class="graphbox">{circuit_svg(edges, prefix)}</div>{legend}'
+                f"{_edge_table(r, prefix)}</section>")
+        parts.append('<section class="card"><h2>Circuits</h2><div class="tabs" role="tablist">'
+                     + "".join(tabs) + "</div>" + "".join(panels) + "</section>")
+        parts.append('<section class="card"><h2>Curves</h2>'
+                     + _curves(algos, colors, n_edges if isinstance(n_edges, int) else None)
+                     + "</section>")
+    parts.append("</main><footer>Generated by edgewise. Self-contained: works offline. The raw "
+                 "results are embedded in the element #results-data.</footer>")
+    parts.append('<script type="application/json" id="results-data">'
+                 + _json_for_html(results) + "</script>")
+    parts.append(f"<script>{JS_BODY}</script></body></html>\n")
+    return "".join(parts)
+
+
+def write_report(results: Mapping[str, Any], path: str | Path) -> Path:
+    """Write an HTML report of ``results`` (the ``results.json`` dict of ``edgewise
+    discover``) to ``path``, atomically, and return the path.
+
+    The page is one self-contained file (inline SVG, CSS and JS; no network) with a
+    summary (model, task, edge count, per-algorithm seconds / CPR / CMD / AUC), each
+    algorithm's circuit as a layered graph with its top-edge table (tabs switch
+    algorithm), faithfulness and metric curves over circuit size, and ROC curves
+    against the official circuit when the results have them. Results without
+    ``model``, ``task`` and an ``algorithms`` mapping raise
+    :class:`edgewise.io.files.FileFormatError`; other keys may be missing (drawn as absent).
+    """
+    from edgewise.io.files import FileFormatError, atomic_write
+
+    if not isinstance(results, Mapping):
+        raise FileFormatError(f"results must be a mapping like results.json, got "
+                              f"{type(results).__name__}")
+    missing = [k for k in ("model", "task", "algorithms") if k not in results]
+    if missing or not isinstance(results["algorithms"], Mapping):
+        raise FileFormatError(f"results lack {', '.join(map(repr, missing)) or 'an algorithms mapping'}"
+                              ": pass the results.json of edgewise discover")
+    text = _render_report(results)
+    # atomic: a temp file in the same folder, then os.replace; the file gets the mode a
+    # plain open(path, "w") would, so the umask decides who can read it
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
