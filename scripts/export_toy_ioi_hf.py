@@ -5,7 +5,7 @@ TransformerLens-format weights (``src/edgewise/weights/toy_ioi/hf/``), so that
     python scripts/export_toy_ioi_hf.py
 
 The unembedding bias is folded into the final LayerNorm's bias (``W_U`` has full column
-rank), so the checkpoint is a plain GPT-2; ``tests/test_models.py`` checks that it gives
+rank), so the checkpoint is a plain GPT-2; ``tests/models/test_models.py`` checks that it gives
 the ``HookedTransformer``'s logits.
 """
 

@@ -20,7 +20,7 @@ the worst over the seeds:
   (chosen by the float64 EAP scores, so every dtype runs the same circuits), normalised
   error over all sizes and batches.
 
-``docs/precision.md`` holds the table and the tolerances ``tests/test_precision.py``
+``docs/precision.md`` holds the table and the tolerances ``tests/patching/test_precision.py``
 asserts.
 """
 

@@ -329,7 +329,7 @@ class Task:
     def init_task(self) -> None:
         """Load the model and data, wrap the model, find the official edges."""
         from edgewise.data import load_dataset_json, load_datasets_from_json
-        from edgewise.patching.model import patchable_model
+        from edgewise.patching.wrap import patchable_model
 
         if self.autoencoder_input is not None:
             raise ValueError(f"Task {self.key!r}: edgewise has no sparse-autoencoder models "

@@ -21,7 +21,7 @@ The weights use TransformerLens' names and shapes (``embed.W_E [d_vocab, d_model
   attention is set on the bridge (:func:`finish_bridge`).
 
 The conversion is checked against the ``HookedTransformer`` on TransformerLens 3.9
-(``tests/test_models.py``).
+(``tests/models/test_models.py``).
 """
 
 from __future__ import annotations

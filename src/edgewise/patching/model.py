@@ -322,7 +322,9 @@ class PatchableModel(nn.Module):
     def hooks(self, points: list[tuple[str, Any]]) -> Iterator[PatchableModel]:
         """Extra forward hooks ``(hook name, fn)`` for the passes inside this context
         (reading attention patterns, replacing the embeddings, ...), removed on exit.
-        Within :meth:`patch` they see the patched activations."""
+        Hooks at one point run in the order they were registered: entered before
+        :meth:`patch`, they run before its hooks (a replaced input is what gets patched);
+        entered inside it, they see the patched activations."""
         with engine._hooks(self, points):
             yield self
 

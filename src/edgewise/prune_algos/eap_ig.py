@@ -80,8 +80,9 @@ def eap_ig_inputs_prune_scores(
         for k in range(1, m + 1):
             x = x_corrupt + (k / m) * (x_clean - x_corrupt)
             masks = model.new_masks(0.0, requires_grad=True, dtype=dtype)
-            with model.patch(masks, corrupt_src, fixed_delta=delta, param_grads=False), \
-                    model.hooks([(INPUT_HOOK, _replace(x))]):  # fmt: skip
+            # the embeddings are replaced before the patch hooks read them
+            with model.hooks([(INPUT_HOOK, _replace(x))]), \
+                    model.patch(masks, corrupt_src, fixed_delta=delta, param_grads=False):  # fmt: skip
                 logits = model(batch.clean)[model.out_slice]
             loss = answer_loss(grad_values(logits, grad_function), batch, answer_function)
             grads = torch.autograd.grad(loss, list(masks.values()))

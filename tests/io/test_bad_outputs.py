@@ -38,7 +38,7 @@ from edgewise.io.results_folder import LOCK, MARKER, FolderInUseError, OutputFol
 from edgewise.models import random_model
 from edgewise.visualize import write_report
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RUN = ["--model", "toy-ioi", "--batch-size", "4", "--quiet"]
 
 
