@@ -220,6 +220,41 @@ def test_stacked_masks_patch_each_copy_of_the_batch_by_its_own_circuit():
         pm.run_patched(clean, {n: m[:2].detach() for n, m in stacked.items()}, patch)
 
 
+@requires_hooked
+@pytest.mark.parametrize("seq", [False, True])
+def test_a_pass_from_a_clean_start_equals_the_full_patched_pass(seq):
+    """One module's masks per copy, the others shared, every mask before the start block
+    0: starting at that block from the clean run gives the full model's patched outputs
+    (the reference patcher), also after a shared mask changes in place."""
+    from edgewise.patching import engine
+
+    pm = patchable_model(random_model(n_layers=3, d_vocab=VOCAB, dtype=torch.float64),
+                         seq_len=5 if seq else None)  # fmt: skip
+    gen = torch.Generator().manual_seed(21)
+    clean, corrupt = tokens(gen), tokens(gen)
+    patch = pm.src_outs(corrupt)
+    with torch.inference_mode():
+        full = pm(clean)[pm.out_slice]
+    run = engine.clean_run(pm, clean, patch, full)
+    assert run.partial
+    for start in range(3):
+        masks = {n: m * float(pm.dest_modules[n].block >= start)
+                 for n, m in random_binary_masks(pm, gen).items()}  # fmt: skip
+        module = next(n for n, m in pm.dest_modules.items() if m.block == start)
+        cand = torch.stack([random_binary_masks(pm, gen)[module] for _ in range(2)])
+        for _ in range(2):  # the second time a shared mask has changed in place
+            got = engine.patched_outputs(pm, clean.repeat(2, 1), {**masks, module: cand}, patch,
+                                         clean=run, start=start).view(2, *full.shape)  # fmt: skip
+            for j in range(2):
+                want = reference_patched_logits(pm, clean, {**masks, module: cand[j]}, patch)
+                torch.testing.assert_close(got[j], want[pm.out_slice], atol=1e-9, rtol=0)
+            last = next(n for n in reversed(pm.dest_modules) if n != module)
+            masks[last].fill_(1.0)
+    early = {n: torch.ones(m.mask_shape, dtype=torch.float64) for n, m in pm.dest_modules.items()}
+    with pytest.raises(ValueError, match="needs every mask before it at 0"):
+        engine.patched_outputs(pm, clean, early, patch, clean=run, start=1)
+
+
 def test_gradients_of_a_pass_survive_later_passes_before_backward():
     """Passes without gradients reuse one patch buffer; a pass with gradients keeps its
     own, so running others (with or without grad) before its backward changes nothing."""

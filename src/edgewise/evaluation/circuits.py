@@ -264,7 +264,7 @@ def _batch_circuits(
     for lo in range(0, prompts, step):
         part = sub_batch(batch, lo, min(lo + step, prompts))
         toks = tokens[lo : lo + step]
-        patch = None  # release the previous slice's patches first: src_outs reuses them
+        patch = None  # the previous slice's patches go before the next are computed (peak memory)
         patch = whole if whole is not None else batch_ablation(model, part, ablation, patch_from)
         for i in range(0, len(sizes), stack):
             chunk = sizes[i : i + stack]

@@ -56,7 +56,7 @@ def clean_run(pm: PatchableModel, tokens: torch.Tensor, patch_src_outs: torch.Te
     ``[n_srcs, B, S, d_model]``. Passes may start mid-model where the adapter can run
     partial forwards (``partial=False`` forbids it) and, given ``full_out`` (the
     unpatched ``logits[out_slice]``), starting at the first and last block reproduces it."""
-    can = pm.adapter.runs_partial_forwards if partial is None else partial and pm.adapter.runs_partial_forwards
+    can = pm.adapter.runs_partial_forwards and partial is not False
     n_layers = int(pm.cfg.n_layers)
     resid_points = {b: f"blocks.{b}.hook_resid_pre" for b in range(n_layers)} if can else {}
     outs, resid = capture(pm, tokens, resid_points=resid_points)
@@ -359,7 +359,7 @@ class _Pass:
         h = "" if mod.n_heads is None else "h"
         lo, hi, nf = mod.src_lo, mod.src_hi, plan.lo
         f_hi, l_lo = min(hi, nf), max(lo, nf)  # fixed sources [lo, f_hi), live [l_lo, hi)
-        m = mask if per_copy else mask[0]
+        m = (mask if per_copy else mask[0]).to(clean.delta.dtype)
         heads = None  # projected destinations: only heads with a nonzero mask row
         if dh.projected:
             rows = (m != 0).reshape(-1, *m.shape[-2:]).any(0).any(-1)

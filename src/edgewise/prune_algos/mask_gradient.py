@@ -206,7 +206,7 @@ def _batch_grads(
         for lo in range(0, prompts, plan.chunk):
             part = sub_batch(batch, lo, min(lo + plan.chunk, prompts))
             weight = part.clean.shape[0] / prompts
-            patch = None  # release the previous slice's patches first: src_outs reuses them
+            patch = None  # the previous slice's patches go before the next are computed (peak memory)
             patch = whole if whole is not None else batch_ablation(
                 model, part, ablation_type, clean_corrupt, src_block)  # fmt: skip
             for group, value in steps:
