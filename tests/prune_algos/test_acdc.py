@@ -182,8 +182,38 @@ def test_a_k_that_changes_from_pass_to_pass_does_not_change_scores(monkeypatch):
     exps, bases, _ = taus_for(pm, loader, "kl_div")
     plain = acdc_prune_scores(pm, loader, None, exps, bases, progress=False, method="plain")
     rng = random.Random(0)
-    monkeypatch.setattr(acdc_module._Speculation, "k", property(lambda self: rng.randint(1, 9)))
+    monkeypatch.setattr(acdc_module._Speculation, "k_for", lambda self, states: rng.randint(1, 9))
     assert_same_scores(acdc_prune_scores(pm, loader, None, exps, bases, progress=False), plain)
+
+
+@pytest.mark.parametrize("kind", ["hooked-2L", "bridge-gpt2"])
+def test_tau_groups_tested_in_one_pass_give_the_sequential_scores(monkeypatch, kind):
+    """Once the taus' decisions split, the search states' next candidates share one
+    forward pass; on and off (one state per pass) give the plain search's scores, on in
+    fewer passes."""
+    from edgewise.prune_algos import acdc as acdc_module
+
+    pm = patchable_model(MODELS[kind][0](), seq_len=4)
+    loader = random_loader(seed=8, seq=4, seq_len_edges=True)
+    exps, bases, _ = taus_for(pm, loader, "kl_div")
+    plain = acdc_prune_scores(pm, loader, None, exps, bases, progress=False, method="plain")
+    passes = []
+    original = acdc_module._FastEvaluator.outputs
+
+    def counting(self, masks, module, cand):
+        passes.append(cand.shape[0])
+        return original(self, masks, module, cand)
+
+    monkeypatch.setattr(acdc_module._FastEvaluator, "outputs", counting)
+    stacked = acdc_prune_scores(pm, loader, None, exps, bases, progress=False, speculation=1)
+    n_stacked, widest = len(passes), max(passes)
+    passes.clear()
+    monkeypatch.setattr(acdc_module._FastEvaluator, "_max_copies", lambda self: 1)
+    alone = acdc_prune_scores(pm, loader, None, exps, bases, progress=False, speculation=1)
+    assert_same_scores(stacked, plain)
+    assert_same_scores(alone, plain)
+    assert n_distinct(plain) >= 3 and widest > 1  # the taus did split, and shared passes
+    assert n_stacked < len(passes)
 
 
 def test_measured_speculation_maximises_edges_decided_per_second():

@@ -363,21 +363,8 @@ def acdc_prune_scores(
     try:
         for i in range(first, len(order)):
             node, edges = order[i]
-            new_groups: list[_Group] = []
-            for g in groups:
-                new_groups += _search_destination(
-                    g,
-                    node,
-                    edges,
-                    evaluator,
-                    step_loss,
-                    spec,
-                    check,
-                    bar,
-                    counter,
-                    model.n_edges,
-                    dead_until,
-                )
+            new_groups = _search_destination(groups, node, edges, evaluator, step_loss, spec, check,
+                                             bar, counter, model.n_edges, dead_until)  # fmt: skip
             groups = sorted(new_groups, key=lambda g: g.taus[0])
             if checkpoint is not None and rank == 0:
                 _save_checkpoint(checkpoint, _state(fingerprint, i + 1, groups, counter[0]))

@@ -99,8 +99,6 @@ _STACK_BUDGET_BYTES = {"cpu": 2**30, "cuda": 8 * 2**30}
 """Memory for the stacked copies of one speculative forward pass, per device type."""
 
 
-
-
 @dataclass
 class _Group:
     """Taus whose searches have made identical decisions so far, and their shared state:
@@ -147,6 +145,25 @@ class _Speculation:
         p = min(self.p, 1 - 1e-6)
         return max(self.times, key=lambda k: (1 - p**k) / (1 - p) / self.times[k])
 
+    def k_for(self, states: int) -> int:
+        """``k`` for each of ``states`` search states that share one pass of
+        ``states * k`` copies: the most edges decided per second of that pass (its time
+        taken as the measured time of the smallest measured pass at least that wide)."""
+        if self.fixed is not None or states <= 1:
+            return self.k
+        p = min(self.p, 1 - 1e-6)
+        times = self.times
+
+        def rate(k: int) -> float:
+            wide = [n for n in times if n >= states * k]
+            return states * (1 - p**k) / (1 - p) / times[min(wide)] if wide else 0.0
+
+        return max(sorted(times), key=rate)
+
+    def widest(self, room: int) -> int:
+        """How many copies a pass may have: ``room``, and no more than was measured."""
+        return room if self.fixed is not None else max(1, min(room, max(self.times)))
+
 
 def _time_copies(evaluator: _FastEvaluator, model: PatchableModel, order: list, dtype: torch.dtype,
                  device: torch.device) -> dict[int, float]:  # fmt: skip
@@ -180,7 +197,7 @@ def _time_copies(evaluator: _FastEvaluator, model: PatchableModel, order: list, 
 
 
 def _search_destination(
-    group: _Group,
+    groups: list[_Group],
     node: DestNode,
     edges: list[Edge],
     evaluator: _FastEvaluator | _PlainEvaluator,
@@ -192,61 +209,45 @@ def _search_destination(
     n_edges: int,
     dead_until: int = 0,
 ) -> list[_Group]:
-    """Test every input edge of ``node`` for the taus of ``group``; return the groups
+    """Test every input edge of ``node`` for the taus of every group; return the groups
     (split where the taus' decisions differ) after the destination. Edges at positions
-    below ``dead_until`` change nothing when ablated and are accepted untested."""
+    below ``dead_until`` change nothing when ablated and are accepted untested.
+
+    The search states (groups, and the groups they split into) are independent, so one
+    forward pass tests the next candidates of as many states as fit in its copies
+    (``evaluator.max_copies``); each state then decides exactly as it would alone."""
     module = node.module_name
-    pending: list[tuple[_Group, int]] = [(group, 0)]
+    pending: list[tuple[_Group, int]] = [(g, 0) for g in reversed(groups)]
     finished: list[_Group] = []
     while pending:
-        g, i = pending.pop()
-        skip = i
-        while skip < len(edges) and edges[skip].seq_idx is not None and edges[skip].seq_idx < dead_until:
-            skip += 1
-        if skip > i:  # ablated for every tau, the loss unchanged
-            m = g.masks[module].clone()
-            for e in edges[i:skip]:
-                m[e.patch_idx] = 1
-            g = _Group(g.taus, {**g.masks, module: m}, g.prev)
-            bar.update((skip - i) * len(g.taus))
-            counter[1] += skip - i
-            i = skip
-        if i >= len(edges):
-            finished.append(g)
+        room = speculation.widest(getattr(evaluator, "max_copies", 1))
+        each = speculation.k_for(min(len(pending), room))
+        tests: list[tuple[_Group, int, list[Edge], torch.Tensor]] = []  # state, i, edges, cand
+        used = 0
+        while pending and used < room:
+            g, i = _skip_dead(pending.pop(), module, edges, dead_until, bar, counter)
+            if i >= len(edges):
+                finished.append(g)
+                continue
+            k = min(each, room - used, len(edges) - i)
+            base = g.masks[module]
+            cand = base.unsqueeze(0).repeat(k, *([1] * base.dim()))
+            for j, e in enumerate(edges[i : i + k]):
+                cand[(slice(j, None), *e.patch_idx)] = 1
+            tests.append((g, i, edges[i : i + k], cand))
+            used += k
+        if not tests:
             continue
-        k = min(speculation.k, getattr(evaluator, "max_copies", 1), len(edges) - i)
-        cands = edges[i : i + k]
-        base = g.masks[module]
-        cand = base.unsqueeze(0).repeat(k, *([1] * base.dim()))
-        for j, e in enumerate(cands):
-            cand[(slice(j, None), *e.patch_idx)] = 1
-        out = evaluator.outputs(g.masks, module, cand)
+        masks, cand = _stacked(tests, module)
+        out = evaluator.outputs(masks, module, cand)
         counter[0] += 1
         losses = step_loss(out)
-        active: _Group | None = g
-        for j, e in enumerate(cands):
-            assert active is not None
-            loss = losses[j]
-            if check is not None:
-                masks_j = dict(active.masks)
-                masks_j[module] = cand[j]
-                check(masks_j, out[j], loss, e, active.taus)
-            diff = loss - active.prev
-            accept = tuple(t for t in active.taus if diff < t)
-            reject = tuple(t for t in active.taus if not diff < t)
-            bar.update(len(active.taus))
-            if reject:
-                pending.append((_Group(reject, active.masks, active.prev), i + j + 1))
-            if not accept:
-                active = None
-                speculation.record(j + 1, stopped=True)
-                break
-            masks = dict(active.masks)
-            masks[module] = cand[j]
-            active = _Group(accept, masks, loss)
-        if active is not None:
-            pending.append((active, i + k))
-            speculation.record(k, stopped=False)
+        offset = 0
+        for g, i, cands, cand in tests:
+            k = len(cands)
+            active = _decide(g, i, cands, cand, out[offset : offset + k], losses[offset : offset + k],
+                             module, speculation, check, bar, pending)  # fmt: skip
+            offset += k
         if bar.disable is False:
             cur = active if active is not None else (pending[-1][0] if pending else g)
             size = n_edges - int(sum(int(m.count_nonzero()) for m in cur.masks.values()))
@@ -255,7 +256,67 @@ def _search_destination(
                 states=len(pending) + len(finished),
                 forwards=counter[0],
                 skipped=counter[1],
-                spec=speculation.k,
+                spec=each,
                 refresh=False,
             )
     return finished
+
+
+def _skip_dead(state: tuple[_Group, int], module: str, edges: list[Edge], dead_until: int,
+               bar: Any, counter: list[int]) -> tuple[_Group, int]:  # fmt: skip
+    """Accept, untested, the state's next edges at positions below ``dead_until``."""
+    g, i = state
+    skip = i
+    while skip < len(edges) and edges[skip].seq_idx is not None and edges[skip].seq_idx < dead_until:
+        skip += 1
+    if skip == i:
+        return g, i
+    m = g.masks[module].clone()  # ablated for every tau, the loss unchanged
+    for e in edges[i:skip]:
+        m[e.patch_idx] = 1
+    bar.update((skip - i) * len(g.taus))
+    counter[1] += skip - i
+    return _Group(g.taus, {**g.masks, module: m}, g.prev), skip
+
+
+def _stacked(tests: list[tuple[_Group, int, list[Edge], torch.Tensor]],
+             module: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:  # fmt: skip
+    """The masks of one pass over every state's candidates: a module's mask is shared
+    where every state has the same tensor, else one per copy ``[copies, ...]``; and the
+    candidates of ``module`` ``[copies, ...]``."""
+    first = tests[0][0].masks
+    masks: dict[str, torch.Tensor] = {}
+    for name, m in first.items():
+        if name == module or all(t[0].masks[name] is m for t in tests):
+            masks[name] = m
+        else:
+            masks[name] = torch.cat([g.masks[name].expand(len(c), *m.shape) for g, _, c, _ in tests])
+    cand = tests[0][3] if len(tests) == 1 else torch.cat([t[3] for t in tests])
+    return masks, cand
+
+
+def _decide(g: _Group, i: int, cands: list[Edge], cand: torch.Tensor, out: torch.Tensor,
+            losses: list[float], module: str, speculation: _Speculation,
+            check: _ReferenceCheck | None, bar: Any,
+            pending: list[tuple[_Group, int]]) -> _Group | None:  # fmt: skip
+    """Accept or reject a state's tested candidates in order, as the sequential search
+    would; push the states that go on onto ``pending``; return the accepting one."""
+    active: _Group | None = g
+    for j, e in enumerate(cands):
+        assert active is not None
+        loss = losses[j]
+        if check is not None:
+            check({**active.masks, module: cand[j]}, out[j], loss, e, active.taus)
+        diff = loss - active.prev
+        accept = tuple(t for t in active.taus if diff < t)
+        reject = tuple(t for t in active.taus if not diff < t)
+        bar.update(len(active.taus))
+        if reject:
+            pending.append((_Group(reject, active.masks, active.prev), i + j + 1))
+        if not accept:
+            speculation.record(j + 1, stopped=True)
+            return None
+        active = _Group(accept, {**active.masks, module: cand[j]}, loss)
+    pending.append((active, i + len(cands)))
+    speculation.record(len(cands), stopped=False)
+    return active
