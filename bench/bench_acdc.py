@@ -19,7 +19,9 @@ Rows, each in its own process (so its peak memory is its own):
 - fast, speculation k: ``method="fast"``: forwards start at the destination's block,
   unembedding only the output position, k candidate edges per forward pass;
 - fast, speculation auto: the default, ``speculation=None`` (k measured at setup and
-  chosen before every pass from the accept rate).
+  chosen before every pass from the accept rate);
+- fast, speculation 1-alone: k = 1 and one search state per pass, as before session 6
+  (since then the next candidates of every tau group share one stacked pass).
 
 ms/edge is wall time of the whole ``acdc_prune_scores`` call (including its one-off clean
 and corrupt forwards) divided by the number of edges tested (n_edges x number of taus);
@@ -97,6 +99,11 @@ def worker(args: argparse.Namespace) -> None:
         exps, bases = tau_grid(pm, loader, args.tau)
     if args.worker == "plain":
         kw = {"method": "plain"}
+    elif args.worker == "1-alone":  # speculation 1 with one tau state per pass (before session 6)
+        from edgewise.prune_algos import acdc
+
+        acdc._FastEvaluator._max_copies = lambda self: 1
+        kw = {"speculation": 1}
     else:
         kw = {"speculation": None if args.worker == "auto" else int(args.worker)}
     if args.device.startswith("cuda"):
@@ -136,7 +143,8 @@ def main() -> None:
                    help="HookedTransformer (TransformerLens 3.x) or TransformerBridge")
     p.add_argument("--tau", type=float, default=None)
     p.add_argument("--speculation", nargs="+", default=["1", "8", "auto"],
-                   help="k values and/or 'auto' (the measured default)")
+                   help="k values, 'auto' (the measured default) and/or '1-alone' (k = 1 and "
+                        "one tau state per pass: no stacked tau groups)")
     p.add_argument("--task", choices=("random", "toy-ioi"), default="random")
     p.add_argument("--skip-plain", action="store_true", help="fast rows only (no equality check)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -147,8 +155,8 @@ def main() -> None:
         return
 
     rows = ([] if args.skip_plain else ["plain"]) + [str(k) for k in args.speculation]
-    if any(r not in ("plain", "auto") and not r.isdigit() for r in rows):
-        sys.exit("--speculation takes positive integers and 'auto'")
+    if any(r not in ("plain", "auto", "1-alone") and not r.isdigit() for r in rows):
+        sys.exit("--speculation takes positive integers, 'auto' and '1-alone'")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for row in rows:
