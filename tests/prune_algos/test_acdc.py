@@ -88,6 +88,21 @@ def taus_for(pm, loader, target):
     return exps, bases, sorted({float(b * 10.0**e) for e in exps for b in bases})
 
 
+def record_passes(monkeypatch) -> list[int]:
+    """The number of copies of every fast forward pass ACDC runs from now on."""
+    from edgewise.prune_algos import acdc as acdc_module
+
+    passes: list[int] = []
+    original = acdc_module._FastEvaluator.outputs
+
+    def counting(self, masks, module, cand):
+        passes.append(cand.shape[0])
+        return original(self, masks, module, cand)
+
+    monkeypatch.setattr(acdc_module._FastEvaluator, "outputs", counting)
+    return passes
+
+
 def assert_same_scores(got, want):
     assert set(got) == set(want)
     for n in want:
@@ -197,14 +212,7 @@ def test_tau_groups_tested_in_one_pass_give_the_sequential_scores(monkeypatch, k
     loader = random_loader(seed=8, seq=4, seq_len_edges=True)
     exps, bases, _ = taus_for(pm, loader, "kl_div")
     plain = acdc_prune_scores(pm, loader, None, exps, bases, progress=False, method="plain")
-    passes = []
-    original = acdc_module._FastEvaluator.outputs
-
-    def counting(self, masks, module, cand):
-        passes.append(cand.shape[0])
-        return original(self, masks, module, cand)
-
-    monkeypatch.setattr(acdc_module._FastEvaluator, "outputs", counting)
+    passes = record_passes(monkeypatch)
     stacked = acdc_prune_scores(pm, loader, None, exps, bases, progress=False, speculation=1)
     n_stacked, widest = len(passes), max(passes)
     passes.clear()
@@ -370,20 +378,12 @@ def test_edges_where_patch_equals_clean_are_accepted_untested(monkeypatch):
     ablated (causal attention): ACDC accepts their edges without a forward pass, with the
     plain search's scores, and tests them when the model is not causal."""
     from edgewise.models.adapter import HookAdapter
-    from edgewise.prune_algos import acdc as acdc_module
 
     pm = patchable_model(MODELS["hooked-2L"][0](), seq_len=4)
     loader = random_loader(seed=8, seq=4, seq_len_edges=True)  # prompts differ at 2 and 3
     exps, bases, _ = taus_for(pm, loader, "kl_div")
     plain = acdc_prune_scores(pm, loader, None, exps, bases, progress=False, method="plain")
-    tested = []
-    original = acdc_module._FastEvaluator.outputs
-
-    def counting(self, masks, module, cand):
-        tested.append(cand.shape[0])
-        return original(self, masks, module, cand)
-
-    monkeypatch.setattr(acdc_module._FastEvaluator, "outputs", counting)
+    tested = record_passes(monkeypatch)
     runs = {}
     for causal in (True, False):
         monkeypatch.setattr(HookAdapter, "is_causal", property(lambda self, c=causal: c))

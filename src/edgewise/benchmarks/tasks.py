@@ -139,14 +139,9 @@ def load_model(name: str, device: str = "cpu") -> Any:
 
         return load_hf_bridge(name, device=device)
     try:
-        try:
-            from transformer_lens import HookedTransformer
+        from edgewise.models.kinds import load_pretrained
 
-            return HookedTransformer.from_pretrained(name, device=device)
-        except ImportError:  # TransformerLens 4.x
-            from transformer_lens.model_bridge import TransformerBridge
-
-            return TransformerBridge.boot_transformers(name, device=device)
+        return load_pretrained(name, device=device)
     except Exception as e:
         raise ValueError(
             f"cannot load model {name!r}: {type(e).__name__}: {str(e)[:200]}. Models: "

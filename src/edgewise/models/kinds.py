@@ -324,3 +324,16 @@ def load_hf_bridge(
     )
     bridge.eval()
     return bridge
+
+
+def load_pretrained(name: str, device: torch.device | str | None = None) -> Any:
+    """A TransformerLens model by name, from weights already on this machine: a
+    ``HookedTransformer`` where TransformerLens has it (3.x), else a ``TransformerBridge``."""
+    if hooked_transformer_available():
+        from transformer_lens import HookedTransformer
+
+        return HookedTransformer.from_pretrained(name, device=device)
+    from transformer_lens.model_bridge import TransformerBridge
+
+    return TransformerBridge.boot_transformers(name, device=device)
+

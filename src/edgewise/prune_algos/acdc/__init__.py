@@ -21,7 +21,12 @@ changing a single decision:
 - **Sharing across taus.** All thresholds start in one group. A group holds the taus
   whose searches made identical decisions so far and shares one state; it splits when a
   loss increase falls between its taus (the taus above it remove the edge, the others
-  keep it), so each distinct search state is evaluated once.
+  keep it), so each distinct search state is evaluated once. The states are
+  independent, so one forward pass tests the next candidates of all of them (as many as
+  fit in its stacked copies), and each decides exactly as it would alone.
+
+Every pass runs through the patching engine (:mod:`edgewise.patching.engine`:
+``clean_run`` and ``patched_outputs`` with ``start=``).
 """
 
 from __future__ import annotations
