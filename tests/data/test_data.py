@@ -272,6 +272,18 @@ def test_out_of_vocabulary_answer_id(tmp_path, word_tokenizer):
         )
 
 
+def test_out_of_vocabulary_id_in_per_position_answers_names_its_place():
+    """Answers per output position ([positions, answers]): the bad id and its (row, column),
+    not a tensor-to-scalar error."""
+    from edgewise import PromptDataset
+
+    clean = torch.randint(0, 10, (2, 4))
+    answers = [torch.tensor([[1, 2], [3, 99]]), torch.tensor([[1, 2], [3, 4]])]
+    with pytest.raises(ValueError, match=r"prompt 0: answers: token id 99 at index \(1, 1\) is "
+                                         r"outside the vocabulary \(vocabulary size is 10"):
+        PromptDataset(clean, clean.clone(), answers, answers, vocab_size=10)
+
+
 def test_text_answers_must_be_single_known_tokens(tmp_path, word_tokenizer):
     model = StandInModel(word_tokenizer)
     base = {"clean": "When Mary and John", "corrupt": "When Bob and John", "wrong_answers": ["Bob"]}

@@ -68,13 +68,19 @@ def _check_token_ids(ids: Tensor | Sequence[int], vocab_size: int | None, what: 
         vocab_size: the vocabulary size, or ``None``.
         what: how the error names the ids, e.g. ``"prompt 3: clean"``.
     """
+    where: Any = None  # the first bad id's index (a tuple for a tensor of more than one dim)
     if isinstance(ids, Tensor):
-        bad = (ids < 0) if vocab_size is None else (ids < 0) | (ids >= vocab_size)
-        index = int(bad.nonzero()[0, 0]) if ids.numel() > 0 and bool(bad.any()) else None
+        flat = ids.reshape(-1)
+        bad = (flat < 0) if vocab_size is None else (flat < 0) | (flat >= vocab_size)
+        if flat.numel() > 0 and bool(bad.any()):
+            first = int(bad.nonzero()[0, 0])
+            value = int(flat[first])
+            where = first if ids.dim() <= 1 else tuple(int(i) for i in torch.unravel_index(torch.tensor(first), ids.shape))
     else:
         limit = _MAX_TOKEN_ID if vocab_size is None else vocab_size
-        index = next((i for i, x in enumerate(ids) if not 0 <= x < limit), None)
-    if index is None:
+        where = next((i for i, x in enumerate(ids) if not 0 <= x < limit), None)
+        value = None if where is None else int(ids[where])
+    if where is None:
         return
     limits = (
         "token ids must be >= 0 and fit int64"
@@ -82,6 +88,6 @@ def _check_token_ids(ids: Tensor | Sequence[int], vocab_size: int | None, what: 
         else f"vocabulary size is {vocab_size}, valid ids are 0..{vocab_size - 1}"
     )
     raise ValueError(
-        f"{what}: token id {int(ids[index])} at index {index} is outside the vocabulary "
+        f"{what}: token id {value} at index {where} is outside the vocabulary "
         f"({limits})"
     )
