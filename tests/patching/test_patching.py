@@ -320,11 +320,11 @@ def test_buffer_cache_hands_a_buffer_to_one_taker_at_a_time():
     pm.free_buffers()
     with torch.inference_mode(), pm.patch(masks, patch):
         pm(clean)
-        assert len(pm.buffers) == 0  # taken by the pass
-    assert len(pm.buffers) == 1  # given back
-    taken = pm.buffers.take("delta", 1, pm.dtype, pm.device)
-    assert len(pm.buffers) == 0 and pm.buffers.take("delta", 1, pm.dtype, pm.device) is not taken
-    pm.buffers.give_back("delta", taken)
+        assert len(pm.scratch) == 0  # taken by the pass
+    assert len(pm.scratch) == 1  # given back
+    taken = pm.scratch.take("delta", 1, pm.dtype, pm.device)
+    assert len(pm.scratch) == 0 and pm.scratch.take("delta", 1, pm.dtype, pm.device) is not taken
+    pm.scratch.give_back("delta", taken)
     grad_masks = pm.new_masks(0.5, requires_grad=True, dtype=pm.dtype)
     with pm.patch(grad_masks, patch):
         out = pm(clean)
@@ -362,6 +362,8 @@ def test_patchable_model_is_an_nn_module():
     first.data.add_(1.0)
     pm.load_state_dict(state)  # the saved values come back
     assert torch.equal(first, want)
+    assert [n for n, _ in pm.named_buffers()] == [f"wrapped_model.{n}" for n, _ in pm.wrapped_model.named_buffers()]
+    assert len(list(pm.buffers())) == len(list(pm.wrapped_model.buffers()))  # nn.Module's own
     assert pm.half() is pm and all(p.dtype == torch.float16 for p in pm.parameters())
     assert all(m.dtype == torch.float16 for m in pm.patch_masks.values())
 

@@ -216,14 +216,14 @@ class _Pass:
             run.delta = torch.empty(shape, dtype=dtype, device=device)
         else:
             numel = math.prod(shape)
-            run.taken = self.pm.buffers.take("delta", numel, dtype, device)
+            run.taken = self.pm.scratch.take("delta", numel, dtype, device)
             run.delta = run.taken[:numel].view(shape)
 
     def end(self) -> None:
         """Give an inference pass's buffer back to the model's cache."""
         run = self.run
         if run.taken is not None:
-            self.pm.buffers.give_back("delta", run.taken)
+            self.pm.scratch.give_back("delta", run.taken)
         run.delta, run.taken = None, None
 
     # -- sources
@@ -339,7 +339,7 @@ class _Pass:
                     r = run.resid[dh.resid]  # type: ignore[index]
                     return ProjectedMaskGrad.apply(
                         x, mask, run.delta[lo - b0 : hi - b0], r.detach(), dh.weight().detach(),
-                        eq_grad, dh.norm, self.pm.buffers, sink, name, dh.shift().detach(),
+                        eq_grad, dh.norm, self.pm.scratch, sink, name, dh.shift().detach(),
                     )  # fmt: skip
                 return x
             return dh.project(x, run.inputs.pop(name))
@@ -410,7 +410,7 @@ class _Pass:
             members, lo, hi = plan.zero_groups[name]
             b0 = plan.lo
             rel = [(n, rows, src_hi - b0) for n, rows, src_hi in members]  # buffer rows
-            sink = run.sinks[name] = BlockGrads(rel, lo - b0, hi - b0, self.pm.buffers,
+            sink = run.sinks[name] = BlockGrads(rel, lo - b0, hi - b0, self.pm.scratch,
                                                 self.projected_names, input_grads=not plan.param_grads)  # fmt: skip
             return BlockSink.apply(r, sink, run.delta, *(plan.masks[n][0] for n, _, _ in members))
 

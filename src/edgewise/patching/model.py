@@ -67,7 +67,7 @@ class PatchableModel(nn.Module):
         super().__init__()
         self.src_hooks = src_hooks
         self.dest_hooks = dest_hooks
-        self.buffers = BufferCache()  # scratch buffers of inference and backward passes
+        self.scratch = BufferCache()  # scratch buffers of inference and backward passes
         self.graph_flags = needed_flags(graph, projected=False, heads_from_z=False)
         self.wrapped_model = model
         self.graph = graph
@@ -331,7 +331,7 @@ class PatchableModel(nn.Module):
     def free_buffers(self) -> None:
         """Release the scratch buffers kept for the next pass (the ``patch - current``
         buffer of inference passes, the backward pass's gradient rows)."""
-        self.buffers.clear()
+        self.scratch.clear()
 
     # ------------------------------------------------------------------ patching
     @contextmanager
