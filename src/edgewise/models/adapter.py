@@ -110,11 +110,20 @@ class HookAdapter:
             kwargs["shortformer_pos_embed"] = shortformer
         return kwargs
 
+    def unembed_weight(self) -> torch.Tensor | None:
+        """``W_U.T`` made contiguous, as ``HookedTransformer``'s unembedding makes it on
+        every call (to match Hugging Face's layout): made once, a caller running many
+        partial forwards (:meth:`forward_from`) saves a copy of ``W_U`` per pass."""
+        w = getattr(getattr(self.model, "unembed", None), "W_U", None)
+        return w.detach().T.contiguous() if isinstance(w, torch.Tensor) else None
+
     def forward_from(self, block: int, resid: torch.Tensor, out_slice: tuple[slice | int, ...],
+                     unembed_weight: torch.Tensor | None = None,
                      **kwargs: torch.Tensor) -> torch.Tensor:  # fmt: skip
         """``logits[out_slice]`` from the residual stream ``resid`` ``[batch, seq, d_model]``
         entering ``block``: the blocks from there on, then the final norm, unembedding and
-        logit soft-cap at the output positions only (see :attr:`runs_partial_forwards`)."""
+        logit soft-cap at the output positions only (see :attr:`runs_partial_forwards`).
+        ``unembed_weight``: :meth:`unembed_weight`, made once by the caller."""
         m, n_layers = self.model, int(self.cfg.n_layers)
         resid = m(resid, start_at_layer=block, stop_at_layer=n_layers, **kwargs)
         squeeze = False
@@ -125,7 +134,10 @@ class HookAdapter:
             resid, out_slice = resid[:, out_slice[1]], (slice(None),)
         if self.cfg.normalization_type is not None:
             resid = m.ln_final(resid)
-        logits = m.unembed(resid)
+        if unembed_weight is None:
+            logits = m.unembed(resid)
+        else:  # the unembedding's own computation, without its per-call copy of W_U
+            logits = torch.nn.functional.linear(resid, unembed_weight, m.unembed.b_U)
         cap = getattr(self.cfg, "output_logits_soft_cap", None)
         if cap is not None and cap > 0:
             logits = cap * torch.tanh(logits / cap)

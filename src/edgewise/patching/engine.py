@@ -66,11 +66,13 @@ def clean_run(pm: PatchableModel, tokens: torch.Tensor, patch_src_outs: torch.Te
         los = [m.src_lo for m in pm.graph.src_modules if (m.block or 0) >= b]
         n_fixed[b] = min(los) if los else n_srcs
     kwargs: dict[str, torch.Tensor] = {}
+    unembed_weight = None
     if can:
         with torch.inference_mode():
             kwargs = pm.adapter.start_kwargs(tokens)
+            unembed_weight = pm.adapter.unembed_weight()
     clean = CleanRun(tokens, patch_src_outs, (patch_src_outs - outs).contiguous(), resid, n_fixed, kwargs,
-                     partial=can and len(resid) == n_layers)  # fmt: skip
+                     partial=can and len(resid) == n_layers, unembed_weight=unembed_weight)  # fmt: skip
     if clean.partial and full_out is not None:
         clean.partial = _starts_match(pm, clean, full_out)
     return clean
@@ -470,4 +472,4 @@ def patched_outputs(
             p.begin(k * b, s, clean.delta.dtype, clean.delta.device)
             resid = clean.resid[start].repeat(k, 1, 1)
             kwargs = {n: v.repeat(k, *([1] * (v.dim() - 1))) for n, v in clean.kwargs.items()}
-            return pm.adapter.forward_from(start, resid, pm.out_slice, **kwargs)
+            return pm.adapter.forward_from(start, resid, pm.out_slice, clean.unembed_weight, **kwargs)

@@ -32,6 +32,7 @@ class CleanRun:
     n_fixed: dict[int, int]  # block -> number of sources whose hooks fire before it
     kwargs: dict[str, torch.Tensor]  # the partial forward's other inputs (adapter.start_kwargs)
     partial: bool  # whether passes may start mid-model (checked against the full model)
+    unembed_weight: torch.Tensor | None = None  # adapter.unembed_weight(), made once
     cache: dict[str, tuple] = field(default_factory=dict)  # dest -> (mask, version, nf, part)
 
 
