@@ -190,8 +190,13 @@ class _Pass:
         self.pos = "" if pm.seq_len is None else "p"
         self.first_src = pm.src_hooks[0]
         self.projected_names = {dh.module.module_name for dh in pm.dest_hooks if dh.projected}
-        self.grads = any(m.requires_grad for m in plan.masks.values()) or any(
-            p.requires_grad for p in pm.wrapped_model.parameters())  # fmt: skip
+
+    def records_graph(self) -> bool:
+        """Whether this pass builds an autograd graph (gradients on, and a mask or a
+        parameter that needs one): asked only when gradients are on."""
+        return torch.is_grad_enabled() and (
+            any(m.requires_grad for m in self.plan.masks.values())
+            or any(p.requires_grad for p in self.pm.wrapped_model.parameters()))  # fmt: skip
 
     # -- buffer
     def begin(self, batch: int, seq: int, dtype: torch.dtype, device: torch.device) -> None:
@@ -209,7 +214,7 @@ class _Pass:
             run.delta = plan.fixed_delta
             return
         shape = (plan.hi - plan.lo, batch, seq, int(self.pm.cfg.d_model))
-        graph = torch.is_grad_enabled() and self.grads
+        graph = self.records_graph()
         same = run.delta is not None and (run.delta.shape, run.delta.dtype) == (shape, dtype)
         if run.taken is not None and same and not graph:
             return  # the previous inference pass of this context is done with it
@@ -249,7 +254,8 @@ class _Pass:
                 cur = rows if outs is None else outs
                 if outs is None:
                     h.outputs(out, into=rows)
-                patch = self.patch_rows(mod.src_lo, mod.src_hi)
+                assert plan.patch is not None
+                patch = plan.patch[lo:hi]
                 c = plan.copies
                 per_copy = c > 1 and patch.shape[1] == rows.shape[1]  # one patch per prompt
                 torch.sub(
@@ -261,14 +267,6 @@ class _Pass:
                 run.current[lo] = outs
 
         return hook
-
-    def patch_rows(self, lo: int, hi: int) -> torch.Tensor:
-        """The patch of sources ``[lo, hi)`` ``[hi - lo, batch | 1, ...]``."""
-        plan = self.plan
-        assert plan.patch is not None
-        if plan.clean is not None:  # a clean start: the patch of every source
-            return plan.patch[lo:hi]
-        return plan.patch[lo - plan.lo : hi - plan.lo]
 
     def src_args(self, lo: int, hi: int) -> tuple:
         """``(groups, *current)`` for ``PatchAdd`` over buffer rows ``[lo, hi)``."""

@@ -204,7 +204,7 @@ def _clean_start_plan(pm: PatchableModel, full: dict[str, torch.Tensor], patch: 
         raise ValueError(f"a pass starting at block {start} needs every mask before it at 0; "
                          f"{early[0]} (block {mods[early[0]].block}) has nonzero masks")
     nf, n = clean.n_fixed[start], len(pm.srcs)
-    patch = clean.patch if patch is None else patch
+    patch = (clean.patch if patch is None else patch)[nf:]  # the live sources' rows
     span = {name: (max(m.src_lo, nf), m.src_hi) for name, m in mods.items()}
     active = {name for name, m in mods.items() if nonzero[name] and m.block >= start}
     return Plan(full, patch, None, copies, stacked, nf, n, span, nonzero, active,

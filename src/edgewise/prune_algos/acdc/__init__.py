@@ -318,7 +318,7 @@ def acdc_prune_scores(
     # would compute the same loss again). Token-position graphs only; the fast path only.
     dead_until = 0
     if method == "fast" and model.seq_len is not None and model.adapter.is_causal:
-        changed = (evaluator.delta_clean != 0).any(dim=(0, 1, 3))  # type: ignore[union-attr]
+        changed = (evaluator.clean.delta != 0).any(dim=(0, 1, 3))  # type: ignore[union-attr]
         dead_until = int(changed.nonzero()[0, 0]) if bool(changed.any()) else int(changed.numel())
         if rows is not None:  # the same on every process
             dead_until = int(torch.cat(gather_all(torch.tensor([dead_until], device=device))).min())

@@ -61,9 +61,12 @@ class _FastEvaluator:
         self.tokens = tokens
         self.B, self.S = tokens.shape
         self.clean = engine.clean_run(model, tokens, patch, full_out, partial)
-        self.partial = self.clean.partial
-        self.delta_clean = self.clean.delta  # patch - clean: [n_srcs, B, S, d]
         self.max_copies = self._max_copies()
+
+    @property
+    def partial(self) -> bool:
+        """Whether passes start at the destination's block (else full forward passes)."""
+        return self.clean.partial
 
     def _max_copies(self) -> int:
         """How many copies of the batch one forward pass may stack: the largest per-copy
@@ -72,7 +75,7 @@ class _FastEvaluator:
         ``[batch, pos, heads, d_head, d_model]``, see ``SrcHook``) stay under
         ``_STACK_BUDGET_BYTES`` (a constant per device type, so runs repeat exactly)."""
         cfg = self.model.cfg
-        item = self.delta_clean.element_size()
+        item = self.clean.delta.element_size()
         d_model = int(cfg.d_model)
         per_token = len(self.model.srcs) * d_model
         if getattr(cfg, "use_attn_result", False):
@@ -173,16 +176,18 @@ def _time_copies(evaluator: _FastEvaluator, model: PatchableModel, order: list, 
     each the best of 2 timed passes after a warm-up, with every edge downstream of the
     destination ablated (as most are during a search: circuits are small)."""
     nodes = [order[int(len(order) * f)][0] for f in (0.25, 0.5, 0.75)]
+    node_masks = []
+    for node in nodes:
+        block = model.dest_modules[node.module_name].block
+        node_masks.append({name: torch.full(m.mask_shape, float(m.block > block or name == node.module_name),
+                                            dtype=dtype, device=device)
+                           for name, m in model.dest_modules.items()})  # fmt: skip
     times: dict[int, float] = {}
     for k in (1, 2, 4, 8, 16, 32):
         if k > evaluator.max_copies:
             break
         times[k] = 0.0
-        for node in nodes:
-            block = model.dest_modules[node.module_name].block
-            masks = {name: torch.full(m.mask_shape, float(m.block > block or name == node.module_name),
-                                      dtype=dtype, device=device)
-                     for name, m in model.dest_modules.items()}  # fmt: skip
+        for node, masks in zip(nodes, node_masks):
             base = masks[node.module_name]
             cand = base.unsqueeze(0).repeat(k, *([1] * base.dim()))
             runs = []
