@@ -486,6 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("dir")
     m = sub.add_parser("demo", help="the whole loop on the shipped toy model")
     m.add_argument("--out", default="runs/demo")
+    from edgewise.mib.cli import add_mib_parser
+
+    add_mib_parser(sub)
     for p in (d, m):
         p.add_argument("--allow-existing", action="store_true",
                        help="write into a non-empty folder edgewise did not make; its files "
@@ -521,6 +524,10 @@ def main(argv: list[str] | None = None) -> int:
             print(summary_table(evaluate(args)))
         elif args.command == "report":
             print(report(args))
+        elif args.command == "mib":
+            from edgewise.mib.cli import run_mib
+
+            run_mib(args)
         else:
             demo(args)
     except (ValueError, TypeError, FloatingPointError, ImportError, FileNotFoundError,

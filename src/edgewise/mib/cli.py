@@ -1,0 +1,27 @@
+"""``edgewise mib ...``: each subcommand lives next to the code it runs and registers
+itself here with ``add_parser(sub)``; ``args.mib_run(args)`` runs it."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+# (module, function) pairs: function(sub) adds one subparser and sets mib_run=...
+_SUBCOMMANDS: list[tuple[str, str]] = []
+
+
+def add_mib_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``mib`` and its subcommands to the top-level parser's subparsers."""
+    import importlib
+
+    mib = sub.add_parser("mib", help="the MIB circuit track: data, evaluation, submissions")
+    mib_sub = mib.add_subparsers(dest="mib_command", required=True)
+    for module, function in _SUBCOMMANDS:
+        add: Callable[[argparse._SubParsersAction], None] = getattr(
+            importlib.import_module(module), function)
+        add(mib_sub)
+
+
+def run_mib(args: argparse.Namespace) -> object:
+    """Run the chosen ``mib`` subcommand."""
+    return args.mib_run(args)
