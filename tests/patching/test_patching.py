@@ -221,22 +221,27 @@ def test_stacked_masks_patch_each_copy_of_the_batch_by_its_own_circuit():
 
 
 @requires_hooked
-@pytest.mark.parametrize("seq", [False, True])
-def test_a_pass_from_a_clean_start_equals_the_full_patched_pass(seq):
+@pytest.mark.parametrize(("seq", "prefix", "rotary"),
+                         [(False, 0, False), (True, 0, False), (False, 3, False), (True, 2, True)])  # fmt: skip
+def test_a_pass_from_a_clean_start_equals_the_full_patched_pass(seq, prefix, rotary):
     """One module's masks per copy, the others shared, every mask before the start block
     0: starting at that block from the clean run gives the full model's patched outputs
-    (the reference patcher), also after a shared mask changes in place."""
+    (the reference patcher), also after a shared mask changes in place. Where clean and
+    corrupt prompts share their first ``prefix`` tokens, passes compute only the
+    positions after it (attending to the clean keys and values of the prefix)."""
     from edgewise.patching import engine
 
-    pm = patchable_model(random_model(n_layers=3, d_vocab=VOCAB, dtype=torch.float64),
-                         seq_len=5 if seq else None)  # fmt: skip
+    model = random_model(n_layers=3, d_vocab=VOCAB, dtype=torch.float64,
+                         **({"positional_embedding_type": "rotary", "n_kv_heads": 2} if rotary else {}))  # fmt: skip
+    pm = patchable_model(model, seq_len=5 if seq else None)
     gen = torch.Generator().manual_seed(21)
     clean, corrupt = tokens(gen), tokens(gen)
+    corrupt[:, :prefix] = clean[:, :prefix]
     patch = pm.src_outs(corrupt)
     with torch.inference_mode():
         full = pm(clean)[pm.out_slice]
     run = engine.clean_run(pm, clean, patch, full)
-    assert run.partial
+    assert run.partial and run.skip == prefix
     for start in range(3):
         masks = {n: m * float(pm.dest_modules[n].block >= start)
                  for n, m in random_binary_masks(pm, gen).items()}  # fmt: skip

@@ -118,13 +118,17 @@ class HookAdapter:
         return w.detach().T.contiguous() if isinstance(w, torch.Tensor) else None
 
     def forward_from(self, block: int, resid: torch.Tensor, out_slice: tuple[slice | int, ...],
-                     unembed_weight: torch.Tensor | None = None,
+                     unembed_weight: torch.Tensor | None = None, past: list[Any] | None = None,
                      **kwargs: torch.Tensor) -> torch.Tensor:  # fmt: skip
         """``logits[out_slice]`` from the residual stream ``resid`` ``[batch, seq, d_model]``
         entering ``block``: the blocks from there on, then the final norm, unembedding and
         logit soft-cap at the output positions only (see :attr:`runs_partial_forwards`).
-        ``unembed_weight``: :meth:`unembed_weight`, made once by the caller."""
+        ``unembed_weight``: :meth:`unembed_weight`, made once by the caller. ``past``: per
+        block, the keys and values of the earlier positions ``resid`` lacks (objects like a
+        TransformerLens key-value cache entry; ``None`` before ``block``)."""
         m, n_layers = self.model, int(self.cfg.n_layers)
+        if past is not None:
+            kwargs = {**kwargs, "past_kv_cache": past}  # type: ignore[dict-item]
         resid = m(resid, start_at_layer=block, stop_at_layer=n_layers, **kwargs)
         squeeze = False
         if len(out_slice) == 2 and out_slice[0] == slice(None) and isinstance(out_slice[1], int):

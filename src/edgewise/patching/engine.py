@@ -58,8 +58,13 @@ def clean_run(pm: PatchableModel, tokens: torch.Tensor, patch_src_outs: torch.Te
     unpatched ``logits[out_slice]``), starting at the first and last block reproduces it."""
     can = pm.adapter.runs_partial_forwards and partial is not False
     n_layers = int(pm.cfg.n_layers)
-    resid_points = {b: f"blocks.{b}.hook_resid_pre" for b in range(n_layers)} if can else {}
-    outs, resid = capture(pm, tokens, resid_points=resid_points)
+    points: dict[Any, str] = {}
+    if can:
+        for b in range(n_layers):
+            points[b] = f"blocks.{b}.hook_resid_pre"
+            points[("k", b)], points[("v", b)] = f"blocks.{b}.attn.hook_k", f"blocks.{b}.attn.hook_v"
+    outs, captured = capture(pm, tokens, resid_points=points)
+    resid = {b: captured[b] for b in range(n_layers) if b in captured}
     n_srcs = len(pm.srcs)
     n_fixed = {}
     for b in range(n_layers):
@@ -73,9 +78,27 @@ def clean_run(pm: PatchableModel, tokens: torch.Tensor, patch_src_outs: torch.Te
             unembed_weight = pm.adapter.unembed_weight()
     clean = CleanRun(tokens, patch_src_outs, (patch_src_outs - outs).contiguous(), resid, n_fixed, kwargs,
                      partial=can and len(resid) == n_layers, unembed_weight=unembed_weight)  # fmt: skip
+    if clean.partial and not kwargs:  # no padding mask or shortformer embedding to align
+        clean.skip = _clean_prefix(pm, clean.delta)
+        clean.past = {b: (captured["k", b][:, : clean.skip].contiguous(),
+                          captured["v", b][:, : clean.skip].contiguous()) for b in range(n_layers)}  # fmt: skip
     if clean.partial and full_out is not None:
         clean.partial = _starts_match(pm, clean, full_out)
     return clean
+
+
+def _clean_prefix(pm: PatchableModel, delta: torch.Tensor) -> int:
+    """The first position where some source's patch differs from its clean output
+    (``delta`` ``[n_srcs, B, S, d]``) or the output is read, whichever comes first: a
+    causal model computes every position before it as in the clean run, whatever the
+    masks."""
+    seq = delta.shape[2]
+    where = pm.out_slice[1] if len(pm.out_slice) > 1 else slice(None)
+    read = range(seq)[where]
+    first_read = read if isinstance(read, int) else min(read, default=0)
+    differs = delta.ne(0).any(-1).any(1).any(0).nonzero()  # [k, 1] positions
+    first_diff = int(differs[0, 0]) if len(differs) else seq
+    return min(first_diff, first_read)
 
 
 def _starts_match(pm: PatchableModel, clean: CleanRun, full_out: torch.Tensor) -> bool:
@@ -101,9 +124,9 @@ def capture(
     pm: PatchableModel,
     tokens: torch.Tensor,
     src_range: tuple[int, int] | None = None,
-    resid_points: Mapping[int, str] | None = None,
+    resid_points: Mapping[Any, str] | None = None,
     out: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+) -> tuple[torch.Tensor, dict[Any, torch.Tensor]]:
     """The outputs of sources ``src_range`` (default all) ``[hi - lo, batch, seq,
     d_model]`` on ``tokens`` (written into ``out`` when it has that shape) and a copy of
     the output of each hook in ``resid_points`` (key -> hook name). The forward pass
@@ -112,7 +135,7 @@ def capture(
     hooks = [h for h in pm.src_hooks if blo <= h.module.src_lo and h.module.src_hi <= bhi]
     resid_points = dict(resid_points or {})
     result: list[torch.Tensor] = []
-    resid: dict[int, torch.Tensor] = {}
+    resid: dict[Any, torch.Tensor] = {}
     seen: set[int] = set()
 
     def done() -> None:
@@ -135,7 +158,7 @@ def capture(
 
         return hook
 
-    def resid_hook(key: int):
+    def resid_hook(key: Any):
         def hook(_m: nn.Module, _i: Any, o: torch.Tensor) -> None:
             resid[key] = o.clone()
             done()
@@ -366,7 +389,10 @@ class _Pass:
             if not bool(rows.all()):
                 heads = rows.nonzero().flatten()
                 m = m.index_select(-2, heads)
-        pos = self.pos
+        pos, skip = self.pos, clean.skip
+        if pos and skip:  # per-position masks: the positions the pass computes
+            m = m[:, skip:] if per_copy else m[skip:]
+        fixed_delta = clean.delta[:, :, skip:] if skip else clean.delta
 
         def fixed() -> torch.Tensor:
             """The fixed sources' part ``[k | 1, B, S, (h,) d]``."""
@@ -375,7 +401,7 @@ class _Pass:
             hit = clean.cache.get(name)
             if not per_copy and hit is not None and hit[0] is key[0] and hit[1:3] == key[1:]:
                 return hit[3]
-            add = torch.einsum(f"{k_}{pos}{h}n,nbpd->{k_}bp{h}d", m[..., : f_hi - lo], clean.delta[lo:f_hi])
+            add = torch.einsum(f"{k_}{pos}{h}n,nbpd->{k_}bp{h}d", m[..., : f_hi - lo], fixed_delta[lo:f_hi])
             add = add if per_copy else add[None]
             if not per_copy:
                 clean.cache[name] = (*key, add)
@@ -464,10 +490,37 @@ def patched_outputs(
                 return pm(tokens)[pm.out_slice]
         plan = make_plan(pm, masks, patch_src_outs, clean=clean, start=start)
         assert clean is not None
-        k = plan.copies
+        k, skip = plan.copies, clean.skip
         b, s = clean.tokens.shape
         with patching(pm, plan) as p:
-            p.begin(k * b, s, clean.delta.dtype, clean.delta.device)
-            resid = clean.resid[start].repeat(k, 1, 1)
+            p.begin(k * b, s - skip, clean.delta.dtype, clean.delta.device)
+            resid = clean.resid[start][:, skip:].repeat(k, 1, 1)
             kwargs = {n: v.repeat(k, *([1] * (v.dim() - 1))) for n, v in clean.kwargs.items()}
-            return pm.adapter.forward_from(start, resid, pm.out_slice, clean.unembed_weight, **kwargs)
+            past = None
+            if skip:
+                past = [None] * start + [_Prefix(kv.repeat(k, 1, 1, 1), vv.repeat(k, 1, 1, 1))
+                                         for kv, vv in (clean.past[i] for i in range(start, int(pm.cfg.n_layers)))]  # fmt: skip
+            out_slice = _shifted(pm.out_slice, skip, s)
+            return pm.adapter.forward_from(start, resid, out_slice, clean.unembed_weight, past=past, **kwargs)
+
+
+class _Prefix:
+    """The clean keys and values ``[batch, skip, heads, d_head]`` of the positions a pass
+    does not compute, in the shape of a TransformerLens key-value cache entry (frozen)."""
+
+    def __init__(self, past_keys: torch.Tensor, past_values: torch.Tensor):
+        self.past_keys, self.past_values = past_keys, past_values
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.cat([self.past_keys, k], dim=1), torch.cat([self.past_values, v], dim=1)
+
+
+def _shifted(out_slice: tuple[slice | int, ...], skip: int, seq: int) -> tuple[slice | int, ...]:
+    """``out_slice`` for logits of positions ``[skip, seq)`` only (it reads none before)."""
+    if not skip or len(out_slice) < 2:
+        return out_slice
+    where = out_slice[1]
+    if isinstance(where, int):
+        return (out_slice[0], where % seq - skip, *out_slice[2:])
+    read = range(seq)[where]
+    return (out_slice[0], slice(read.start - skip, read.stop - skip, read.step), *out_slice[2:])

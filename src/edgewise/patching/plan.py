@@ -34,6 +34,11 @@ class CleanRun:
     partial: bool  # whether passes may start mid-model (checked against the full model)
     unembed_weight: torch.Tensor | None = None  # adapter.unembed_weight(), made once
     cache: dict[str, tuple] = field(default_factory=dict)  # dest -> (mask, version, nf, part)
+    # positions [0, skip) hold the clean run in every patched pass (every source's patch
+    # equals its clean output there, and the model is causal): passes compute only
+    # positions [skip, S), attending to the clean keys and values ``past`` of the prefix
+    skip: int = 0
+    past: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # block -> K, V [B, skip, h, d]
 
 
 # ---------------------------------------------------------------------------- plan
@@ -205,6 +210,8 @@ def _clean_start_plan(pm: PatchableModel, full: dict[str, torch.Tensor], patch: 
                          f"{early[0]} (block {mods[early[0]].block}) has nonzero masks")
     nf, n = clean.n_fixed[start], len(pm.srcs)
     patch = (clean.patch if patch is None else patch)[nf:]  # the live sources' rows
+    if clean.skip and patch.shape[2] > 1:
+        patch = patch[:, :, clean.skip :]  # the positions a pass computes
     span = {name: (max(m.src_lo, nf), m.src_hi) for name, m in mods.items()}
     active = {name for name, m in mods.items() if nonzero[name] and m.block >= start}
     return Plan(full, patch, None, copies, stacked, nf, n, span, nonzero, active,
