@@ -43,7 +43,9 @@ __all__ = [
     "MIB_PAIRS",
     "MIBModel",
     "MemoryPlan",
+    "activation_bytes",
     "eap_memory",
+    "run_memory",
 ]
 
 
