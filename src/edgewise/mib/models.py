@@ -1,0 +1,270 @@
+"""The four MIB models' shapes, and the memory edge attribution patching (EAP) needs for
+each model and task: ``edgewise mib memory``.
+
+Shapes are the public Hugging Face configs (``config.json`` of ``gpt2``,
+``Qwen/Qwen2.5-0.5B``, ``google/gemma-2-2b``, ``meta-llama/Llama-3.1-8B``), written
+here by hand (nothing is downloaded). MIB loads GPT-2 in float32 and the others in
+bfloat16 (``run_attribution.py``), and pairs models with tasks as its results table does
+(``MIB_circuit_track/utils.py``: ``COL_MAPPING``).
+
+Bytes of one EAP pass over ``p`` prompts of ``s`` tokens:
+
+- **weights**: every parameter once (tied embeddings once), exact for the config;
+- **patch buffers**: :func:`edgewise.runtime.memory.pass_bytes` on the model's graph
+  (two ``[n_srcs, p, s, d_model]`` buffers and a block's float32 gradient rows), exact for
+  edgewise's buffers;
+- **activations**: an *estimate* of what autograd keeps for the backward pass, per token
+  and layer: ``6 d_model + 4 H d_head + 2 H s`` (norm inputs, Q/K/V, head outputs, the
+  attention scores and probabilities) plus ``3 d_mlp`` (gated MLP: gate, up, product) or
+  ``2 d_mlp``, in the model's dtype, and float32 logits with their log-softmax
+  (``2 s d_vocab``). Real frameworks keep somewhat more or less; it is not measured.
+
+Prompt lengths: MIB's code states none, and the real data and tokenizers are not here,
+so :data:`ASSUMED_SEQ_LEN` are *assumptions* (order of magnitude from the tasks' prompt
+shapes); pass ``--seq-len`` for measured ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from functools import lru_cache
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from edgewise.graph.build import Graph, GraphSpec, build_graph
+from edgewise.runtime.memory import human, parse_memory, pass_bytes
+
+__all__ = [
+    "ASSUMED_SEQ_LEN",
+    "MIB_MODELS",
+    "MIB_PAIRS",
+    "MIBModel",
+    "MemoryPlan",
+    "activation_bytes",
+    "eap_memory",
+    "run_memory",
+]
+
+
+@dataclass(frozen=True)
+class MIBModel:
+    """One model's shape (Hugging Face config names in comments).
+
+    Attributes:
+        name: MIB's short name; hf_name: the Hugging Face id; arch: edgewise's
+            :data:`~edgewise.models.kinds.Arch`.
+        n_layers, d_model, n_heads, n_kv_heads, d_head, d_mlp, d_vocab: the shape.
+        n_positions: learned position embeddings (GPT-2), else 0 (rotary).
+        tied: the unembedding is the embedding.
+        layer_norm: LayerNorm with bias (GPT-2) rather than RMSNorm.
+        norms_per_block: 2, or 4 for Gemma 2 (pre and post norms).
+        gated_mlp: gate and up projections (SwiGLU/GeGLU).
+        qkv_bias, out_bias, mlp_bias: which projections have biases.
+        dtype: MIB's dtype.
+    """
+
+    name: str
+    hf_name: str
+    arch: str
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    d_mlp: int
+    d_vocab: int
+    n_positions: int = 0
+    tied: bool = True
+    layer_norm: bool = False
+    norms_per_block: int = 2
+    gated_mlp: bool = True
+    qkv_bias: bool = False
+    out_bias: bool = False
+    mlp_bias: bool = False
+    dtype: torch.dtype = torch.bfloat16
+
+    @property
+    def n_params(self) -> int:
+        """Parameters, each once."""
+        d, q, kv = self.d_model, self.n_heads * self.d_head, self.n_kv_heads * self.d_head
+        attn = d * q + 2 * d * kv + q * d
+        attn += (q + 2 * kv) * self.qkv_bias + d * self.out_bias
+        mlp = (3 if self.gated_mlp else 2) * d * self.d_mlp
+        mlp += (self.d_mlp + d) * self.mlp_bias
+        norm = d * (2 if self.layer_norm else 1)
+        block = attn + mlp + self.norms_per_block * norm
+        embed = self.d_vocab * d * (1 if self.tied else 2) + self.n_positions * d
+        return embed + self.n_layers * block + norm
+
+    @property
+    def spec(self) -> GraphSpec:
+        return GraphSpec(self.n_layers, self.n_heads, self.n_kv_heads)
+
+    @property
+    def item(self) -> int:
+        return torch.empty(0, dtype=self.dtype).element_size()
+
+
+MIB_MODELS: dict[str, MIBModel] = {
+    m.name: m
+    for m in (
+        MIBModel("gpt2", "gpt2", "gpt2", 12, 768, 12, 12, 64, 3072, 50257, n_positions=1024,
+                 layer_norm=True, gated_mlp=False, qkv_bias=True, out_bias=True,
+                 mlp_bias=True, dtype=torch.float32),
+        MIBModel("qwen2.5", "Qwen/Qwen2.5-0.5B", "qwen2", 24, 896, 14, 2, 64, 4864, 151936,
+                 qkv_bias=True),
+        MIBModel("gemma2", "google/gemma-2-2b", "gemma2", 26, 2304, 8, 4, 256, 9216, 256000,
+                 norms_per_block=4),
+        MIBModel("llama3", "meta-llama/Llama-3.1-8B", "llama", 32, 4096, 32, 8, 128, 14336,
+                 128256, tied=False),
+    )
+}  # fmt: skip
+"""MIB's models by MIB's short name."""
+
+MIB_PAIRS: tuple[tuple[str, str], ...] = (
+    ("ioi", "gpt2"), ("ioi", "qwen2.5"), ("ioi", "gemma2"), ("ioi", "llama3"),
+    ("mcqa", "qwen2.5"), ("mcqa", "gemma2"), ("mcqa", "llama3"),
+    ("arithmetic_addition", "llama3"), ("arithmetic_subtraction", "llama3"),
+    ("arc_easy", "gemma2"), ("arc_easy", "llama3"), ("arc_challenge", "llama3"),
+)  # fmt: skip
+"""The (task, model) pairs of MIB's results table."""
+
+ASSUMED_SEQ_LEN: dict[str, int] = {
+    "ioi": 24, "mcqa": 64, "arithmetic_addition": 16, "arithmetic_subtraction": 16,
+    "arc_easy": 128, "arc_challenge": 160,
+}  # fmt: skip
+"""Assumed (not measured) prompt lengths per task, BOS included; see the module docstring."""
+
+
+def activation_bytes(model: MIBModel, prompts: int, seq: int) -> int:
+    """The estimated bytes autograd keeps for one backward pass (module docstring)."""
+    per_layer = 6 * model.d_model + 4 * model.n_heads * model.d_head
+    per_layer += 2 * model.n_heads * seq + (3 if model.gated_mlp else 2) * model.d_mlp
+    tokens = prompts * seq
+    return tokens * (model.n_layers * per_layer * model.item + 2 * model.d_vocab * 4)
+
+
+@lru_cache(maxsize=8)
+def _graph(spec: GraphSpec) -> Graph:
+    return build_graph(spec)
+
+
+def _shape(graph: Graph, d_model: int, dtype: torch.dtype) -> Any:
+    """What :func:`pass_bytes` reads of a patchable model, without the model."""
+    return SimpleNamespace(
+        cfg=SimpleNamespace(d_model=d_model),
+        wrapped_model=SimpleNamespace(parameters=lambda: iter([torch.empty(0, dtype=dtype)])),
+        graph=graph,
+    )
+
+
+def _src_blocks(graph: Graph, max_srcs: int) -> list[tuple[int, int]]:
+    from edgewise.patching.model import PatchableModel
+
+    return PatchableModel.src_blocks(SimpleNamespace(graph=graph), max_srcs)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """The bytes of one model x task and how a batch fits a budget.
+
+    Attributes:
+        weights, activations, buffers: bytes for the whole batch in one pass.
+        chunk: prompts per pass (0: does not fit); blocks: source blocks per pass.
+    """
+
+    task: str
+    model: str
+    seq: int
+    batch: int
+    n_srcs: int
+    n_edges: int
+    weights: int
+    activations: int
+    buffers: int
+    chunk: int
+    blocks: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.activations + self.buffers
+
+
+def eap_memory(model: MIBModel, task: str, seq: int, batch: int, budget: int | None) -> MemoryPlan:
+    """The bytes EAP needs for ``batch`` prompts of ``seq`` tokens, and the plan that
+    fits ``budget`` bytes as :func:`edgewise.runtime.memory.plan_passes` chooses it (all
+    prompts in one pass, else fewer prompts per pass, else one prompt and source blocks),
+    counting weights and activations against the budget too."""
+    graph = _graph(model.spec)
+    shape = _shape(graph, model.d_model, model.dtype)
+    n = len(graph.srcs)
+    weights = model.n_params * model.item
+
+    def total(prompts: int, n_srcs: int) -> int:
+        return (
+            weights
+            + activation_bytes(model, prompts, seq)
+            + pass_bytes(shape, prompts, seq, n_srcs)
+        )
+
+    chunk, blocks = batch, 1
+    if budget is not None and total(batch, n) > budget:
+        per_prompt = total(2, n) - total(1, n)
+        chunk = max(0, min(batch, (budget - weights) // per_prompt))
+        if chunk == 0:
+            per_src = total(1, 1) - total(1, 0)
+            max_srcs = (budget - total(1, 0)) // per_src
+            widest = max(m.src_hi - m.src_lo for m in graph.src_modules)
+            if max_srcs >= widest:
+                chunk, blocks = 1, len(_src_blocks(graph, int(max_srcs)))
+    return MemoryPlan(task, model.name, seq, batch, n, graph.n_edges, weights,
+                      activation_bytes(model, batch, seq), pass_bytes(shape, batch, seq, n),
+                      chunk, blocks)  # fmt: skip
+
+
+def _describe(plan: MemoryPlan, budget: int | None) -> str:
+    if budget is None or plan.total <= budget:
+        return "fits" if budget is not None else "-"
+    if plan.chunk == 0:
+        return "does not fit"
+    if plan.blocks > 1:
+        return f"1 prompt/pass, {plan.blocks} source blocks"
+    return f"{plan.chunk} prompts/pass"
+
+
+def run_memory(args: argparse.Namespace) -> list[MemoryPlan]:
+    """``edgewise mib memory``: print the table; return its rows."""
+    budget = parse_memory(args.max_memory, torch.device("cpu"))
+    pairs = MIB_PAIRS if not args.all else tuple(
+        (t, m) for t in ASSUMED_SEQ_LEN for m in MIB_MODELS
+    )  # fmt: skip
+    plans = []
+    for task, name in pairs:
+        seq = args.seq_len or ASSUMED_SEQ_LEN[task]
+        plans.append(eap_memory(MIB_MODELS[name], task, seq, args.batch_size, budget))
+    head = (f"{'task':<24}{'model':<9}{'seq':>5}{'edges':>10}{'weights':>11}"
+            f"{'activations':>13}{'buffers':>11}{'total':>11}  plan")  # fmt: skip
+    print(head)
+    for p in plans:
+        print(f"{p.task:<24}{p.model:<9}{p.seq:>5}{p.n_edges:>10}{human(p.weights):>11}"
+              f"{human(p.activations):>13}{human(p.buffers):>11}{human(p.total):>11}  "
+              f"{_describe(p, budget)}")  # fmt: skip
+    if not args.seq_len:
+        print(
+            "seq: assumed prompt lengths, not measured (pass --seq-len); activations "
+            "are an estimate"
+        )
+    return plans
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``edgewise mib memory``."""
+    p = sub.add_parser("memory", help="bytes EAP needs per MIB model and task")
+    p.add_argument("--max-memory", default=None, help="a budget such as 80GiB")
+    p.add_argument("--batch-size", type=int, default=20, help="prompts per batch (MIB: 20)")
+    p.add_argument("--seq-len", type=int, default=None, help="prompt length for every task")
+    p.add_argument("--all", action="store_true", help="every model x task, not MIB's pairs")
+    p.set_defaults(mib_run=run_memory)

@@ -1,0 +1,128 @@
+"""MIB model shapes and ``edgewise mib memory``: parameter counts equal those of random
+Hugging Face models of each architecture, buffer bytes and edge counts equal those of a
+real patchable model, the plan fits the budget as planned, and the MIB architectures'
+graphs carry MIB's node names."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+
+import pytest
+import torch
+
+from edgewise import patchable_model
+from edgewise.io.files import save_mib_json
+from edgewise.mib.models import (
+    MIB_MODELS,
+    MIB_PAIRS,
+    MIBModel,
+    activation_bytes,
+    eap_memory,
+    run_memory,
+)
+from edgewise.models.kinds import _hf_config, random_bridge
+from edgewise.runtime.memory import pass_bytes
+
+TINY = dict(n_layers=2, n_heads=4, d_head=4, d_vocab=50, n_ctx=32)
+
+
+def tiny(arch: str, n_kv: int) -> MIBModel:
+    """The MIB model of ``arch`` shrunk to ``TINY`` (what ``random_bridge`` builds)."""
+    base = {"gpt2": "gpt2", "qwen2": "qwen2.5", "gemma2": "gemma2", "llama": "llama3"}[arch]
+    d = TINY["n_heads"] * TINY["d_head"]
+    return dataclasses.replace(
+        MIB_MODELS[base], n_layers=2, d_model=d, n_heads=4, n_kv_heads=n_kv, d_head=4,
+        d_mlp=4 * d, d_vocab=50, n_positions=32 if arch == "gpt2" else 0, dtype=torch.float32,
+    )  # fmt: skip
+
+
+def test_the_real_configs_parameter_counts():
+    """The published sizes: 124M, 494M, 2.61B, 8.03B."""
+    assert {m.name: m.n_params for m in MIB_MODELS.values()} == {
+        "gpt2": 124_439_808, "qwen2.5": 494_032_768, "gemma2": 2_614_341_888,
+        "llama3": 8_030_261_248}  # fmt: skip
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "qwen2", "gemma2", "llama"])
+def test_parameter_count_equals_a_random_model_of_the_architecture(arch):
+    import transformers as tf
+
+    cls = {"gpt2": tf.GPT2LMHeadModel, "qwen2": tf.Qwen2ForCausalLM,
+           "gemma2": tf.Gemma2ForCausalLM, "llama": tf.LlamaForCausalLM}[arch]  # fmt: skip
+    hf = cls(_hf_config(arch, n_kv_heads=2, **TINY))
+    n_kv = 4 if arch == "gpt2" else 2  # GPT-2 has no grouped-query attention
+    assert tiny(arch, n_kv).n_params == sum(p.numel() for p in hf.parameters())
+
+
+def test_buffers_and_edges_equal_a_patchable_model():
+    pm = patchable_model(random_bridge("gpt2", **TINY))
+    plan = eap_memory(tiny("gpt2", 4), "ioi", seq=7, batch=3, budget=None)
+    assert plan.n_edges == len(pm.edges) and plan.n_srcs == len(pm.srcs)
+    assert plan.buffers == pass_bytes(pm, 3, 7, len(pm.srcs))
+    assert (plan.chunk, plan.blocks) == (3, 1)
+
+
+def test_plan_fits_the_budget():
+    m = tiny("llama", 2)
+    full = eap_memory(m, "ioi", seq=9, batch=4, budget=None)
+    one = eap_memory(m, "ioi", seq=9, batch=1, budget=None)
+    per_prompt = one.activations + one.buffers  # totals are linear in prompts
+    assert full.total == full.weights + 4 * per_prompt
+    assert eap_memory(m, "ioi", 9, 4, full.total).chunk == 4
+    assert eap_memory(m, "ioi", 9, 4, full.total - 1).chunk == 3
+    assert eap_memory(m, "ioi", 9, 4, one.total + per_prompt).chunk == 2
+    # under one prompt: source blocks; one source module's worth is the least
+    per_src = pass_bytes_of(m, 1) - pass_bytes_of(m, 0)
+    no_srcs = one.total - one.buffers + pass_bytes_of(m, 0)
+    # sources: embed [0,1) a0 [1,5) m0 [5,6) a1 [6,10) m1 [10,11); <= 5 per block:
+    # [0,5) [5,10) [10,11)
+    blocks = eap_memory(m, "ioi", 9, 4, no_srcs + 5 * per_src)
+    assert (blocks.chunk, blocks.blocks) == (1, 3)
+    assert eap_memory(m, "ioi", 9, 4, no_srcs + 3 * per_src).chunk == 0  # < a layer's 4 heads
+
+
+def pass_bytes_of(m: MIBModel, n_srcs: int) -> int:
+    from edgewise.graph.build import build_graph
+    from edgewise.mib.models import _shape
+
+    return pass_bytes(_shape(build_graph(m.spec), m.d_model, m.dtype), 1, 9, n_srcs)
+
+
+def test_activation_estimate_by_hand():
+    m = tiny("gpt2", 4)  # d 16, H 4, d_head 4, d_mlp 64, 2 layers, vocab 50, float32
+    per_layer = 6 * 16 + 4 * 16 + 2 * 4 * 5 + 2 * 64
+    assert activation_bytes(m, 2, 5) == 10 * (2 * per_layer * 4 + 2 * 50 * 4)
+
+
+def test_the_command_prints_mibs_pairs(capsys):
+    args = argparse.Namespace(max_memory="1GiB", batch_size=2, seq_len=8, all=False)
+    plans = run_memory(args)
+    assert [(p.task, p.model) for p in plans] == list(MIB_PAIRS)
+    out = capsys.readouterr().out.splitlines()
+    gpt2 = next(line for line in out if line.startswith("ioi") and " gpt2 " in line)
+    assert gpt2.endswith("fits")
+    llama = [line for line in out if " llama3 " in line]
+    assert llama and all(line.endswith("does not fit") for line in llama)  # 15 GiB of weights
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "qwen2", "llama"])
+def test_mib_architectures_have_mib_node_names(arch, tmp_path):
+    """Without grouped-query attention (MIB ungroups it) the graph writes MIB's names."""
+    pm = patchable_model(random_bridge(arch, n_kv_heads=4, dtype=torch.float64, **TINY))
+    scores = {m.module_name: torch.zeros(m.mask_shape) for m in pm.graph.dest_modules}
+    import json
+
+    doc = json.loads(save_mib_json(tmp_path / "g.json", pm, scores).read_text())
+    heads = {f"a{layer}.h{h}" for layer in range(2) for h in range(4)}
+    assert set(doc["nodes"]) == {"input", "logits", "m0", "m1"} | heads
+    name = re.compile(r"^(input|a\d\.h\d|m\d)->(a\d\.h\d<[qkv]>|m\d|logits)$")
+    assert all(name.match(e) for e in doc["edges"]) and len(doc["edges"]) == len(pm.edges)
+
+
+def test_grouped_query_attention_is_refused_by_the_mib_format(tmp_path):
+    pm = patchable_model(random_bridge("qwen2", n_kv_heads=2, dtype=torch.float64, **TINY))
+    scores = {m.module_name: torch.zeros(m.mask_shape) for m in pm.graph.dest_modules}
+    with pytest.raises(ValueError, match="grouped-query attention"):
+        save_mib_json(tmp_path / "g.json", pm, scores)
