@@ -55,8 +55,9 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,9 @@ from edgewise.metrics.faithfulness import area_under_curve
 from edgewise.patching.model import PatchableModel
 from edgewise.runtime.memory import MaxMemory
 from edgewise.types import CircuitOutputs, Edge, PruneScores
+
+Measure = Callable[[PatchableModel, PromptDataLoader, Sequence[set[Edge]]], tuple[list[float], float, float]]
+"""``(model, dataloader, circuits) -> (values, empty, full)``: see :func:`measure_circuits`."""
 
 MIB_PERCENTAGES: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 """The fractions of edges at which MIB measures faithfulness (and the x of its areas)."""
@@ -281,6 +285,7 @@ def mib_evaluate(
     prune_scores: PruneScores,
     progress: bool = False,
     max_memory: MaxMemory = None,
+    measure: Measure | None = None,
 ) -> MibResult:
     """CPR and CMD of importance scores as MIB's leaderboard computes them: circuits of
     :func:`mib_circuit_sizes` edges (top-n by signed score for CPR, by ``abs`` for CMD,
@@ -292,6 +297,9 @@ def mib_evaluate(
             separate Q/K/V, MLPs).
         dataloader: prompt pairs with one answer and one wrong answer each.
         prune_scores: destination module -> scores shaped like its mask.
+        measure: ``(model, dataloader, circuits) -> (values, empty, full)``, the mean
+            metric of each circuit, of the empty circuit and of the full model; default
+            :func:`measure_circuits` (MIB's interchange ablation and logit difference).
 
     Raises:
         ValueError: a graph MIB's format cannot express, scores that do not fit it or
@@ -300,8 +308,10 @@ def mib_evaluate(
     sizes = mib_circuit_sizes(model.n_edges)
     circuits = tuple([mib_circuit(model, prune_scores, n, absolute) for n in sizes]
                      for absolute in (False, True))
-    vals_cpr, empty, full = measure_circuits(model, dataloader, circuits[0], progress, max_memory)
-    vals_cmd, _, _ = measure_circuits(model, dataloader, circuits[1], progress, max_memory)
+    if measure is None:
+        measure = partial(measure_circuits, progress=progress, max_memory=max_memory)
+    vals_cpr, empty, full = measure(model, dataloader, circuits[0])
+    vals_cmd, _, _ = measure(model, dataloader, circuits[1])
     curves = ([mib_faithfulness(v, empty, full) for v in vals_cpr],
               [mib_faithfulness(v, empty, full) for v in vals_cmd])
     return _result(sizes, circuits, curves, full, empty)  # type: ignore[arg-type]
@@ -313,6 +323,7 @@ def mib_evaluate_circuits(
     circuits: Sequence[set[Edge]],
     progress: bool = False,
     max_memory: MaxMemory = None,
+    measure: Measure | None = None,
 ) -> MibResult:
     """MIB's evaluation of a submission of 9 circuits: each pruned, sorted by edge count,
     the full model appended with faithfulness 1.0, the ten values placed at
@@ -322,7 +333,9 @@ def mib_evaluate_circuits(
     if len(circuits) != n_files:
         raise ValueError(f"a circuit submission has {n_files} circuits, got {len(circuits)}")
     pruned = sorted((mib_prune(model, c) for c in circuits), key=len)
-    vals, empty, full = measure_circuits(model, dataloader, pruned, progress, max_memory)
+    if measure is None:
+        measure = partial(measure_circuits, progress=progress, max_memory=max_memory)
+    vals, empty, full = measure(model, dataloader, pruned)
     curve = [mib_faithfulness(v, empty, full) for v in vals] + [1.0]
     sizes = mib_circuit_sizes(model.n_edges)
     counts = [len(c) for c in pruned] + [model.n_edges]
