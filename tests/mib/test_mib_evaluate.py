@@ -80,7 +80,9 @@ def test_flat_order_is_mibs_matrix_position(pm):
 
 
 def test_topn_signed_and_absolute_with_ties(pm):
-    scores = named(pm, {"input->logits": 3.0, "m1->logits": -5.0, "a0.h0->m0": 1.0, "a0.h1->m0": 1.0})
+    scores = named(
+        pm, {"input->logits": 3.0, "m1->logits": -5.0, "a0.h0->m0": 1.0, "a0.h1->m0": 1.0}
+    )
     assert mib_topn(pm, scores, 1, absolute=False) == edges(pm, "input->logits")
     assert mib_topn(pm, scores, 1, absolute=True) == edges(pm, "m1->logits")
     # a tie at the cut goes to the edge earlier in MIB's matrix (a0.h0 before a0.h1)
@@ -136,7 +138,9 @@ def test_mib_evaluate_by_hand_with_a_mock_measure(pm):
     # other edge is negative, a0.h0->logits the most negative (-20).
     assert pm.n_edges == 110
     gen = torch.Generator().manual_seed(1)
-    scores = {n: -torch.rand(m.mask_shape, generator=gen) * 0.9 - 0.05 for n, m in pm.dest_modules.items()}
+    scores = {
+        n: -torch.rand(m.mask_shape, generator=gen) * 0.9 - 0.05 for n, m in pm.dest_modules.items()
+    }
     (good,) = edges(pm, "input->logits")
     (bad,) = edges(pm, "a0.h0->logits")
     scores[good.dest.module_name][good.patch_idx] = 10.0
@@ -205,16 +209,34 @@ def test_toy_ioi_end_to_end_and_cli(toy, tmp_path, capsys):
     assert (result.cpr, result.cmd) == (cpr, cmd)
 
     path = save_mib_json(tmp_path / "scores.json", pm, scores)
-    assert main(["mib", "evaluate", str(path), "--model", "toy-ioi", "--task", "toy_ioi",
-                 "--batch-size", "32", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "mib",
+                "evaluate",
+                str(path),
+                "--model",
+                "toy-ioi",
+                "--task",
+                "toy_ioi",
+                "--batch-size",
+                "32",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out  # after TransformerLens' own "Moving model ..." line
-    assert out[out.index("CPR "):].strip() == format_result(result)
+    assert out[out.index("CPR ") :].strip() == format_result(result)
     assert f"CPR {result.cpr:.6f}" in out and f"CMD {result.cmd:.6f}" in out
     # an edgewise scores file gives the same; one with token positions is refused
     own = save_prune_scores(tmp_path / "s.safetensors", scores, pm)
-    assert main(["mib", "evaluate", str(own), "--task", "toy_ioi", "--batch-size", "32", "--quiet"]) == 0
+    assert (
+        main(["mib", "evaluate", str(own), "--task", "toy_ioi", "--batch-size", "32", "--quiet"])
+        == 0
+    )
     out = capsys.readouterr().out
-    assert out[out.index("CPR "):].strip() == format_result(result)
+    assert out[out.index("CPR ") :].strip() == format_result(result)
     positional = patchable_model(pm.wrapped_model, seq_len=15)
     pos_scores = {n: torch.zeros(m.mask_shape) for n, m in positional.dest_modules.items()}
     bad = save_prune_scores(tmp_path / "p.safetensors", pos_scores, positional)
@@ -242,6 +264,8 @@ def test_toy_ioi_one_circuit_matches_a_direct_patched_run(toy):
     with torch.inference_mode():
         for b in test:
             patch = batch_ablation(pm, b, AblationType.RESAMPLE, "corrupt")
-            vals.append(batch_answer_diffs(pm.run_patched(b.clean, masks, patch)[:, -1].double(), b))
+            vals.append(
+                batch_answer_diffs(pm.run_patched(b.clean, masks, patch)[:, -1].double(), b)
+            )
     assert value == pytest.approx(torch.cat(vals).mean().item(), abs=1e-5)
     assert list(itertools.islice(iter(circuit), 1))  # a nonempty circuit was tested

@@ -71,7 +71,9 @@ from edgewise.patching.model import PatchableModel
 from edgewise.runtime.memory import MaxMemory
 from edgewise.types import CircuitOutputs, Edge, PruneScores
 
-Measure = Callable[[PatchableModel, PromptDataLoader, Sequence[set[Edge]]], tuple[list[float], float, float]]
+Measure = Callable[
+    [PatchableModel, PromptDataLoader, Sequence[set[Edge]]], tuple[list[float], float, float]
+]
 """``(model, dataloader, circuits) -> (values, empty, full)``: see :func:`measure_circuits`."""
 
 MIB_PERCENTAGES: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -83,7 +85,9 @@ def mib_circuit_sizes(n_edges: int) -> list[int]:
     in :data:`MIB_PERCENTAGES` (``[32, 64, 162, 324, 649, 1624, 3249, 6498, 16245, 32491]``
     for GPT-2 small's 32,491 edges)."""
     if isinstance(n_edges, bool) or not isinstance(n_edges, int) or n_edges < 1:
-        raise ValueError(f"n_edges must be a positive int (the graph's edge count), got {n_edges!r}")
+        raise ValueError(
+            f"n_edges must be a positive int (the graph's edge count), got {n_edges!r}"
+        )
     return [int(p * n_edges) for p in MIB_PERCENTAGES]
 
 
@@ -93,7 +97,9 @@ def mib_flat_order(model: PatchableModel) -> torch.Tensor:
     numbers sources and destinations as MIB's forward and backward indices do)."""
     _check_mib_graph(model)
     n_dests = len(model.dests)
-    return torch.tensor([e.src.src_idx * n_dests + e.dest.dest_idx for e in model.edges], dtype=torch.long)
+    return torch.tensor(
+        [e.src.src_idx * n_dests + e.dest.dest_idx for e in model.edges], dtype=torch.long
+    )
 
 
 def _check_mib_graph(model: PatchableModel) -> None:
@@ -106,8 +112,9 @@ def _edge_scores(model: PatchableModel, prune_scores: PruneScores) -> torch.Tens
     """Scores ``[n_edges]`` float64 in ``model.edges`` order."""
     _check_scores(model, prune_scores)
     flat = {n: t.detach().to("cpu", torch.float64) for n, t in prune_scores.items()}
-    return torch.tensor([float(flat[e.dest.module_name][e.patch_idx]) for e in model.edges],
-                        dtype=torch.float64)
+    return torch.tensor(
+        [float(flat[e.dest.module_name][e.patch_idx]) for e in model.edges], dtype=torch.float64
+    )
 
 
 def mib_topn(model: PatchableModel, prune_scores: PruneScores, n: int, absolute: bool) -> set[Edge]:
@@ -115,7 +122,9 @@ def mib_topn(model: PatchableModel, prune_scores: PruneScores, n: int, absolute:
     ``abs`` with ``absolute``); ties at the cut go to the edge earlier in MIB's matrix
     order (MIB leaves that order unspecified)."""
     if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= model.n_edges:
-        raise ValueError(f"n must be an int within 0..{model.n_edges} (the graph's edges), got {n!r}")
+        raise ValueError(
+            f"n must be an int within 0..{model.n_edges} (the graph's edges), got {n!r}"
+        )
     scores = _edge_scores(model, prune_scores)
     if absolute:
         scores = scores.abs()
@@ -136,6 +145,7 @@ def mib_prune(model: PatchableModel, edges: set[Edge] | Sequence[Edge]) -> set[E
     unknown = chosen - set(model.edges)
     if unknown:
         raise ValueError(f"edges not in the model's graph: {sorted(map(repr, unknown))[:3]}")
+
     # the source node a destination belongs to: (kind, block, head); logits: None
     def owner(e: Edge) -> tuple[str, int, int | None] | None:
         d = e.dest
@@ -157,7 +167,9 @@ def mib_prune(model: PatchableModel, edges: set[Edge] | Sequence[Edge]) -> set[E
     return {e for e in chosen if node(e) in reached and owner(e) in reaches_logits}
 
 
-def mib_circuit(model: PatchableModel, prune_scores: PruneScores, n: int, absolute: bool) -> set[Edge]:
+def mib_circuit(
+    model: PatchableModel, prune_scores: PruneScores, n: int, absolute: bool
+) -> set[Edge]:
     """The circuit MIB evaluates for ``n`` requested edges: :func:`mib_topn`, then
     :func:`mib_prune` (at most ``n`` edges)."""
     return mib_prune(model, mib_topn(model, prune_scores, n, absolute))
@@ -169,8 +181,10 @@ def mib_area(faithfulnesses: Sequence[float]) -> tuple[float, float]:
     ``|1 - f|``."""
     ys = [float(f) for f in faithfulnesses]
     if len(ys) != len(MIB_PERCENTAGES):
-        raise ValueError(f"MIB's areas need {len(MIB_PERCENTAGES)} faithfulnesses (one per size "
-                         f"{MIB_PERCENTAGES}), got {len(ys)}")
+        raise ValueError(
+            f"MIB's areas need {len(MIB_PERCENTAGES)} faithfulnesses (one per size "
+            f"{MIB_PERCENTAGES}), got {len(ys)}"
+        )
     if not all(math.isfinite(y) for y in ys):
         raise ValueError(f"faithfulnesses must be finite, got {ys}")
     xs = list(MIB_PERCENTAGES)  # area_under_curve divides by xs[-1] = 1.0: no rescaling
@@ -181,21 +195,27 @@ def mib_faithfulness(value: float, empty: float, full: float) -> float:
     """``(value - empty) / (full - empty)``; raises when the full model and the empty
     circuit score the same (faithfulness undefined)."""
     if full == empty:
-        raise ValueError(f"the full model and the empty circuit have the same mean logit difference "
-                         f"({full}): faithfulness is undefined; use prompts whose corruption changes "
-                         "the answer")
+        raise ValueError(
+            f"the full model and the empty circuit have the same mean logit difference "
+            f"({full}): faithfulness is undefined; use prompts whose corruption changes "
+            "the answer"
+        )
     return (value - empty) / (full - empty)
 
 
-def mean_logit_diff(model: PatchableModel, dataloader: PromptDataLoader,
-                    circuit_outs: CircuitOutputs) -> dict[int, float]:
+def mean_logit_diff(
+    model: PatchableModel, dataloader: PromptDataLoader, circuit_outs: CircuitOutputs
+) -> dict[int, float]:
     """Circuit size -> the mean over all prompts of the logit difference (mean answer logit
     minus mean wrong-answer logit) at the last output position, MIB's ``logit_diff``
     averaged as ``evaluate_graph(...).mean()`` does: every prompt weighs the same."""
     batches = loader_batches(dataloader, "mean_logit_diff")
     out: dict[int, float] = {}
     for size, by_batch in circuit_outs.items():
-        vals = [batch_answer_diffs(last_position(by_batch[b.key]).double(), b).flatten() for b in batches]
+        vals = [
+            batch_answer_diffs(last_position(by_batch[b.key]).double(), b).flatten()
+            for b in batches
+        ]
         out[size] = torch.cat(vals).mean().item()
     return out
 
@@ -229,7 +249,9 @@ def measure_circuits(
             for e in c:
                 level[e.dest.module_name][e.patch_idx] += 1.0
         sizes = sorted({len(c) for c in chain} | ({0, model.n_edges} if not by_size else set()))
-        outs = run_circuits(model, dataloader, sizes, level, progress=progress, max_memory=max_memory)
+        outs = run_circuits(
+            model, dataloader, sizes, level, progress=progress, max_memory=max_memory
+        )
         measured = mean_logit_diff(model, dataloader, outs)
         by_size.update(measured)
         for c in chain:
@@ -267,15 +289,27 @@ class MibResult:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-def _result(sizes: list[int], circuits: tuple[list[set[Edge]], list[set[Edge]]],
-            curves: tuple[list[float], list[float]], full: float, empty: float) -> MibResult:
+def _result(
+    sizes: list[int],
+    circuits: tuple[list[set[Edge]], list[set[Edge]]],
+    curves: tuple[list[float], list[float]],
+    full: float,
+    empty: float,
+) -> MibResult:
     cpr, _ = mib_area(curves[0])
     _, cmd = mib_area(curves[1])
     return MibResult(
-        sizes=sizes, edge_counts_cpr=[len(c) for c in circuits[0]],
-        edge_counts_cmd=[len(c) for c in circuits[1]], curve_cpr=curves[0], curve_cmd=curves[1],
-        cpr=cpr, cmd=cmd, full=full, empty=empty,
-        average_cpr=sum(curves[0]) / len(curves[0]), average_cmd=sum(curves[1]) / len(curves[1]),
+        sizes=sizes,
+        edge_counts_cpr=[len(c) for c in circuits[0]],
+        edge_counts_cmd=[len(c) for c in circuits[1]],
+        curve_cpr=curves[0],
+        curve_cmd=curves[1],
+        cpr=cpr,
+        cmd=cmd,
+        full=full,
+        empty=empty,
+        average_cpr=sum(curves[0]) / len(curves[0]),
+        average_cmd=sum(curves[1]) / len(curves[1]),
     )
 
 
@@ -306,14 +340,17 @@ def mib_evaluate(
             hold NaN, or a full model that scores the same as the empty circuit.
     """
     sizes = mib_circuit_sizes(model.n_edges)
-    circuits = tuple([mib_circuit(model, prune_scores, n, absolute) for n in sizes]
-                     for absolute in (False, True))
+    circuits = tuple(
+        [mib_circuit(model, prune_scores, n, absolute) for n in sizes] for absolute in (False, True)
+    )
     if measure is None:
         measure = partial(measure_circuits, progress=progress, max_memory=max_memory)
     vals_cpr, empty, full = measure(model, dataloader, circuits[0])
     vals_cmd, _, _ = measure(model, dataloader, circuits[1])
-    curves = ([mib_faithfulness(v, empty, full) for v in vals_cpr],
-              [mib_faithfulness(v, empty, full) for v in vals_cmd])
+    curves = (
+        [mib_faithfulness(v, empty, full) for v in vals_cpr],
+        [mib_faithfulness(v, empty, full) for v in vals_cmd],
+    )
     return _result(sizes, circuits, curves, full, empty)  # type: ignore[arg-type]
 
 
@@ -340,13 +377,25 @@ def mib_evaluate_circuits(
     sizes = mib_circuit_sizes(model.n_edges)
     counts = [len(c) for c in pruned] + [model.n_edges]
     cpr, cmd = mib_area(curve)
-    return MibResult(sizes=sizes, edge_counts_cpr=counts, edge_counts_cmd=counts, curve_cpr=curve,
-                     curve_cmd=curve, cpr=cpr, cmd=cmd, full=full, empty=empty,
-                     average_cpr=sum(curve) / len(curve), average_cmd=sum(curve) / len(curve))
+    return MibResult(
+        sizes=sizes,
+        edge_counts_cpr=counts,
+        edge_counts_cmd=counts,
+        curve_cpr=curve,
+        curve_cmd=curve,
+        cpr=cpr,
+        cmd=cmd,
+        full=full,
+        empty=empty,
+        average_cpr=sum(curve) / len(curve),
+        average_cmd=sum(curve) / len(curve),
+    )
 
 
 # ------------------------------------------------------------------- the command line
-def load_mib_setup(model_name: str, task_name: str, batch_size: int) -> tuple[PatchableModel, PromptDataLoader]:
+def load_mib_setup(
+    model_name: str, task_name: str, batch_size: int
+) -> tuple[PatchableModel, PromptDataLoader]:
     """The patchable model with MIB's graph (no token positions) and the task's test
     prompts, for ``edgewise mib ...`` commands."""
     from edgewise.benchmarks.tasks import get_task, load_model
@@ -369,19 +418,26 @@ def load_scores_file(path: str | Path, model: PatchableModel) -> PruneScores:
         return load_mib_json(path, model)[0]
     scores, meta = load_prune_scores(path)
     if meta.get("seq_len") is not None:
-        raise ValueError(f"{path} holds scores per token position (seq_len={meta['seq_len']}); MIB's "
-                         "graph has none: score again without token positions, or export summed "
-                         "scores as MIB JSON")
+        raise ValueError(
+            f"{path} holds scores per token position (seq_len={meta['seq_len']}); MIB's "
+            "graph has none: score again without token positions, or export summed "
+            "scores as MIB JSON"
+        )
     return load_prune_scores(path, model)[0]
 
 
 def format_result(result: MibResult) -> str:
     """The lines ``edgewise mib evaluate`` prints: CPR, CMD and the two curves."""
-    lines = [f"CPR {result.cpr:.6f}", f"CMD {result.cmd:.6f}",
-             f"{'percent':>8} {'edges':>8} {'kept':>8} {'faith(signed)':>14} {'kept':>8} {'faith(abs)':>11}"]
+    lines = [
+        f"CPR {result.cpr:.6f}",
+        f"CMD {result.cmd:.6f}",
+        f"{'percent':>8} {'edges':>8} {'kept':>8} {'faith(signed)':>14} {'kept':>8} {'faith(abs)':>11}",
+    ]
     for i, p in enumerate(MIB_PERCENTAGES):
-        lines.append(f"{p * 100:>8g} {result.sizes[i]:>8} {result.edge_counts_cpr[i]:>8} "
-                     f"{result.curve_cpr[i]:>14.6f} {result.edge_counts_cmd[i]:>8} {result.curve_cmd[i]:>11.6f}")
+        lines.append(
+            f"{p * 100:>8g} {result.sizes[i]:>8} {result.edge_counts_cpr[i]:>8} "
+            f"{result.curve_cpr[i]:>14.6f} {result.edge_counts_cmd[i]:>8} {result.curve_cmd[i]:>11.6f}"
+        )
     return "\n".join(lines)
 
 
@@ -396,7 +452,9 @@ def run_evaluate(args: argparse.Namespace) -> MibResult:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``edgewise mib evaluate``."""
-    p = sub.add_parser("evaluate", help="CPR and CMD of a scores file, exactly as MIB computes them")
+    p = sub.add_parser(
+        "evaluate", help="CPR and CMD of a scores file, exactly as MIB computes them"
+    )
     p.add_argument("scores_file", help="a MIB graph JSON (.json) or an edgewise scores file")
     p.add_argument("--model", default=None, help="the model (default: the task's)")
     p.add_argument("--task", required=True, help="a task name or a dataset JSON file")

@@ -100,11 +100,15 @@ def folder_name(task: str, model_name: str) -> str:
     "arc-easy_llama3"``; unknown pairs raise :class:`LayoutError`."""
     name = f"{task.replace('_', '-')}_{model_name}"
     if name not in MIB_TASK_MODELS:
-        raise LayoutError(f"{name!r} is not a task/model pair MIB evaluates; use one of {MIB_TASK_MODELS}")
+        raise LayoutError(
+            f"{name!r} is not a task/model pair MIB evaluates; use one of {MIB_TASK_MODELS}"
+        )
     return name
 
 
-def mib_graph_names(n_layers: int, n_heads: int, parallel_attn_mlp: bool = False) -> tuple[list[str], list[str]]:
+def mib_graph_names(
+    n_layers: int, n_heads: int, parallel_attn_mlp: bool = False
+) -> tuple[list[str], list[str]]:
     """The node and edge names of MIB's graph for a model shape, in EAP-IG's order
     (``Graph.from_model``): nodes ``input, a0.h0, ..., m0, a1.h0, ..., logits``; an edge
     from every earlier node to each head's q/k/v input, to each MLP and to the logits."""
@@ -125,7 +129,11 @@ def mib_graph_names(n_layers: int, n_heads: int, parallel_attn_mlp: bool = False
 
 # ------------------------------------------------------------------------------ export
 def export_importances(
-    folder: str | os.PathLike, model: PatchableModel, prune_scores: PruneScores, task: str, model_name: str
+    folder: str | os.PathLike,
+    model: PatchableModel,
+    prune_scores: PruneScores,
+    task: str,
+    model_name: str,
 ) -> Path:
     """Write ``<folder>/<task>_<model>/importances.json``: every edge's score in MIB's graph
     JSON (no edge marked in the graph). Returns the file's path."""
@@ -153,8 +161,13 @@ def export_circuits(
     without, then pruned), scores kept. ``absolute=None`` writes both, under ``abs-True``
     (for CMD) and ``abs-False`` (for CPR), the layout MIB's evaluator reads per choice."""
     if absolute is None:
-        return [p for a in (True, False)
-                for p in export_circuits(Path(folder) / f"abs-{a}", model, prune_scores, task, model_name, a)]
+        return [
+            p
+            for a in (True, False)
+            for p in export_circuits(
+                Path(folder) / f"abs-{a}", model, prune_scores, task, model_name, a
+            )
+        ]
     out = Path(folder) / folder_name(task, model_name)
     paths = []
     for p in SUBMISSION_PERCENTAGES:
@@ -169,15 +182,24 @@ def _refuse_mixed(out: Path, name: str) -> None:
     files to tell scores from circuits)."""
     if out.is_dir():
         circuit = name.startswith("edges_")  # circuit files may sit with each other only
-        others = sorted(p.name for p in out.iterdir() if p.suffix in (".json", ".pt")
-                        and p.name != name and (not circuit or not p.name.startswith("edges_")))
+        others = sorted(
+            p.name
+            for p in out.iterdir()
+            if p.suffix in (".json", ".pt")
+            and p.name != name
+            and (not circuit or not p.name.startswith("edges_"))
+        )
         if others:
-            raise LayoutError(f"{out} already holds {others}: a folder holds one scores file or 9 "
-                              "circuit files, never both; export into an empty folder")
+            raise LayoutError(
+                f"{out} already holds {others}: a folder holds one scores file or 9 "
+                "circuit files, never both; export into an empty folder"
+            )
 
 
 # ------------------------------------------------------------------------------ import
-def import_submission(path: str | os.PathLike, model: PatchableModel) -> PruneScores | list[set[Edge]]:
+def import_submission(
+    path: str | os.PathLike, model: PatchableModel
+) -> PruneScores | list[set[Edge]]:
     """Read one ``<task>_<model>`` folder back: the scores of its one file, or the 9
     circuits (edges marked ``in_graph``) sorted by size."""
     folder = Path(path)
@@ -189,15 +211,21 @@ def import_submission(path: str | os.PathLike, model: PatchableModel) -> PruneSc
 
 def _graph_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
-        raise LayoutError(f"{folder} is not a folder: a submission has one folder per task and model")
+        raise LayoutError(
+            f"{folder} is not a folder: a submission has one folder per task and model"
+        )
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     odd = [p.name for p in files if p.suffix not in (".json", ".pt")]
     if odd:
-        raise LayoutError(f"{folder} holds {odd}: only .json or .pt graph files go in a task/model folder")
+        raise LayoutError(
+            f"{folder} holds {odd}: only .json or .pt graph files go in a task/model folder"
+        )
     if len(files) not in (1, len(SUBMISSION_PERCENTAGES)):
-        raise LayoutError(f"{folder} holds {len(files)} graph files: MIB expects 1 (importance scores) "
-                          f"or {len(SUBMISSION_PERCENTAGES)} (circuits of at most "
-                          f"{', '.join(f'{p * 100:g}%' for p in SUBMISSION_PERCENTAGES)} of the edges)")
+        raise LayoutError(
+            f"{folder} holds {len(files)} graph files: MIB expects 1 (importance scores) "
+            f"or {len(SUBMISSION_PERCENTAGES)} (circuits of at most "
+            f"{', '.join(f'{p * 100:g}%' for p in SUBMISSION_PERCENTAGES)} of the edges)"
+        )
     return files
 
 
@@ -211,12 +239,16 @@ def _load_graph_doc(path: Path) -> dict[str, Any]:
         except FileFormatError as e:
             raise SchemaError(str(e)) from None
         if not isinstance(doc, dict) or not {"cfg", "nodes", "edges"} <= set(doc):
-            raise SchemaError(f"{path} lacks the keys 'cfg', 'nodes' and 'edges' of MIB's graph JSON")
+            raise SchemaError(
+                f"{path} lacks the keys 'cfg', 'nodes' and 'edges' of MIB's graph JSON"
+            )
         return doc
     try:
         d = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise SchemaError(f"{path} cannot be read as a torch file ({type(e).__name__}: {str(e)[:100]})") from None
+        raise SchemaError(
+            f"{path} cannot be read as a torch file ({type(e).__name__}: {str(e)[:100]})"
+        ) from None
     need = ["cfg", "src_nodes", "dst_nodes", "edges_scores", "edges_in_graph", "nodes_in_graph"]
     if not isinstance(d, dict) or not set(need) <= set(d):
         raise SchemaError(f"{path} lacks the keys {need} of EAP-IG's .pt graph format")
@@ -224,7 +256,10 @@ def _load_graph_doc(path: Path) -> dict[str, Any]:
     if not isinstance(cfg, dict):
         raise SchemaError(f"{path}: 'cfg' must be a dict")
     _check_cfg(path, cfg)
-    n_fwd, n_bwd = 1 + cfg["n_layers"] * (cfg["n_heads"] + 1), cfg["n_layers"] * (3 * cfg["n_heads"] + 1) + 1
+    n_fwd, n_bwd = (
+        1 + cfg["n_layers"] * (cfg["n_heads"] + 1),
+        cfg["n_layers"] * (3 * cfg["n_heads"] + 1) + 1,
+    )
     for key in ("edges_scores", "edges_in_graph"):
         if not isinstance(d[key], torch.Tensor) or tuple(d[key].shape) != (n_fwd, n_bwd):
             raise SchemaError(f"{path}: '{key}' must be a tensor of shape {(n_fwd, n_bwd)}")
@@ -234,14 +269,19 @@ def _load_graph_doc(path: Path) -> dict[str, Any]:
     for layer in range(cfg["n_layers"]):
         for i, x in enumerate("qkv"):
             for h in range(cfg["n_heads"]):
-                bwd[f"a{layer}.h{h}<{x}>"] = layer * (3 * cfg["n_heads"] + 1) + i * cfg["n_heads"] + h
+                bwd[f"a{layer}.h{h}<{x}>"] = (
+                    layer * (3 * cfg["n_heads"] + 1) + i * cfg["n_heads"] + h
+                )
         bwd[f"m{layer}"] = layer * (3 * cfg["n_heads"] + 1) + 3 * cfg["n_heads"]
     bwd["logits"] = n_bwd - 1
     edges = {}
     for name in names:
         src, dst = name.split("->")
         ij = (fwd[src], bwd[dst])
-        edges[name] = {"score": float(d["edges_scores"][ij]), "in_graph": bool(d["edges_in_graph"][ij])}
+        edges[name] = {
+            "score": float(d["edges_scores"][ij]),
+            "in_graph": bool(d["edges_in_graph"][ij]),
+        }
     return {"cfg": cfg, "nodes": {}, "edges": edges}
 
 
@@ -253,7 +293,9 @@ def _check_cfg(path: Path, cfg: Any) -> None:
             raise SchemaError(f"{path}: cfg[{k!r}] must be {t.__name__}, got {v!r}")
 
 
-def validate_file(path: str | os.PathLike, model_name: str | None = None, scores: bool = True) -> dict[str, Any]:
+def validate_file(
+    path: str | os.PathLike, model_name: str | None = None, scores: bool = True
+) -> dict[str, Any]:
     """Check one graph file against MIB's schema: keys and types, the shape in ``cfg``
     against ``model_name``'s (when MIB lists it), every edge of that shape present and no
     other, each with ``in_graph`` (bool) and a finite ``score``. Returns the document
@@ -270,8 +312,10 @@ def validate_file(path: str | os.PathLike, model_name: str | None = None, scores
     shape = (cfg["n_layers"], cfg["n_heads"], cfg["parallel_attn_mlp"])
     expected = MIB_MODEL_SHAPES.get(model_name or "")
     if expected is not None and shape != expected:
-        raise SchemaError(f"{path}: cfg has n_layers, n_heads, parallel_attn_mlp = {shape}, but "
-                          f"{model_name} has {expected}: was it made for another model?")
+        raise SchemaError(
+            f"{path}: cfg has n_layers, n_heads, parallel_attn_mlp = {shape}, but "
+            f"{model_name} has {expected}: was it made for another model?"
+        )
     node_names, names = mib_graph_names(*shape)
     unknown_nodes = sorted(set(doc["nodes"]) - set(node_names))
     if unknown_nodes:
@@ -279,22 +323,30 @@ def validate_file(path: str | os.PathLike, model_name: str | None = None, scores
     missing = [n for n in names if n not in entries]
     extra = sorted(set(entries) - set(names))
     if missing or extra:
-        raise EdgeSetError(f"{path}: {len(missing)} of the graph's {len(names)} edges are missing "
-                           f"(e.g. {missing[:3]}) and {len(extra)} are not in it (e.g. {extra[:3]}); "
-                           "write every edge of MIB's graph, named as input->a0.h1<q>, a0.h1->m0, m0->logits")
+        raise EdgeSetError(
+            f"{path}: {len(missing)} of the graph's {len(names)} edges are missing "
+            f"(e.g. {missing[:3]}) and {len(extra)} are not in it (e.g. {extra[:3]}); "
+            "write every edge of MIB's graph, named as input->a0.h1<q>, a0.h1->m0, m0->logits"
+        )
     for name in names:
         entry = entries[name]
         if not isinstance(entry, dict) or "in_graph" not in entry or "score" not in entry:
-            raise SchemaError(f'{path}: edge {name!r} must be {{"score": <number>, "in_graph": <bool>}} '
-                              f"(MIB's loader reads both), got {entry!r}")
+            raise SchemaError(
+                f'{path}: edge {name!r} must be {{"score": <number>, "in_graph": <bool>}} '
+                f"(MIB's loader reads both), got {entry!r}"
+            )
         if not isinstance(entry["in_graph"], bool):
-            raise SchemaError(f"{path}: edge {name!r} has in_graph {entry['in_graph']!r}, not true or false")
+            raise SchemaError(
+                f"{path}: edge {name!r} has in_graph {entry['in_graph']!r}, not true or false"
+            )
         s = entry["score"]
         if isinstance(s, bool) or not isinstance(s, (int, float)):
             raise SchemaError(f"{path}: edge {name!r} has score {s!r}, not a number")
         if scores and not math.isfinite(s):
-            raise NonFiniteScoreError(f"{path}: edge {name!r} has score {s}: scores must be finite numbers "
-                                      "(NaN cannot be ranked; replace infinities by large finite values)")
+            raise NonFiniteScoreError(
+                f"{path}: edge {name!r} has score {s}: scores must be finite numbers "
+                "(NaN cannot be ranked; replace infinities by large finite values)"
+            )
     return doc
 
 
@@ -318,7 +370,8 @@ def validate_task_model(folder: str | os.PathLike, model_name: str | None = None
                 f"{folder}: sorted by size, circuit {name} ({count} of {n_edges} edges, "
                 f"{100 * count / n_edges:.3g}%) is the one for at most {p * 100:g}% "
                 f"(= {int(p * n_edges)} edges); MIB needs circuits of at most "
-                f"{', '.join(f'{q * 100:g}%' for q in SUBMISSION_PERCENTAGES)}")
+                f"{', '.join(f'{q * 100:g}%' for q in SUBMISSION_PERCENTAGES)}"
+            )
     return "circuits"
 
 
@@ -338,12 +391,15 @@ def validate_submission(
 
     Raises:
         LayoutError, SchemaError, EdgeSetError, NonFiniteScoreError, CircuitSizeError."""
+
     def model_of(name: str) -> str | None:
         return name.split("_", 1)[1] if check_shapes else None
 
     root = Path(path)
     if not root.is_dir():
-        raise LayoutError(f"{root} is not a folder: a submission is a folder of <task>_<model> folders")
+        raise LayoutError(
+            f"{root} is not a folder: a submission is a folder of <task>_<model> folders"
+        )
     if root.name in MIB_TASK_MODELS:
         return {root.name: validate_task_model(root, model_of(root.name))}
     found: dict[str, str] = {}
@@ -355,18 +411,24 @@ def validate_submission(
         for folder in inner:
             rel = folder.relative_to(root).as_posix()
             if not folder.is_dir():
-                raise LayoutError(f"{folder} is a file: files go inside <task>_<model> folders "
-                                  f"(e.g. ioi_gpt2/{IMPORTANCES_FILE})")
+                raise LayoutError(
+                    f"{folder} is a file: files go inside <task>_<model> folders "
+                    f"(e.g. ioi_gpt2/{IMPORTANCES_FILE})"
+                )
             if folder.name not in MIB_TASK_MODELS:
-                raise LayoutError(f"{folder}: {folder.name!r} is not <task>_<model> for a pair MIB "
-                                  f"evaluates; use one of {MIB_TASK_MODELS} (task underscores as hyphens)")
+                raise LayoutError(
+                    f"{folder}: {folder.name!r} is not <task>_<model> for a pair MIB "
+                    f"evaluates; use one of {MIB_TASK_MODELS} (task underscores as hyphens)"
+                )
             found[rel] = validate_task_model(folder, model_of(folder.name))
     names = {Path(r).name for r in found}
     tasks = {n.split("_", 1)[0] for n in names}
     models = {n.split("_", 1)[1] for n in names}
     if len(tasks) < min_tasks or len(models) < min_models:
-        raise LayoutError(f"{root} covers tasks {sorted(tasks)} and models {sorted(models)}: MIB "
-                          f"requires at least {min_tasks} tasks and {min_models} models")
+        raise LayoutError(
+            f"{root} covers tasks {sorted(tasks)} and models {sorted(models)}: MIB "
+            f"requires at least {min_tasks} tasks and {min_models} models"
+        )
     return found
 
 
@@ -405,11 +467,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("scores_file", help="a MIB graph JSON (.json) or an edgewise scores file")
     e.add_argument("--model", default=None, help="the model to load (default: the task's)")
     e.add_argument("--task", required=True, help="the edgewise task (for the model's graph)")
-    e.add_argument("--mib-task", default=None, help="MIB's task name for the folder (default: --task)")
+    e.add_argument(
+        "--mib-task", default=None, help="MIB's task name for the folder (default: --task)"
+    )
     e.add_argument("--mib-model", required=True, help="MIB's model name for the folder, e.g. gpt2")
     e.add_argument("--kind", choices=["importances", "circuits", "both"], default="importances")
-    e.add_argument("--absolute", choices=["true", "false", "both"], default="true",
-                   help="circuits: rank by |score| (true), signed score (false), or both folders")
+    e.add_argument(
+        "--absolute",
+        choices=["true", "false", "both"],
+        default="true",
+        help="circuits: rank by |score| (true), signed score (false), or both folders",
+    )
     e.add_argument("--out", required=True, metavar="DIR")
     e.set_defaults(mib_run=run_export)
     v = sub.add_parser("validate", help="check a submission folder against MIB's rules")
