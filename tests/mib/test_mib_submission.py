@@ -171,6 +171,14 @@ def test_schema_errors(submission, tmp_path):
     with pytest.raises(SchemaError, match="not true or false"):
         validate_file(f)
     shutil.copy(submission / "ioi_gpt2" / "importances.json", f)
+    edit(f, lambda d: d["nodes"].update({"m0": {}}))
+    with pytest.raises(SchemaError, match="node 'm0' must be"):
+        validate_file(f)
+    shutil.copy(submission / "ioi_gpt2" / "importances.json", f)
+    edit(f, lambda d: d["nodes"].update({"m7": {"in_graph": False}}))
+    with pytest.raises(SchemaError, match="nodes \\['m7'\\] are not in"):
+        validate_file(f)
+    shutil.copy(submission / "ioi_gpt2" / "importances.json", f)
     edit(f, lambda d: d["edges"]["input->m0"].update(score="0.5"))
     with pytest.raises(SchemaError, match="not a number"):
         validate_file(f)

@@ -30,7 +30,8 @@ the patched runs in ``hannamw/EAP-IG``: ``src/eap/graph.py`` ``apply_topn``/``pr
   only that): the clean prompt runs, and every edge outside the circuit carries the
   difference between the source's output on the corrupted prompt and its output in this
   run, added at the destination's input (the same equation as edgewise's tree patching
-  with resample ablation). The full model is the clean model (``evaluate_baseline``); the
+  with resample ablation; MIB's ``run_evaluation.py`` takes ``--ablation`` but does not
+  pass it on, so its evaluation is always this one). The full model is the clean model (``evaluate_baseline``); the
   empty circuit is ``apply_topn(0)``: every edge ablated, i.e. the corrupted run as far as
   the logits see it.
 * **Faithfulness.** The metric is the logit difference (answer minus wrong answer) at the
@@ -40,7 +41,9 @@ the patched runs in ``hannamw/EAP-IG``: ``src/eap/graph.py`` ``apply_topn``/``pr
 * **Area.** Trapezoids over ``x`` = the fractions themselves (0.001 ... 1: linear, not
   log, and not rescaled; the total width is 0.999, so a perfect curve has CPR 0.999):
   CPR is the area under faithfulness, CMD the area under ``|1 - faithfulness|``. MIB also
-  reports the plain average of the ten faithfulnesses.
+  reports the plain average of the ten faithfulnesses. (The evaluator's script entry point
+  passes ``log_scale=True``, but the function the leaderboard calls and its
+  ``eval_results/print_scores.py`` use the linear fractions.)
 * **Circuit submissions.** A submission of 9 circuits instead of scores is evaluated as
   given (each pruned), sorted by edge count, with the full model appended as faithfulness
   1.0; the 10 values take the same ten fractions as ``x``, whatever the circuits' sizes.

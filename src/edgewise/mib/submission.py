@@ -320,6 +320,13 @@ def validate_file(
     unknown_nodes = sorted(set(doc["nodes"]) - set(node_names))
     if unknown_nodes:
         raise SchemaError(f"{path}: nodes {unknown_nodes[:3]} are not in MIB's graph of this shape")
+    for name, entry in doc["nodes"].items():  # MIB's loader reads in_graph of every node listed
+        if name != "logits" and not (
+            isinstance(entry, dict) and isinstance(entry.get("in_graph"), bool)
+        ):
+            raise SchemaError(
+                f'{path}: node {name!r} must be {{"in_graph": <bool>}}, got {entry!r}'
+            )
     missing = [n for n in names if n not in entries]
     extra = sorted(set(entries) - set(names))
     if missing or extra:
