@@ -7,7 +7,11 @@ import argparse
 from collections.abc import Callable
 
 # (module, function) pairs: function(sub) adds one subparser and sets mib_run=...
-_SUBCOMMANDS: list[tuple[str, str]] = [("edgewise.mib.models", "add_parser")]
+_SUBCOMMANDS: list[tuple[str, str]] = [
+    ("edgewise.mib.evaluate", "add_parser"),
+    ("edgewise.mib.submission", "add_parser"),
+    ("edgewise.mib.models", "add_parser"),
+]
 
 
 def add_mib_parser(sub: argparse._SubParsersAction) -> None:
