@@ -159,7 +159,9 @@ def test_run_node_circuits_ends_are_clean_and_corrupt_and_sizes_match_reference(
             assert sum(int(k.sum()) for k in kept.values()) == n
             want = reference_node_ablated_logits(pm, batch.clean, ablated_units(pm, kept), patch)
             torch.testing.assert_close(outs[n][batch.key], want[pm.out_slice], atol=1e-8, rtol=0)
-            torch.testing.assert_close(stacked[n][batch.key], outs[n][batch.key], atol=1e-10, rtol=0)
+            torch.testing.assert_close(
+                stacked[n][batch.key], outs[n][batch.key], atol=1e-10, rtol=0
+            )
 
 
 def test_zero_ablation_circuit_matches_reference():
@@ -176,9 +178,13 @@ def test_zero_ablation_circuit_matches_reference():
 
 
 def test_top_n_order_ties_and_sign():
-    pm = patchable_model(small_model())  # sources: Resid Start, A0.0, A0.1, MLP 0, A1.0, A1.1, MLP 1
+    pm = patchable_model(
+        small_model()
+    )  # sources: Resid Start, A0.0, A0.1, MLP 0, A1.0, A1.1, MLP 1
     values = [0.5, -2.0, 1.0, 1.0, 0.0, 3.0, -1.0]
-    scores = {m.module_name: torch.tensor(values[m.src_lo : m.src_hi]) for m in pm.graph.src_modules}
+    scores = {
+        m.module_name: torch.tensor(values[m.src_lo : m.src_hi]) for m in pm.graph.src_modules
+    }
 
     def names(circuit):
         flat = torch.cat([circuit[m.module_name] for m in pm.graph.src_modules])
@@ -197,7 +203,9 @@ def test_top_n_order_ties_and_sign():
 def test_mib_weighted_edge_count_by_hand():
     pm = patchable_model(small_model())
     d = int(pm.cfg.d_model)
-    kept = {m.module_name: torch.zeros(m.n_heads or 1, dtype=torch.bool) for m in pm.graph.src_modules}
+    kept = {
+        m.module_name: torch.zeros(m.n_heads or 1, dtype=torch.bool) for m in pm.graph.src_modules
+    }
     kept["blocks.0.hook_resid_pre"][0] = True
     kept["blocks.1.attn.hook_result"][1] = True
     kept["blocks.0.hook_mlp_out"][0] = True
