@@ -21,6 +21,14 @@ PruneScores = dict[str, torch.Tensor]
 """Destination module name -> score tensor shaped like that destination's mask.
 Importance of an edge is ``abs(score)``; larger is more important."""
 
+NodeScores = dict[str, torch.Tensor]
+"""Source module name -> node scores ``[n]`` (``n`` heads, or 1 for the embedding and an
+MLP) or neuron scores ``[n, d_model]`` (a neuron is one d_model dimension of a node's
+output, as in MIB)."""
+
+NodeLevel = Literal["node", "neuron"]
+"""The unit of a node-level circuit: whole sources, or dimensions of their outputs."""
+
 CircuitOutputs = dict[int, dict[BatchKey, torch.Tensor]]
 """Actual circuit size (edge count) -> batch key -> model output at the output slice."""
 

@@ -286,6 +286,11 @@ class _Pass:
                     cur.unflatten(1, (c, -1)),
                     out=rows.unflatten(1, (c, -1)),
                 )
+                if plan.src_dims is not None:  # only some dimensions of these sources patched
+                    if grad and outs is not None and outs.requires_grad:
+                        raise RuntimeError("src_dims is for inference passes: the backward would ignore it")
+                    dims = plan.src_dims[:, lo:hi].to(rows.dtype)  # [c | 1, n, d]
+                    rows.unflatten(1, (c, -1)).mul_(dims.transpose(0, 1)[:, :, None, None])
             if outs is not None and outs.requires_grad:
                 run.current[lo] = outs
 

@@ -342,6 +342,7 @@ class PatchableModel(nn.Module):
         fixed_delta: torch.Tensor | None = None,
         param_grads: bool = True,
         src_block: tuple[int, int] | None = None,
+        src_dims: torch.Tensor | None = None,
     ) -> Iterator[PatchableModel]:
         """Within this context every forward pass patches edges by ``masks`` with
         ``patch_src_outs`` (``[n_srcs, batch | 1, seq | 1, d_model]``).
@@ -369,14 +370,26 @@ class PatchableModel(nn.Module):
         edges' masks get gradients (the others get 0). ``patch_src_outs`` and
         ``fixed_delta`` may then hold just those sources (``src_outs(tokens, src_block)``).
 
+        ``src_dims`` (``[n_srcs, d_model]``, or ``[c, n_srcs, d_model]`` with stacked
+        masks; inference passes only) multiplies every source's ``patch - current`` per
+        dimension of its output: an edge with mask 1 then patches only the dimensions where
+        ``src_dims`` is 1 and leaves the others at their current values (neuron-level
+        circuits, where a "neuron" is one d_model dimension of a node's output).
+
         The hooks are removed on exit, also after an exception."""
-        plan = engine.make_plan(self, masks, patch_src_outs, fixed_delta, param_grads, src_block)
+        plan = engine.make_plan(self, masks, patch_src_outs, fixed_delta, param_grads, src_block,
+                                src_dims=src_dims)
         with engine.patching(self, plan):
             yield self
 
     def run_patched(
-        self, tokens: torch.Tensor, masks: Mapping[str, torch.Tensor], patch_src_outs: torch.Tensor
+        self,
+        tokens: torch.Tensor,
+        masks: Mapping[str, torch.Tensor],
+        patch_src_outs: torch.Tensor,
+        src_dims: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits ``[batch, seq, vocab]`` with edges patched by ``masks``."""
-        with self.patch(masks, patch_src_outs):
+        """Logits ``[batch, seq, vocab]`` with edges patched by ``masks`` (and only the
+        dimensions ``src_dims`` selects, see :meth:`patch`)."""
+        with self.patch(masks, patch_src_outs, src_dims=src_dims):
             return self(tokens)

@@ -73,6 +73,8 @@ class Plan:
     start: int | None = None
     clean: CleanRun | None = None
     given: Mapping[str, torch.Tensor] = field(default_factory=dict)  # the caller's masks
+    # per-dimension multipliers of the tracked sources' differences [c | 1, hi - lo, d_model]
+    src_dims: torch.Tensor | None = None
 
 
 def make_plan(
@@ -84,6 +86,7 @@ def make_plan(
     src_block: tuple[int, int] | None = None,
     clean: CleanRun | None = None,
     start: int | None = None,
+    src_dims: torch.Tensor | None = None,
 ) -> Plan:
     """Check the arguments of :meth:`PatchableModel.patch` and plan the pass."""
     mods = pm.dest_modules
@@ -105,6 +108,8 @@ def make_plan(
     track_current = any(nonzero.values())
     full = {n: m if m.dim() == len(mods[n].mask_shape) + 1 else m[None] for n, m in masks.items()}
     if start is not None:
+        if src_dims is not None:
+            raise ValueError("src_dims is not supported by passes from a clean start; run the full model")
         plan = _clean_start_plan(pm, full, patch_src_outs, clean, start, copies, stacked, nonzero)
         plan.given = masks
         return plan
@@ -140,12 +145,35 @@ def make_plan(
         for name, (lo, hi) in span.items()
     }
     active = {n for n in mods if nonzero[n] or masks[n].requires_grad}
+    dims = _checked_src_dims(pm, src_dims, copies, stacked, fixed_delta, masks)
     plan = Plan(tracked, patch_src_outs, fixed_delta, copies, stacked, blo, bhi, span, nonzero,
-                active, param_grads=param_grads, track_current=track_current, given=masks)  # fmt: skip
+                active, param_grads=param_grads, track_current=track_current, given=masks,
+                src_dims=None if dims is None else dims[:, blo:bhi])  # fmt: skip
     _plan_fused(pm, plan)
     if not stacked and pm.seq_len is None:
         _plan_zero_groups(pm, plan, masks)
     return plan
+
+
+def _checked_src_dims(pm: PatchableModel, src_dims: torch.Tensor | None, copies: int, stacked: bool,
+                      fixed_delta: torch.Tensor | None, masks: Mapping[str, torch.Tensor]) -> torch.Tensor | None:  # fmt: skip
+    """``src_dims`` as ``[c | 1, n_srcs, d_model]`` after checking it (see
+    :meth:`PatchableModel.patch`), or None."""
+    if src_dims is None:
+        return None
+    n, d = len(pm.srcs), int(pm.cfg.d_model)
+    if not isinstance(src_dims, torch.Tensor) or src_dims.shape[-2:] != (n, d) or src_dims.dim() not in (2, 3):
+        got = tuple(src_dims.shape) if isinstance(src_dims, torch.Tensor) else type(src_dims).__name__
+        raise ValueError(f"src_dims must be [n_srcs={n}, d_model={d}] or [circuits, {n}, {d}], got {got}")
+    if src_dims.dim() == 3 and src_dims.shape[0] != 1 and (not stacked or src_dims.shape[0] != copies):
+        raise ValueError(f"src_dims stacks {src_dims.shape[0]} circuits but the masks stack "
+                         f"{copies if stacked else 'none'}: stack the masks the same way")  # fmt: skip
+    if fixed_delta is not None:
+        raise ValueError("src_dims and fixed_delta exclude each other (fixed_delta replaces the differences)")
+    if torch.is_grad_enabled() and any(m.requires_grad for m in masks.values()):
+        raise ValueError("src_dims is for inference passes: the backward would ignore it; "
+                         "run under torch.inference_mode() with masks that need no gradient")
+    return (src_dims if src_dims.dim() == 3 else src_dims[None]).to(pm.device)
 
 
 def _plan_fused(pm: PatchableModel, plan: Plan) -> None:
