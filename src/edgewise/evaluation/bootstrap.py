@@ -67,7 +67,9 @@ def resample_indices(n_prompts: int, n_resamples: int, seed: int = 0) -> torch.T
     return torch.randint(0, n_prompts, (n_resamples, n_prompts), generator=gen)
 
 
-def resample_weights(indices: torch.Tensor, position_weights: torch.Tensor, n_prompts: int) -> torch.Tensor:
+def resample_weights(
+    indices: torch.Tensor, position_weights: torch.Tensor, n_prompts: int
+) -> torch.Tensor:
     """``[n_resamples, n_prompts]`` float64: the weight each prompt gets in each resample,
     the sum of ``position_weights[j]`` over the positions ``j`` that drew it.
 
@@ -80,12 +82,16 @@ def resample_weights(indices: torch.Tensor, position_weights: torch.Tensor, n_pr
     return torch.zeros(indices.shape[0], n_prompts, dtype=torch.float64).scatter_add_(1, indices, w)
 
 
-def percentile_interval(samples: torch.Tensor, level: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+def percentile_interval(
+    samples: torch.Tensor, level: float = 0.95
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``(1 - level)/2`` and ``(1 + level)/2`` quantiles over the first dimension of
     ``samples`` ``[n_resamples, ...]`` (float64, each ``[...]``), linearly interpolated
     between order statistics (NumPy's default). NaN samples propagate to the bounds."""
     if samples.ndim == 0 or samples.shape[0] == 0:
-        raise ValueError(f"samples must be [n_resamples, ...] with n_resamples >= 1, got {tuple(samples.shape)}")
+        raise ValueError(
+            f"samples must be [n_resamples, ...] with n_resamples >= 1, got {tuple(samples.shape)}"
+        )
     _, level, _ = _check_bootstrap_args(1, level, 0)
     ordered = samples.to(torch.float64).sort(dim=0).values
     n = ordered.shape[0]
@@ -125,12 +131,16 @@ def _check_loader(dataloader: PromptDataLoader, who: str) -> list[PromptPairBatc
 
 
 def resampled_loader(
-    dataloader: PromptDataLoader, indices: torch.Tensor, batches: Sequence[PromptPairBatch] | None = None
+    dataloader: PromptDataLoader,
+    indices: torch.Tensor,
+    batches: Sequence[PromptPairBatch] | None = None,
 ) -> PromptDataLoader:
     """A loader of the prompt pairs ``indices`` ``[n]`` picks (indices into the pairs the
     loader yields, in order), batched as the original: batches of its first batch's size,
     the last one smaller if the original's was (``drop_last=False``, no shuffling)."""
-    batches = list(batches) if batches is not None else _check_loader(dataloader, "resampled_loader")
+    batches = (
+        list(batches) if batches is not None else _check_loader(dataloader, "resampled_loader")
+    )
     rows = _prompt_rows(batches)
     picked = {k: [v[int(i)] for i in indices] for k, v in rows.items()}
     ds = PromptDataset(picked["clean"], picked["corrupt"], picked["answers"], picked["wrong_answers"],
@@ -272,7 +282,9 @@ def bootstrap_scores(
         samples = resample_weights(indices, pos_w, n) @ per_prompt  # [N, n_edges]
     else:
         point = score(dataloader)
-        samples = torch.stack([score(resampled_loader(dataloader, idx, batches)) for idx in indices])
+        samples = torch.stack(
+            [score(resampled_loader(dataloader, idx, batches)) for idx in indices]
+        )
     lower, upper = percentile_interval(samples, level)
     return ScoreIntervals(
         point=_unflatten(model, point), lower=_unflatten(model, lower), upper=_unflatten(model, upper),
@@ -283,7 +295,10 @@ def bootstrap_scores(
 
 # ------------------------------------------------------------------------- faithfulness
 def per_prompt_metric(
-    model: Any, dataloader: PromptDataLoader, circuit_outs: CircuitOutputs, metric: str = "logit_diff"
+    model: Any,
+    dataloader: PromptDataLoader,
+    circuit_outs: CircuitOutputs,
+    metric: str = "logit_diff",
 ) -> tuple[list[int], torch.Tensor]:
     """Each prompt's metric under each circuit: ``(sizes, values [n_prompts, n_sizes])``
     float64, prompts in the loader's order, sizes ascending.
@@ -307,7 +322,7 @@ def per_prompt_metric(
         for b in batches:
             out = per[b.key]
             if metric == "mse":
-                v = -(out.double() - b.answers.to(out.device).double()) ** 2  # type: ignore[union-attr]
+                v = -((out.double() - b.answers.to(out.device).double()) ** 2)  # type: ignore[union-attr]
             else:
                 v = batch_answer_diffs(out, b).double()
             vals.append(v.reshape(v.shape[0], -1).mean(dim=1).cpu())
@@ -381,12 +396,18 @@ def bootstrap_faithfulness(
 
     n_resamples, level, seed = _check_bootstrap_args(n_resamples, level, seed)
     if len(circuit_outs) < 2:
-        raise ValueError("bootstrap_faithfulness needs circuits of at least two sizes (0 and n_edges)")
+        raise ValueError(
+            "bootstrap_faithfulness needs circuits of at least two sizes (0 and n_edges)"
+        )
     batches = _check_loader(dataloader, "bootstrap_faithfulness")
     sizes, values = per_prompt_metric(model, dataloader, circuit_outs, metric)
     counts = [b.clean.shape[0] for b in batches]
     n = sum(counts)
-    pos_w = torch.full((n,), 1.0 / n, dtype=torch.float64) if metric == "mse" else _mean_weights(counts) / len(counts)
+    pos_w = (
+        torch.full((n,), 1.0 / n, dtype=torch.float64)
+        if metric == "mse"
+        else _mean_weights(counts) / len(counts)
+    )
     indices = resample_indices(n, n_resamples, seed)
     measured = torch.cat([(pos_w @ values)[None], resample_weights(indices, pos_w, n) @ values])
     curves, areas = [], []
@@ -398,7 +419,10 @@ def bootstrap_faithfulness(
         except ValueError as e:
             which = "the data itself" if r == 0 else f"resample {r - 1} (seed {seed})"
             raise ValueError(f"bootstrap_faithfulness: for {which}, {e}") from None
-    curve_t, area_t = torch.tensor(curves, dtype=torch.float64), torch.tensor(areas, dtype=torch.float64)
+    curve_t, area_t = (
+        torch.tensor(curves, dtype=torch.float64),
+        torch.tensor(areas, dtype=torch.float64),
+    )
     lo, hi = percentile_interval(curve_t[1:], level)
     a_lo, a_hi = percentile_interval(area_t[1:], level)
     return FaithfulnessIntervals(
