@@ -431,3 +431,24 @@ def bootstrap_faithfulness(
         cmd=(areas[0][1], float(a_lo[1]), float(a_hi[1])),
         level=level, n_resamples=n_resamples, seed=seed, samples=curve_t[1:],
     )  # fmt: skip
+
+
+# ------------------------------------------------------------------------- results.json
+def add_score_intervals(
+    result: dict[str, Any], model: Any, intervals: ScoreIntervals
+) -> dict[str, Any]:
+    """Write ``intervals`` into an evaluation ``result`` (one algorithm's entry of
+    ``results.json``): each record of ``result["top_edges"]`` gains ``"ci": [lower,
+    upper]`` and ``result["bootstrap"]["scores"]`` says how they were computed. Returns
+    ``result``."""
+    for rec in result.get("top_edges") or []:
+        e = model.edge(rec["edge"], rec["seq_idx"])
+        name = e.dest.module_name
+        rec["ci"] = [float(intervals.lower[name][e.patch_idx]), float(intervals.upper[name][e.patch_idx])]
+    result.setdefault("bootstrap", {})["scores"] = {
+        "n_resamples": intervals.n_resamples,
+        "level": intervals.level,
+        "seed": intervals.seed,
+        "method": intervals.method,
+    }
+    return result
