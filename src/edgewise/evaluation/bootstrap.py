@@ -98,6 +98,8 @@ def percentile_interval(
 
     def quantile(q: float) -> torch.Tensor:
         pos = q * (n - 1)
+        if abs(pos - round(pos)) < 1e-9:  # (1 - 0.9) / 2 is 0.04999...: land on the order statistic
+            pos = float(round(pos))
         lo = min(int(pos), n - 1)
         hi = min(lo + 1, n - 1)
         frac = pos - lo
