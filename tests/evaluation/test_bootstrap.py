@@ -31,6 +31,16 @@ from edgewise.prune_algos import ALGORITHMS
 from edgewise.visualize import write_report
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: these tiny models gain nothing from two, and lose much on a
+    shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ------------------------------------------------------------------ hand-computable
 def test_percentile_interval_levels_on_a_hand_case():
     samples = torch.arange(101, dtype=torch.float64)  # 0, 1, ..., 100
@@ -149,15 +159,15 @@ def test_faithfulness_intervals_equal_remeasuring_resampled_prompts(toy):
     pm, train, test = toy
     scores = ALGORITHMS["eap"](pm, train, progress=False)
     outs = run_circuits(pm, test, _sizes(pm), scores, progress=False)
-    f = bootstrap_faithfulness(pm, test, outs, "logit_diff", n_resamples=30, seed=1)
+    f = bootstrap_faithfulness(pm, test, outs, "logit_diff", n_resamples=12, seed=1)
     measured = measure_task_metric(pm, test, outs, "logit_diff")  # the data itself
     assert f.sizes == [s for s, _ in measured]
     assert f.faithfulness == pytest.approx([v for _, v in faithfulness_curve(measured)], abs=1e-12)
     assert f.cpr[0] == pytest.approx(cpr_cmd(measured)[0], abs=1e-12)
     assert f.cmd[0] == pytest.approx(cpr_cmd(measured)[1], abs=1e-12)
-    indices = resample_indices(6, 30, seed=1)
+    indices = resample_indices(6, 12, seed=1)
     cprs = []
-    for r in range(30):
+    for r in range(12):
         loader = resampled_loader(test, indices[r])
         again = measure_task_metric(pm, loader, run_circuits(pm, loader, _sizes(pm), scores,
                                                              progress=False), "logit_diff")  # fmt: skip
