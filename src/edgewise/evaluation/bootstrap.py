@@ -24,8 +24,12 @@ Two ways to score a resample (:func:`bootstrap_scores`):
 prompt, so no circuit runs again), and recomputes the faithfulness curve, CPR and CMD
 (:mod:`edgewise.metrics.faithfulness`) on every resample.
 
-The bootstrap is not an MIB convention: MIB's circuit track reports point estimates of
-CPR and CMD only (as far as we could tell from ``hannamw/MIB-circuit-track``).
+The bootstrap is not an MIB convention. MIB's circuit track (``hannamw/MIB-circuit-track``,
+``evaluate_graph.py``) measures each prompt (``evaluate_graph`` returns one value per
+prompt) but reports only point estimates: ``evaluate_area_under_curve`` takes the mean
+over all prompts at each circuit size and gives the areas without intervals. Its mean
+over prompts equals edgewise's mean of batch means (which this module resamples) when
+the batches are of one size.
 """
 
 from __future__ import annotations
@@ -446,7 +450,10 @@ def add_score_intervals(
     for rec in result.get("top_edges") or []:
         e = model.edge(rec["edge"], rec["seq_idx"])
         name = e.dest.module_name
-        rec["ci"] = [float(intervals.lower[name][e.patch_idx]), float(intervals.upper[name][e.patch_idx])]
+        rec["ci"] = [
+            float(intervals.lower[name][e.patch_idx]),
+            float(intervals.upper[name][e.patch_idx]),
+        ]
     result.setdefault("bootstrap", {})["scores"] = {
         "n_resamples": intervals.n_resamples,
         "level": intervals.level,
