@@ -47,6 +47,7 @@ from edgewise.data import (
     PromptPairBatch,
     loader_batches,
 )
+from edgewise.patching.model import PatchableModel
 from edgewise.types import AblationType, CircuitOutputs, PruneScores
 
 Method = Literal["per-prompt", "rescore"]
@@ -200,7 +201,7 @@ class ScoreIntervals:
     samples: torch.Tensor | None = None
 
 
-def _unflatten(model: Any, flat: torch.Tensor) -> PruneScores:
+def _unflatten(model: PatchableModel, flat: torch.Tensor) -> PruneScores:
     out, lo = {}, 0
     for name, mod in model.dest_modules.items():
         n = 1
@@ -223,7 +224,7 @@ def _per_prompt_exact(algorithm: Any, params: dict[str, Any]) -> bool:
 
 
 def bootstrap_scores(
-    model: Any,
+    model: PatchableModel,
     dataloader: PromptDataLoader,
     algorithm: str,
     n_resamples: int = 100,
@@ -312,7 +313,8 @@ def per_prompt_metric(
     ``metric="mse"``: minus the prompt's mean squared error against its real-valued
     answers; anything else: its answer (logit) difference, averaged over output
     positions. The batch-weighted means of these columns are
-    :func:`edgewise.evaluation.pipeline.measure_task_metric`'s measurements."""
+    :func:`edgewise.evaluation.pipeline.measure_task_metric`'s measurements. ``model`` is
+    not read (it is there for the signature of the ``measure_*`` functions)."""
     from edgewise.metrics.answers import batch_answer_diffs
 
     batches = loader_batches(dataloader, "per_prompt_metric")
@@ -369,7 +371,7 @@ class FaithfulnessIntervals:
 
 
 def bootstrap_faithfulness(
-    model: Any,
+    model: PatchableModel,
     dataloader: PromptDataLoader,
     circuit_outs: CircuitOutputs,
     metric: str = "logit_diff",
@@ -441,7 +443,7 @@ def bootstrap_faithfulness(
 
 # ------------------------------------------------------------------------- results.json
 def add_score_intervals(
-    result: dict[str, Any], model: Any, intervals: ScoreIntervals
+    result: dict[str, Any], model: PatchableModel, intervals: ScoreIntervals
 ) -> dict[str, Any]:
     """Write ``intervals`` into an evaluation ``result`` (one algorithm's entry of
     ``results.json``): each record of ``result["top_edges"]`` gains ``"ci": [lower,
