@@ -241,6 +241,9 @@ def discover(args: argparse.Namespace) -> dict[str, Any]:
     unknown = [a for a in algos if a not in ALGORITHMS]
     if unknown:
         raise ValueError(f"unknown algorithm(s) {unknown}. Algorithms: {', '.join(ALGORITHMS)}")
+    if getattr(args, "bootstrap", None) is not None and args.bootstrap < 1:
+        raise ValueError(f"--bootstrap must be a number of resamples >= 1 (e.g. 100), got "
+                         f"{args.bootstrap}")  # fmt: skip
     model_name, task_name = _resolve_names(args.model, args.task)
     if get_task(task_name).official_edges is None:
         needy = [a for a in algos if ALGORITHMS[a].needs_official_edges]
@@ -321,8 +324,14 @@ def _discover_locked(
             checkpoint.unlink(missing_ok=True)  # the scores file supersedes it
             r.result = None
         result = r.result
+        n_boot = getattr(args, "bootstrap", None)
+        if result is not None and n_boot and not _has_bootstrap(result, n_boot):
+            result = None  # evaluated before, without these intervals
         if result is None:
-            result = evaluate_scores(pm, task, test, scores, algo, args.quiet, args.max_memory)
+            result = evaluate_scores(pm, task, test, scores, algo, args.quiet, args.max_memory,
+                                     bootstrap=n_boot)  # fmt: skip
+            if n_boot:
+                _add_score_intervals(result, pm, task, train, algo, params[algo], n_boot)
             write_json(state_path, {"fingerprint": r.fingerprint, "seconds": seconds,
                                      "result": result})
         results["algorithms"][algo] = {**result, "seconds": seconds}
@@ -333,6 +342,24 @@ def _discover_locked(
             pass
     write_json(out / "results.json", results)
     return results
+
+
+def _has_bootstrap(result: dict[str, Any], n_resamples: int) -> bool:
+    """Whether a saved evaluation holds score intervals from ``n_resamples`` resamples."""
+    scores = (result.get("bootstrap") or {}).get("scores") or {}
+    return scores.get("n_resamples") == n_resamples
+
+
+def _add_score_intervals(result: dict[str, Any], pm: Any, task: Any, train: Any, algo: str,
+                         params: dict[str, Any], n_resamples: int) -> None:
+    """95% bootstrap intervals (seed 0) of the top edges' scores, into ``result``."""
+    from edgewise.evaluation.bootstrap import add_score_intervals, bootstrap_scores
+
+    official = task.official_edges(pm) if task.official_edges is not None else None
+    quiet = {"progress": False} if "progress" in params else {}  # N runs: no bar each
+    intervals = bootstrap_scores(pm, train, algo, n_resamples, official_edges=official,
+                                 **{**params, **quiet})  # fmt: skip
+    add_score_intervals(result, pm, intervals)
 
 
 _RESULT_KEYS = ("model", "task", "n_edges", "algorithms")
@@ -478,6 +505,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "from their checkpoints in DIR/checkpoints; other settings are an error. "
                         "Results of other algorithms in DIR are kept; DIR holds one task and "
                         "model, and one run at a time")
+    d.add_argument("--bootstrap", type=int, metavar="N", default=None,
+                   help="also compute 95%% bootstrap intervals over N resamples of the prompts "
+                        "(seed 0): of the top edges' scores (train prompts) and of the "
+                        "faithfulness curve, CPR and CMD (test prompts); saved in results.json "
+                        "and drawn as bands in the report")
     e = sub.add_parser("evaluate", help="re-evaluate saved scores")
     e.add_argument("dir")
     e.add_argument("--batch-size", type=int, default=None,

@@ -19,10 +19,13 @@ def measure_task_metric(pm: Any, loader: Any, outs: Any, metric: str) -> list[tu
 
 def evaluate_scores(
     pm: Any, task: Any, test: Any, scores: Any, algo: str, quiet: bool = False,
-    max_memory: str | None = None,
+    max_memory: str | None = None, bootstrap: int | None = None,
 ) -> dict[str, Any]:
     """Circuits of several sizes from ``scores``: metric, faithfulness, CPR/CMD, and
-    ROC/AUC against the task's official circuit when it has one."""
+    ROC/AUC against the task's official circuit when it has one. ``bootstrap=N`` adds
+    ``result["bootstrap"]``: 95% intervals of the faithfulness curve, CPR and CMD over
+    ``N`` resamples of the test prompts (seed 0; see
+    :func:`edgewise.evaluation.bootstrap.bootstrap_faithfulness`)."""
     from edgewise.evaluation.circuits import circuit_edges, edge_counts_util, run_circuits
     from edgewise.metrics.faithfulness import cpr_cmd, faithfulness_curve, measure_roc
 
@@ -38,6 +41,14 @@ def evaluate_scores(
         result["cpr"], result["cmd"] = cpr_cmd(measured)
     except ValueError as e:
         result["faithfulness_error"] = str(e)
+    if bootstrap and "cpr" in result:
+        from edgewise.evaluation.bootstrap import bootstrap_faithfulness
+
+        try:
+            result["bootstrap"] = bootstrap_faithfulness(pm, test, outs, task.metric,
+                                                         bootstrap).to_json()  # fmt: skip
+        except ValueError as e:  # a resample whose faithfulness is undefined
+            result["bootstrap_error"] = str(e)
     if task.official_edges is not None:
         official = task.official_edges(pm)
         roc = measure_roc(pm, official, scores)

@@ -36,6 +36,41 @@ def _num(r: Mapping[str, Any], key: str) -> float | None:
     return None
 
 
+def _band(r: Mapping[str, Any]) -> tuple[list[tuple[float, float, float]], str]:
+    """The bootstrap band of the faithfulness curve (``[size, lower, upper]`` rows under
+    ``r["bootstrap"]["faithfulness"]``) and its label; no band without one."""
+    boot = r.get("bootstrap")
+    if not isinstance(boot, Mapping):
+        return [], ""
+    rows = []
+    for row in boot.get("faithfulness") or []:
+        try:
+            x, lo, hi = (float(v) for v in row)
+        except (TypeError, ValueError):
+            continue
+        if all(math.isfinite(v) for v in (x, lo, hi)):
+            rows.append((x, lo, hi))
+    level = _num(boot, "level")
+    n = boot.get("n_resamples")
+    label = (f"{100 * level:g}% " if level is not None else "") + "bootstrap interval" + (
+        f" ({n} resamples of the prompts)" if isinstance(n, int) else "")
+    return rows, label
+
+
+def _interval_note(r: Mapping[str, Any], key: str) -> str:
+    """``[lower, upper]`` of ``r["bootstrap"][key]`` under a summary cell, if any."""
+    boot = r.get("bootstrap")
+    pair = boot.get(key) if isinstance(boot, Mapping) else None
+    if not isinstance(pair, list | tuple) or len(pair) != 2:
+        return ""
+    lo, hi = _num({"v": pair[0]}, "v"), _num({"v": pair[1]}, "v")
+    if lo is None or hi is None:
+        return ""
+    level = _num(boot, "level")  # type: ignore[arg-type]
+    title = f"{100 * level:g}% bootstrap interval" if level is not None else "bootstrap interval"
+    return f'<br><small class="muted ci" title="{title}">[{lo:.3f}, {hi:.3f}]</small>'
+
+
 def _summary_table(algos: Mapping[str, Mapping[str, Any]], colors: Mapping[str, str]) -> str:
     keys = [("cpr", max), ("cmd", min), ("auc", max)]
     best: dict[str, float] = {}
@@ -52,7 +87,8 @@ def _summary_table(algos: Mapping[str, Mapping[str, Any]], colors: Mapping[str, 
         for key, _ in keys:
             v = _num(r, key)
             cls = "num best" if v is not None and best.get(key) == v else "num"
-            cells.append(f'<td class="{cls}">{"—" if v is None else f"{v:.3f}"}</td>')
+            note = _interval_note(r, key) if v is not None else ""
+            cells.append(f'<td class="{cls}">{"—" if v is None else f"{v:.3f}"}{note}</td>')
         cells.append(f'<td class="num">{len(r.get("top_edges") or [])}</td>')
         note = r.get("faithfulness_error")
         cells.append(f'<td class="muted">{esc(note) if note else ""}</td>')
@@ -80,6 +116,11 @@ def _edge_table(r: Mapping[str, Any], prefix: str) -> str:
     if has_pos:
         head.append('<th class="num">position</th>')
     head.append('<th class="num">score</th>')
+    has_ci = any(isinstance(d.get("ci"), list | tuple) for d in top)
+    if has_ci:
+        level = _num((r.get("bootstrap") or {}).get("scores") or {}, "level")
+        head.append(f'<th class="num" title="bootstrap interval over resampled prompts">'
+                    f'{"" if level is None else f"{100 * level:g}% "}interval</th>')  # fmt: skip
     if has_official:
         head.append("<th>in official circuit</th>")
     rows = []
@@ -94,6 +135,11 @@ def _edge_table(r: Mapping[str, Any], prefix: str) -> str:
             pos = d.get("seq_idx")
             cells.append(f'<td class="num">{"all" if pos is None else int(pos)}</td>')
         cells.append(f'<td class="num">{bar}{fmt(s)}</td>')
+        if has_ci:
+            ci = d.get("ci")
+            ok = isinstance(ci, list | tuple) and len(ci) == 2
+            text = f"[{fmt(as_score(ci[0]))}, {fmt(as_score(ci[1]))}]" if ok else "—"  # type: ignore[index]
+            cells.append(f'<td class="num ci">{text}</td>')
         if has_official:
             key = (str(d.get("edge")), None if d.get("seq_idx") is None else int(d["seq_idx"]))
             cells.append('<td class="yes">✓</td>' if key in official else "<td></td>")
@@ -104,7 +150,8 @@ def _edge_table(r: Mapping[str, Any], prefix: str) -> str:
 
 def _curves(algos: Mapping[str, Mapping[str, Any]], colors: Mapping[str, str],
             n_edges: int | None) -> str:
-    faith = [Series(n, colors[n], _finite_points(r.get("faithfulness"))) for n, r in algos.items()]
+    faith = [Series(n, colors[n], _finite_points(r.get("faithfulness")), "", *_band(r))
+             for n, r in algos.items()]  # fmt: skip
     faith = [s for s in faith if s.points]
     meas = [Series(n, colors[n], _finite_points(r.get("measurements"))) for n, r in algos.items()]
     meas = [s for s in meas if s.points]

@@ -4,8 +4,8 @@ legend). Standard library only."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 from edgewise.visualize.layout import LEFT, PORT_H, PORTS, edge_path, layout
 from edgewise.visualize.nodes import EdgeRef
@@ -104,12 +104,29 @@ def _tick_label(t: float) -> str:
 
 @dataclass
 class Series:
-    """One line of a chart: its name, colour, points and legend text (default: name)."""
+    """One line of a chart: its name, colour, points, legend text (default: name) and an
+    optional band ``(x, lower, upper)`` drawn shaded around the line (an interval)."""
 
     name: str
     color: str
     points: list[tuple[float, float]]
     legend: str = ""
+    band: list[tuple[float, float, float]] = field(default_factory=list)
+    band_label: str = "interval"
+
+
+def band_path(
+    band: Sequence[tuple[float, float, float]],
+    X: Callable[[float], float],
+    Y: Callable[[float], float],
+) -> str:
+    """SVG path data of the closed region between a band's upper and lower bounds: the
+    upper bound left to right, then the lower bound right to left."""
+    pts = sorted(band)
+    upper = [(X(x), Y(hi)) for x, _, hi in pts]
+    lower = [(X(x), Y(lo)) for x, lo, _ in reversed(pts)]
+    return " ".join(f"{'M' if i == 0 else 'L'}{x:.1f},{y:.1f}"
+                    for i, (x, y) in enumerate(upper + lower)) + " Z"  # fmt: skip
 
 
 def _thin(points: list[tuple[float, float]], tol: float) -> list[tuple[float, float]]:
@@ -143,6 +160,7 @@ def line_chart(
     pts = [p for s in series for p in s.points]
     xs = [x for x, _ in pts] or [0.0, 1.0]
     ys = [y for _, y in pts] or [0.0, 1.0]
+    ys += [y for s in series for _, lo, hi in s.band for y in (lo, hi)]
     fx = (lambda x: math.log10(1 + max(x, 0.0))) if log_x else (lambda x: x)
     if x_range is not None:
         x_lo, x_hi = x_range
@@ -197,6 +215,11 @@ def line_chart(
                f'{esc(x_label)}</text><text class="axis" transform="translate(14 '
                f'{top + ph / 2:.1f}) rotate(-90)" text-anchor="middle">{esc(y_label)}</text>')
     tol = (tx_hi - tx_lo) / 1000
+    for s in series:  # bands first, under every line
+        if len(s.band) >= 2:
+            out.append(f'<path class="band" d="{band_path(s.band, X, Y)}" fill="{s.color}" '
+                       f'fill-opacity="0.18" stroke="none"><title>{esc(s.legend or s.name)}: '
+                       f'{esc(s.band_label)}</title></path>')
     for s in series:
         p = sorted(s.points) if not step else s.points
         p = _thin(p, tol)
