@@ -72,6 +72,12 @@ from edgewise.data import (
     load_datasets_from_json,
     save_dataset_json,
 )
+from edgewise.evaluation.bootstrap import (
+    FaithfulnessIntervals,
+    ScoreIntervals,
+    bootstrap_faithfulness,
+    bootstrap_scores,
+)
 from edgewise.evaluation.circuits import (
     EdgeCounts,
     circuit_edges,
@@ -80,6 +86,12 @@ from edgewise.evaluation.circuits import (
     flat_prune_scores,
     prune_scores_threshold,
     run_circuits,
+)
+from edgewise.evaluation.node_circuits import (
+    NodeCircuit,
+    node_circuit,
+    node_circuit_sizes,
+    run_node_circuits,
 )
 from edgewise.graph.build import Graph, GraphSpec, build_graph
 from edgewise.io.files import load_mib_json, load_prune_scores, save_mib_json, save_prune_scores
@@ -103,6 +115,22 @@ from edgewise.metrics.faithfulness import (
     measure_roc,
     measurements_auc,
 )
+from edgewise.mib.data import MIB_TASKS, load_mib_task
+from edgewise.mib.evaluate import (
+    MIB_PERCENTAGES,
+    MibResult,
+    mib_circuit_sizes,
+    mib_evaluate,
+    mib_evaluate_circuits,
+)
+from edgewise.mib.models import MIB_MODELS, eap_memory
+from edgewise.mib.submission import (
+    SubmissionError,
+    export_circuits,
+    export_importances,
+    import_submission,
+    validate_submission,
+)
 from edgewise.patching.model import PatchableModel
 from edgewise.patching.wrap import patchable_model
 from edgewise.prune_algos import (
@@ -122,6 +150,7 @@ from edgewise.prune_algos import (
     random_prune_scores,
     subnetwork_probing_prune_scores,
 )
+from edgewise.prune_algos.node_attribution import node_attribution_scores
 from edgewise.runtime.ablation import batch_src_ablations, src_ablations
 from edgewise.types import (
     AblationType,
@@ -130,6 +159,8 @@ from edgewise.types import (
     DestNode,
     Edge,
     Node,
+    NodeLevel,
+    NodeScores,
     PatchType,
     PruneScores,
     SrcNode,
@@ -156,6 +187,13 @@ __all__ = [
     "subnetwork_probing_prune_scores", "atp_star_prune_scores", "activation_norm_prune_scores",
     "measure_all_answers_win_percent", "measure_answer_diff_percent", "measurements_auc",
     "desc_prune_scores", "prune_scores_threshold", "draw_seq_graph",
+    # MIB's circuit track: data, node and neuron levels, evaluation, submissions, stability
+    "MIB_TASKS", "load_mib_task", "MIB_MODELS", "eap_memory", "MIB_PERCENTAGES", "MibResult",
+    "mib_circuit_sizes", "mib_evaluate", "mib_evaluate_circuits", "SubmissionError",
+    "export_circuits", "export_importances", "import_submission", "validate_submission",
+    "NodeLevel", "NodeScores", "NodeCircuit", "node_circuit", "node_circuit_sizes",
+    "run_node_circuits", "node_attribution_scores", "FaithfulnessIntervals", "ScoreIntervals",
+    "bootstrap_faithfulness", "bootstrap_scores",
     # auto-circuit's names (edgewise.compat, docs/auto_circuit.md)
     "Task", "TASKS", "TASK_DICT", "TRACR_XPROPORTION_TOKEN_CIRCUIT_TASK",
     "TRACR_REVERSE_TOKEN_CIRCUIT_TASK", "TOY_IOI_COMPONENT_CIRCUIT_TASK", "ExperimentTask", "PruneAlgo", "PruneMetric", "TaskPruneScores", "PRUNE_ALGOS",
