@@ -6,7 +6,8 @@ on identical output.
 Model: a random-weight ``HookedTransformer`` with 4 layers, d_model 256 (8 heads of 32),
 d_mlp 1024, ``--vocab`` tokens (default 5000); factorized graph with separate Q/K/V
 (1,519 edges), output at the last position. Data: one batch of ``--batch`` x ``--seq``
-random tokens (default 16 x 16); the corrupt prompts differ in the last two positions.
+random tokens (default 16 x 16); the corrupt prompts differ in the last two positions
+(``--corrupt start``: the first two).
 One threshold ``--tau`` (default: 1e-3 of the loss with every edge ablated, rounded down
 to base * 10**exp with an integer base), KL divergence.
 
@@ -65,7 +66,8 @@ def build(args: argparse.Namespace):
     gen = torch.Generator().manual_seed(0)
     clean = torch.randint(0, args.vocab, (args.batch, args.seq), generator=gen)
     corrupt = clean.clone()
-    corrupt[:, -2:] = torch.randint(0, args.vocab, (args.batch, 2), generator=gen)
+    where = slice(-2, None) if args.corrupt == "end" else slice(0, 2)
+    corrupt[:, where] = torch.randint(0, args.vocab, (args.batch, 2), generator=gen)
     answers = torch.randint(0, args.vocab, (args.batch, 1), generator=gen)
     ds = PromptDataset(clean, corrupt, list(answers), list(answers))
     loader = PromptDataLoader(ds, seq_len=None, diverge_idx=0, batch_size=args.batch)
@@ -135,6 +137,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--corrupt", choices=("end", "start"), default="end",
+                   help="where the corrupt prompts differ: the last two positions (default; "
+                        "passes then compute only those) or the first two (every position)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq", type=int, default=16)
     p.add_argument("--vocab", type=int, default=5000)
@@ -164,7 +169,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--worker", row, "--out", out, "--device", args.device,
                    "--threads", str(args.threads), "--batch", str(args.batch), "--seq",
                    str(args.seq), "--vocab", str(args.vocab), "--layers", str(args.layers),
-                   "--task", args.task]
+                   "--task", args.task, "--corrupt", args.corrupt]
             if args.kind is not None:
                 cmd += ["--kind", args.kind]
             if args.tau is not None:

@@ -12,7 +12,8 @@ same code, the names bound from ``edgewise`` or ``auto_circuit`` as in ``parity/
   weights);
   factorized graph, separate Q/K/V, output at the last position;
 - data: one batch of ``--batch`` x ``--seq`` random tokens; the corrupt prompts differ
-  in the last two positions;
+  in the last two positions (``--corrupt start``: the first two, so that no position
+  before the corruption can be skipped);
 - one tau (1e-3 of the KL divergence with every edge ablated, rounded down to
   base * 10**exp), KL divergence; each library's default ACDC otherwise.
 
@@ -71,7 +72,8 @@ def build(lib: str, args: argparse.Namespace):
     gen = torch.Generator().manual_seed(1)
     clean = torch.randint(0, args.vocab, (args.batch, args.seq), generator=gen)
     corrupt = clean.clone()
-    corrupt[:, -2:] = torch.randint(0, args.vocab, (args.batch, 2), generator=gen)
+    where = slice(-2, None) if args.corrupt == "end" else slice(0, 2)
+    corrupt[:, where] = torch.randint(0, args.vocab, (args.batch, 2), generator=gen)
     answers = [a for a in torch.randint(0, args.vocab, (args.batch, 1), generator=gen)]
     wrong = [a for a in torch.randint(0, args.vocab, (args.batch, 1), generator=gen)]
     loader = PromptDataLoader(PromptDataset(list(clean), list(corrupt), answers, wrong),
@@ -113,6 +115,9 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=16)
     p.add_argument("--vocab", type=int, default=5000)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--corrupt", choices=("end", "start"), default="end",
+                   help="where the corrupt prompts differ: the last two positions (default; "
+                        "passes then compute only those) or the first two (every position)")
     p.add_argument("--ac-python", default=str(ROOT / ".venv-ac" / "bin" / "python"))
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--tau", type=int, nargs=2, default=None, help=argparse.SUPPRESS)
@@ -124,7 +129,8 @@ def main() -> None:
         sys.exit(f"no auto-circuit environment at {args.ac_python} (build it with `make parity`)")
     exp, base = tau_for(args)
     common = ["--layers", str(args.layers), "--batch", str(args.batch), "--seq", str(args.seq),
-              "--vocab", str(args.vocab), "--threads", str(args.threads), "--tau", str(exp), str(base)]
+              "--vocab", str(args.vocab), "--threads", str(args.threads), "--tau", str(exp), str(base),
+              "--corrupt", args.corrupt]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONHASHSEED": "0"}
     rows = {}
     for lib, python in (("edgewise", sys.executable), ("auto_circuit", args.ac_python)):
@@ -132,7 +138,7 @@ def main() -> None:
                              capture_output=True, text=True, cwd=ROOT)  # fmt: skip
         rows[lib] = json.loads(res.stdout.strip().splitlines()[-1])
     print(f"model: {args.layers} layers, d_model 256, 8 heads x 32, d_vocab {args.vocab}; "
-          f"{rows['edgewise']['n_edges']} edges; batch {args.batch} x {args.seq}; one tau = "
+          f"{rows['edgewise']['n_edges']} edges; batch {args.batch} x {args.seq}, corrupt at the {args.corrupt}; one tau = "
           f"{base}e{exp} (kl_div); threads {args.threads}")
     for lib, r in rows.items():
         print(f"{lib:<13} wall {r['wall_s']:8.2f} s  {1e3 * r['wall_s'] / r['n_edges']:7.2f} ms/edge"

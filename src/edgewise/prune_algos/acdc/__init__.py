@@ -10,7 +10,11 @@ changing a single decision:
   ``< b`` still has all its masks at 0: everything before block ``b`` is the clean
   model. Its residual stream and source outputs are computed once, and each test runs
   only blocks ``b ..`` (``HookedTransformer``'s ``start_at_layer``), and the unembedding
-  only at the output positions. A check against the full model
+  only at the output positions. Where every prompt pair agrees on a prefix (every
+  source's patch equals its clean output there), a causal model computes those positions
+  as in the clean run whatever the masks: tests compute only the positions after it,
+  attending to the prefix's clean keys and values (the progress line shows
+  ``positions=computed/all``). A check against the full model
   at setup falls back to full forward passes if any of this does not reproduce it.
   ``TransformerBridge`` cannot start mid-model (TransformerLens 3.9 raises
   ``NotImplementedError`` for ``start_at_layer``), so bridges run full forward passes.

@@ -68,6 +68,11 @@ class _FastEvaluator:
         """Whether passes start at the destination's block (else full forward passes)."""
         return self.clean.partial
 
+    @property
+    def positions(self) -> str:
+        """``computed/all``: the positions a pass computes (after the shared clean prefix)."""
+        return f"{self.S - self.clean.skip}/{self.S}"
+
     def _max_copies(self) -> int:
         """How many copies of the batch one forward pass may stack: the largest per-copy
         buffers (the live source differences, the per-head inputs and, when it is used,
@@ -82,7 +87,7 @@ class _FastEvaluator:
             per_token += int(cfg.n_heads) * int(cfg.d_head) * d_model
         if any(dh.module.n_heads for dh in self.model.dest_hooks):
             per_token += 6 * int(cfg.n_heads) * d_model  # per-head inputs, normalised
-        per_copy = self.B * self.S * per_token * item
+        per_copy = self.B * (self.S - self.clean.skip) * per_token * item
         budget = _STACK_BUDGET_BYTES.get(self.tokens.device.type, _STACK_BUDGET_BYTES["cpu"])
         return max(1, budget // max(per_copy, 1))
 
@@ -262,6 +267,7 @@ def _search_destination(
                 forwards=counter[0],
                 skipped=counter[1],
                 spec=each,
+                **({"positions": evaluator.positions} if hasattr(evaluator, "positions") else {}),
                 refresh=False,
             )
     return finished
