@@ -14,9 +14,12 @@ from edgewise.prune_algos.baselines import (
     ground_truth_prune_scores,
     random_prune_scores,
 )
+from edgewise.prune_algos.clean_corrupted import clean_corrupted_prune_scores
 from edgewise.prune_algos.eap import edge_attribution_patching_prune_scores
 from edgewise.prune_algos.eap_ig import eap_ig_inputs_prune_scores
+from edgewise.prune_algos.eap_ig_activations import eap_ig_activations_prune_scores
 from edgewise.prune_algos.exact import exact_patching_prune_scores
+from edgewise.prune_algos.grad_rules import GRAD_RULES, GradRule
 from edgewise.prune_algos.learned_masks import (
     learned_mask_prune_scores,
     learned_mask_sizes_prune_scores,
@@ -83,6 +86,26 @@ ALGORITHMS: dict[str, Algorithm] = {
         "EAP-IG: gradients averaged along corrupt -> clean input embeddings (Hanna et al. 2024)",
         loss=True,
     ),
+    "eap-ig-activations": Algorithm(
+        "eap-ig-activations", eap_ig_activations_prune_scores,
+        {"grad_function": "logit", "answer_function": "avg_diff", "integrated_grad_samples": 5},
+        "EAP-IG on activations: each module's output moved corrupt -> clean in turn (MIB)",
+        loss=True,
+    ),
+    "clean-corrupted": Algorithm(
+        "clean-corrupted", clean_corrupted_prune_scores,
+        {"grad_function": "logit", "answer_function": "avg_diff"},
+        "EAP with the gradient averaged over the clean and the corrupt run (MIB)",
+        loss=True,
+    ),
+    "eap-frozen": Algorithm(
+        "eap-frozen", mask_gradient_prune_scores,
+        {"grad_function": "logit", "answer_function": "avg_diff", "mask_val": 0.0,
+         "grad_rules": ("attention_pattern", "norm_scale")},
+        "EAP with norm scales and attention patterns constant in the backward pass (LRP's "
+        "LN- and AH-rules); HookedTransformer only",
+        max_memory=True, loss=True,
+    ),
     "atp-star": Algorithm(
         "atp-star", atp_star_prune_scores,
         {"grad_function": "logit", "answer_function": "avg_diff", "qk_fix": True,
@@ -138,6 +161,10 @@ __all__ = [
     "circuit_probing_prune_scores",
     "learned_mask_prune_scores",
     "eap_ig_inputs_prune_scores",
+    "eap_ig_activations_prune_scores",
+    "clean_corrupted_prune_scores",
+    "GRAD_RULES",
+    "GradRule",
     "exact_patching_prune_scores",
     "ground_truth_prune_scores",
     "random_prune_scores",

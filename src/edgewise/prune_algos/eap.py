@@ -8,10 +8,12 @@ at 0, all in one patched forward and one backward pass per batch
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
 from edgewise.data import PromptDataLoader
 from edgewise.patching.model import PatchableModel
+from edgewise.prune_algos.grad_rules import GradRule
 from edgewise.prune_algos.loss import AnswerFunction, GradFunction
 from edgewise.prune_algos.mask_gradient import mask_gradient_prune_scores
 from edgewise.types import AblationType, Edge, PruneScores
@@ -26,12 +28,15 @@ def edge_attribution_patching_prune_scores(
     ablation_type: AblationType = AblationType.RESAMPLE,
     clean_corrupt: Literal["clean", "corrupt"] | None = "corrupt",
     progress: bool = True,
+    grad_rules: Iterable[GradRule] | None = (),
 ) -> PruneScores:
     """Edge attribution patching: each edge's score is the gradient of the loss with
     respect to its mask at 0, shaped like the masks (``{dest module: [(seq,) (heads,)
     n_srcs]}``). On a graph with token positions every position gets its own term
-    (auto-circuit 1.0.1 gives each the sum over the sequence)."""
+    (auto-circuit 1.0.1 gives each the sum over the sequence). ``grad_rules``: gradient
+    corrections (:mod:`edgewise.prune_algos.grad_rules`)."""
     return mask_gradient_prune_scores(
         model, dataloader, official_edges, grad_function, answer_function, mask_val=0.0,
         ablation_type=ablation_type, clean_corrupt=clean_corrupt, progress=progress,
+        grad_rules=grad_rules,
     )  # fmt: skip

@@ -14,6 +14,7 @@ never patched; only its input moves.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -21,8 +22,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from edgewise.checks import require_int
-from edgewise.data import PromptDataLoader, checked_batches, require_full_prompts
+from edgewise.data import PromptDataLoader, PromptPairBatch, checked_batches, require_full_prompts
 from edgewise.patching.model import PatchableModel
+from edgewise.prune_algos.grad_rules import GradRule, check_grad_rules, gradient_rules
 from edgewise.prune_algos.loss import (
     AnswerFunction,
     GradFunction,
@@ -43,6 +45,7 @@ def eap_ig_inputs_prune_scores(
     answer_function: AnswerFunction = "avg_diff",
     integrated_grad_samples: int = 5,
     progress: bool = True,
+    grad_rules: Iterable[GradRule] | None = (),
 ) -> PruneScores:
     """Score every edge by EAP-IG on the input embeddings.
 
@@ -53,11 +56,13 @@ def eap_ig_inputs_prune_scores(
         grad_function, answer_function: the loss, as in ``mask_gradient_prune_scores``.
         integrated_grad_samples: ``m``, the number of points on the path (``k = 1..m``).
         progress: show a progress bar.
+        grad_rules: gradient corrections (:mod:`edgewise.prune_algos.grad_rules`).
 
     Returns:
         Destination module name -> scores shaped like its mask.
     """
     check_loss_functions(grad_function, answer_function)
+    grad_rules = check_grad_rules(grad_rules)
     require_full_prompts(dataloader, model)
     integrated_grad_samples = require_int(integrated_grad_samples, "integrated_grad_samples", 1)
     checked_batches(model, dataloader, "eap_ig_inputs_prune_scores", answer_function, True)
@@ -66,31 +71,41 @@ def eap_ig_inputs_prune_scores(
               for n, m in model.dest_modules.items()}
     m = integrated_grad_samples
     bar = tqdm(total=len(dataloader) * m, desc="EAP-IG inputs", disable=not progress)
-    for batch in dataloader:
-        if batch.clean.shape != batch.corrupt.shape:
-            raise ValueError(
-                "EAP-IG on inputs interpolates the clean and corrupt embeddings position by "
-                f"position, so their token lengths must match; got clean {tuple(batch.clean.shape)}"
-                f" and corrupt {tuple(batch.corrupt.shape)}. Pad the prompts to one length."
-            )
-        clean_src, corrupt_src = model.src_outs(batch.clean), model.src_outs(batch.corrupt)
-        delta = corrupt_src - clean_src  # [n_srcs, batch, seq, d_model]
-        x_clean = model.output_at(INPUT_HOOK, batch.clean)  # the embeddings
-        x_corrupt = model.output_at(INPUT_HOOK, batch.corrupt)
-        for k in range(1, m + 1):
-            x = x_corrupt + (k / m) * (x_clean - x_corrupt)
-            masks = model.new_masks(0.0, requires_grad=True, dtype=dtype)
-            # the embeddings are replaced before the patch hooks read them
-            with model.hooks([(INPUT_HOOK, _replace(x))]), \
-                    model.patch(masks, corrupt_src, fixed_delta=delta, param_grads=False):  # fmt: skip
-                logits = model(batch.clean)[model.out_slice]
-            loss = answer_loss(grad_values(logits, grad_function), batch, answer_function)
-            grads = torch.autograd.grad(loss, list(masks.values()))
-            for name, grad in zip(masks, grads):
-                scores[name] += grad / m
-            bar.update()
+    with gradient_rules(model, grad_rules) as ruled:
+        for batch in dataloader:
+            _batch(ruled, batch, m, grad_function, answer_function, dtype, scores, bar)
     bar.close()
     return scores
+
+
+def _batch(model: PatchableModel, batch: PromptPairBatch, m: int, grad_function: GradFunction,
+           answer_function: AnswerFunction, dtype: torch.dtype, scores: PruneScores,
+           bar: tqdm) -> None:  # fmt: skip
+    """Add one batch's EAP-IG scores (every ``k = 1..m``) to ``scores``."""
+    if batch.clean.shape != batch.corrupt.shape:
+        raise ValueError(
+            "EAP-IG on inputs interpolates the clean and corrupt embeddings position by "
+            f"position, so their token lengths must match; got clean {tuple(batch.clean.shape)}"
+            f" and corrupt {tuple(batch.corrupt.shape)}. Pad the prompts to one length."
+        )
+    clean_src, corrupt_src = model.src_outs(batch.clean), model.src_outs(batch.corrupt)
+    delta = corrupt_src - clean_src  # [n_srcs, batch, seq, d_model]
+    x_clean = model.output_at(INPUT_HOOK, batch.clean)  # the embeddings
+    x_corrupt = model.output_at(INPUT_HOOK, batch.corrupt)
+    for k in range(1, m + 1):
+        x = x_corrupt + (k / m) * (x_clean - x_corrupt)
+        masks = model.new_masks(0.0, requires_grad=True, dtype=dtype)
+        # the embeddings are replaced before the patch hooks read them
+        with model.hooks([(INPUT_HOOK, _replace(x))]), \
+                model.patch(masks, corrupt_src, fixed_delta=delta, param_grads=False):  # fmt: skip
+            logits = model(batch.clean)[model.out_slice]
+        loss = answer_loss(grad_values(logits, grad_function), batch, answer_function)
+        # with gradient rules a mask may not reach the loss (Q/K under attention_pattern)
+        grads = torch.autograd.grad(loss, list(masks.values()), allow_unused=True)
+        for name, grad in zip(masks, grads):
+            if grad is not None:
+                scores[name] += grad / m
+        bar.update()
 
 
 def _replace(x: torch.Tensor):

@@ -5,6 +5,7 @@ attribution patching (``mask_val=0``) and integrated gradients
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from typing import Literal
 
 import torch
@@ -13,6 +14,7 @@ from tqdm.auto import tqdm
 from edgewise.checks import require_int, require_real
 from edgewise.data import PromptDataLoader, PromptPairBatch, checked_batches, require_full_prompts
 from edgewise.patching.model import PatchableModel
+from edgewise.prune_algos.grad_rules import GradRule, check_grad_rules, gradient_rules
 from edgewise.prune_algos.loss import (
     AnswerFunction,
     GradFunction,
@@ -49,6 +51,7 @@ def mask_gradient_prune_scores(
     integrated_grad_mode: IGMode = "all",
     progress: bool = True,
     max_memory: MaxMemory = None,
+    grad_rules: Iterable[GradRule] | None = (),
 ) -> PruneScores:
     """Prune scores equal to the gradient of the loss with respect to the masks that
     interpolate every edge between its clean activation and its ablation.
@@ -91,11 +94,15 @@ def mask_gradient_prune_scores(
             the scores are the same. The plan is shown in the progress bar. Whatever
             ``max_memory``, a pass that runs out of memory is retried with half the prompts
             (or, at one prompt, source blocks half as wide), with a warning.
+        grad_rules: gradient corrections, parts of the model treated as constants in the
+            backward pass (``"norm_scale"``, ``"attention_pattern"``; see
+            :mod:`edgewise.prune_algos.grad_rules`). The forward pass is unchanged.
 
     Returns:
         Destination module name -> scores shaped like its mask.
     """
     check_loss_functions(grad_function, answer_function)
+    grad_rules = check_grad_rules(grad_rules)
     ablation_type = AblationType(ablation_type)
     require_full_prompts(dataloader, model, ablation_type)
     if (mask_val is None) == (integrated_grad_samples is None):
@@ -148,27 +155,29 @@ def mask_gradient_prune_scores(
     bar = tqdm(total=sum(_n_passes(p, b, steps) for p, b in zip(plans.values(), mine)),
                desc="mask gradients", unit="pass", disable=not progress or rank != 0)  # fmt: skip
     shrunk: Plan | None = None  # after running out of memory, later batches stay smaller
-    for batch in mine:
-        plan = plans[batch.key]
-        if shrunk is not None and shrunk.chunk <= plan.chunk and len(shrunk.blocks) >= len(plan.blocks):
-            plan = shrunk
-        while True:
-            if budget is not None or len(plan.blocks) > 1 or plan.chunk < batch.clean.shape[0]:
-                bar.set_postfix_str(plan.describe())
-            try:
-                grads = _batch_grads(model, batch, plan, steps, ablation_type, clean_corrupt,
-                                     mean, grad_function, answer_function, dtype, bar)  # fmt: skip
-                break
-            except Exception as exc:
-                smaller = smaller_plan(model, plan, blocks_ok) if is_out_of_memory(exc) else None
-                if smaller is None:
-                    raise
-                warnings.warn(f"out of memory in batch {batch.key} ({plan.describe()}): retrying "
-                              f"it with {smaller.describe()}", stacklevel=2)  # fmt: skip
-                bar.total += _n_passes(smaller, batch, steps)
-                plan = shrunk = smaller
-        for name, grad in grads.items():
-            scores[name] += grad
+    # with gradient rules, the passes run on a view of the model (grad_rules.py)
+    with gradient_rules(model, grad_rules) as ruled:
+        for batch in mine:
+            plan = plans[batch.key]
+            if shrunk is not None and shrunk.chunk <= plan.chunk and len(shrunk.blocks) >= len(plan.blocks):
+                plan = shrunk
+            while True:
+                if budget is not None or len(plan.blocks) > 1 or plan.chunk < batch.clean.shape[0]:
+                    bar.set_postfix_str(plan.describe())
+                try:
+                    grads = _batch_grads(ruled, batch, plan, steps, ablation_type, clean_corrupt,
+                                         mean, grad_function, answer_function, dtype, bar)  # fmt: skip
+                    break
+                except Exception as exc:
+                    smaller = smaller_plan(model, plan, blocks_ok) if is_out_of_memory(exc) else None
+                    if smaller is None:
+                        raise
+                    warnings.warn(f"out of memory in batch {batch.key} ({plan.describe()}): retrying "
+                                  f"it with {smaller.describe()}", stacklevel=2)  # fmt: skip
+                    bar.total += _n_passes(smaller, batch, steps)
+                    plan = shrunk = smaller
+            for name, grad in grads.items():
+                scores[name] += grad
     bar.close()
     if world > 1:  # summed in rank order: every process gets the same bits
         scores = {name: sum_over_ranks(t) for name, t in scores.items()}

@@ -1,0 +1,349 @@
+"""MIB's edge-scoring variants and the gradient rules, each against an independent
+computation: EAP-IG on activations (plain TransformerLens hooks; per-module completeness;
+one step = EAP on the moved module's edges), clean-corrupted (plain hooks on both runs),
+and the norm-scale / attention-pattern rules (a hand-written transformer forward)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from edgewise import patchable_model
+from edgewise.models import random_bridge, random_model
+from edgewise.prune_algos import (
+    ALGORITHMS,
+    clean_corrupted_prune_scores,
+    eap_ig_activations_prune_scores,
+    eap_ig_inputs_prune_scores,
+    mask_gradient_prune_scores,
+)
+from edgewise.prune_algos.eap_ig_activations import module_output_hook
+from edgewise.prune_algos.grad_rules import check_grad_rules
+from edgewise.prune_algos.loss import answer_loss, grad_values
+from edgewise.runtime.ablation import batch_src_ablations
+from edgewise.types import AblationType
+
+from reference import capture_sources_and_dests, reference_eap_scores
+from util import VOCAB, random_loader, requires_hooked
+
+MODELS = {
+    "hooked": lambda: random_model(n_layers=2, d_vocab=VOCAB, dtype=torch.float64, seed=3),
+    "bridge-gpt2": lambda: random_bridge("gpt2", d_vocab=VOCAB, dtype=torch.float64),
+}
+
+
+def _kinds():
+    return [pytest.param("hooked", marks=requires_hooked), "bridge-gpt2"]
+
+
+def assert_scores_close(got, want, rel=1e-9):
+    scale = max(v.abs().max().item() for v in want.values())
+    assert scale > 0
+    for name in want:
+        torch.testing.assert_close(
+            got[name].double(), want[name].double(), atol=rel * scale + 1e-12, rtol=0
+        )
+
+
+def _src_acts(pm, tokens):
+    """Each source's output ``{src_idx: [batch, seq, d_model]}`` from TransformerLens'
+    own hooks (``hook_result`` per head), without edgewise's source reading."""
+    _, acts = capture_sources_and_dests(pm, tokens)
+    out = {}
+    for s in pm.srcs:
+        a = acts[s.module_name].detach()
+        out[s.src_idx] = a if s.head_idx is None else a[:, :, s.head_idx]
+    return out
+
+
+def _edge_scores(pm, grads, delta):
+    """``sum grad_d . delta_s`` per edge, one edge at a time."""
+    scores = {n: torch.zeros(m.mask_shape, dtype=torch.float64) for n, m in pm.dest_modules.items()}
+    for e in pm.edges:
+        g = grads[e.dest.module_name]
+        if g is None:
+            continue
+        if e.dest.head_idx is not None:
+            g = g[:, :, e.dest.head_idx]
+        d = delta[e.src.src_idx]
+        if e.seq_idx is not None:
+            g, d = g[:, e.seq_idx], d[:, e.seq_idx]
+        scores[e.dest.module_name][e.patch_idx] += (g.double() * d.double()).sum()
+    return scores
+
+
+def _grads_at_dests(pm, tokens, batch, extra_hooks=()):
+    """The loss's gradient at every destination input, TransformerLens' per-head hooks,
+    with ``extra_hooks`` ``(hook name, fn)`` registered first."""
+    handles = [pm.adapter.hook_point(n).register_forward_hook(fn) for n, fn in extra_hooks]
+    try:
+        logits, acts = capture_sources_and_dests(pm, tokens)
+    finally:
+        for h in handles:
+            h.remove()
+    loss = answer_loss(grad_values(logits, "logit"), batch, "avg_diff")
+    names = list(pm.dest_modules)
+    grads = torch.autograd.grad(loss, [acts[n] for n in names], allow_unused=True)
+    return dict(zip(names, grads))
+
+
+def reference_ig_activations(pm, loader, m, modules=None):
+    """MIB's EAP-IG-activations with plain hooks: replace one module's output hook by a
+    constant on the clean -> corrupt line, read the destinations' gradients."""
+    modules = list(pm.graph.src_modules) if modules is None else modules
+    scores = {
+        n: torch.zeros(mm.mask_shape, dtype=torch.float64) for n, mm in pm.dest_modules.items()
+    }
+    for batch in loader:
+        clean, corrupt = _src_acts(pm, batch.clean), _src_acts(pm, batch.corrupt)
+        delta = {i: corrupt[i] - clean[i] for i in clean}
+        for mod in modules:
+            step = sum(delta[i] for i in range(mod.src_lo, mod.src_hi))
+            for k in range(1, m + 1):
+                alpha = k / m
+
+                def hook(_m, _i, out, alpha=alpha, step=step):
+                    return (out + (1 - alpha) * step).detach()
+
+                grads = _grads_at_dests(pm, batch.clean, batch, [(module_output_hook(mod), hook)])
+                for n, s in _edge_scores(pm, grads, delta).items():
+                    scores[n] += s / (len(modules) * m)
+    return scores
+
+
+@pytest.mark.parametrize("kind", _kinds())
+def test_ig_activations_equals_plain_hooks(kind):
+    pm = patchable_model(MODELS[kind]())
+    loader = random_loader(seed=4, n=2, batch_size=2)
+    got = eap_ig_activations_prune_scores(pm, loader, integrated_grad_samples=2, progress=False)
+    assert_scores_close(got, reference_ig_activations(pm, loader, 2))
+
+
+@requires_hooked
+def test_ig_activations_with_positions_equals_plain_hooks():
+    pm = patchable_model(MODELS["hooked"](), seq_len=5)
+    loader = random_loader(seed=5, n=2, batch_size=2, seq_len_edges=True)
+    got = eap_ig_activations_prune_scores(pm, loader, integrated_grad_samples=2, progress=False)
+    assert_scores_close(got, reference_ig_activations(pm, loader, 2))
+
+
+def _out_of(pm, module):
+    return [e for e in pm.edges if module.src_lo <= e.src.src_idx < module.src_hi]
+
+
+@pytest.mark.parametrize("kind", _kinds())
+def test_ig_activations_one_step_is_eap_on_the_moved_module(kind):
+    """With m = 1 the moved module sits at its clean value: the gradient downstream of it
+    is the clean one, so the edges out of it score exactly as in EAP."""
+    pm = patchable_model(MODELS[kind]())
+    loader = random_loader(seed=6, n=2, batch_size=2)
+    eap = reference_eap_scores(pm, loader)
+    for module in pm.graph.src_modules:
+        got = eap_ig_activations_prune_scores(
+            pm, loader, integrated_grad_samples=1, sources=[module.module_name], progress=False
+        )
+        for e in _out_of(pm, module):
+            want = float(eap[e.dest.module_name][e.patch_idx])
+            assert float(got[e.dest.module_name][e.patch_idx]) == pytest.approx(want, abs=1e-10)
+
+
+def _loss_sum(pm, loader, masks_fn):
+    patches = batch_src_ablations(pm, loader, AblationType.RESAMPLE, "corrupt")
+    total = 0.0
+    with torch.no_grad():
+        for b in loader:
+            logits = pm.run_patched(b.clean, masks_fn(), patches[b.key])[pm.out_slice]
+            total += answer_loss(grad_values(logits, "logit"), b, "avg_diff").item()
+    return total
+
+
+@requires_hooked
+def test_ig_activations_completeness_per_module():
+    """With one module moved, its out-edges' scores are a left Riemann sum of
+    d/dt L(clean + t (corrupt - clean)): they approach L(module ablated) - L(clean) like 1/m."""
+    pm = patchable_model(MODELS["hooked"]())
+    loader = random_loader(seed=7, n=3, batch_size=3)
+    module = pm.graph.src_modules[1]  # block 0's attention: all its heads
+
+    def ablated():
+        masks = pm.new_masks(0.0)
+        for e in _out_of(pm, module):
+            masks[e.dest.module_name][e.patch_idx] = 1.0
+        return masks
+
+    delta = _loss_sum(pm, loader, ablated) - _loss_sum(pm, loader, lambda: pm.new_masks(0.0))
+    assert abs(delta) > 1e-3
+    errors = []
+    for m in (4, 32):
+        got = eap_ig_activations_prune_scores(
+            pm, loader, integrated_grad_samples=m, sources=[module.module_name], progress=False
+        )
+        total = sum(float(got[e.dest.module_name][e.patch_idx]) for e in _out_of(pm, module))
+        errors.append(abs(total - delta))
+    assert errors[1] < errors[0] / 4  # first order in 1/m
+    assert errors[1] < 0.05 * abs(delta)
+
+
+def reference_clean_corrupted(pm, loader):
+    scores = {n: torch.zeros(m.mask_shape, dtype=torch.float64) for n, m in pm.dest_modules.items()}
+    for batch in loader:
+        clean, corrupt = _src_acts(pm, batch.clean), _src_acts(pm, batch.corrupt)
+        delta = {i: corrupt[i] - clean[i] for i in clean}
+        for tokens in (batch.clean, batch.corrupt):
+            for n, s in _edge_scores(pm, _grads_at_dests(pm, tokens, batch), delta).items():
+                scores[n] += s / 2
+    return scores
+
+
+@pytest.mark.parametrize("kind", _kinds())
+def test_clean_corrupted_equals_plain_hooks(kind):
+    pm = patchable_model(MODELS[kind]())
+    loader = random_loader(seed=8, n=4, batch_size=2)  # two batches: scores add up
+    got = clean_corrupted_prune_scores(pm, loader, progress=False)
+    assert_scores_close(got, reference_clean_corrupted(pm, loader))
+    # its clean half is EAP: the average with the corrupt half differs from EAP
+    eap = reference_eap_scores(pm, loader)
+    assert any(not torch.allclose(got[n].double(), eap[n]) for n in eap)
+
+
+# ----------------------------------------------------------------------- gradient rules
+def _ln(x, w, b, eps, freeze):
+    x = x - x.mean(-1, keepdim=True)
+    scale = (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+    return x / (scale.detach() if freeze else scale) * w + b
+
+
+def manual_forward(model, tokens, norm_scale=False, attention_pattern=False):
+    """A 2-layer attention-only LayerNorm transformer written out by hand from the
+    HookedTransformer's weights: logits, source outputs, destination inputs."""
+    cfg = model.cfg
+    eps, p = cfg.eps, tokens.shape[1]
+    resid = model.W_E[tokens] + model.W_pos[:p]
+    srcs, dests = [resid], {}
+    causal = torch.ones(p, p, dtype=torch.bool).tril()
+    for layer, block in enumerate(model.blocks):
+        a = block.attn
+        ins = {x: resid[:, :, None, :].repeat(1, 1, cfg.n_heads, 1) for x in "qkv"}
+        for x in "qkv":
+            dests[(layer, x)] = ins[x]
+        normed = {x: _ln(ins[x], block.ln1.w, block.ln1.b, eps, norm_scale) for x in "qkv"}
+        q = torch.einsum("bphd,hde->bphe", normed["q"], a.W_Q) + a.b_Q
+        k = torch.einsum("bphd,hde->bphe", normed["k"], a.W_K) + a.b_K
+        v = torch.einsum("bphd,hde->bphe", normed["v"], a.W_V) + a.b_V
+        att = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(cfg.d_head)
+        pattern = att.masked_fill(~causal, float("-inf")).softmax(-1)
+        if attention_pattern:
+            pattern = pattern.detach()
+        z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)
+        heads = torch.einsum("bqhe,hed->bqhd", z, a.W_O)
+        srcs += [heads[:, :, h] for h in range(cfg.n_heads)]
+        resid = resid + heads.sum(2) + a.b_O
+    dests[("end", None)] = resid
+    logits = _ln(resid, model.ln_final.w, model.ln_final.b, eps, norm_scale) @ model.W_U + model.b_U
+    return logits, srcs, dests
+
+
+def manual_eap(pm, loader, **rules):
+    model = pm.wrapped_model
+    key = {}
+    for name, mod in pm.dest_modules.items():
+        key[name] = ("end", None) if mod.kind == "resid" else (mod.block, mod.qkv)
+    scores = {n: torch.zeros(m.mask_shape, dtype=torch.float64) for n, m in pm.dest_modules.items()}
+    for batch in loader:
+        with torch.no_grad():
+            _, clean, _ = manual_forward(model, batch.clean)
+            _, corrupt, _ = manual_forward(model, batch.corrupt)
+        delta = {i: (c - s).detach() for i, (s, c) in enumerate(zip(clean, corrupt))}
+        logits, _, dests = manual_forward(model, batch.clean, **rules)
+        loss = answer_loss(grad_values(logits[:, -1], "logit"), batch, "avg_diff")
+        names = list(pm.dest_modules)
+        grads = torch.autograd.grad(loss, [dests[key[n]] for n in names], allow_unused=True)
+        for n, s in _edge_scores(pm, dict(zip(names, grads)), delta).items():
+            scores[n] += s
+    return scores
+
+
+RULES = {
+    "none": {},
+    "norm_scale": {"norm_scale": True},
+    "attention_pattern": {"attention_pattern": True},
+    "both": {"norm_scale": True, "attention_pattern": True},
+}
+
+
+@requires_hooked
+@pytest.mark.parametrize("rules", sorted(RULES))
+def test_grad_rules_equal_hand_written_backward(rules):
+    model = random_model(n_layers=2, d_vocab=VOCAB, attn_only=True, dtype=torch.float64, seed=9)
+    with torch.no_grad():  # LayerNorm weights away from 1 and 0
+        gen = torch.Generator().manual_seed(1)
+        for ln in [b.ln1 for b in model.blocks] + [model.ln_final]:
+            ln.w.copy_(1 + 0.5 * torch.randn(ln.w.shape, generator=gen, dtype=torch.float64))
+            ln.b.copy_(0.5 * torch.randn(ln.b.shape, generator=gen, dtype=torch.float64))
+    pm = patchable_model(model)
+    loader = random_loader(seed=10, n=4, batch_size=2)
+    names = [r for r, on in (("norm_scale", "norm_scale" in RULES[rules]),
+                             ("attention_pattern", "attention_pattern" in RULES[rules])) if on]  # fmt: skip
+    got = mask_gradient_prune_scores(
+        pm, loader, None, "logit", "avg_diff", mask_val=0.0, grad_rules=names, progress=False
+    )
+    want = manual_eap(pm, loader, **RULES[rules])
+    assert_scores_close(got, want)
+    if "attention_pattern" in names:  # nothing reaches queries and keys
+        for n, mod in pm.dest_modules.items():
+            if mod.qkv in ("q", "k"):
+                assert not got[n].any()
+    if names:  # the rule changes the scores
+        plain = manual_eap(pm, loader)
+        assert any(not torch.allclose(got[n].double(), plain[n]) for n in plain)
+
+
+@requires_hooked
+def test_grad_rules_reach_the_other_gradient_methods():
+    """IG on inputs, IG on activations and clean-corrupted take the same rules: with the
+    rules at m = 1 (and the clean half), each equals its own ruled EAP part."""
+    pm = patchable_model(MODELS["hooked"]())
+    loader = random_loader(seed=11, n=2, batch_size=2)
+    rules = ("attention_pattern", "norm_scale")
+    eap = mask_gradient_prune_scores(
+        pm, loader, None, "logit", "avg_diff", mask_val=0.0, grad_rules=rules, progress=False
+    )
+    ig = eap_ig_inputs_prune_scores(pm, loader, integrated_grad_samples=1, grad_rules=rules,
+                                    progress=False)  # fmt: skip
+    assert_scores_close(ig, eap)
+    module = pm.graph.src_modules[0]
+    act = eap_ig_activations_prune_scores(
+        pm, loader, integrated_grad_samples=1, sources=[module.module_name], grad_rules=rules,
+        progress=False,
+    )  # fmt: skip
+    for e in _out_of(pm, module):
+        want = float(eap[e.dest.module_name][e.patch_idx])
+        assert float(act[e.dest.module_name][e.patch_idx]) == pytest.approx(want, abs=1e-10)
+    assert ALGORITHMS["eap-frozen"].defaults["grad_rules"] == rules
+
+
+def test_registered_algorithms_call_the_functions():
+    pm = patchable_model(MODELS["bridge-gpt2"]())
+    loader = random_loader(seed=12, n=2, batch_size=2)
+    got = ALGORITHMS["clean-corrupted"](pm, loader, progress=False)
+    assert_scores_close(got, clean_corrupted_prune_scores(pm, loader, progress=False), rel=0)
+    got = ALGORITHMS["eap-ig-activations"](pm, loader, progress=False, integrated_grad_samples=1)
+    want = eap_ig_activations_prune_scores(pm, loader, integrated_grad_samples=1, progress=False)
+    assert_scores_close(got, want, rel=0)
+
+
+def test_bad_arguments_are_named():
+    pm = patchable_model(MODELS["bridge-gpt2"]())
+    loader = random_loader(seed=13, n=2, batch_size=2)
+    with pytest.raises(ValueError, match="unknown gradient rule"):
+        check_grad_rules(["norm"])
+    with pytest.raises(ValueError, match="sources must name source modules"):
+        eap_ig_activations_prune_scores(
+            pm, loader, sources=["blocks.9.hook_mlp_out"], progress=False
+        )
+    with pytest.raises(ValueError, match="integrated_grad_samples"):
+        eap_ig_activations_prune_scores(pm, loader, integrated_grad_samples=0, progress=False)
+    with pytest.raises(NotImplementedError, match="HookedTransformer only"):
+        clean_corrupted_prune_scores(pm, loader, grad_rules=["norm_scale"], progress=False)
