@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from edgewise import patchable_model
-from edgewise.models import random_bridge, random_model
+from edgewise.models import from_tl_weights, random_bridge, random_model
 from edgewise.prune_algos import (
     ALGORITHMS,
     clean_corrupted_prune_scores,
@@ -117,8 +117,13 @@ def reference_ig_activations(pm, loader, m, modules=None):
 def test_ig_activations_equals_plain_hooks(kind):
     pm = patchable_model(MODELS[kind]())
     loader = random_loader(seed=4, n=2, batch_size=2)
-    got = eap_ig_activations_prune_scores(pm, loader, integrated_grad_samples=2, progress=False)
-    assert_scores_close(got, reference_ig_activations(pm, loader, 2))
+    # every kind of module (embeddings, attention, MLP) on the bridge; all on the faster model
+    modules = None if kind == "hooked" else list(pm.graph.src_modules[:3])
+    names = None if modules is None else [mod.module_name for mod in modules]
+    got = eap_ig_activations_prune_scores(
+        pm, loader, integrated_grad_samples=2, sources=names, progress=False
+    )
+    assert_scores_close(got, reference_ig_activations(pm, loader, 2, modules))
 
 
 @requires_hooked
@@ -208,6 +213,21 @@ def test_clean_corrupted_equals_plain_hooks(kind):
     assert any(not torch.allclose(got[n].double(), eap[n]) for n in eap)
 
 
+@pytest.mark.parametrize("kind", _kinds())
+def test_clean_corrupted_is_the_mean_of_eap_ig_inputs_two_endpoints(kind):
+    """EAP-IG on inputs with m = 1 takes the clean end (k = 1: EAP) or, as MIB's code,
+    the corrupt end (k = 0): their mean is clean-corrupted."""
+    pm = patchable_model(MODELS[kind]())
+    loader = random_loader(seed=14, n=2, batch_size=2)
+    clean_end = eap_ig_inputs_prune_scores(pm, loader, integrated_grad_samples=1, progress=False)
+    corrupt_end = eap_ig_inputs_prune_scores(
+        pm, loader, integrated_grad_samples=1, endpoint="corrupt", progress=False
+    )
+    both = clean_corrupted_prune_scores(pm, loader, progress=False)
+    assert_scores_close({n: (clean_end[n] + corrupt_end[n]) / 2 for n in both}, both)
+    assert_scores_close(clean_end, reference_eap_scores(pm, loader))
+
+
 # ----------------------------------------------------------------------- gradient rules
 def _ln(x, w, b, eps, freeze):
     x = x - x.mean(-1, keepdim=True)
@@ -215,48 +235,68 @@ def _ln(x, w, b, eps, freeze):
     return x / (scale.detach() if freeze else scale) * w + b
 
 
-def manual_forward(model, tokens, norm_scale=False, attention_pattern=False):
-    """A 2-layer attention-only LayerNorm transformer written out by hand from the
-    HookedTransformer's weights: logits, source outputs, destination inputs."""
-    cfg = model.cfg
-    eps, p = cfg.eps, tokens.shape[1]
-    resid = model.W_E[tokens] + model.W_pos[:p]
+def random_ln_weights(seed=9):
+    """TransformerLens-format weights of a 2-layer attention-only LayerNorm model."""
+    d, h, dh, n_ctx = 8, 2, 4, 16
+    shapes = {"embed.W_E": (VOCAB, d), "pos_embed.W_pos": (n_ctx, d), "unembed.W_U": (d, VOCAB),
+              "unembed.b_U": (VOCAB,), "ln_final.w": (d,), "ln_final.b": (d,)}  # fmt: skip
+    for layer in range(2):
+        a = f"blocks.{layer}.attn."
+        shapes.update({a + "W_Q": (h, d, dh), a + "W_K": (h, d, dh), a + "W_V": (h, d, dh),
+                       a + "W_O": (h, dh, d), a + "b_Q": (h, dh), a + "b_K": (h, dh),
+                       a + "b_V": (h, dh), a + "b_O": (d,),
+                       f"blocks.{layer}.ln1.w": (d,), f"blocks.{layer}.ln1.b": (d,)})  # fmt: skip
+    gen = torch.Generator().manual_seed(seed)
+    w = {k: 0.5 * torch.randn(sh, generator=gen, dtype=torch.float64) for k, sh in shapes.items()}
+    for k in w:
+        if k.endswith(".w"):  # LayerNorm gains around 1
+            w[k] += 1.0
+    cfg = dict(n_layers=2, d_model=d, n_heads=h, d_head=dh, d_vocab=VOCAB, n_ctx=n_ctx,
+               attn_only=True, normalization_type="LN", act_fn=None, dtype=torch.float64)  # fmt: skip
+    return cfg, w
+
+
+def manual_forward(w, tokens, norm_scale=False, attention_pattern=False, n_heads=2, eps=1e-5):
+    """The 2-layer attention-only LayerNorm transformer written out by hand from its
+    weights ``w``: logits, source outputs, destination inputs."""
+    p = tokens.shape[1]
+    # a leaf that needs a gradient, so that every destination input has one
+    resid = (w["embed.W_E"][tokens] + w["pos_embed.W_pos"][:p]).requires_grad_()
     srcs, dests = [resid], {}
     causal = torch.ones(p, p, dtype=torch.bool).tril()
-    for layer, block in enumerate(model.blocks):
-        a = block.attn
-        ins = {x: resid[:, :, None, :].repeat(1, 1, cfg.n_heads, 1) for x in "qkv"}
-        for x in "qkv":
-            dests[(layer, x)] = ins[x]
-        normed = {x: _ln(ins[x], block.ln1.w, block.ln1.b, eps, norm_scale) for x in "qkv"}
-        q = torch.einsum("bphd,hde->bphe", normed["q"], a.W_Q) + a.b_Q
-        k = torch.einsum("bphd,hde->bphe", normed["k"], a.W_K) + a.b_K
-        v = torch.einsum("bphd,hde->bphe", normed["v"], a.W_V) + a.b_V
-        att = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(cfg.d_head)
+    for layer in range(2):
+        a, ln = f"blocks.{layer}.attn.", f"blocks.{layer}.ln1."
+        ins = {x: resid[:, :, None, :].repeat(1, 1, n_heads, 1) for x in "QKV"}
+        proj = {}
+        for x in "QKV":
+            dests[(layer, x.lower())] = ins[x]
+            normed = _ln(ins[x], w[ln + "w"], w[ln + "b"], eps, norm_scale)
+            proj[x] = torch.einsum("bphd,hde->bphe", normed, w[a + "W_" + x]) + w[a + "b_" + x]
+        d_head = proj["Q"].shape[-1]
+        att = torch.einsum("bqhe,bkhe->bhqk", proj["Q"], proj["K"]) / math.sqrt(d_head)
         pattern = att.masked_fill(~causal, float("-inf")).softmax(-1)
         if attention_pattern:
             pattern = pattern.detach()
-        z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)
-        heads = torch.einsum("bqhe,hed->bqhd", z, a.W_O)
-        srcs += [heads[:, :, h] for h in range(cfg.n_heads)]
-        resid = resid + heads.sum(2) + a.b_O
+        z = torch.einsum("bhqk,bkhe->bqhe", pattern, proj["V"])
+        heads = torch.einsum("bqhe,hed->bqhd", z, w[a + "W_O"])
+        srcs += [heads[:, :, h] for h in range(n_heads)]
+        resid = resid + heads.sum(2) + w[a + "b_O"]
     dests[("end", None)] = resid
-    logits = _ln(resid, model.ln_final.w, model.ln_final.b, eps, norm_scale) @ model.W_U + model.b_U
-    return logits, srcs, dests
+    normed = _ln(resid, w["ln_final.w"], w["ln_final.b"], eps, norm_scale)
+    return normed @ w["unembed.W_U"] + w["unembed.b_U"], srcs, dests
 
 
-def manual_eap(pm, loader, **rules):
-    model = pm.wrapped_model
+def manual_eap(pm, w, loader, **rules):
     key = {}
     for name, mod in pm.dest_modules.items():
         key[name] = ("end", None) if mod.kind == "resid" else (mod.block, mod.qkv)
     scores = {n: torch.zeros(m.mask_shape, dtype=torch.float64) for n, m in pm.dest_modules.items()}
     for batch in loader:
         with torch.no_grad():
-            _, clean, _ = manual_forward(model, batch.clean)
-            _, corrupt, _ = manual_forward(model, batch.corrupt)
+            _, clean, _ = manual_forward(w, batch.clean)
+            _, corrupt, _ = manual_forward(w, batch.corrupt)
         delta = {i: (c - s).detach() for i, (s, c) in enumerate(zip(clean, corrupt))}
-        logits, _, dests = manual_forward(model, batch.clean, **rules)
+        logits, _, dests = manual_forward(w, batch.clean, **rules)
         loss = answer_loss(grad_values(logits[:, -1], "logit"), batch, "avg_diff")
         names = list(pm.dest_modules)
         grads = torch.autograd.grad(loss, [dests[key[n]] for n in names], allow_unused=True)
@@ -273,15 +313,21 @@ RULES = {
 }
 
 
-@requires_hooked
+@pytest.mark.parametrize("kind", _kinds())
 @pytest.mark.parametrize("rules", sorted(RULES))
-def test_grad_rules_equal_hand_written_backward(rules):
-    model = random_model(n_layers=2, d_vocab=VOCAB, attn_only=True, dtype=torch.float64, seed=9)
-    with torch.no_grad():  # LayerNorm weights away from 1 and 0
-        gen = torch.Generator().manual_seed(1)
-        for ln in [b.ln1 for b in model.blocks] + [model.ln_final]:
-            ln.w.copy_(1 + 0.5 * torch.randn(ln.w.shape, generator=gen, dtype=torch.float64))
-            ln.b.copy_(0.5 * torch.randn(ln.b.shape, generator=gen, dtype=torch.float64))
+def test_grad_rules_equal_hand_written_backward(rules, kind):
+    if kind != "hooked" and "norm_scale" in RULES[rules]:
+        pytest.skip("norm_scale is refused on bridges (test_bad_arguments_are_named)")
+    cfg, w = random_ln_weights()
+    if kind == "hooked":
+        model = from_tl_weights(cfg, w, kind="hooked")
+    else:  # GPT-2 has a second norm in each block; it reads only the (absent) MLP
+        ln2 = {
+            f"blocks.{i}.ln2.{p}": torch.ones(8, dtype=torch.float64)
+            for i in range(2)
+            for p in "wb"
+        }
+        model = from_tl_weights(cfg, {**w, **ln2}, kind="bridge")
     pm = patchable_model(model)
     loader = random_loader(seed=10, n=4, batch_size=2)
     names = [r for r, on in (("norm_scale", "norm_scale" in RULES[rules]),
@@ -289,14 +335,14 @@ def test_grad_rules_equal_hand_written_backward(rules):
     got = mask_gradient_prune_scores(
         pm, loader, None, "logit", "avg_diff", mask_val=0.0, grad_rules=names, progress=False
     )
-    want = manual_eap(pm, loader, **RULES[rules])
+    want = manual_eap(pm, w, loader, **RULES[rules])
     assert_scores_close(got, want)
     if "attention_pattern" in names:  # nothing reaches queries and keys
         for n, mod in pm.dest_modules.items():
             if mod.qkv in ("q", "k"):
                 assert not got[n].any()
     if names:  # the rule changes the scores
-        plain = manual_eap(pm, loader)
+        plain = manual_eap(pm, w, loader)
         assert any(not torch.allclose(got[n].double(), plain[n]) for n in plain)
 
 
@@ -329,8 +375,9 @@ def test_registered_algorithms_call_the_functions():
     loader = random_loader(seed=12, n=2, batch_size=2)
     got = ALGORITHMS["clean-corrupted"](pm, loader, progress=False)
     assert_scores_close(got, clean_corrupted_prune_scores(pm, loader, progress=False), rel=0)
-    got = ALGORITHMS["eap-ig-activations"](pm, loader, progress=False, integrated_grad_samples=1)
-    want = eap_ig_activations_prune_scores(pm, loader, integrated_grad_samples=1, progress=False)
+    kw = {"integrated_grad_samples": 1, "sources": ["blocks.0.hook_mlp_out"], "progress": False}
+    got = ALGORITHMS["eap-ig-activations"](pm, loader, **kw)
+    want = eap_ig_activations_prune_scores(pm, loader, **kw)
     assert_scores_close(got, want, rel=0)
 
 
@@ -343,7 +390,11 @@ def test_bad_arguments_are_named():
         eap_ig_activations_prune_scores(
             pm, loader, sources=["blocks.9.hook_mlp_out"], progress=False
         )
+    with pytest.raises(ValueError, match="endpoint must be"):
+        eap_ig_inputs_prune_scores(pm, loader, endpoint="middle", progress=False)
     with pytest.raises(ValueError, match="integrated_grad_samples"):
         eap_ig_activations_prune_scores(pm, loader, integrated_grad_samples=0, progress=False)
-    with pytest.raises(NotImplementedError, match="HookedTransformer only"):
+    with pytest.raises(
+        NotImplementedError, match="'norm_scale' is implemented for HookedTransformer only"
+    ):
         clean_corrupted_prune_scores(pm, loader, grad_rules=["norm_scale"], progress=False)

@@ -103,7 +103,7 @@ ALGORITHMS: dict[str, Algorithm] = {
         {"grad_function": "logit", "answer_function": "avg_diff", "mask_val": 0.0,
          "grad_rules": ("attention_pattern", "norm_scale")},
         "EAP with norm scales and attention patterns constant in the backward pass (LRP's "
-        "LN- and AH-rules); HookedTransformer only",
+        "LN- and AH-rules; the norm rule needs a HookedTransformer)",
         max_memory=True, loss=True,
     ),
     "atp-star": Algorithm(

@@ -10,12 +10,17 @@ embeddings) and ``z_s`` the source's output on the clean and corrupt prompts. Wi
 ``m = 1`` it is EAP. Unlike integrated gradients over the masks
 (:func:`~edgewise.prune_algos.mask_gradient.mask_gradient_prune_scores`), the model is
 never patched; only its input moves.
+
+hannamw/EAP-IG, which MIB runs (``get_scores_eap_ig`` in ``src/eap/attribute.py``, commit
+7af394a), takes ``k = 0..m-1`` instead: the corrupt end is on the path and the clean end
+is not (with ``m = 1`` its score uses the gradient of the corrupt run alone).
+``endpoint="corrupt"`` gives those points.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -46,6 +51,7 @@ def eap_ig_inputs_prune_scores(
     integrated_grad_samples: int = 5,
     progress: bool = True,
     grad_rules: Iterable[GradRule] | None = (),
+    endpoint: Literal["clean", "corrupt"] = "clean",
 ) -> PruneScores:
     """Score every edge by EAP-IG on the input embeddings.
 
@@ -57,12 +63,16 @@ def eap_ig_inputs_prune_scores(
         integrated_grad_samples: ``m``, the number of points on the path (``k = 1..m``).
         progress: show a progress bar.
         grad_rules: gradient corrections (:mod:`edgewise.prune_algos.grad_rules`).
+        endpoint: which end of the path is among the ``m`` points: ``"clean"``
+            (``k = 1..m``) or ``"corrupt"`` (``k = 0..m-1``, as MIB's EAP-IG code).
 
     Returns:
         Destination module name -> scores shaped like its mask.
     """
     check_loss_functions(grad_function, answer_function)
     grad_rules = check_grad_rules(grad_rules)
+    if endpoint not in ("clean", "corrupt"):
+        raise ValueError(f"endpoint must be 'clean' (k = 1..m) or 'corrupt' (k = 0..m-1), got {endpoint!r}")
     require_full_prompts(dataloader, model)
     integrated_grad_samples = require_int(integrated_grad_samples, "integrated_grad_samples", 1)
     checked_batches(model, dataloader, "eap_ig_inputs_prune_scores", answer_function, True)
@@ -73,15 +83,18 @@ def eap_ig_inputs_prune_scores(
     bar = tqdm(total=len(dataloader) * m, desc="EAP-IG inputs", disable=not progress)
     with gradient_rules(model, grad_rules) as ruled:
         for batch in dataloader:
-            _batch(ruled, batch, m, grad_function, answer_function, dtype, scores, bar)
+            _batch(ruled, batch, m, endpoint == "corrupt", grad_function, answer_function,
+                   dtype, scores, bar)  # fmt: skip
     bar.close()
     return scores
 
 
-def _batch(model: PatchableModel, batch: PromptPairBatch, m: int, grad_function: GradFunction,
+def _batch(model: PatchableModel, batch: PromptPairBatch, m: int, from_corrupt: bool,
+           grad_function: GradFunction,
            answer_function: AnswerFunction, dtype: torch.dtype, scores: PruneScores,
            bar: tqdm) -> None:  # fmt: skip
-    """Add one batch's EAP-IG scores (every ``k = 1..m``) to ``scores``."""
+    """Add one batch's EAP-IG scores (``k = 1..m``, or ``0..m-1`` ``from_corrupt``)
+    to ``scores``."""
     if batch.clean.shape != batch.corrupt.shape:
         raise ValueError(
             "EAP-IG on inputs interpolates the clean and corrupt embeddings position by "
@@ -92,7 +105,7 @@ def _batch(model: PatchableModel, batch: PromptPairBatch, m: int, grad_function:
     delta = corrupt_src - clean_src  # [n_srcs, batch, seq, d_model]
     x_clean = model.output_at(INPUT_HOOK, batch.clean)  # the embeddings
     x_corrupt = model.output_at(INPUT_HOOK, batch.corrupt)
-    for k in range(1, m + 1):
+    for k in range(0, m) if from_corrupt else range(1, m + 1):
         x = x_corrupt + (k / m) * (x_clean - x_corrupt)
         masks = model.new_masks(0.0, requires_grad=True, dtype=dtype)
         # the embeddings are replaced before the patch hooks read them

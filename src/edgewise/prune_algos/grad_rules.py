@@ -17,7 +17,8 @@ The rules are applied as forward hooks at TransformerLens' ``hook_scale`` and
 passes run on a view of the model that patches Q/K/V at TransformerLens' own per-head
 input hooks, where ``ln1`` runs as TransformerLens computes it (slower, same forward).
 
-Not confirmed against a MIB leaderboard entry's code: RelP's full rule set (e.g. its rules
+On a ``TransformerBridge`` only ``"attention_pattern"`` is available (see
+:func:`gradient_rules`). Not confirmed against a MIB leaderboard entry's code: RelP's full rule set (e.g. its rules
 for the MLP nonlinearity and gated products) is not implemented here.
 """
 
@@ -91,20 +92,22 @@ def gradient_rules(
     rules; with rules, a view of it (same graph, masks and weights) whose Q/K/V inputs are
     patched at TransformerLens' per-head hooks, with the rules' detaching hooks on.
 
-    Raises ``NotImplementedError`` for a ``TransformerBridge``: its norms rebuild an
-    edited ``hook_scale`` outside the autograd graph of the final norm on TL 4.3 (checked
-    on a random Llama bridge), so a rule would not mean what it says."""
+    ``"norm_scale"`` raises ``NotImplementedError`` on a ``TransformerBridge``: a detached
+    ``hook_scale`` does not give the frozen-scale gradient through the blocks' norms there
+    (checked against a hand-written forward on a GPT-2 bridge, TransformerLens 3.9; on a
+    Llama bridge the final norm then passes no gradient at all). ``"attention_pattern"``
+    works on both kinds."""
     rules = check_grad_rules(grad_rules)
     if not rules:
         yield model
         return
     adapter = model.adapter
-    if not adapter.is_hooked_transformer:
+    if "norm_scale" in rules and not adapter.is_hooked_transformer:
         raise NotImplementedError(
-            f"gradient rules {rules} are implemented for HookedTransformer only; "
-            f"{type(model.wrapped_model).__name__} (TransformerBridge) does not carry detached "
-            "norm scales into the backward pass reliably. Convert the model to a "
-            "HookedTransformer (TransformerLens 3.x) or pass grad_rules=()."
+            "the gradient rule 'norm_scale' is implemented for HookedTransformer only: "
+            f"{type(model.wrapped_model).__name__} (a TransformerBridge) does not carry a "
+            "detached norm scale into the backward pass as TransformerLens does. Use a "
+            "HookedTransformer (TransformerLens 3.x), or only grad_rules=('attention_pattern',)."
         )
     inner = model.wrapped_model
     with ExitStack() as stack:
