@@ -25,6 +25,7 @@ from edgewise.prune_algos.learned_masks import (
     learned_mask_sizes_prune_scores,
 )
 from edgewise.prune_algos.mask_gradient import mask_gradient_prune_scores
+from edgewise.prune_algos.optimal_ablation import optimal_ablation_values
 from edgewise.prune_algos.subnetwork_probing import (
     circuit_probing_prune_scores,
     subnetwork_probing_prune_scores,
@@ -164,6 +165,7 @@ __all__ = [
     "eap_ig_activations_prune_scores",
     "clean_corrupted_prune_scores",
     "GRAD_RULES",
+    "optimal_ablation_values",
     "GradRule",
     "exact_patching_prune_scores",
     "ground_truth_prune_scores",

@@ -1,0 +1,79 @@
+"""optimal_ablation_values: starts at the mean over clean prompts and positions, and the
+constants it returns, patched in as ablations of a module's edges, lose less than the mean
+and zero ablations on the objective they were fitted to."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from edgewise import patchable_model
+from edgewise.models import random_model
+from edgewise.prune_algos.loss import answer_loss, grad_values
+from edgewise.prune_algos.optimal_ablation import optimal_ablation_values
+from edgewise.runtime.ablation import src_ablations
+from edgewise.types import AblationType
+
+from util import VOCAB, random_loader
+
+
+@pytest.fixture(scope="module")
+def pm():
+    return patchable_model(random_model(n_layers=2, d_vocab=VOCAB, dtype=torch.float64, seed=5))
+
+
+def test_zero_steps_is_the_mean_over_clean_prompts_and_positions(pm):
+    loader = random_loader(seed=1, n=4, batch_size=2)
+    got = optimal_ablation_values(pm, loader, steps=0)
+    every = torch.cat([b.clean for b in loader])
+    want = src_ablations(pm, every, AblationType.BATCH_ALL_TOK_MEAN)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+
+
+def _loss(pm, loader, module, patch, objective):
+    """The objective, averaged over batches, with every edge out of ``module`` patched
+    by ``patch`` (the patch machinery, not the hooks the fit used)."""
+    masks = pm.new_masks(0.0)
+    for e in pm.edges:
+        if module.src_lo <= e.src.src_idx < module.src_hi:
+            masks[e.dest.module_name][e.patch_idx] = 1.0
+    total = 0.0
+    with torch.no_grad():
+        for b in loader:
+            logits = pm.run_patched(b.clean, masks, patch)
+            if objective == "lm":
+                total += F.cross_entropy(
+                    logits[:, :-1].flatten(0, 1), b.clean[:, 1:].flatten()
+                ).item()
+            else:
+                total += answer_loss(
+                    grad_values(logits[pm.out_slice], "logit"), b, "avg_diff"
+                ).item()
+    return total / len(loader)
+
+
+@pytest.mark.parametrize("objective", ["lm", "task"])
+@pytest.mark.parametrize("which", [1, 2])  # block 0's attention (all heads), block 0's MLP
+def test_fitted_constants_beat_the_mean_and_zero(pm, objective, which):
+    loader = random_loader(seed=2, n=4, batch_size=2)
+    module = pm.graph.src_modules[which]
+    fitted = optimal_ablation_values(pm, loader, steps=60, lr=0.05, objective=objective,
+                                     sources=[module.module_name])  # fmt: skip
+    mean = optimal_ablation_values(pm, loader, steps=0)
+    others = [i for i in range(len(pm.srcs)) if not module.src_lo <= i < module.src_hi]
+    assert torch.equal(fitted[others], mean[others])  # only the chosen module moves
+    zero = torch.zeros_like(mean)
+    got = _loss(pm, loader, module, fitted, objective)
+    assert got < _loss(pm, loader, module, mean, objective) - 1e-3
+    assert got < _loss(pm, loader, module, zero, objective)
+
+
+def test_bad_arguments_are_named(pm):
+    loader = random_loader(seed=3, n=2, batch_size=2)
+    with pytest.raises(ValueError, match="objective must be"):
+        optimal_ablation_values(pm, loader, objective="kl")
+    with pytest.raises(ValueError, match="lr must be positive"):
+        optimal_ablation_values(pm, loader, lr=0.0)
+    with pytest.raises(ValueError, match="sources must name"):
+        optimal_ablation_values(pm, loader, sources=["mlp"])
