@@ -398,3 +398,18 @@ def test_bad_arguments_are_named():
         NotImplementedError, match="'norm_scale' is implemented for HookedTransformer only"
     ):
         clean_corrupted_prune_scores(pm, loader, grad_rules=["norm_scale"], progress=False)
+
+
+@requires_hooked
+def test_grad_rules_with_token_positions_and_a_memory_budget():
+    """Per-position edges, and passes split into single prompts and source blocks by a
+    small memory budget, give the hand-written frozen backward too."""
+    cfg, w = random_ln_weights()
+    pm = patchable_model(from_tl_weights(cfg, w, kind="hooked"), seq_len=5)
+    loader = random_loader(seed=15, n=2, batch_size=2, seq_len_edges=True)
+    rules = ("attention_pattern", "norm_scale")
+    want = manual_eap(pm, w, loader, norm_scale=True, attention_pattern=True)
+    for budget in (None, 4096):
+        got = mask_gradient_prune_scores(pm, loader, None, "logit", "avg_diff", mask_val=0.0,
+                                         grad_rules=rules, max_memory=budget, progress=False)  # fmt: skip
+        assert_scores_close(got, want)
