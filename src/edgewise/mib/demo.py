@@ -72,6 +72,8 @@ class MibDemo:
         paths: what was written: ``results``, ``report``, and per edge method
             ``<method>/importances`` and ``<method>/circuits`` (submission roots).
         results: the ``mib_results.json`` document.
+        model: the patchable toy model (MIB's graph, no token positions).
+        eval_loader: the evaluation prompts (the ``validation`` split).
     """
 
     rows: list[tuple[str, MibIntervals]]
@@ -79,6 +81,8 @@ class MibDemo:
     node_scores: dict[tuple[str, str], dict[str, torch.Tensor]]
     paths: dict[str, Path]
     results: dict[str, Any] = field(default_factory=dict)
+    model: Any = None
+    eval_loader: Any = None
 
 
 def _loader(dataset: Any) -> Any:
@@ -174,8 +178,9 @@ def _run_locked(folder: Path, n_resamples: int, progress: bool, seed: int) -> Mi
 
     edge_scores = {m: ALGORITHMS[m](pm, train, None, progress=progress) for m in EDGE_METHODS}
     node_scores = {
-        (m, lvl): node_attribution_scores(pm, train, m, lvl, mlp_gradient="input",
-                                          progress=progress)  # fmt: skip
+        (m, lvl): node_attribution_scores(
+            pm, train, m, lvl, mlp_gradient="input", progress=progress
+        )  # fmt: skip
         for m in NODE_METHODS
         for lvl in ("node", "neuron")
     }
@@ -205,7 +210,7 @@ def _run_locked(folder: Path, n_resamples: int, progress: bool, seed: int) -> Mi
     }  # fmt: skip
     paths["results"] = write_json(folder / RESULTS_FILE, results)
     paths["report"] = write_mib_report(results, folder / REPORT_FILE)
-    return MibDemo(rows, edge_scores, node_scores, paths, results)
+    return MibDemo(rows, edge_scores, node_scores, paths, results, pm, test)
 
 
 def format_summary(demo: MibDemo) -> str:
@@ -244,10 +249,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "files, CPR/CMD with bootstrap intervals, a report page",
     )
     p.add_argument("--out", default="runs/mib-demo", metavar="DIR", help="results folder")
-    p.add_argument("--bootstrap", type=int, default=100, metavar="N",
-                   help="bootstrap resamples of the evaluation prompts (default 100)")
-    p.add_argument("--allow-existing", action="store_true",
-                   help="write into a non-empty folder edgewise did not make; its files are "
-                        "left alone (none may have a name edgewise writes)")
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=100,
+        metavar="N",
+        help="bootstrap resamples of the evaluation prompts (default 100)",
+    )
+    p.add_argument(
+        "--allow-existing",
+        action="store_true",
+        help="write into a non-empty folder edgewise did not make; its files are "
+        "left alone (none may have a name edgewise writes)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(mib_run=run_demo_command)

@@ -271,4 +271,3 @@ def mib_bootstrap(
         cpr=(cpr, float(a_lo[0]), float(a_hi[0])), cmd=(cmd, float(a_lo[1]), float(a_hi[1])),
         level_ci=level, n_resamples=n_resamples, seed=seed,
     )  # fmt: skip
-

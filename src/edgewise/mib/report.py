@@ -44,7 +44,7 @@ def interval_text(triple: Sequence[float]) -> str:
 def _table(rows: Sequence[Mapping[str, Any]], colors: Mapping[str, str]) -> str:
     level = rows[0]["bootstrap"].get("level", 0.95) if rows else 0.95
     head = (
-        "<tr><th>method</th><th>level</th><th class=\"num\">units</th>"
+        '<tr><th>method</th><th>level</th><th class="num">units</th>'
         f'<th class="num" title="area under the faithfulness of the signed top-n circuits '
         f'(higher is better); {100 * level:g}% bootstrap interval over prompts">CPR ↑ '
         f"[{100 * level:g}% interval]</th>"
@@ -105,7 +105,9 @@ def _files(results: Mapping[str, Any]) -> str:
             if folder:
                 valid = (entry or {}).get(f"{kind}_valid")
                 note = f" — validated: {esc(valid)}" if valid else ""
-                items.append(f"<li><b>{esc(method)}</b> {kind}: <code>{esc(folder)}</code>{note}</li>")
+                items.append(
+                    f"<li><b>{esc(method)}</b> {kind}: <code>{esc(folder)}</code>{note}</li>"
+                )
     if not items:
         return ""
     return ('<section class="card"><h2>Submission files</h2><ul>' + "".join(items)
