@@ -27,7 +27,8 @@ from typing import Any
 MARKER = ".edgewise"
 LOCK = ".edgewise-lock"
 STATE_DIR = "checkpoints"  # resume state: <algo>.json and <algo>.pt
-_OUTPUTS = re.compile(r"(results\.json|report\.html|scores_.+\.safetensors|circuit_.+_mib\.json)")
+_OUTPUTS = re.compile(r"(results\.json|report\.html|scores_.+\.safetensors|circuit_.+_mib\.json"
+                      r"|mib_results\.json|mib_report\.html|mib_submission)")
 
 
 class OutputFolderError(ValueError):

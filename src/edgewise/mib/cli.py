@@ -11,6 +11,7 @@ _SUBCOMMANDS: list[tuple[str, str]] = [
     ("edgewise.mib.evaluate", "add_parser"),
     ("edgewise.mib.submission", "add_parser"),
     ("edgewise.mib.models", "add_parser"),
+    ("edgewise.mib.demo", "add_parser"),
 ]
 
 

@@ -206,21 +206,32 @@ def mib_faithfulness(value: float, empty: float, full: float) -> float:
     return (value - empty) / (full - empty)
 
 
+def prompt_logit_diffs(
+    model: PatchableModel, dataloader: PromptDataLoader, circuit_outs: CircuitOutputs
+) -> dict[int, torch.Tensor]:
+    """Circuit size -> each prompt's logit difference (mean answer logit minus mean
+    wrong-answer logit) at the last output position, ``[n_prompts]`` float64 in the
+    loader's order: what MIB's ``evaluate_graph`` returns per prompt."""
+    batches = loader_batches(dataloader, "prompt_logit_diffs")
+    return {
+        size: torch.cat(
+            [
+                batch_answer_diffs(last_position(by_batch[b.key]).double(), b).flatten()
+                for b in batches
+            ]
+        )
+        for size, by_batch in circuit_outs.items()
+    }
+
+
 def mean_logit_diff(
     model: PatchableModel, dataloader: PromptDataLoader, circuit_outs: CircuitOutputs
 ) -> dict[int, float]:
     """Circuit size -> the mean over all prompts of the logit difference (mean answer logit
     minus mean wrong-answer logit) at the last output position, MIB's ``logit_diff``
     averaged as ``evaluate_graph(...).mean()`` does: every prompt weighs the same."""
-    batches = loader_batches(dataloader, "mean_logit_diff")
-    out: dict[int, float] = {}
-    for size, by_batch in circuit_outs.items():
-        vals = [
-            batch_answer_diffs(last_position(by_batch[b.key]).double(), b).flatten()
-            for b in batches
-        ]
-        out[size] = torch.cat(vals).mean().item()
-    return out
+    per_prompt = prompt_logit_diffs(model, dataloader, circuit_outs)
+    return {size: vals.mean().item() for size, vals in per_prompt.items()}
 
 
 def _nested(circuits: Sequence[set[Edge]]) -> bool:
@@ -228,24 +239,25 @@ def _nested(circuits: Sequence[set[Edge]]) -> bool:
     return all(a <= b for a, b in zip(ordered, ordered[1:]))
 
 
-def measure_circuits(
+def measure_circuits_per_prompt(
     model: PatchableModel,
     dataloader: PromptDataLoader,
     circuits: Sequence[set[Edge]],
     progress: bool = False,
     max_memory: MaxMemory = None,
-) -> tuple[list[float], float, float]:
-    """The mean logit difference of each circuit, of the empty circuit and of the full
-    model, under MIB's interchange ablation (tree patching, resample from the corrupt
-    prompt). Nested circuits (top-n circuits always are) run in one :func:`run_circuits`
-    call, each edge scored by how many circuits hold it; others run one call each.
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Each prompt's logit difference under each circuit, the empty circuit and the full
+    model (MIB's interchange ablation, tree patching, resample from the corrupt prompt).
+    Nested circuits (top-n circuits always are) run in one :func:`run_circuits` call,
+    each edge scored by how many circuits hold it; others run one call each.
 
     Returns:
-        ``(values, empty, full)``: ``values[i]`` belongs to ``circuits[i]``.
+        ``(values, empty, full)``: ``values[i]`` ``[n_prompts]`` float64 belongs to
+        ``circuits[i]``; ``empty`` and ``full`` are ``[n_prompts]`` float64.
     """
     chains = [list(circuits)] if _nested(circuits) else [[c] for c in circuits]
-    by_size: dict[int, float] = {}
-    values: dict[int, float] = {}
+    by_size: dict[int, torch.Tensor] = {}
+    values: dict[int, torch.Tensor] = {}
     for chain in chains:
         level = {n: torch.zeros(m.mask_shape) for n, m in model.dest_modules.items()}
         for c in chain:
@@ -255,11 +267,30 @@ def measure_circuits(
         outs = run_circuits(
             model, dataloader, sizes, level, progress=progress, max_memory=max_memory
         )
-        measured = mean_logit_diff(model, dataloader, outs)
+        measured = prompt_logit_diffs(model, dataloader, outs)
         by_size.update(measured)
         for c in chain:
             values[id(c)] = measured[len(c)]
     return [values[id(c)] for c in circuits], by_size[0], by_size[model.n_edges]
+
+
+def measure_circuits(
+    model: PatchableModel,
+    dataloader: PromptDataLoader,
+    circuits: Sequence[set[Edge]],
+    progress: bool = False,
+    max_memory: MaxMemory = None,
+) -> tuple[list[float], float, float]:
+    """The mean over all prompts of the logit difference of each circuit, of the empty
+    circuit and of the full model: :func:`measure_circuits_per_prompt`, averaged.
+
+    Returns:
+        ``(values, empty, full)``: ``values[i]`` belongs to ``circuits[i]``.
+    """
+    values, empty, full = measure_circuits_per_prompt(
+        model, dataloader, circuits, progress, max_memory
+    )
+    return [v.mean().item() for v in values], empty.mean().item(), full.mean().item()
 
 
 @dataclass(frozen=True)
