@@ -116,6 +116,7 @@ from edgewise.metrics.faithfulness import (
     measurements_auc,
 )
 from edgewise.mib.data import MIB_TASKS, load_mib_task
+from edgewise.mib.demo import run_mib_demo
 from edgewise.mib.evaluate import (
     MIB_PERCENTAGES,
     MibResult,
@@ -150,7 +151,11 @@ from edgewise.prune_algos import (
     random_prune_scores,
     subnetwork_probing_prune_scores,
 )
+from edgewise.prune_algos.clean_corrupted import clean_corrupted_prune_scores
+from edgewise.prune_algos.eap_ig_activations import eap_ig_activations_prune_scores
+from edgewise.prune_algos.grad_rules import GRAD_RULES, GradRule
 from edgewise.prune_algos.node_attribution import node_attribution_scores
+from edgewise.prune_algos.optimal_ablation import optimal_ablation_values
 from edgewise.runtime.ablation import batch_src_ablations, src_ablations
 from edgewise.types import (
     AblationType,
@@ -193,7 +198,9 @@ __all__ = [
     "export_circuits", "export_importances", "import_submission", "validate_submission",
     "NodeLevel", "NodeScores", "NodeCircuit", "node_circuit", "node_circuit_sizes",
     "run_node_circuits", "node_attribution_scores", "FaithfulnessIntervals", "ScoreIntervals",
-    "bootstrap_faithfulness", "bootstrap_scores",
+    "bootstrap_faithfulness", "bootstrap_scores", "eap_ig_activations_prune_scores",
+    "clean_corrupted_prune_scores", "optimal_ablation_values", "GRAD_RULES", "GradRule",
+    "run_mib_demo",
     # auto-circuit's names (edgewise.compat, docs/auto_circuit.md)
     "Task", "TASKS", "TASK_DICT", "TRACR_XPROPORTION_TOKEN_CIRCUIT_TASK",
     "TRACR_REVERSE_TOKEN_CIRCUIT_TASK", "TOY_IOI_COMPONENT_CIRCUIT_TASK", "ExperimentTask", "PruneAlgo", "PruneMetric", "TaskPruneScores", "PRUNE_ALGOS",
