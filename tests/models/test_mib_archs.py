@@ -153,9 +153,40 @@ def test_gemma2_patching_matches_reference(kind):
     masks = fractional_masks(pm, gen)
     got = pm.run_patched(clean, masks, patch)
     want = reference_patched_logits(pm, clean, masks, patch)
-    torch.testing.assert_close(got, want, atol=1e-9, rtol=0)
+    # Hugging Face's Gemma2RMSNorm normalises in float32 even for float64 weights: results
+    # equal in float64 arithmetic can round to neighbouring float32 values after it
+    atol = 1e-6 if kind == "bridge" else 1e-9
+    torch.testing.assert_close(got, want, atol=atol, rtol=0)
     assert (got - pm(clean)).abs().max() > 1e-3
     # all edges patched is the corrupt run; none is the clean run
     one, zero = pm.new_masks(1.0, dtype=torch.float64), pm.new_masks(0.0, dtype=torch.float64)
-    torch.testing.assert_close(pm.run_patched(clean, one, patch), pm(corrupt), atol=1e-9, rtol=0)
-    torch.testing.assert_close(pm.run_patched(clean, zero, patch), pm(clean), atol=1e-9, rtol=0)
+    torch.testing.assert_close(pm.run_patched(clean, one, patch), pm(corrupt), atol=atol, rtol=0)
+    torch.testing.assert_close(pm.run_patched(clean, zero, patch), pm(clean), atol=atol, rtol=0)
+
+
+@requires_hooked
+def test_gemma2_head_outputs_sum_to_what_the_block_adds():
+    """Read after the norm, the heads' outputs sum to ``hook_attn_out`` (what reaches the
+    residual stream), and the MLP's output is ``hook_mlp_out`` (after its norm)."""
+    pm = patchable_model(hooked("gemma2"))
+    tokens = prompts(5)[0]
+    names = [f"blocks.{b}.hook_{x}_out" for b in range(2) for x in ("attn", "mlp")]
+    with torch.no_grad():
+        _, cache = pm.wrapped_model.run_with_cache(tokens, names_filter=lambda n: n in names)
+        outs = pm.src_outs(tokens)
+    for b in range(2):
+        heads = [s.src_idx for s in pm.srcs if s.block == b and s.kind == "attn"]
+        mlp = next(s.src_idx for s in pm.srcs if s.block == b and s.kind == "mlp")
+        torch.testing.assert_close(outs[heads].sum(0), cache[f"blocks.{b}.hook_attn_out"],
+                                   atol=1e-12, rtol=0)
+        torch.testing.assert_close(outs[mlp], cache[f"blocks.{b}.hook_mlp_out"], atol=0, rtol=0)
+
+
+@requires_hooked
+def test_a_centred_norm_of_the_summed_heads_is_refused_with_the_reason():
+    from transformer_lens.components import LayerNorm
+
+    model = hooked("gemma2")
+    model.blocks[1].ln1_post = LayerNorm(model.cfg)
+    with pytest.raises(ValueError, match="blocks.1.ln1_post"):
+        patchable_model(model)
