@@ -34,13 +34,18 @@ def hooked(arch: str, seed: int = 0):
 def prompts(seed: int, batch: int = 3, seq: int = 7):
     """Clean and corrupt prompts longer than Gemma 2's window of 4."""
     gen = torch.Generator().manual_seed(seed)
-    return (torch.randint(3, VOCAB, (batch, seq), generator=gen),
-            torch.randint(3, VOCAB, (batch, seq), generator=gen), gen)
+    return (
+        torch.randint(3, VOCAB, (batch, seq), generator=gen),
+        torch.randint(3, VOCAB, (batch, seq), generator=gen),
+        gen,
+    )
 
 
 def fractional_masks(pm, gen):
-    return {n: torch.rand(m.mask_shape, generator=gen, dtype=torch.float64)
-            for n, m in pm.dest_modules.items()}
+    return {
+        n: torch.rand(m.mask_shape, generator=gen, dtype=torch.float64)
+        for n, m in pm.dest_modules.items()
+    }
 
 
 # ------------------------------------------------------------------ HookedTransformer archs
@@ -87,8 +92,7 @@ def test_ungrouped_graph_has_mibs_edges(arch, tmp_path):
     assert pm.n_edges == len(names)
     assert sorted(mib_edge_name(e) for e in pm.edges) == sorted(names)
     gen = torch.Generator().manual_seed(0)
-    scores = {n: torch.randn(m.mask_shape, generator=gen)
-              for n, m in pm.dest_modules.items()}
+    scores = {n: torch.randn(m.mask_shape, generator=gen) for n, m in pm.dest_modules.items()}
     circuit = set(pm.edges[::7])
     save_mib_json(tmp_path / "g.json", pm, scores, circuit)
     back, back_circuit = load_mib_json(tmp_path / "g.json", pm)
@@ -177,8 +181,9 @@ def test_gemma2_head_outputs_sum_to_what_the_block_adds():
     for b in range(2):
         heads = [s.src_idx for s in pm.srcs if s.block == b and s.kind == "attn"]
         mlp = next(s.src_idx for s in pm.srcs if s.block == b and s.kind == "mlp")
-        torch.testing.assert_close(outs[heads].sum(0), cache[f"blocks.{b}.hook_attn_out"],
-                                   atol=1e-12, rtol=0)
+        torch.testing.assert_close(
+            outs[heads].sum(0), cache[f"blocks.{b}.hook_attn_out"], atol=1e-12, rtol=0
+        )
         torch.testing.assert_close(outs[mlp], cache[f"blocks.{b}.hook_mlp_out"], atol=0, rtol=0)
 
 

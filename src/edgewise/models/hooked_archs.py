@@ -33,22 +33,31 @@ def tl_config_dict(arch: str, hf_cfg: Any) -> dict[str, Any]:
     from transformer_lens.loading_from_pretrained import convert_hf_model_config
 
     if arch not in _HF_CLASSES:
-        raise ValueError(f"no HookedTransformer conversion for architecture {arch!r} here; choose "
-                         f"one of {', '.join(_HF_CLASSES)} (or build gpt2/neox shapes directly)")
+        raise ValueError(
+            f"no HookedTransformer conversion for architecture {arch!r} here; choose "
+            f"one of {', '.join(_HF_CLASSES)} (or build gpt2/neox shapes directly)"
+        )
     if arch == "gemma2":
         fields = convert_hf_model_config("google/gemma-2-2b")  # name-based: reads no file
         n = int(hf_cfg.num_hidden_layers)
         fields.update(
-            d_model=hf_cfg.hidden_size, d_head=hf_cfg.head_dim, n_heads=hf_cfg.num_attention_heads,
-            n_key_value_heads=hf_cfg.num_key_value_heads, d_mlp=hf_cfg.intermediate_size,
-            n_layers=n, n_ctx=hf_cfg.max_position_embeddings, d_vocab=hf_cfg.vocab_size,
-            eps=hf_cfg.rms_norm_eps, window_size=hf_cfg.sliding_window,
+            d_model=hf_cfg.hidden_size,
+            d_head=hf_cfg.head_dim,
+            n_heads=hf_cfg.num_attention_heads,
+            n_key_value_heads=hf_cfg.num_key_value_heads,
+            d_mlp=hf_cfg.intermediate_size,
+            n_layers=n,
+            n_ctx=hf_cfg.max_position_embeddings,
+            d_vocab=hf_cfg.vocab_size,
+            eps=hf_cfg.rms_norm_eps,
+            window_size=hf_cfg.sliding_window,
             attn_types=(["local", "global"] * n)[:n],
             attn_scores_soft_cap=hf_cfg.attn_logit_softcapping,
             output_logits_soft_cap=hf_cfg.final_logit_softcapping,
             # Gemma 2 scales queries by query_pre_attn_scalar ** -0.5, not d_head ** -0.5
             attn_scale=math.sqrt(hf_cfg.query_pre_attn_scalar),
-            initializer_range=hf_cfg.initializer_range, tokenizer_name=None,
+            initializer_range=hf_cfg.initializer_range,
+            tokenizer_name=None,
         )
         return fields
     hf_cfg.architectures = [_HF_CLASSES[arch]]
@@ -78,7 +87,11 @@ def hooked_from_hf(arch: str, hf_model: Any, dtype: torch.dtype = torch.float32)
     state = convert(hf_model, cfg)
     model = HookedTransformer(cfg)
     model.load_and_process_state_dict(
-        state, fold_ln=False, center_writing_weights=False, center_unembed=False,
-        fold_value_biases=False, refactor_factored_attn_matrices=False,
+        state,
+        fold_ln=False,
+        center_writing_weights=False,
+        center_unembed=False,
+        fold_value_biases=False,
+        refactor_factored_attn_matrices=False,
     )
     return model.eval()

@@ -10,6 +10,15 @@ import torch
 from torch import nn
 
 
+def _tl_class(name: str) -> type | None:
+    """``transformer_lens.components.<name>`` (TransformerLens 3.x), else None (4.x)."""
+    try:
+        import transformer_lens.components as components
+    except ImportError:
+        return None
+    return getattr(components, name, None)
+
+
 @dataclass(frozen=True)
 class PostNorm:
     """A block's RMSNorm of the summed head outputs (Gemma 2's ``post_attention_layernorm``,
@@ -26,10 +35,9 @@ class PostNorm:
     def normed(self, total: torch.Tensor) -> torch.Tensor:
         """``ln1_post(total)`` ``[..., d_model]``, as the model computes it, without firing
         any hook."""
-        from transformer_lens.components import RMSNorm
-
         ln = self.module
-        if isinstance(ln, RMSNorm):  # TransformerLens' own computation, hooks left out
+        tl_rms = _tl_class("RMSNorm")
+        if tl_rms is not None and isinstance(ln, tl_rms):  # TransformerLens's, its hooks left out
             x = total
             if ln.cfg.dtype not in (torch.float32, torch.float64):
                 x = x.to(torch.float32)
@@ -57,9 +65,8 @@ def post_norm(model: nn.Module, block: int) -> PostNorm | None:
     ln = getattr(ln, "original_component", ln)
     if ln is None or isinstance(ln, nn.Identity):
         return None
-    from transformer_lens.components import LayerNorm, LayerNormPre
-
-    if isinstance(ln, LayerNorm | LayerNormPre | nn.LayerNorm) or "LayerNorm" in type(ln).__name__:
+    # TransformerLens' LayerNorm / LayerNormPre, torch's and Hugging Face's LayerNorms
+    if isinstance(ln, nn.LayerNorm) or "LayerNorm" in type(ln).__name__:
         raise ValueError(
             f"{type(model).__name__} normalises the sum of its attention heads' outputs with a "
             f"centred norm (blocks.{block}.ln1_post, {type(ln).__name__}): it subtracts the "
@@ -68,5 +75,3 @@ def post_norm(model: nn.Module, block: int) -> PostNorm | None:
         )
     bias = getattr(model.blocks[block].attn, "b_O", None)
     return PostNorm(ln, bias if isinstance(bias, torch.Tensor) else None)
-
-
