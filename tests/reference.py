@@ -30,7 +30,9 @@ def reference_patched_logits(
 
     def src_hook(src):
         def hook(_m, _i, out):
-            current[src.src_idx] = out if src.head_idx is None else out[:, :, src.head_idx]
+            if src.head_idx is not None:
+                out = head_outputs(pm, src.block, out)[:, :, src.head_idx]
+            current[src.src_idx] = out
 
         return hook
 
@@ -72,6 +74,23 @@ def reference_patched_logits(
                 h.remove()
 
 
+def head_outputs(pm: PatchableModel, block: int, result: torch.Tensor) -> torch.Tensor:
+    """What each head of ``block`` adds to the residual stream, from ``hook_result``
+    ``[batch, seq, heads, d_model]``. With a norm of the summed heads (Gemma 2's
+    ``ln1_post``, an RMSNorm: a per-position scale times a weight, so linear for a fixed
+    input) each head adds its part of ``ln1_post(sum)``, the model's own module applied
+    to the sum, divided out dimension by dimension (the bias shared equally)."""
+    blk = pm.wrapped_model.blocks[block]
+    ln = getattr(blk, "ln1_post", None)
+    if ln is None or isinstance(getattr(ln, "original_component", ln), torch.nn.Identity):
+        return result
+    b_o = getattr(blk.attn, "b_O", None)
+    if isinstance(b_o, torch.Tensor):
+        result = result + b_o / result.shape[2]
+    total = result.sum(2)
+    return result * (ln(total) / total).unsqueeze(2)
+
+
 def reference_eap_scores(
     model: PatchableModel,
     dataloader,
@@ -100,7 +119,7 @@ def reference_eap_scores(
             src, dest = edge.src, edge.dest
             clean_out = acts[src.module_name]
             if src.head_idx is not None:
-                clean_out = clean_out[:, :, src.head_idx]
+                clean_out = head_outputs(model, src.block, clean_out.detach())[:, :, src.head_idx]
             diff = patch[src.src_idx].expand_as(clean_out) - clean_out.detach()
             grad = grads[dest.module_name]
             if dest.head_idx is not None:

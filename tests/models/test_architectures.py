@@ -7,11 +7,11 @@ the sum of the outputs of the sources with an edge into it), random fractional m
 like the independent per-edge patcher of ``reference.py``, and the EAP scores are that
 patcher's mask gradients.
 
-Gemma 2 cannot be patched per head: its block adds ``post_attention_layernorm(sum of head
-outputs)`` to the residual stream (TransformerLens: ``blocks.i.ln1_post``, behind
-``hook_attn_out``), and that RMSNorm of the sum splits into no per-head terms, so the head
-outputs edgewise reads (``z_h @ W_O[h]``, TransformerLens' ``hook_result``) are not what
-reaches later layers.
+Gemma 2's block adds ``post_attention_layernorm(sum of head outputs)`` to the residual
+stream (TransformerLens: ``blocks.i.ln1_post``, behind ``hook_attn_out``). That RMSNorm
+scales every dimension by a per-position factor, so each head's output is read as its
+exact share of the normed sum (``edgewise.models.post_norm``), and the graph stays exact;
+a centred post-norm (LayerNorm) would not split and is refused.
 """
 
 from __future__ import annotations
@@ -25,15 +25,22 @@ from edgewise.models import random_bridge
 from reference import reference_patched_logits
 from util import VOCAB, random_loader
 
-EXACT = {"gpt2": None, "neox": None, "llama": 2, "qwen2": 2}
+EXACT = {"gpt2": None, "neox": None, "llama": 2, "qwen2": 2, "gemma2": 2}
 """The architectures patched exactly, with their number of key/value heads."""
+
+
+def tol(arch: str, atol: float) -> float:
+    """``atol``, or 1e-6 on Gemma 2: Hugging Face's Gemma2RMSNorm normalises in float32 even
+    for float64 weights, so results that differ in float64 rounding only can round to
+    neighbouring float32 values after any of its norms."""
+    return 1e-6 if arch == "gemma2" else atol
 
 _MODELS: dict[tuple[str, int | None], object] = {}
 
 
 def bridge(arch: str, seed: int = 0):
     return random_bridge(arch, n_layers=2, n_heads=4, d_head=4, d_vocab=VOCAB,
-                         n_kv_heads={**EXACT, "gemma2": 2}[arch], dtype=torch.float64, seed=seed)
+                         n_kv_heads=EXACT[arch], dtype=torch.float64, seed=seed)
 
 
 def patchable(arch: str, seq_len: int | None = None):
@@ -110,7 +117,7 @@ def test_random_fractional_masks_match_reference(arch, seq_len):
              for n, m in pm.dest_modules.items()}
     got = pm.run_patched(clean, masks, patch)
     want = reference_patched_logits(pm, clean, masks, patch)
-    torch.testing.assert_close(got, want, atol=1e-9, rtol=0)
+    torch.testing.assert_close(got, want, atol=tol(arch, 1e-9), rtol=0)
     assert (got - pm(clean)).abs().max() > 1e-3  # the masks do change the output
 
 
@@ -122,9 +129,11 @@ def test_all_zero_is_clean_and_all_one_is_corrupt(arch):
     clean_logits, corrupt_logits = pm(clean), pm(corrupt)
     assert (clean_logits - corrupt_logits).abs().max() > 1e-2
     zero = pm.new_masks(0.0, dtype=torch.float64)
-    torch.testing.assert_close(pm.run_patched(clean, zero, patch), clean_logits, atol=1e-10, rtol=0)
+    torch.testing.assert_close(pm.run_patched(clean, zero, patch), clean_logits,
+                               atol=tol(arch, 1e-10), rtol=0)
     one = pm.new_masks(1.0, dtype=torch.float64)
-    torch.testing.assert_close(pm.run_patched(clean, one, patch), corrupt_logits, atol=1e-10, rtol=0)
+    torch.testing.assert_close(pm.run_patched(clean, one, patch), corrupt_logits,
+                               atol=tol(arch, 1e-10), rtol=0)
 
 
 @pytest.mark.parametrize("arch", sorted(EXACT))
@@ -139,7 +148,8 @@ def test_patching_only_the_final_residual_gives_the_corrupt_logits(arch):
     masks = pm.new_masks(0.0, dtype=torch.float64)
     masks[end] = torch.ones_like(masks[end])
     assert sum(int(m.sum()) for m in masks.values()) == len(pm.srcs)
-    torch.testing.assert_close(pm.run_patched(clean, masks, patch), pm(corrupt), atol=1e-10, rtol=0)
+    torch.testing.assert_close(pm.run_patched(clean, masks, patch), pm(corrupt),
+                               atol=tol(arch, 1e-10), rtol=0)
 
 
 @pytest.mark.parametrize("arch", sorted(EXACT))
@@ -163,7 +173,7 @@ def test_eap_scores_are_gradients_of_the_reference(arch):
     assert set(got) == set(want)
     for n in want:
         assert got[n].dtype == torch.float64
-        torch.testing.assert_close(got[n], want[n], atol=1e-9 * scale, rtol=0)
+        torch.testing.assert_close(got[n], want[n], atol=tol(arch, 1e-9) * scale, rtol=0)
 
 
 def _heads_and_attn_out(model, tokens, layer: int = 0):
@@ -179,10 +189,10 @@ def _heads_and_attn_out(model, tokens, layer: int = 0):
     return heads, cache[names[1]], cache[names[2]]
 
 
-@pytest.mark.parametrize("arch", [*sorted(EXACT), "gemma2"])
-def test_head_outputs_sum_to_what_the_block_adds_except_on_gemma2(arch):
-    """Why gemma2 cannot be patched per head: on the others the block adds sum_h z_h @ W_O[h]
-    plus a constant; Gemma 2 adds the RMSNorm of that sum (post_attention_layernorm)."""
+@pytest.mark.parametrize("arch", sorted(EXACT))
+def test_head_outputs_sum_to_what_the_block_adds_except_through_gemma2s_norm(arch):
+    """On the others the block adds sum_h z_h @ W_O[h] plus a constant; Gemma 2 adds the
+    RMSNorm of that sum (post_attention_layernorm), which the patched graph splits."""
     model = bridge(arch)
     clean, corrupt, _ = prompts(6)
     (h_clean, out_clean, attn_clean), (h_corrupt, out_corrupt, _) = (
@@ -197,7 +207,3 @@ def test_head_outputs_sum_to_what_the_block_adds_except_on_gemma2(arch):
         torch.testing.assert_close(out_clean, norm(attn_clean), atol=1e-12, rtol=0)
         torch.testing.assert_close(attn_clean, h_clean, atol=1e-12, rtol=0)  # Gemma has no b_O
 
-
-def test_gemma2_is_refused_with_the_reason():
-    with pytest.raises(ValueError, match="ln1_post"):
-        patchable_model(bridge("gemma2"))

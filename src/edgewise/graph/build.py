@@ -11,7 +11,9 @@ Residual graph (``factorized=False``): each head and MLP has one edge, into the 
 stream right after its sub-layer (``Resid Mid {b}`` / ``Resid Post {b}``), so patching an
 edge ablates that component's whole contribution (node ablation).
 
-With grouped-query attention the K and V destinations exist per key/value head.
+With grouped-query attention the K and V destinations exist per key/value head, unless
+the model ungroups them (TransformerLens' ``ungroup_grouped_query_attention``, as MIB
+loads its models): then each query head has its own K and V destination.
 
 Every list is built in a fixed order from integers, so the same config gives the same
 nodes, edges and mask shapes in every process. Edges are ordered by position
@@ -39,8 +41,11 @@ class GraphSpec:
     @classmethod
     def from_config(cls, cfg: Any) -> GraphSpec:
         """From a TransformerLens ``HookedTransformerConfig`` / ``TransformerBridgeConfig``
-        (or anything with the same field names)."""
+        (or anything with the same field names). With ``ungroup_grouped_query_attention``
+        set, every query head has its own key and value input (``n_kv_heads = n_heads``)."""
         n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+        if getattr(cfg, "ungroup_grouped_query_attention", False):
+            n_kv = cfg.n_heads
         return cls(
             n_layers=int(cfg.n_layers),
             n_heads=int(cfg.n_heads),

@@ -264,8 +264,12 @@ def _check_mib_compatible(model: PatchableModel) -> None:
         problems.append("token-position edges (build the model with seq_len=None)")
     if not (model.factorized and model.separate_qkv):
         problems.append("a graph other than the factorized one with separate Q/K/V")
-    if spec.n_kv_heads != spec.n_heads:
-        problems.append("grouped-query attention (K/V destinations per KV head)")
+    if any(m.qkv in ("k", "v") and m.n_heads != spec.n_heads for m in model.dest_modules.values()):
+        problems.append(
+            "grouped-query attention with K/V destinations per key/value head (MIB gives each "
+            "query head its own K/V input: wrap a HookedTransformer with "
+            "patchable_model(model, ungroup_kv=True))"
+        )
     if spec.attn_only:
         problems.append("an attention-only model (the format always has MLP nodes)")
     if problems:

@@ -185,18 +185,37 @@ class HookAdapter:
                     getattr(self.model, _FLAG_SETTERS[f])(v)
 
     def check_patchable(self) -> None:
-        """Raise if the model's per-head outputs do not sum to what its blocks add to the
-        residual stream, so per-head edges cannot be patched exactly."""
-        for i, block in enumerate(getattr(self.model, "blocks", ())):
-            ln = getattr(block, "ln1_post", None)
-            if ln is not None and not isinstance(getattr(ln, "original_component", ln), nn.Identity):
-                raise ValueError(
-                    f"{type(self.model).__name__} normalises the sum of its attention heads' "
-                    f"outputs before adding it to the residual stream (blocks.{i}.ln1_post, e.g. "
-                    "Gemma 2's post_attention_layernorm), so the heads' outputs z_h @ W_O[h] do not "
-                    "sum to what later layers read and per-head edges cannot be patched exactly. "
-                    "edgewise supports pre-norm blocks (GPT-2, GPT-NeoX/Pythia, Llama, Qwen 2.5, ...)."
-                )
+        """Raise if the model's blocks add something to the residual stream that per-head
+        edges cannot split exactly: a norm of the summed heads that subtracts their mean
+        (an RMSNorm there, Gemma 2's, splits exactly: see ``models.post_norm.PostNorm``)."""
+        from edgewise.models.post_norm import post_norm
+
+        for i in range(len(getattr(self.model, "blocks", ()))):
+            post_norm(self.model, i)
+
+    def set_ungrouped_kv(self, ungroup: bool | None) -> None:
+        """Give each query head its own key and value input (``True``), share them per
+        key/value head (``False``) or keep the model's setting (``None``), by
+        TransformerLens' ``ungroup_grouped_query_attention`` (what MIB sets on its
+        models). Only a ``HookedTransformer`` computes ungrouped attention: raise on a
+        bridge asked (or configured) to ungroup a model with grouped-query attention."""
+        cfg = self.cfg
+        n_kv = getattr(cfg, "n_key_value_heads", None)
+        grouped = n_kv is not None and int(n_kv) != int(cfg.n_heads)
+        if self.is_hooked_transformer:
+            if ungroup is not None and grouped:
+                self.model.set_ungroup_grouped_query_attention(bool(ungroup))
+            return
+        wants = ungroup if ungroup is not None else bool(getattr(cfg, "ungroup_grouped_query_attention", False))
+        if wants and grouped:
+            raise ValueError(
+                f"{type(self.model).__name__} cannot give each query head its own key/value input: "
+                "a TransformerBridge runs Hugging Face's attention, which shares each key/value head "
+                "between its query heads with no per-query-head hook (TransformerLens 3.9 bridges "
+                "ignore ungroup_grouped_query_attention; 4.x has no such option). Load the model as a "
+                "HookedTransformer (TransformerLens 3.x) and pass ungroup_kv=True, as MIB does, or "
+                "use ungroup_kv=False (K/V destinations per key/value head)."
+            )
 
     def resolve(self, name: str) -> str | None:
         for alt in _alternatives(name):

@@ -96,10 +96,30 @@ def random_hooked_transformer(
     d_mlp: int | None = None,
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
+    arch: Arch | None = None,
 ) -> Any:
     """A ``HookedTransformer`` with random weights (seeded) and the given shape
-    (TransformerLens 3.x; see :func:`random_model` for one that works on 4.x too)."""
+    (TransformerLens 3.x; see :func:`random_model` for one that works on 4.x too).
+
+    ``arch`` (``"llama"``, ``"qwen2"`` or ``"gemma2"``): instead, TransformerLens' own
+    conversion of :func:`random_hf_model` (``arch``, ``n_layers``, ``n_heads``, ``d_head``,
+    ``d_vocab``, ``n_ctx``, ``n_kv_heads``, ``dtype``, ``seed``), so it computes what
+    ``random_bridge`` with the same arguments computes; the other arguments must keep
+    their defaults (the architecture fixes them)."""
     resolve_kind("hooked")
+    if arch is not None:
+        from edgewise.models.hooked_archs import hooked_from_hf
+
+        fixed = {"attn_only": (attn_only, False), "parallel_attn_mlp": (parallel_attn_mlp, False),
+                 "normalization_type": (normalization_type, "LN"),
+                 "positional_embedding_type": (positional_embedding_type, "standard"),
+                 "d_mlp": (d_mlp, None)}  # fmt: skip
+        changed = [name for name, (value, default) in fixed.items() if value != default]
+        if changed:
+            raise ValueError(f"arch={arch!r} fixes {', '.join(changed)}; leave them at their "
+                             "defaults or build with arch=None")
+        hf = random_hf_model(arch, n_layers, n_heads, d_head, d_vocab, n_ctx, n_kv_heads, dtype, seed)
+        return hooked_from_hf(arch, hf, dtype)
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     d_model = n_heads * d_head
@@ -162,12 +182,35 @@ def _hf_config(arch: Arch, n_layers: int, n_heads: int, d_head: int, d_vocab: in
                                num_attention_heads=n_heads, num_key_value_heads=kv, head_dim=d_head,
                                intermediate_size=4 * d_model, vocab_size=d_vocab,
                                max_position_embeddings=n_ctx, attn_logit_softcapping=50.0,
-                               final_logit_softcapping=30.0, query_pre_attn_scalar=2 * d_head, **init)
+                               final_logit_softcapping=30.0, query_pre_attn_scalar=2 * d_head,
+                               # a window shorter than the tests' prompts, so it matters;
+                               # eager attention is the one that soft-caps the scores
+                               sliding_window=GEMMA2_WINDOW, attn_implementation="eager", **init)
     raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
 
 
+GEMMA2_WINDOW = 4
+"""The sliding window of the tiny Gemma 2 models (every other layer attends this far back)."""
+
 ARCHS: tuple[str, ...] = ("gpt2", "neox", "llama", "qwen2", "gemma2")
 """Hugging Face architectures :func:`random_bridge` builds."""
+
+
+def random_hf_model(arch: Arch = "gpt2", n_layers: int = 2, n_heads: int = 4, d_head: int = 4,
+                    d_vocab: int = 50, n_ctx: int = 32, n_kv_heads: int | None = None,
+                    dtype: torch.dtype = torch.float32, seed: int = 0) -> Any:
+    """A random-weight (seeded) Hugging Face causal LM of ``arch`` and the given shape, in
+    eval mode: what :func:`random_bridge` wraps and ``random_hooked_transformer(arch=...)``
+    converts, so both kinds of model compute the same function for the same arguments."""
+    import transformers as tf
+
+    cfg = _hf_config(arch, n_layers, n_heads, d_head, d_vocab, n_ctx, n_kv_heads)
+    torch.manual_seed(seed)
+    cls = {"gpt2": tf.GPT2LMHeadModel, "neox": tf.GPTNeoXForCausalLM, "llama": tf.LlamaForCausalLM,
+           "qwen2": tf.Qwen2ForCausalLM, "gemma2": tf.Gemma2ForCausalLM}
+    hf = cls[arch](cfg).to(dtype)
+    hf.eval()
+    return hf
 
 
 def random_bridge(
@@ -188,16 +231,9 @@ def random_bridge(
     ``attn_only`` zeroes each MLP's parameters, so it outputs zero (and removes the MLP
     nodes from the graph); ``normalization_type=None`` swaps GPT-2's LayerNorms for identities.
     """
-    import transformers as tf
-
     from edgewise.models.convert import identity_norms, zero_mlps
 
-    cfg = _hf_config(arch, n_layers, n_heads, d_head, d_vocab, n_ctx, n_kv_heads)
-    torch.manual_seed(seed)
-    cls = {"gpt2": tf.GPT2LMHeadModel, "neox": tf.GPTNeoXForCausalLM, "llama": tf.LlamaForCausalLM,
-           "qwen2": tf.Qwen2ForCausalLM, "gemma2": tf.Gemma2ForCausalLM}
-    hf = cls[arch](cfg).to(dtype)
-    hf.eval()
+    hf = random_hf_model(arch, n_layers, n_heads, d_head, d_vocab, n_ctx, n_kv_heads, dtype, seed)
     layers = hf.transformer.h if arch == "gpt2" else hf.base_model.layers
     if attn_only:
         zero_mlps(layers)

@@ -6,6 +6,10 @@ with one batched matmul; TransformerLens' ``use_attn_result`` is only the fallba
 materialises ``[batch, seq, heads, d_head, d_model]`` and makes a forward pass several
 times slower on a CPU.
 
+With a norm of the summed head outputs before the residual stream (Gemma 2's
+``post_attention_layernorm``), a head's output is its exact share of what the block adds
+(:class:`edgewise.models.post_norm.PostNorm`); the MLP's output is read after its norm (``hook_mlp_out``).
+
 **Destinations.** Most destinations are patched at the hook that carries their input
 (``hook_mlp_in``, the final residual). Query, key and value inputs of a
 ``HookedTransformer`` are patched *after* the projection instead, at ``attn.hook_q`` /
@@ -35,6 +39,7 @@ from torch import nn
 
 from edgewise.graph.build import DestModule, Graph, SrcModule
 from edgewise.models.adapter import HookAdapter
+from edgewise.models.post_norm import PostNorm, post_norm
 
 _QKV = ("q", "k", "v")
 
@@ -77,6 +82,18 @@ def _one_src(out: torch.Tensor, into: torch.Tensor | None = None) -> torch.Tenso
     return out[None] if into is None else into.copy_(out[None])
 
 
+def _post_normed(outputs: Callable[..., torch.Tensor], post: PostNorm | None) -> Callable[..., torch.Tensor]:
+    """``outputs`` followed by :meth:`PostNorm.shares` (``outputs`` itself without one)."""
+    if post is None:
+        return outputs
+
+    def normed(out: torch.Tensor, into: torch.Tensor | None = None) -> torch.Tensor:
+        heads = outputs(out, into)
+        return post.shares(heads, in_place=into is not None)
+
+    return normed
+
+
 def z_hooks_available(model: nn.Module, adapter: HookAdapter, graph: Graph) -> bool:
     """Whether every attention block has ``hook_z`` and a dense ``W_O [heads, d_head, d]``."""
     if getattr(adapter.cfg, "load_in_4bit", False):
@@ -103,12 +120,14 @@ def src_hooks(
     else from TransformerLens' ``hook_result``."""
     hooks = []
     for mod in graph.src_modules:
+        post = post_norm(model, mod.block) if mod.kind == "attn" else None
         if mod.kind == "attn" and from_z:
             b = mod.block
             point = adapter.resolve(f"blocks.{b}.attn.hook_z")
-            hooks.append(SrcHook(mod, point, _heads_from_z(model.blocks[b].attn, mod.n_heads)))
+            outputs = _heads_from_z(model.blocks[b].attn, mod.n_heads)
+            hooks.append(SrcHook(mod, point, _post_normed(outputs, post)))
         else:
-            outputs = _one_src if mod.n_heads is None else _heads_first
+            outputs = _one_src if mod.n_heads is None else _post_normed(_heads_first, post)
             hooks.append(SrcHook(mod, adapter.resolve(mod.module_name) or mod.module_name, outputs))
     return tuple(hooks)
 

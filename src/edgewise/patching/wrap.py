@@ -45,6 +45,7 @@ def patchable_model(
     separate_qkv: bool = True,
     device: torch.device | str | None = None,
     kv_caches: Any = None,
+    ungroup_kv: bool | None = None,
 ) -> PatchableModel:
     """Wrap a TransformerLens ``HookedTransformer`` or ``TransformerBridge`` for edge patching.
 
@@ -71,9 +72,15 @@ def patchable_model(
             ``load_datasets_from_json(..., tail_divergence=True)`` builds them (e.g.
             ``(train.kv_cache, test.kv_cache)``, as in auto-circuit); see
             :meth:`PatchableModel.set_kv_caches`.
+        ungroup_kv: with grouped-query attention, give each query head its own K and V
+            destination (``True``: MIB's graph, ``a{l}.h{h}<k>`` per query head), one per
+            key/value head (``False``), or follow the model's
+            ``cfg.ungroup_grouped_query_attention`` (``None``). Sets that TransformerLens
+            option on the model (``HookedTransformer`` only; a bridge raises).
     """
     adapter = HookAdapter(model)
     adapter.check_patchable()
+    adapter.set_ungrouped_kv(ungroup_kv)
     if device is None:
         try:
             device = next(model.parameters()).device
