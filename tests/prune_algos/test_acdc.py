@@ -240,6 +240,44 @@ def test_measured_speculation_maximises_edges_decided_per_second():
     assert _Speculation(3, times).k == 3
 
 
+def test_timing_of_wide_passes_stays_within_a_tenth_of_the_search(monkeypatch):
+    """A pass of k copies costs 1 + k/2 s (fake clock). Widths 1, 2, 4, ... are timed
+    while the next would keep the timing within a tenth of one pass per edge and tau;
+    wider ones are taken at the widest timed one's cost per copy."""
+    from edgewise.prune_algos.acdc import acdc_visit_order, search
+
+    pm = patchable_model(random_model(n_layers=2, n_heads=2, d_vocab=VOCAB, seed=9))
+    order = acdc_visit_order(pm)
+    clock, widths = [0.0], []
+    monkeypatch.setattr(search.time, "perf_counter", lambda: clock[0])
+
+    class Evaluator:
+        max_copies = 64
+
+        def outputs(self, masks, module, cand):
+            widths.append(cand.shape[0])
+            clock[0] += 1 + cand.shape[0] / 2
+
+    timed_counts = []
+    for n_taus in (1, 10, 1000):
+        clock[0], widths[:] = 0.0, []
+        times = search._time_copies(Evaluator(), pm, order, torch.float32, torch.device("cpu"), n_taus)
+        timed = sorted(set(widths))
+        assert timed == [1, 2, 4, 8, 16, 32][: len(timed)]  # doubling from 1
+        for k in timed:  # 3 destinations, each the best of its passes
+            assert times[k] == 3 * (1 + k / 2)
+        widest = timed[-1]
+        assert sorted(times) == [1, 2, 4, 8, 16, 32]
+        for k in (w for w in times if w > widest):
+            assert times[k] == pytest.approx(times[widest] * k / widest)
+        budget = 0.1 * pm.n_edges * n_taus * times[1] / 3
+        assert clock[0] <= budget or timed == [1]  # k = 1 is always timed
+        if widest < 32:  # the next width would have gone past the budget
+            assert clock[0] + 4 * times[widest] > budget
+        timed_counts.append(len(timed))
+    assert timed_counts[0] < timed_counts[1] < timed_counts[2] == 6
+
+
 def test_float32_model_matches_plain_method():
     pm = patchable_model(random_model(n_layers=2, n_heads=2, d_vocab=VOCAB, seed=9))
     loader = random_loader(seed=9)

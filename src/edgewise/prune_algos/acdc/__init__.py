@@ -315,7 +315,7 @@ def acdc_prune_scores(
         # times on every process, so all choose the same k at every step
         fast = evaluator
         spec = _Speculation(speculation, lambda: from_rank_zero(
-            _time_copies(fast, model, order, dtype, device)))
+            _time_copies(fast, model, order, dtype, device, len(taus))))
     # Positions before which every source's patch equals its clean output, in every
     # prompt: with causal attention no ablation changes anything there, so edges at those
     # positions are accepted without a forward pass, for every tau (the plain search

@@ -174,12 +174,16 @@ class _Speculation:
 
 
 def _time_copies(evaluator: _FastEvaluator, model: PatchableModel, order: list, dtype: torch.dtype,
-                 device: torch.device) -> dict[int, float]:  # fmt: skip
+                 device: torch.device, n_taus: int = 1) -> dict[int, float]:  # fmt: skip
     """Seconds of forward passes over ``k`` stacked candidates, for ``k`` = 1, 2, 4, ...
     up to 32 and ``evaluator.max_copies``: summed over destinations at a quarter, half
     and three quarters of the visit order (a pass's cost depends on where it starts),
-    each the best of 2 timed passes after a warm-up, with every edge downstream of the
-    destination ablated (as most are during a search: circuits are small)."""
+    each the best of 2 timed passes (after a warm-up at ``k = 1``), with every edge
+    downstream of the destination ablated (as most are during a search: circuits are
+    small). Timing stays within a tenth of the search's time without speculation (one
+    pass per edge and tau, an upper bound): where wide passes are slow (a compute-bound
+    model) the doubling stops early, and wider passes are taken to cost the same per
+    candidate as the widest timed one, so search states can still share them."""
     nodes = [order[int(len(order) * f)][0] for f in (0.25, 0.5, 0.75)]
     node_masks = []
     for node in nodes:
@@ -188,6 +192,7 @@ def _time_copies(evaluator: _FastEvaluator, model: PatchableModel, order: list, 
                                             dtype=dtype, device=device)
                            for name, m in model.dest_modules.items()})  # fmt: skip
     times: dict[int, float] = {}
+    spent = 0.0
     for k in (1, 2, 4, 8, 16, 32):
         if k > evaluator.max_copies:
             break
@@ -196,13 +201,21 @@ def _time_copies(evaluator: _FastEvaluator, model: PatchableModel, order: list, 
             base = masks[node.module_name]
             cand = base.unsqueeze(0).repeat(k, *([1] * base.dim()))
             runs = []
-            for _ in range(3):
+            for _ in range(3 if k == 1 else 2):
                 start = time.perf_counter()
                 evaluator.outputs(masks, node.module_name, cand)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 runs.append(time.perf_counter() - start)
-            times[k] += min(runs[1:])
+            spent += sum(runs)
+            times[k] += min(runs[-2:])
+        budget = 0.1 * len(model.edges) * n_taus * times[1] / len(nodes)
+        if spent + 4 * times[k] > budget:  # the next width: 2 passes, each twice as wide
+            wider = 2 * k
+            while wider <= min(32, evaluator.max_copies):
+                times[wider] = times[k] * wider / k
+                wider *= 2
+            break
     return times
 
 
