@@ -73,6 +73,7 @@ SCORERS = {  # the registry's algorithms, made quick
     "eap-ig-inputs": {"integrated_grad_samples": 2}, "atp-star": {"grad_drop": False},
     "exact": {}, "acdc": {"tao_exps": [-2], "tao_bases": [1]},
     "sp": {"epochs": 1}, "magnitude": {}, "norm": {},
+    "eap-ig-activations": {"integrated_grad_samples": 2}, "clean-corrupted": {}, "eap-frozen": {},
 }
 
 
