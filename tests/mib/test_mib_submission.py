@@ -285,3 +285,9 @@ def test_cli_export_and_validate(tmp_path, capsys):
     # the toy model is not GPT-2's shape: validate names the mismatch
     assert main(["mib", "validate", str(out / "circuits")]) == 2
     assert "gpt2 has (12, 12, False)" in capsys.readouterr().err
+    # the whole export folder: the importances and, in circuits/, the circuits
+    assert main(["mib", "validate", str(out), "--no-shape-check"]) == 0
+    printed = capsys.readouterr().out
+    for folder in ("ioi_gpt2: importances", "mcqa_qwen2.5: importances",
+                   "circuits/ioi_gpt2: circuits", "circuits/mcqa_qwen2.5: circuits"):  # fmt: skip
+        assert folder in printed

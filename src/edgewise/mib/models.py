@@ -101,7 +101,10 @@ class MIBModel:
 
     @property
     def spec(self) -> GraphSpec:
-        return GraphSpec(self.n_layers, self.n_heads, self.n_kv_heads)
+        """MIB's graph: with grouped-query attention every query head still has its own
+        K and V input (TransformerLens' ``ungroup_grouped_query_attention``, as MIB and
+        ``edgewise mib`` load the models)."""
+        return GraphSpec(self.n_layers, self.n_heads, self.n_heads)
 
     @property
     def item(self) -> int:

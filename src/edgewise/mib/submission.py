@@ -389,7 +389,9 @@ def validate_submission(
     named ``<task>_<model>`` for pairs MIB evaluates (optionally inside ``abs-True`` /
     ``abs-False``), each valid (:func:`validate_task_model`), covering at least
     ``min_tasks`` tasks and ``min_models`` models. ``path`` may also be one
-    ``<task>_<model>`` folder (then the counts are not checked). ``check_shapes=False``
+    ``<task>_<model>`` folder (then the counts are not checked); a ``circuits/`` or
+    ``importances/`` folder in it is checked as a submission of its own (``edgewise mib
+    export --kind both`` writes circuits there). ``check_shapes=False``
     skips comparing each file's ``cfg`` with the named MIB model's shape (for files made
     for other models, e.g. in tests).
 
@@ -411,6 +413,10 @@ def validate_submission(
         return {root.name: validate_task_model(root, model_of(root.name))}
     found: dict[str, str] = {}
     for sub in sorted(p for p in root.iterdir() if not p.name.startswith(".")):
+        if sub.is_dir() and sub.name in ("importances", "circuits"):  # export --kind both
+            inner_found = validate_submission(sub, min_tasks, min_models, check_shapes)
+            found.update((f"{sub.name}/{rel}", kind) for rel, kind in inner_found.items())
+            continue
         if sub.is_dir() and sub.name in ("abs-True", "abs-False"):
             inner = sorted(p for p in sub.iterdir() if not p.name.startswith("."))
         else:
@@ -461,7 +467,7 @@ def run_export(args: argparse.Namespace) -> list[Path]:
 
 def run_validate(args: argparse.Namespace) -> dict[str, str]:
     """``edgewise mib validate``: check a submission folder, print what each folder holds."""
-    found = validate_submission(args.path, args.min_tasks, args.min_models)
+    found = validate_submission(args.path, args.min_tasks, args.min_models, not args.no_shape_check)
     for folder, kind in found.items():
         print(f"{folder}: {kind}")
     print(f"valid: {len(found)} task/model folder(s)")
@@ -491,6 +497,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     v.add_argument("path")
     v.add_argument("--min-tasks", type=int, default=2)
     v.add_argument("--min-models", type=int, default=2)
+    v.add_argument("--no-shape-check", action="store_true",
+                   help="do not compare each file's model shape with the named MIB model's "
+                        "(files made with another model, e.g. the demo's toy model)")
     v.set_defaults(mib_run=run_validate)
 
 
