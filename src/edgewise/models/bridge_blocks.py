@@ -27,6 +27,11 @@ _CACHE_NAMES = ("cache", "past_key_value", "past_key_values", "layer_past")
 _PER_POSITION = ("cache_position",)
 
 
+class BlockInputsUnknown(TypeError):
+    """The bridge's blocks are not called in a way :func:`record_block_inputs` can record
+    (not with the residual stream first, or not at all): passes cannot start mid-model."""
+
+
 class _Recorded(Exception):
     """Raised once the last block's inputs are recorded: the rest of the pass is not needed."""
 
@@ -61,25 +66,39 @@ def record_block_inputs(model: nn.Module, tokens: torch.Tensor) -> dict[str, Any
     The pass stops at the last block."""
     blocks = bridge_blocks(model)
     if blocks is None:
-        raise TypeError(f"{type(model).__name__} has no bridge blocks to record the inputs of")
+        raise BlockInputsUnknown(
+            f"{type(model).__name__} has no bridge blocks to record the inputs of"
+        )
     recorded: dict[str, Any] = {}
     last = len(blocks) - 1
 
     def pre_hook(i: int):
-        sig = inspect.signature(blocks[i].original_component.forward)
+        params = inspect.signature(blocks[i].original_component.forward).parameters
+        sig = inspect.Signature(list(params.values()))
+        kinds = {n: p.kind for n, p in params.items()}
 
         def hook(_m: nn.Module, args: tuple, kwargs: dict) -> None:
-            bound = sig.bind_partial(*args, **kwargs).arguments
+            try:
+                bound = sig.bind_partial(*args, **kwargs).arguments
+            except TypeError as e:
+                raise BlockInputsUnknown(f"block {i} of {type(model).__name__}: {e}") from e
             names = list(bound)
             if not names or not isinstance(bound[names[0]], torch.Tensor):
-                raise TypeError(f"block {i} of {type(model).__name__} is not called with the "
-                                "residual stream first; it cannot start a pass mid-model")  # fmt: skip
+                raise BlockInputsUnknown(
+                    f"block {i} of {type(model).__name__} is not called with the residual "
+                    "stream first; passes cannot start mid-model"
+                )
             for name in names[1:]:
                 value = bound[name]
-                if name in ("kwargs", "args") and isinstance(value, dict):  # **kwargs collected
-                    items = value.items()
-                else:
-                    items = [(name, value)]
+                if kinds[name] == inspect.Parameter.VAR_POSITIONAL:
+                    raise BlockInputsUnknown(
+                        f"block {i} of {type(model).__name__} is called with unnamed extra inputs"
+                    )
+                items = (
+                    value.items()
+                    if kinds[name] == inspect.Parameter.VAR_KEYWORD
+                    else [(name, value)]
+                )
                 for n, v in items:
                     if n in _CACHE_NAMES or _is_cache(v):
                         v = None
@@ -95,15 +114,13 @@ def record_block_inputs(model: nn.Module, tokens: torch.Tensor) -> dict[str, Any
     try:
         model(tokens)
     except _Recorded:
-        pass
+        return recorded
     finally:
         for h in handles:
             h.remove()
-    if not any(k.startswith(f"blocks.{last}.") for k in recorded) and last > 0:
-        raise RuntimeError(
-            f"the blocks of {type(model).__name__} were not called in its forward pass"
-        )
-    return recorded
+    raise BlockInputsUnknown(
+        f"the last block of {type(model).__name__} was not called in its forward pass"
+    )
 
 
 def repeat_block_inputs(inputs: dict[str, Any], copies: int) -> dict[str, Any]:

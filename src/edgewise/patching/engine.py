@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from edgewise.models.bridge_blocks import BlockInputsUnknown
 from edgewise.patching.autograd import (
     BlockGrads,
     BlockSink,
@@ -74,8 +75,11 @@ def clean_run(pm: PatchableModel, tokens: torch.Tensor, patch_src_outs: torch.Te
     unembed_weight = None
     if can:
         with torch.inference_mode():
-            kwargs = pm.adapter.start_kwargs(tokens)
-            unembed_weight = pm.adapter.unembed_weight()
+            try:
+                kwargs = pm.adapter.start_kwargs(tokens)
+            except BlockInputsUnknown:  # a bridge whose blocks cannot be called on their own
+                can = False
+            unembed_weight = pm.adapter.unembed_weight() if can else None
     clean = CleanRun(tokens, patch_src_outs, (patch_src_outs - outs).contiguous(), resid, n_fixed, kwargs,
                      partial=can and len(resid) == n_layers, unembed_weight=unembed_weight)  # fmt: skip
     # no padding mask or shortformer embedding to align, and a model that takes a prefix's
