@@ -88,55 +88,103 @@ class HookAdapter:
 
     @property
     def runs_partial_forwards(self) -> bool:
-        """Whether ``forward(..., start_at_layer=, stop_at_layer=)`` runs a slice of the
-        blocks from a given residual stream (``HookedTransformer`` only)."""
+        """Whether :meth:`forward_from` runs a slice of the blocks from a given residual
+        stream: ``HookedTransformer``'s ``forward(..., start_at_layer=, stop_at_layer=)``,
+        or a bridge's own block modules called with the inputs its Hugging Face model
+        gives them (:mod:`edgewise.models.bridge_blocks`)."""
         import inspect
 
         m = self.model
+        if self.is_bridge:
+            return hasattr(m, "ln_final") and hasattr(m, "unembed")
         params = inspect.signature(m.forward).parameters
         return (self.is_hooked_transformer and callable(getattr(m, "input_to_embed", None))
                 and hasattr(m, "unembed") and "start_at_layer" in params
                 and "stop_at_layer" in params)  # fmt: skip
 
-    def start_kwargs(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    @property
+    def is_bridge(self) -> bool:
+        """A ``TransformerBridge`` whose Hugging Face model calls its block modules one
+        after another (see :func:`edgewise.models.bridge_blocks.bridge_blocks`)."""
+        from edgewise.models.bridge_blocks import bridge_blocks
+
+        return (not self.is_hooked_transformer and hasattr(self.model, "original_model")
+                and bridge_blocks(self.model) is not None)  # fmt: skip
+
+    @property
+    def runs_prefix_skip(self) -> bool:
+        """Whether :meth:`forward_from` takes ``past`` (the frozen keys and values of a
+        prefix the pass does not compute): ``HookedTransformer`` only; a bridge's blocks
+        run Hugging Face's attention, which reads its own cache type."""
+        return self.is_hooked_transformer and self.runs_partial_forwards
+
+    def start_kwargs(self, tokens: torch.Tensor) -> dict[str, Any]:
         """What a partial forward (:meth:`forward_from`) needs besides the residual stream
         of ``tokens`` ``[batch, seq]``: the attention mask and shortformer positional
-        embedding ``HookedTransformer.input_to_embed`` gives, where it gives them."""
+        embedding ``HookedTransformer.input_to_embed`` gives, where it gives them; on a
+        bridge, every block's other inputs as its model passes them (attention mask,
+        position ids, rotary embeddings: ``bridge_blocks.record_block_inputs``)."""
+        if self.is_bridge:
+            from edgewise.models.bridge_blocks import record_block_inputs
+
+            return record_block_inputs(self.model, tokens)
         _, _, shortformer, attn_mask = self.model.input_to_embed(tokens)
-        kwargs: dict[str, torch.Tensor] = {}
+        kwargs: dict[str, Any] = {}
         if attn_mask is not None:
             kwargs["attention_mask"] = attn_mask
         if shortformer is not None:
             kwargs["shortformer_pos_embed"] = shortformer
         return kwargs
 
+    def repeat_start_kwargs(self, kwargs: dict[str, Any], copies: int) -> dict[str, Any]:
+        """``kwargs`` (:meth:`start_kwargs` of a batch) for ``copies`` stacked copies of
+        that batch."""
+        if self.is_bridge:
+            from edgewise.models.bridge_blocks import repeat_block_inputs
+
+            return repeat_block_inputs(kwargs, copies)
+        return {n: v.repeat(copies, *([1] * (v.dim() - 1))) for n, v in kwargs.items()}
+
     def unembed_weight(self) -> torch.Tensor | None:
         """``W_U.T`` made contiguous, as ``HookedTransformer``'s unembedding makes it on
         every call (to match Hugging Face's layout): made once, a caller running many
-        partial forwards (:meth:`forward_from`) saves a copy of ``W_U`` per pass."""
+        partial forwards (:meth:`forward_from`) saves a copy of ``W_U`` per pass. ``None``
+        for a bridge, whose unembedding is Hugging Face's output layer (no copy)."""
+        if self.is_bridge:
+            return None
         w = getattr(getattr(self.model, "unembed", None), "W_U", None)
         return w.detach().T.contiguous() if isinstance(w, torch.Tensor) else None
 
     def forward_from(self, block: int, resid: torch.Tensor, out_slice: tuple[slice | int, ...],
                      unembed_weight: torch.Tensor | None = None, past: list[Any] | None = None,
-                     **kwargs: torch.Tensor) -> torch.Tensor:  # fmt: skip
+                     **kwargs: Any) -> torch.Tensor:  # fmt: skip
         """``logits[out_slice]`` from the residual stream ``resid`` ``[batch, seq, d_model]``
         entering ``block``: the blocks from there on, then the final norm, unembedding and
         logit soft-cap at the output positions only (see :attr:`runs_partial_forwards`).
         ``unembed_weight``: :meth:`unembed_weight`, made once by the caller. ``past``: per
         block, the keys and values of the earlier positions ``resid`` lacks (objects like a
-        TransformerLens key-value cache entry; ``None`` before ``block``)."""
+        TransformerLens key-value cache entry; ``None`` before ``block``; see
+        :attr:`runs_prefix_skip`). ``kwargs``: :meth:`start_kwargs`, repeated to ``batch``."""
         m, n_layers = self.model, int(self.cfg.n_layers)
-        if past is not None:
-            kwargs = {**kwargs, "past_kv_cache": past}  # type: ignore[dict-item]
-        resid = m(resid, start_at_layer=block, stop_at_layer=n_layers, **kwargs)
+        bridge = self.is_bridge
+        if bridge:
+            from edgewise.models.bridge_blocks import run_blocks_from
+
+            if past is not None:
+                raise ValueError("a TransformerBridge pass cannot skip a prefix (past=): it computes "
+                                 "every position; see HookAdapter.runs_prefix_skip")  # fmt: skip
+            resid = run_blocks_from(m, block, resid, kwargs)
+        else:
+            if past is not None:
+                kwargs = {**kwargs, "past_kv_cache": past}
+            resid = m(resid, start_at_layer=block, stop_at_layer=n_layers, **kwargs)
         squeeze = False
         if len(out_slice) == 2 and out_slice[0] == slice(None) and isinstance(out_slice[1], int):
             j = out_slice[1] % resid.shape[1]
             resid, squeeze, out_slice = resid[:, j : j + 1], True, (slice(None),)
         elif len(out_slice) == 2 and out_slice[0] == slice(None) and isinstance(out_slice[1], slice):
             resid, out_slice = resid[:, out_slice[1]], (slice(None),)
-        if self.cfg.normalization_type is not None:
+        if bridge or self.cfg.normalization_type is not None:
             resid = m.ln_final(resid)
         if unembed_weight is None:
             logits = m.unembed(resid)

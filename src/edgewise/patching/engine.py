@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from edgewise.models.bridge_blocks import BlockInputsUnknown
 from edgewise.patching.autograd import (
     BlockGrads,
     BlockSink,
@@ -70,15 +71,20 @@ def clean_run(pm: PatchableModel, tokens: torch.Tensor, patch_src_outs: torch.Te
     for b in range(n_layers):
         los = [m.src_lo for m in pm.graph.src_modules if (m.block or 0) >= b]
         n_fixed[b] = min(los) if los else n_srcs
-    kwargs: dict[str, torch.Tensor] = {}
+    kwargs: dict[str, Any] = {}
     unembed_weight = None
     if can:
         with torch.inference_mode():
-            kwargs = pm.adapter.start_kwargs(tokens)
-            unembed_weight = pm.adapter.unembed_weight()
+            try:
+                kwargs = pm.adapter.start_kwargs(tokens)
+            except BlockInputsUnknown:  # a bridge whose blocks cannot be called on their own
+                can = False
+            unembed_weight = pm.adapter.unembed_weight() if can else None
     clean = CleanRun(tokens, patch_src_outs, (patch_src_outs - outs).contiguous(), resid, n_fixed, kwargs,
                      partial=can and len(resid) == n_layers, unembed_weight=unembed_weight)  # fmt: skip
-    if clean.partial and not kwargs:  # no padding mask or shortformer embedding to align
+    # no padding mask or shortformer embedding to align, and a model that takes a prefix's
+    # keys and values (a bridge computes every position)
+    if clean.partial and not kwargs and pm.adapter.runs_prefix_skip:
         clean.skip = _clean_prefix(pm, clean.delta)
         clean.past = {b: (captured["k", b][:, : clean.skip].contiguous(),
                           captured["v", b][:, : clean.skip].contiguous()) for b in range(n_layers)}  # fmt: skip
@@ -500,7 +506,7 @@ def patched_outputs(
         with patching(pm, plan) as p:
             p.begin(k * b, s - skip, clean.delta.dtype, clean.delta.device)
             resid = clean.resid[start][:, skip:].repeat(k, 1, 1)
-            kwargs = {n: v.repeat(k, *([1] * (v.dim() - 1))) for n, v in clean.kwargs.items()}
+            kwargs = pm.adapter.repeat_start_kwargs(clean.kwargs, k)
             past = None
             if skip:
                 past = [None] * start + [_Prefix(kv.repeat(k, 1, 1, 1), vv.repeat(k, 1, 1, 1))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -30,7 +30,7 @@ class CleanRun:
     delta: torch.Tensor  # [n_srcs, B, S, d_model]: patch - clean
     resid: dict[int, torch.Tensor]  # block -> residual stream entering it [B, S, d_model]
     n_fixed: dict[int, int]  # block -> number of sources whose hooks fire before it
-    kwargs: dict[str, torch.Tensor]  # the partial forward's other inputs (adapter.start_kwargs)
+    kwargs: dict[str, Any]  # the partial forward's other inputs (adapter.start_kwargs)
     partial: bool  # whether passes may start mid-model (checked against the full model)
     unembed_weight: torch.Tensor | None = None  # adapter.unembed_weight(), made once
     cache: dict[str, tuple] = field(default_factory=dict)  # dest -> (mask, version, nf, part)
