@@ -161,13 +161,14 @@ def test_fast_path_equals_plain_sequential_reference(kind, seq, target):
 
 
 @requires_hooked
-def test_partial_forwards_on_hooked_transformer_full_forwards_on_bridges():
-    for kind, partial in [("hooked-2L", True), ("bridge-gpt2", False)]:
+def test_passes_start_mid_model_on_both_kinds_and_skip_the_prefix_on_hooked_transformer():
+    for kind, skip in [("hooked-2L", 3), ("bridge-gpt2", 0)]:  # corrupt: the last 2 of 5
         pm = patchable_model(MODELS[kind][0]())
         b = next(iter(random_loader(seed=1)))
         full = pm(b.clean)[pm.out_slice]
         ev = acdc._FastEvaluator(pm, b.clean, pm.src_outs(b.corrupt), full)
-        assert ev.partial is partial
+        assert ev.partial and ev.clean.skip == skip
+        assert ev.positions == f"{5 - skip}/5"
         # head results come from hook_z, so TransformerLens' use_attn_result stays off
         assert all(h.point.endswith("attn.hook_z") for h in pm.src_hooks if h.module.n_heads)
         assert not pm.wrapped_model.cfg.use_attn_result

@@ -16,8 +16,9 @@ changing a single decision:
   attending to the prefix's clean keys and values (the progress line shows
   ``positions=computed/all``). A check against the full model
   at setup falls back to full forward passes if any of this does not reproduce it.
-  ``TransformerBridge`` cannot start mid-model (TransformerLens 3.9 raises
-  ``NotImplementedError`` for ``start_at_layer``), so bridges run full forward passes.
+  ``TransformerBridge`` passes start mid-model by calling the bridge's own blocks with
+  the inputs recorded in the clean run (:mod:`edgewise.models.bridge_blocks`); the
+  prefix skip needs a ``HookedTransformer``.
 - **Speculation.** The next ``k`` candidate edges of the current destination are tested
   in one forward pass over ``k`` stacked copies of the batch, copy ``j`` with candidates
   ``0 .. j`` ablated (it assumes the ones before it were removed). Results are accepted
