@@ -77,3 +77,39 @@ def test_bad_arguments_are_named(pm):
         optimal_ablation_values(pm, loader, lr=0.0)
     with pytest.raises(ValueError, match="sources must name"):
         optimal_ablation_values(pm, loader, sources=["mlp"])
+
+
+def test_fixed_ablation_values_score_and_evaluate_like_the_ablation_they_equal(pm):
+    """``ablation_values`` equal to the clean token-wise mean give the very scores (EAP
+    and IG) and circuit outputs of ``ablation_type="tokenwise_mean_clean"``; with optimal
+    values the empty circuit is the model patched with them everywhere."""
+    from edgewise import mask_gradient_prune_scores, run_circuits
+
+    loader = random_loader(seed=2, n=4, batch_size=2)
+    mean = src_ablations(pm, loader, AblationType.TOKENWISE_MEAN_CLEAN)
+    for kw in ({"mask_val": 0.0}, {"integrated_grad_samples": 3}):
+        want = mask_gradient_prune_scores(pm, loader, None, "logit", "avg_diff", progress=False,
+                                          ablation_type="tokenwise_mean_clean", **kw)  # fmt: skip
+        got = mask_gradient_prune_scores(pm, loader, None, "logit", "avg_diff", progress=False,
+                                         ablation_values=mean, **kw)  # fmt: skip
+        for n in want:
+            assert torch.equal(got[n], want[n]), n
+    sizes = [0, 5, pm.n_edges]
+    a = run_circuits(pm, loader, sizes, want, ablation_type="tokenwise_mean_clean", progress=False)
+    b = run_circuits(pm, loader, sizes, want, ablation_values=mean, progress=False)
+    assert a.keys() == b.keys()
+    for size in a:
+        for key in a[size]:
+            assert torch.equal(a[size][key], b[size][key])
+    oa = optimal_ablation_values(pm, loader, steps=3)
+    empty = run_circuits(pm, loader, [0], want, ablation_values=oa, progress=False)[0]
+    for batch in loader:
+        direct = pm.run_patched(batch.clean, pm.new_masks(1.0), oa)[pm.out_slice]
+        torch.testing.assert_close(empty[batch.key], direct, atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match="pass one of them"):
+        run_circuits(pm, loader, [0], want, ablation_values=oa, ablation_type="zero", progress=False)
+    with pytest.raises(ValueError, match=r"ablation_values must be a tensor \[n_srcs="):
+        mask_gradient_prune_scores(pm, loader, None, "logit", "avg_diff", mask_val=0.0,
+                                   ablation_values=oa[:, :, :, :3], progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="TREE_PATCH"):
+        run_circuits(pm, loader, [0], want, patch_type="edge", ablation_values=oa, progress=False)

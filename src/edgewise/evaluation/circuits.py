@@ -24,7 +24,12 @@ from edgewise.data import (
     require_full_prompts,
 )
 from edgewise.patching.model import PatchableModel
-from edgewise.runtime.ablation import CleanCorrupt, batch_ablation, src_ablations
+from edgewise.runtime.ablation import (
+    CleanCorrupt,
+    batch_ablation,
+    check_ablation_values,
+    src_ablations,
+)
 from edgewise.runtime.distributed import gather_objects, my_share, rank_and_world
 from edgewise.runtime.memory import (
     MaxMemory,
@@ -291,6 +296,7 @@ def run_circuits(
     progress: bool = True,
     circuits_per_pass: int | None = None,
     max_memory: MaxMemory = None,
+    ablation_values: torch.Tensor | None = None,
 ) -> CircuitOutputs:
     """The model's output (at ``model.out_slice``) on every batch with only the circuit
     of each size intact.
@@ -301,6 +307,10 @@ def run_circuits(
     ``TREE_PATCH``: run the clean prompts, ablate every edge outside the circuit.
     ``EDGE_PATCH``: run the corrupt prompts, give the circuit's edges their clean
     values (resample ablation only). ``reverse_clean_corrupt`` swaps the roles.
+
+    ``ablation_values`` ``[n_srcs, 1, 1 | seq, d_model]`` (``TREE_PATCH`` only, instead of
+    ``ablation_type``): what ablated edges carry, the same for every prompt, e.g. MIB's
+    optimal ablation (:func:`~edgewise.prune_algos.optimal_ablation.optimal_ablation_values`).
 
     ``max_memory`` (bytes, ``"2GiB"``, ``"auto"``) bounds each pass's patch buffers: a
     batch that does not fit runs as slices of prompts (and fewer stacked circuits per
@@ -335,6 +345,10 @@ def run_circuits(
     ablation = ablation_type if patch_type == PatchType.TREE_PATCH else AblationType.RESAMPLE
     patch_from = "clean" if (patch_type == PatchType.TREE_PATCH) == reverse_clean_corrupt else "corrupt"
     mean = src_ablations(model, dataloader, ablation) if ablation.mean_over_dataset else None
+    if ablation_values is not None:
+        if patch_type != PatchType.TREE_PATCH:
+            raise ValueError("ablation_values replace what ablated edges carry: use TREE_PATCH")
+        mean = check_ablation_values(model, ablation_values, ablation_type)
     sizes = list(thresholds.items())
     per_pass = circuits_per_pass or (1 if model.device.type == "cpu" else min(len(sizes), 16))
     in_value = 0.0 if patch_type == PatchType.TREE_PATCH else 1.0

@@ -22,7 +22,7 @@ from edgewise.prune_algos.loss import (
     check_loss_functions,
     grad_values,
 )
-from edgewise.runtime.ablation import batch_ablation, src_ablations
+from edgewise.runtime.ablation import batch_ablation, check_ablation_values, src_ablations
 from edgewise.runtime.distributed import my_share, rank_and_world, sum_over_ranks
 from edgewise.runtime.memory import (
     MaxMemory,
@@ -52,6 +52,7 @@ def mask_gradient_prune_scores(
     progress: bool = True,
     max_memory: MaxMemory = None,
     grad_rules: Iterable[GradRule] | None = (),
+    ablation_values: torch.Tensor | None = None,
 ) -> PruneScores:
     """Prune scores equal to the gradient of the loss with respect to the masks that
     interpolate every edge between its clean activation and its ablation.
@@ -83,6 +84,9 @@ def mask_gradient_prune_scores(
         ablation_type: what ablated edges carry (an :class:`AblationType` or its name,
             e.g. ``"zero"``).
         clean_corrupt: which prompts per-batch ablations are computed from.
+        ablation_values: instead of ``ablation_type``, fixed patch activations
+            ``[n_srcs, 1, 1 | seq, d_model]`` shared by every prompt, e.g. MIB's optimal
+            ablation (:func:`~edgewise.prune_algos.optimal_ablation.optimal_ablation_values`).
         integrated_grad_mode: ``"all"`` moves every mask together (as documented);
             ``"layer"`` interpolates one destination layer's masks at a time with every
             other mask at 0, so each edge's attribution is measured from the clean model.
@@ -117,7 +121,8 @@ def mask_gradient_prune_scores(
         integrated_grad_samples = require_int(integrated_grad_samples, "integrated_grad_samples", 1)
     if integrated_grad_mode not in ("all", "layer"):
         raise ValueError(f"integrated_grad_mode must be 'all' or 'layer', got {integrated_grad_mode!r}")
-    if ablation_type.mean_over_dataset:
+    fixed = None if ablation_values is None else check_ablation_values(model, ablation_values, ablation_type)
+    if ablation_type.mean_over_dataset or fixed is not None:
         clean_corrupt = None
     from_corrupt = ablation_type == AblationType.RESAMPLE and clean_corrupt == "corrupt"
     batches = checked_batches(model, dataloader, "mask_gradient_prune_scores", answer_function,
@@ -146,7 +151,7 @@ def mask_gradient_prune_scores(
     budget = parse_memory(max_memory, model.device)
     blocks_ok = integrated_grad_samples is None and mask_val == 0.0  # every mask 0
     plans = {b.key: plan_passes(model, *b.clean.shape, budget, blocks_ok) for b in mine}
-    mean = None
+    mean = fixed
     if ablation_type.mean_over_dataset:  # computed as finely as the finest plan needs
         fine = min(plans.values(), key=lambda p: (p.chunk, -len(p.blocks)), default=None)
         blocks = fine.blocks if fine is not None and len(fine.blocks) > 1 else [None]

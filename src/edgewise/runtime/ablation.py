@@ -131,3 +131,28 @@ def batch_ablation(
         raise ValueError(f"clean_corrupt must be 'clean' or 'corrupt', got {clean_corrupt!r}")
     tokens = batch.clean if clean_corrupt == "clean" else batch.corrupt
     return src_ablations(model, tokens, ablation_type, src_block, max_prompts)
+
+
+def check_ablation_values(
+    model: PatchableModel, values: torch.Tensor, ablation_type: AblationType
+) -> torch.Tensor:
+    """Fixed patch activations given instead of an ``ablation_type`` (for example
+    :func:`~edgewise.prune_algos.optimal_ablation.optimal_ablation_values`): a tensor
+    ``[n_srcs, 1, 1 | seq, d_model]``, the same for every prompt. Returned on the model's
+    device; an error names what is wrong."""
+    if AblationType(ablation_type) != AblationType.RESAMPLE:
+        raise ValueError(
+            f"ablation_values and ablation_type={AblationType(ablation_type).value!r} both say "
+            "what ablated edges carry: pass one of them"
+        )
+    shape = tuple(values.shape) if isinstance(values, torch.Tensor) else None
+    n, d = len(model.srcs), int(model.cfg.d_model)
+    if shape is None or len(shape) != 4 or shape[0] != n or shape[1] != 1 or shape[3] != d:
+        raise ValueError(
+            f"ablation_values must be a tensor [n_srcs={n}, 1, 1 or seq, d_model={d}] (one "
+            f"value per source, shared by every prompt), got {shape}"
+        )
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError("ablation_values holds NaN or infinite values")
+    return values.to(model.device)
+
