@@ -98,13 +98,17 @@ def _clean_prefix(pm: PatchableModel, delta: torch.Tensor) -> int:
     (``delta`` ``[n_srcs, B, S, d]``) or the output is read, whichever comes first: a
     causal model computes every position before it as in the clean run, whatever the
     masks."""
-    seq = delta.shape[2]
     where = pm.out_slice[1] if len(pm.out_slice) > 1 else slice(None)
-    read = range(seq)[where]
+    read = range(delta.shape[2])[where]
     first_read = read if isinstance(read, int) else min(read, default=0)
+    return min(first_changed_position(delta), first_read)
+
+
+def first_changed_position(delta: torch.Tensor) -> int:
+    """The first position where some source's patch differs from its clean output, in
+    some prompt (``delta`` ``[n_srcs, B, S, d]``; ``S`` if none does)."""
     differs = delta.ne(0).any(-1).any(1).any(0).nonzero()  # [k, 1] positions
-    first_diff = int(differs[0, 0]) if len(differs) else seq
-    return min(first_diff, first_read)
+    return int(differs[0, 0]) if len(differs) else delta.shape[2]
 
 
 def _starts_match(pm: PatchableModel, clean: CleanRun, full_out: torch.Tensor) -> bool:

@@ -107,18 +107,28 @@ def _batch(model: PatchableModel, batch: PromptPairBatch, m: int, from_corrupt: 
     x_corrupt = model.output_at(INPUT_HOOK, batch.corrupt)
     for k in range(0, m) if from_corrupt else range(1, m + 1):
         x = x_corrupt + (k / m) * (x_clean - x_corrupt)
-        masks = model.new_masks(0.0, requires_grad=True, dtype=dtype)
         # the embeddings are replaced before the patch hooks read them
-        with model.hooks([(INPUT_HOOK, _replace(x))]), \
-                model.patch(masks, corrupt_src, fixed_delta=delta, param_grads=False):  # fmt: skip
-            logits = model(batch.clean)[model.out_slice]
-        loss = answer_loss(grad_values(logits, grad_function), batch, answer_function)
-        # with gradient rules a mask may not reach the loss (Q/K under attention_pattern)
-        grads = torch.autograd.grad(loss, list(masks.values()), allow_unused=True)
-        for name, grad in zip(masks, grads):
-            if grad is not None:
-                scores[name] += grad / m
+        grads = hooked_mask_grads(model, [(INPUT_HOOK, _replace(x))], corrupt_src, delta, batch,
+                                  grad_function, answer_function, dtype)  # fmt: skip
+        for name, grad in grads.items():
+            scores[name] += grad / m
         bar.update()
+
+
+def hooked_mask_grads(model: PatchableModel, hooks: list[tuple[str, Any]], patch: torch.Tensor,
+                      delta: torch.Tensor, batch: PromptPairBatch, grad_function: GradFunction,
+                      answer_function: AnswerFunction, dtype: torch.dtype) -> dict[str, torch.Tensor]:  # fmt: skip
+    """The loss's gradients for every mask at 0 in one pass of ``batch.clean``, with
+    ``hooks`` (hook point, function) entered before the patch hooks and the differences
+    ``delta`` ``[n_srcs, batch, seq, d_model]`` fixed. A mask the loss does not reach
+    (a destination cut off by a replaced activation, or Q/K under the attention-pattern
+    rule) is left out."""
+    masks = model.new_masks(0.0, requires_grad=True, dtype=dtype)
+    with model.hooks(hooks), model.patch(masks, patch, fixed_delta=delta, param_grads=False):
+        logits = model(batch.clean)[model.out_slice]
+    loss = answer_loss(grad_values(logits, grad_function), batch, answer_function)
+    grads = torch.autograd.grad(loss, list(masks.values()), allow_unused=True)
+    return {name: g for name, g in zip(masks, grads) if g is not None}
 
 
 def _replace(x: torch.Tensor):

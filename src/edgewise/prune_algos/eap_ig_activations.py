@@ -47,13 +47,12 @@ from edgewise.checks import require_int
 from edgewise.data import PromptDataLoader, checked_batches, require_full_prompts
 from edgewise.graph.build import SrcModule
 from edgewise.patching.model import PatchableModel
+from edgewise.prune_algos.eap_ig import hooked_mask_grads
 from edgewise.prune_algos.grad_rules import GradRule, check_grad_rules, gradient_rules
 from edgewise.prune_algos.loss import (
     AnswerFunction,
     GradFunction,
-    answer_loss,
     check_loss_functions,
-    grad_values,
 )
 from edgewise.runtime.ablation import batch_src_ablations
 from edgewise.types import AblationType, Edge, PruneScores
@@ -129,16 +128,10 @@ def eap_ig_activations_prune_scores(
                 step = delta[module.src_lo : module.src_hi].sum(0)  # [batch, seq, d_model]
                 for k in range(1, m + 1):
                     hook = (module_output_hook(module), _moved(step, 1.0 - k / m))
-                    masks = ruled.new_masks(0.0, requires_grad=True, dtype=dtype)
-                    with ruled.hooks([hook]), ruled.patch(masks, patch, fixed_delta=delta,
-                                                          param_grads=False):  # fmt: skip
-                        logits = ruled(batch.clean)[ruled.out_slice]
-                    loss = answer_loss(grad_values(logits, grad_function), batch, answer_function)
-                    # a destination the moved (constant) output cuts off gets no gradient
-                    grads = torch.autograd.grad(loss, list(masks.values()), allow_unused=True)
-                    for name, grad in zip(masks, grads):
-                        if grad is not None:
-                            scores[name] += grad / passes
+                    grads = hooked_mask_grads(ruled, [hook], patch, delta, batch,
+                                              grad_function, answer_function, dtype)  # fmt: skip
+                    for name, grad in grads.items():
+                        scores[name] += grad / passes
                     bar.update()
     bar.close()
     return scores

@@ -55,7 +55,7 @@ from edgewise.data import (
     warn_if_uncorrupted,
 )
 from edgewise.io.files import load_checkpoint
-from edgewise.patching import PatchableModel
+from edgewise.patching import PatchableModel, engine
 from edgewise.prune_algos.acdc.loss import (
     FaithfulnessTarget,
     _circuit_scores,
@@ -323,8 +323,7 @@ def acdc_prune_scores(
     # would compute the same loss again). Token-position graphs only; the fast path only.
     dead_until = 0
     if method == "fast" and model.seq_len is not None and model.adapter.is_causal:
-        changed = (evaluator.clean.delta != 0).any(dim=(0, 1, 3))  # type: ignore[union-attr]
-        dead_until = int(changed.nonzero()[0, 0]) if bool(changed.any()) else int(changed.numel())
+        dead_until = engine.first_changed_position(evaluator.clean.delta)  # type: ignore[union-attr]
         if rows is not None:  # the same on every process
             dead_until = int(torch.cat(gather_all(torch.tensor([dead_until], device=device))).min())
     check = None
