@@ -28,6 +28,7 @@ import math
 import os
 import pickle
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -43,6 +44,7 @@ from common import (  # noqa: E402
     EVAL_METHOD,
     LEVELS,
     NODE_METHODS,
+    PERCENTAGES,
     TOY_DIR,
     read_jsonl,
 )
@@ -179,35 +181,34 @@ class Table:
         status = "PASS" if same else ("KNOWN" if known else "FAIL")
         d = describe or (lambda x: short(x))
         self.add(status, quantity, d(r), d(e), "equal" if same else "differ", "exact",
-                 (known if known and not same else "") + ("" if same else diff_note(r, e)))
+                 "; ".join(x for x in (known if not same else "", "" if same else diff_note(r, e)) if x))
 
     def edge_sets(self, quantity: str, r: list[list[str]], e: list[list[str]],
-                  scores: dict[str, float] | None = None, absolute: bool = False) -> None:  # fmt: skip
-        """Circuits (lists of edge names) compared one by one; sets that differ only in
-        edges whose ranking score ties the cut's are TIE (MIB's argsort leaves ties in an
-        unspecified order)."""
+                  scores: dict[str, float] | None = None, absolute: bool = False,
+                  requested: list[int] | None = None, known: str = "") -> None:  # fmt: skip
+        """Circuits (lists of edge names) compared one by one. A circuit that differs where
+        the top-n cut falls between edges of equal ranking score is TIE: MIB's argsort
+        leaves the order of ties unspecified."""
         if self.missing(quantity, r, e):
             return
+        tied = tie_indices(scores, absolute, requested or [])
         bad, ties = [], []
         for i, (x, y) in enumerate(zip(r, e)):
             if set(x) == set(y):
                 continue
-            sym = set(x) ^ set(y)
-            if scores is not None:
-                ranks = {abs(scores[n]) if absolute else scores[n] for n in sym}
-                if len(ranks) == 1:
-                    ties.append(i)
-                    continue
-            bad.append(f"[{i}] {len(x)} vs {len(y)}, e.g. {sorted(sym)[:2]}")
+            if i in tied:
+                ties.append(i)
+                continue
+            bad.append(f"[{i}] {len(x)} vs {len(y)} edges, e.g. {sorted(set(x) ^ set(y))[:2]}")
         if len(r) != len(e):
             bad.append(f"{len(r)} vs {len(e)} circuits")
 
         def counts(v: list[list[str]]) -> str:
             return "sizes " + ",".join(str(len(c)) for c in v)
 
-        status = "FAIL" if bad else ("TIE" if ties else "PASS")
-        self.add(status, quantity, counts(r), counts(e), "; ".join(bad)[:200] or "equal", "exact",
-                 f"ties at the cut in {ties}" if ties else "")  # fmt: skip
+        status = ("KNOWN" if known else "FAIL") if bad else ("TIE" if ties else "PASS")
+        note = "; ".join(x for x in (known if bad else "", f"ties at the cut in {ties}" if ties else "") if x)
+        self.add(status, quantity, counts(r), counts(e), "; ".join(bad)[:300] or "equal", "exact", note)
 
     def print(self) -> None:
         widths = {k: max(len(k), *(len(row[k]) for row in self.rows)) for k in ("status", "quantity")}
@@ -229,6 +230,10 @@ def flat(x: Any) -> list[float]:
     if isinstance(x, list | tuple):
         return [v for item in x for v in flat(item)]
     return [float(x)]
+
+
+def f32(x: float) -> float:
+    return struct.unpack("f", struct.pack("f", x))[0]
 
 
 def short(x: Any) -> str:
@@ -335,18 +340,25 @@ def compare(ref: dict, ew: dict, read: dict, t: Table) -> None:
                      e["per_prompt"]["absolute" if absolute else "signed"])  # fmt: skip
             mine = e["circuits"][f"abs-{absolute}"]
             t.edge_sets(f"{q}/edge sets vs the prune loop's fixed point",
-                        [c["fixed_point"] for c in r["circuits"]], mine, stored, absolute)  # fmt: skip
+                        [c["fixed_point"] for c in r["circuits"]], mine, stored, absolute,
+                        [int(p * len(stored or {})) for p in PERCENTAGES])  # fmt: skip
             pinned = [c["evaluated"] for c in r["circuits"]]
-            same = all(set(a) == set(b) for a, b in zip(pinned, [c["fixed_point"] for c in r["circuits"]]))
-            t.exact(f"{q}/edge sets as the pinned commit evaluates them",
-                    [sorted(c) for c in pinned], [sorted(c) for c in mine],
-                    known="" if same else PRUNE_BUG, describe=lambda v: ",".join(str(len(c)) for c in v))  # fmt: skip
-            counts_e = e["edge_counts_cmd" if absolute else "edge_counts_cpr"]
+            same = all(set(a) == set(c["fixed_point"]) for a, c in zip(pinned, r["circuits"]))
+            t.edge_sets(f"{q}/edge sets as the pinned commit evaluates them", pinned, mine, stored,
+                        absolute, [int(p * len(stored or {})) for p in PERCENTAGES],
+                        known="" if same else PRUNE_BUG)  # fmt: skip
+            counts_e = [float(c) for c in e["edge_counts_cmd" if absolute else "edge_counts_cpr"]]
             fixed_counts = [float(len(c["fixed_point"])) for c in r["circuits"]]
-            t.exact(f"{q}/edge counts (MIB's weighted_edge_counts)", r["weighted_edge_counts"],
-                    [float(c) for c in counts_e],
-                    known=PRUNE_BUG if fixed_counts == [float(c) for c in counts_e] else "",
-                    describe=lambda v: ",".join(f"{c:g}" for c in v))  # fmt: skip
+            tied = tie_indices(stored, absolute, [int(p * len(stored or {})) for p in PERCENTAGES])
+            untied = [i for i in range(len(counts_e)) if i not in tied]
+            counts_r = [float(c) for c in r["weighted_edge_counts"]]
+            if all(counts_r[i] == counts_e[i] for i in untied) and counts_r != counts_e:
+                t.add("TIE", f"{q}/edge counts (MIB's weighted_edge_counts)", fmt_counts(counts_r),
+                      fmt_counts(counts_e), "differ", "exact", f"only where the cut ties: {tied}")  # fmt: skip
+            else:
+                t.exact(f"{q}/edge counts (MIB's weighted_edge_counts)", counts_r, counts_e,
+                        known=PRUNE_BUG if all(fixed_counts[i] == counts_e[i] for i in untied) else "",
+                        describe=fmt_counts)  # fmt: skip
 
     # node- and neuron-level evaluation of the reference's node scores
     for level in LEVELS:
@@ -376,8 +388,10 @@ def compare(ref: dict, ew: dict, read: dict, t: Table) -> None:
     imp = X.get("read/importances")
     own = E.get(f"scores/edge/{EVAL_METHOD}")
     if not t.missing("JSON export/importances.json read by Graph.from_json", imp, own):
-        t.exact("JSON export/importances.json read by Graph.from_json: scores",
-                imp["scores"], own, describe=lambda v: f"{len(v)} edges")  # fmt: skip
+        # EAP-IG's Graph holds scores in float32: what it reads is the float32 rounding
+        t.exact("JSON export/importances.json read by Graph.from_json: scores (float32 in MIB's Graph)",
+                imp["scores"], {k: f32(v) for k, v in own.items()} if isinstance(own, dict) else own,
+                describe=lambda v: f"{len(v)} edges")  # fmt: skip
         t.exact("JSON export/importances.json read by Graph.from_json: edges in graph",
                 imp["in_graph"], [])  # fmt: skip
     for absolute in (False, True):
@@ -387,16 +401,29 @@ def compare(ref: dict, ew: dict, read: dict, t: Table) -> None:
             continue
         t.exact(f"{q}: files", len(c["files"]), 9)
         t.edge_sets(f"{q}: edge sets vs MIB's top-n + prune (fixed point)",
-                    [o["fixed_point"] for o in c["own"]], c["read"], own, absolute)  # fmt: skip
-        pinned = [sorted(o["pinned"]) for o in c["own"]]
+                    [o["fixed_point"] for o in c["own"]], c["read"], imp["scores"], absolute,
+                    [int(p * len(imp["scores"])) for p in PERCENTAGES[:-1]])  # fmt: skip
         same = all(set(o["pinned"]) == set(o["fixed_point"]) for o in c["own"])
-        t.exact(f"{q}: edge sets vs the pinned commit's top-n + prune", pinned,
-                [sorted(x) for x in c["read"]], known="" if same else PRUNE_BUG,
-                describe=lambda v: ",".join(str(len(x)) for x in v))  # fmt: skip
+        t.edge_sets(f"{q}: edge sets vs the pinned commit's top-n + prune",
+                    [o["pinned"] for o in c["own"]], c["read"], imp["scores"], absolute,
+                    [int(p * len(imp["scores"])) for p in PERCENTAGES[:-1]],
+                    known="" if same else PRUNE_BUG)  # fmt: skip
         nodes_of = [sorted({n.split("->")[0] for n in s} | {n.split("->")[1].split("<")[0] for n in s} - {"logits"})
                     for s in c["read"]]  # fmt: skip
         t.exact(f"{q}: nodes marked in_graph = nodes its edges touch", c["read_nodes"], nodes_of,
                 describe=lambda v: ",".join(str(len(x)) for x in v))  # fmt: skip
+
+
+def fmt_counts(v: list[float]) -> str:
+    return ",".join(f"{c:g}" for c in v)
+
+
+def tie_indices(scores: dict[str, float] | None, absolute: bool, requested: list[int]) -> list[int]:
+    """The points whose top-n cut falls between edges of equal ranking score."""
+    if not scores:
+        return []
+    keys = sorted((abs(v) if absolute else v for v in scores.values()), reverse=True)
+    return [i for i, n in enumerate(requested) if 0 < n < len(keys) and keys[n - 1] == keys[n]]
 
 
 def read_graph_scores(ref: dict, method: str) -> dict[str, float] | None:
@@ -421,6 +448,8 @@ def main() -> int:
     p.add_argument("--ig-steps", type=int, default=5)
     p.add_argument("--workdir", type=Path, default=HERE / "results" / "mib")
     p.add_argument("--timeout", type=int, default=900)
+    p.add_argument("--compare-only", action="store_true",
+                   help="compare the JSON documents already in --workdir without running anything")  # fmt: skip
     args = p.parse_args()
 
     ref_dir = Path(args.mib_ref) if args.mib_ref else None
@@ -434,23 +463,27 @@ def main() -> int:
               "with `make mib-parity MIB_REF=...` (parity/MIB.md)", file=sys.stderr)  # fmt: skip
         return 1
     work = args.workdir.resolve()
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    write_inputs(work, args.lengths)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               TQDM_DISABLE="1", PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # fmt: skip
-    ref_env = dict(env, PYTHONPATH=os.pathsep.join(
-        [str(ref_dir / "EAP-IG" / "src"), str(ref_dir / "MIB-circuit-track")]))  # fmt: skip
-    ew_env = dict(env, PYTHONPATH=str(ROOT / "src"))
-    common = ["--dtype", args.dtype, "--batch-size", str(args.batch_size)]
-    side = str(HERE / "mib")
-    secs = run_side([args.mib_python, f"{side}/ref_side.py", "run", str(work), *common,
-                     "--ig-steps", str(args.ig_steps)], ref_env, work / "ref.log", args.timeout)  # fmt: skip
-    secs += run_side([args.ew_python, f"{side}/ew_side.py", str(work), *common]
-                     + (["--kind", args.kind] if args.kind else []), ew_env, work / "ew.log", args.timeout)  # fmt: skip
-    secs += run_side([args.mib_python, f"{side}/ref_side.py", "read", str(work)], ref_env,
-                     work / "ref_read.log", args.timeout)  # fmt: skip
+    secs = 0.0
+    if not args.compare_only:
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        write_inputs(work, args.lengths)
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+                   HF_DATASETS_OFFLINE="1", TQDM_DISABLE="1", PYTHONWARNINGS="ignore",
+                   OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # fmt: skip
+        ref_env = dict(env, PYTHONPATH=os.pathsep.join(
+            [str(ref_dir / "EAP-IG" / "src"), str(ref_dir / "MIB-circuit-track")]))  # fmt: skip
+        ew_env = dict(env, PYTHONPATH=str(ROOT / "src"))
+        common = ["--dtype", args.dtype, "--batch-size", str(args.batch_size)]
+        side = str(HERE / "mib")
+        secs += run_side([args.mib_python, f"{side}/ref_side.py", "run", str(work), *common,
+                          "--ig-steps", str(args.ig_steps)], ref_env, work / "ref.log", args.timeout)  # fmt: skip
+        secs += run_side([args.ew_python, f"{side}/ew_side.py", str(work), *common]
+                         + (["--kind", args.kind] if args.kind else []), ew_env, work / "ew.log",
+                         args.timeout)  # fmt: skip
+        secs += run_side([args.mib_python, f"{side}/ref_side.py", "read", str(work)], ref_env,
+                         work / "ref_read.log", args.timeout)  # fmt: skip
     ref = json.loads((work / "ref.json").read_text()) | {"workdir": str(work)}
     ew = json.loads((work / "ew.json").read_text())
     read = json.loads((work / "ref_read.json").read_text())
