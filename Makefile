@@ -70,7 +70,9 @@ $(VENVMIB)/bin/.installed:
 	$(VENVMIB)/bin/pip install --quiet transformer-lens==2.18.0 "matplotlib>=3.10.1" tabulate pandas datasets "pyarrow<26"
 	touch $@
 
-.PHONY: mib-parity
-mib-parity: $(if $(wildcard $(BIN)/python),,$(BIN)/.installed) $(VENVMIB)/bin/.installed
+.PHONY: mib-parity mib-ref-given
+mib-ref-given:
 	@test -n "$(MIB_REF)" || { echo "edgewise: error: give MIB_REF=DIR, a folder holding EAP-IG/ and MIB-circuit-track/ checkouts (parity/MIB.md)" >&2; exit 2; }
+
+mib-parity: mib-ref-given $(if $(wildcard $(BIN)/python),,$(BIN)/.installed) $(VENVMIB)/bin/.installed
 	$(BIN)/python parity/mib_compare.py --mib-ref "$(MIB_REF)" --mib-python $(VENVMIB)/bin/python
