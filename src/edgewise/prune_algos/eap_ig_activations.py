@@ -44,7 +44,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from edgewise.checks import require_int
-from edgewise.data import PromptDataLoader, checked_batches, require_full_prompts
+from edgewise.data import (
+    PromptDataLoader,
+    checked_batches,
+    refuse_padded_means,
+    require_full_prompts,
+)
 from edgewise.graph.build import SrcModule
 from edgewise.patching.model import PatchableModel
 from edgewise.prune_algos.eap_ig import hooked_mask_grads
@@ -109,8 +114,10 @@ def eap_ig_activations_prune_scores(
         clean_corrupt = None
     from_corrupt = ablation_type == AblationType.RESAMPLE and clean_corrupt == "corrupt"
     batches = checked_batches(
-        model, dataloader, "eap_ig_activations_prune_scores", answer_function, from_corrupt
+        model, dataloader, "eap_ig_activations_prune_scores", answer_function, from_corrupt,
+        right_padded=True,
     )
+    refuse_padded_means(batches, ablation_type, "eap_ig_activations_prune_scores")
     patches = batch_src_ablations(model, dataloader, ablation_type, clean_corrupt)
     dtype = model.score_dtype
     scores = {

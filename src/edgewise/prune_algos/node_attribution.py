@@ -38,7 +38,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from edgewise.checks import require_int
-from edgewise.data import PromptDataLoader, checked_batches, require_full_prompts
+from edgewise.data import (
+    PromptDataLoader,
+    batch_output,
+    checked_batches,
+    refuse_padded_means,
+    require_full_prompts,
+)
 from edgewise.patching.model import PatchableModel
 from edgewise.prune_algos.loss import (
     AnswerFunction,
@@ -113,8 +119,10 @@ def node_attribution_scores(
         clean_corrupt = None
     from_corrupt = ablation_type == AblationType.RESAMPLE and clean_corrupt == "corrupt"
     batches = checked_batches(
-        model, dataloader, "node_attribution_scores", answer_function, from_corrupt
+        model, dataloader, "node_attribution_scores", answer_function, from_corrupt,
+        right_padded=True,
     )
+    refuse_padded_means(batches, ablation_type, "node_attribution_scores")
     mean = (
         src_ablations(model, dataloader, ablation_type) if ablation_type.mean_over_dataset else None
     )
@@ -199,7 +207,7 @@ def _output_grads(
     for point in sorted(set(points.values()) - {INPUT_HOOK}):
         hooks.append((point, _add_leaf(leaves, point)))
     with torch.enable_grad(), model.hooks(hooks):
-        logits = model(batch.clean)[model.out_slice]
+        logits = batch_output(model, model(batch.clean), batch)
         loss = answer_loss(grad_values(logits, grad_function), batch, answer_function)
         names = sorted(leaves)
         got = torch.autograd.grad(loss, [x_leaf] + [leaves[n] for n in names], allow_unused=True)
