@@ -49,6 +49,38 @@ def _algorithm_params(
     return params
 
 
+def _takes_ablation_values(algo: str) -> bool:
+    """Whether an algorithm of the registry accepts fixed ``ablation_values``."""
+    import inspect
+
+    from edgewise.prune_algos import ALGORITHMS
+
+    return "ablation_values" in inspect.signature(ALGORITHMS[algo].function).parameters
+
+
+def _check_ablation(args: argparse.Namespace, algos: list[str]) -> dict[str, Any] | None:
+    """``--ablation optimal``: its settings (saved with the scores, so a resumed run
+    with others is caught), after checking every algorithm takes it; ``None`` for
+    ``patching``."""
+    if getattr(args, "ablation", "patching") == "patching":
+        return None
+    refused = [a for a in algos if not _takes_ablation_values(a)]
+    if refused:
+        from edgewise.prune_algos import ALGORITHMS
+
+        able = [a for a in ALGORITHMS if _takes_ablation_values(a)]
+        raise ValueError(
+            f"--ablation optimal: {', '.join(refused)} cannot patch with fixed values (MIB "
+            "refuses it for eap-ig-inputs and clean-corrupted, which patch from the corrupt "
+            f"prompts); the algorithms that can: {', '.join(able)}"
+        )
+    if args.oa_steps < 0 or not args.oa_lr > 0:
+        raise ValueError(f"--oa-steps must be >= 0 and --oa-lr positive, got {args.oa_steps} "
+                         f"and {args.oa_lr}")  # fmt: skip
+    return {"kind": "optimal", "steps": args.oa_steps, "lr": args.oa_lr,
+            "objective": args.oa_objective}
+
+
 def _resolve_names(model_name: str | None, task_name: str) -> tuple[str, str]:
     """The model and task names to use and save: a model directory or a dataset file
     becomes an absolute path, so ``evaluate`` finds the same one from any directory."""
@@ -244,6 +276,7 @@ def discover(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "bootstrap", None) is not None and args.bootstrap < 1:
         raise ValueError(f"--bootstrap must be a number of resamples >= 1 (e.g. 100), got "
                          f"{args.bootstrap}")  # fmt: skip
+    _check_ablation(args, algos)
     model_name, task_name = _resolve_names(args.model, args.task)
     if get_task(task_name).official_edges is None:
         needy = [a for a in algos if ALGORITHMS[a].needs_official_edges]
@@ -284,10 +317,26 @@ def _discover_locked(
                                "algorithms": _previous_results(out, algos, settings)}
     params: dict[str, dict[str, Any]] = {}
     resume: dict[str, _Resume] = {}
+    ablation = _check_ablation(args, algos)
+    fitted: dict[str, Any] = {}  # the optimal ablation values, fitted when first needed
+
+    def values() -> dict[str, Any]:
+        if ablation is None:
+            return {}
+        if "v" not in fitted:
+            from edgewise.prune_algos.optimal_ablation import optimal_ablation_values
+
+            fitted["v"] = optimal_ablation_values(
+                pm, train, ablation["steps"], ablation["lr"], ablation["objective"],
+                task.grad_function, task.answer_function)  # fmt: skip
+        return {"ablation_values": fitted["v"]}
+
     for algo in algos:  # every check before any work: a mismatch fails at once
         params[algo] = _algorithm_params(algo, task, args.quiet, args.max_memory)
         saved = {k: v for k, v in {**ALGORITHMS[algo].defaults, **params[algo]}.items()
                  if k not in _NOT_PARAMETERS}
+        if ablation is not None:
+            saved["ablation"] = ablation
         fingerprint = json.loads(json.dumps(  # as it reads back from JSON (tuples -> lists)
             {**common, "algorithm": algo, "parameters": saved}, default=str))
         resume[algo] = _load_resume(out, algo, fingerprint, pm, fresh)
@@ -300,7 +349,7 @@ def _discover_locked(
         state_path, checkpoint = state_dir / f"{algo}.json", state_dir / f"{algo}.pt"
         scores, seconds = r.scores, r.seconds
         if scores is None:
-            call = dict(params[algo])
+            call = {**params[algo], **values()}
             if ALGORITHMS[algo].checkpoint:
                 call["checkpoint"] = str(checkpoint)
             before = r.seconds or 0.0
@@ -331,7 +380,8 @@ def _discover_locked(
             result = evaluate_scores(pm, task, test, scores, algo, args.quiet, args.max_memory,
                                      bootstrap=n_boot)  # fmt: skip
             if n_boot:
-                _add_score_intervals(result, pm, task, train, algo, params[algo], n_boot)
+                _add_score_intervals(result, pm, task, train, algo, {**params[algo], **values()},
+                                     n_boot)  # fmt: skip
             write_json(state_path, {"fingerprint": r.fingerprint, "seconds": seconds,
                                      "result": result})
         results["algorithms"][algo] = {**result, "seconds": seconds}
@@ -505,6 +555,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "from their checkpoints in DIR/checkpoints; other settings are an error. "
                         "Results of other algorithms in DIR are kept; DIR holds one task and "
                         "model, and one run at a time")
+    d.add_argument("--ablation", choices=("patching", "optimal"), default="patching",
+                   help="what scoring patches ablated edges with: the corrupt prompt's "
+                        "activations (patching, the default) or MIB's optimal ablation, one "
+                        "constant per source fitted on the train prompts (eap, ig, ig-layer, "
+                        "eap-frozen, eap-ig-activations). Circuits are still evaluated with "
+                        "interchange ablation, as MIB's run_evaluation.py does")
+    d.add_argument("--oa-steps", type=int, default=1000, metavar="N",
+                   help="--ablation optimal: Adam steps per source module (MIB: 1000)")
+    d.add_argument("--oa-lr", type=float, default=1e-3, metavar="LR",
+                   help="--ablation optimal: Adam's learning rate (MIB: 1e-3)")
+    d.add_argument("--oa-objective", choices=("lm", "task"), default="lm",
+                   help="--ablation optimal: the loss the constants minimise: next-token "
+                        "cross-entropy on the train prompts (lm, MIB's) or the task's loss")
     d.add_argument("--bootstrap", type=int, metavar="N", default=None,
                    help="also compute 95%% bootstrap intervals over N resamples of the prompts "
                         "(seed 0): of the top edges' scores (train prompts) and of the "
