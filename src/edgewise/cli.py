@@ -15,7 +15,9 @@ exits with 128 + the signal's number after one line saying what was kept.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import io
 import json
 import os
 import signal
@@ -578,22 +580,6 @@ def _after_interrupt(args: argparse.Namespace) -> str:
     return "nothing was written"
 
 
-class _Stdout:
-    """``sys.stdout``, noting whether anything was printed: every command prints to
-    stdout only once its work is done, so a reader that has gone by then (``| head``)
-    lost nothing."""
-
-    def __init__(self, stream: Any) -> None:
-        self.stream, self.used = stream, False
-
-    def write(self, text: str) -> int:
-        self.used = True
-        return self.stream.write(text)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.stream, name)
-
-
 def _say(line: str) -> None:
     """Print ``line`` on stderr, unless stderr is gone (a closed pipe)."""
     try:
@@ -621,8 +607,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status: 0 done, 2 a bad input, 1 the
     environment, 128 + the signal's number when interrupted (SIGINT 130, SIGTERM 143,
     SIGHUP 129: one line says what was kept; files are whole and the lock released).
-    A reader that goes away (``| head``) after the work is done gives 0, quietly; one
-    that goes during it stops the work quietly with 141, as SIGPIPE would."""
+    What the command prints goes to stdout once its work is done: a reader that has gone
+    by then (``| head``) gives 0, quietly; a closed stderr during the work stops it
+    quietly with 141, as SIGPIPE would."""
     args = build_parser().parse_args(argv)
     # SIGTERM (a plain `kill`, a scheduler's preemption) and SIGHUP (a closed terminal)
     # unwind like Ctrl-C, so the time spent is recorded and no temporary file stays behind
@@ -631,7 +618,10 @@ def main(argv: list[str] | None = None) -> int:
     for s in previous:
         if s != signal.SIGINT and previous[s] is not signal.SIG_IGN:  # nohup stays nohup
             signal.signal(s, _interrupt)
-    stdout = sys.stdout = _Stdout(sys.stdout)
+    # what is printed goes out once the work is done: a reader that has gone by then
+    # (`| head`) lost nothing, and a closed pipe found earlier is stderr's
+    stdout, printed, done = sys.stdout, io.StringIO(), False
+    sys.stdout = printed
     try:
         if args.command == "discover":
             print(summary_table(discover(args)))
@@ -645,10 +635,13 @@ def main(argv: list[str] | None = None) -> int:
             run_mib(args)
         else:
             demo(args)
-        sys.stdout.flush()  # a closed pipe shows here, while it can still be handled
+        sys.stdout, done = stdout, True
+        stdout.write(printed.getvalue())
+        stdout.flush()  # a closed pipe shows here, while it can still be handled
     except BrokenPipeError:  # the reader went away (| head): nothing to tell it
+        sys.stdout = stdout
         _silence_closed_streams()
-        return 0 if stdout.used else 128 + 13
+        return 0 if done else 128 + 13
     except (ValueError, TypeError, FloatingPointError, ImportError, FileNotFoundError,
             NotADirectoryError) as e:  # what the user gave: arguments, files, a model  # fmt: skip
         _say(f"edgewise: error: {e}")
@@ -663,7 +656,11 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"edgewise: interrupted by {signal.Signals(signum).name}; {_after_interrupt(args)}")
         return 128 + signum
     finally:
-        sys.stdout = stdout.stream
+        sys.stdout = stdout
+        if not done:  # stopped early: what was printed still goes out
+            with contextlib.suppress(OSError, ValueError):
+                stdout.write(printed.getvalue())
+                stdout.flush()
         for s, handler in previous.items():
             signal.signal(s, signal.SIG_DFL if handler is None else handler)
     return 0

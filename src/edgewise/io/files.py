@@ -63,20 +63,29 @@ _DEFERRED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM"
 
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT, SIGTERM and SIGHUP back while the block runs: they are delivered
-    (and their handlers run) as it ends. For short steps that must not be cut in half:
-    creating a temporary file and noting its name, removing it, taking or releasing a
-    lock. Python runs signal handlers only in the main thread, so elsewhere (and where
-    the OS cannot block signals) the block simply runs."""
-    if (not hasattr(signal, "pthread_sigmask")
-            or threading.current_thread() is not threading.main_thread()):
+    """Hold SIGINT, SIGTERM and SIGHUP back while the block runs: a Python handler of
+    theirs (Ctrl-C's ``KeyboardInterrupt``, the command line's) runs as the block ends.
+    For short steps that must not be cut in half: creating a temporary file and noting
+    its name, removing it, taking or releasing a lock. Python runs signal handlers only
+    in the main thread, so elsewhere the block simply runs; a signal without a Python
+    handler (the OS default: the process ends) is not held."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED_SIGNALS)
+    pending: list[int] = []
+    held: dict[int, Callable[..., Any]] = {}
+    for s in _DEFERRED_SIGNALS:
+        handler = signal.getsignal(s)
+        if callable(handler):
+            held[s] = handler
+            signal.signal(s, lambda signum, _frame: pending.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s, handler in held.items():
+            signal.signal(s, handler)
+        for s in dict.fromkeys(pending):
+            held[s](s, None)  # e.g. raises KeyboardInterrupt, now that the step is whole
 
 
 def _umask() -> int:
