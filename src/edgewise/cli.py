@@ -407,7 +407,8 @@ class DataChangedError(ValueError):
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Re-evaluate the scores saved in a results folder, on the data they were computed
     from: the prompts' hash saved with each scores file must match the data the task
-    gives now at the batch size saved with them (else :class:`DataChangedError`)."""
+    gives now at the batch size saved with them (else :class:`DataChangedError`). Only in
+    a folder ``discover`` made, without links, holding its lock."""
     from edgewise.io.files import load_prune_scores
     from edgewise.io.results_folder import (
         OutputFolderError,
@@ -455,7 +456,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 def report(args: argparse.Namespace) -> Path:
     """Write ``report.html`` for a results folder (refusing to replace a ``report.html``
-    in a folder edgewise did not make)."""
+    in a folder edgewise did not make, and links), holding the folder's lock."""
     from edgewise.io.results_folder import (
         OutputFolderError,
         check_links,

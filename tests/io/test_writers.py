@@ -525,22 +525,45 @@ def test_a_signal_while_a_temporary_is_created_leaves_none(tmp_path, monkeypatch
 
 
 # ------------------------------------------------------------------ temporaries
-@pytest.mark.parametrize("command", ["report", "evaluate", "mib export"])
-def test_every_command_removes_a_killed_runs_temporaries(command, run, exported, scores_json):
-    folder = exported if command == "mib export" else run
-    inner = folder / ("ioi_gpt2" if command == "mib export" else "checkpoints")
-    killed = [folder / ".results.json.k1l1ed.edgewise-tmp", inner / ".x.json.k1l1ed.edgewise-tmp",
+@pytest.mark.parametrize("command", ["report", "evaluate", "mib export", "mib demo"])
+def test_every_command_removes_a_killed_runs_temporaries(command, tmp_path, run, exported,
+                                                         scores_json, monkeypatch):
+    folder = {"mib export": exported, "mib demo": tmp_path / "killed"}.get(command, run)
+    inner = folder / {"mib export": "ioi_gpt2", "mib demo": "mib_submission/eap"}.get(
+        command, "checkpoints")
+    inner.mkdir(parents=True, exist_ok=True)
+    killed = [folder / ".edgewise.k1l1ed.edgewise-tmp", inner / ".x.json.k1l1ed.edgewise-tmp",
               folder / ".write-test.k1l1ed.edgewise-tmp"]  # fmt: skip
     for path in killed:
         path.write_bytes(b"")
     mine = {folder / ".notes.tmp": "draft", folder / "notes.edgewise-tmp": "not a temporary"}
     for path, text in mine.items():
         path.write_text(text)
-    argv = {"report": ["report", str(run)], "evaluate": ["evaluate", str(run), "--quiet"],
-            "mib export": export_argv(scores_json, exported)}[command]  # fmt: skip
-    assert main(argv) == 0
+    if command == "mib demo":  # the folder's rules, not the demo's work
+        import edgewise.mib.demo
+        from edgewise.mib.demo import run_mib_demo
+
+        (folder / MARKER).write_text(json.dumps(
+            {"written_by": "edgewise", "model": "toy-ioi", "task": "mib-ioi"}))
+        monkeypatch.setattr(edgewise.mib.demo, "_run_locked", lambda *args: "ran")
+        assert run_mib_demo(folder) == "ran"
+    else:
+        argv = {"report": ["report", str(run)], "evaluate": ["evaluate", str(run), "--quiet"],
+                "mib export": export_argv(scores_json, exported)}[command]  # fmt: skip
+        assert main(argv) == 0
     assert not any(p.exists() for p in killed)
     assert all(p.read_text() == text for p, text in mine.items())
+
+
+def test_a_folder_holding_only_a_killed_runs_temporaries_is_not_someone_elses(tmp_path,
+                                                                             scores_json):
+    """Killed before its marker took its name, a run left only a temporary: the same
+    command again is not refused for a folder edgewise did not make."""
+    out = tmp_path / "sub"
+    out.mkdir()
+    (out / ".edgewise.k1l1ed.edgewise-tmp").write_bytes(b"")
+    assert main(export_argv(scores_json, out)) == 0
+    assert sorted(tree(out)) == [MARKER, "ioi_gpt2", "ioi_gpt2/importances.json"]
 
 
 # ------------------------------------------------------------------ closed pipes

@@ -136,13 +136,14 @@ def check_output_folder(
                     f"{folder} holds {_holds(marker)}; this run writes {_holds(wanted)}. "
                     f"{one}: use another --out")
         else:
-            entries = sorted(p.name for p in folder.iterdir() if p.name != LOCK)
+            entries = sorted(p.name for p in folder.iterdir()  # a killed run's temporaries
+                             if not _always_owned(p.name) or p.name == MARKER)  # go anyway
             if entries and not allow_existing:
                 raise OutputFolderError(
                     f"{folder} already holds files edgewise did not write ({', '.join(entries[:5])}"
                     f"{', ...' if len(entries) > 5 else ''}); use an empty or new folder, or "
                     "pass --allow-existing to add edgewise's files next to them")
-            clashes = [name for name in entries if owned(name) or _always_owned(name)]
+            clashes = [name for name in entries if owned(name)]
             if clashes:
                 raise OutputFolderError(
                     f"{folder} holds {', '.join(clashes)}, not written by edgewise (no "
