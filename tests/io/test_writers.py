@@ -416,7 +416,8 @@ def test_two_exports_at_once_one_succeeds_the_other_says_the_folder_is_in_use(
         err = first.stderr.read().decode()
         first.wait(timeout=180)
     assert first.returncode == 0, err[-2000:]
-    assert err == ""  # neither "Broken pipe" nor a traceback
+    # the model's loading bar may be there (TransformerLens 4), no word of the pipe
+    assert not re.search(r"Traceback|[Bb]roken pipe|Errno|edgewise: ", err), err
     assert sorted(tree(out)) == [MARKER, "ioi_gpt2", "ioi_gpt2/importances.json"]
     assert (out / "ioi_gpt2" / "importances.json").read_bytes() == scores_json.read_bytes()
 
