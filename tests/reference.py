@@ -98,10 +98,12 @@ def reference_eap_scores(
     answer_function: str = "avg_diff",
     ablation_type: AblationType = AblationType.RESAMPLE,
     clean_corrupt: str | None = "corrupt",
+    edges=None,
 ) -> dict[str, torch.Tensor]:
     """Edge attribution patching with plain hooks and one edge at a time: keep each
     source's output and the gradient at each destination's input (TransformerLens' own
-    per-head hooks, its own backward), then score every edge by a dot product."""
+    per-head hooks, its own backward), then score every edge by a dot product. Only
+    ``edges`` (default: all) are scored; the others stay 0."""
     check_loss_functions(grad_function, answer_function)
     ablation_type = AblationType(ablation_type)
     if ablation_type.mean_over_dataset:
@@ -115,7 +117,7 @@ def reference_eap_scores(
         dest_names = list(model.dest_modules)
         grads = dict(zip(dest_names, torch.autograd.grad(loss, [acts[n] for n in dest_names])))
         patch = patches[batch.key]
-        for edge in model.edges:
+        for edge in model.edges if edges is None else edges:
             src, dest = edge.src, edge.dest
             clean_out = acts[src.module_name]
             if src.head_idx is not None:
