@@ -33,17 +33,17 @@ from util import random_loader
 
 
 def mib_edge_formula(n_layers: int, n_heads: int) -> int:
-    """MIB's edge count by hand: block ``l``'s heads read ``1 + l (H + 1)`` earlier nodes at
+    """MIB's edge count by hand: block ``b``'s heads read ``1 + b (H + 1)`` earlier nodes at
     each of q, k and v, its MLP those and the block's ``H`` heads, the logits everything."""
-    per_block = (3 * n_heads * (1 + l * (n_heads + 1)) + 1 + l * (n_heads + 1) + n_heads
-                 for l in range(n_layers))  # fmt: skip
+    per_block = (3 * n_heads * (1 + b * (n_heads + 1)) + 1 + b * (n_heads + 1) + n_heads
+                 for b in range(n_layers))  # fmt: skip
     return sum(per_block) + 1 + n_layers * (n_heads + 1)
 
 
 def grouped_edge_formula(n_layers: int, n_heads: int, n_kv: int) -> int:
     """The same with K and V inputs per key/value head (``ungroup_kv=False``)."""
-    per_block = ((n_heads + 2 * n_kv) * (1 + l * (n_heads + 1)) + 1 + l * (n_heads + 1) + n_heads
-                 for l in range(n_layers))  # fmt: skip
+    per_block = ((n_heads + 2 * n_kv) * (1 + b * (n_heads + 1)) + 1 + b * (n_heads + 1) + n_heads
+                 for b in range(n_layers))  # fmt: skip
     return sum(per_block) + 1 + n_layers * (n_heads + 1)
 
 

@@ -7,7 +7,7 @@ where TransformerLens has it, against TransformerLens' own ungrouped HookedTrans
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import pytest
 import torch
@@ -45,7 +45,7 @@ def prompts(seed: int, batch: int = 3, seq: int = 7):
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def pair(arch: str):
     """Patchable models of the same random weights: ungrouped and grouped."""
     return patchable_model(bridge(arch), ungroup_kv=True), patchable_model(bridge(arch), ungroup_kv=False)
@@ -118,7 +118,7 @@ def test_ungrouped_bridge_patching_matches_reference(arch):
     torch.testing.assert_close(pm.run_patched(clean, zero, patch), pm(clean), atol=ATOL[arch], rtol=0)
 
 
-@lru_cache(maxsize=None)
+@cache
 def corrupt_patches(arch: str):
     """The clean prompts, both models' corrupt source outputs, and the ungrouped model's
     unpatched ``z`` per block."""
