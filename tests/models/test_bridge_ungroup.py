@@ -118,6 +118,22 @@ def test_ungrouped_bridge_patching_matches_reference(arch):
     torch.testing.assert_close(pm.run_patched(clean, zero, patch), pm(clean), atol=ATOL[arch], rtol=0)
 
 
+def test_ungrouped_bridge_with_one_input_per_head_matches_reference():
+    """``separate_qkv=False``: one ``hook_attn_in`` input per query head, read by its Q and
+    by its own K and V (the whole group's K/V input is refused while grouped)."""
+    pm = patchable_model(bridge("qwen2"), ungroup_kv=True, separate_qkv=False)
+    assert pm.dest_modules["blocks.1.hook_attn_in"].mask_shape == (4, 6)
+    clean, corrupt, gen = prompts(5)
+    patch = pm.src_outs(corrupt).clone()
+    masks = {n: torch.rand(m.mask_shape, generator=gen, dtype=torch.float64)
+             for n, m in pm.dest_modules.items()}  # fmt: skip
+    got = pm.run_patched(clean, masks, patch)
+    torch.testing.assert_close(got, reference_patched_logits(pm, clean, masks, patch), atol=1e-10, rtol=0)
+    assert (got - pm(clean)).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="use separate_qkv=True"):
+        patchable_model(bridge("qwen2"), ungroup_kv=False, separate_qkv=False)
+
+
 @cache
 def corrupt_patches(arch: str):
     """The clean prompts, both models' corrupt source outputs, and the ungrouped model's

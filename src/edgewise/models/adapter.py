@@ -256,10 +256,10 @@ class HookAdapter:
             if ungroup is not None and grouped:
                 self.model.set_ungroup_grouped_query_attention(bool(ungroup))
             return
-        from edgewise.models.ungroup import set_bridge_ungrouped_kv
+        from edgewise.models.ungroup import bridge_kv_ungrouped, set_bridge_ungrouped_kv
 
         wants = ungroup if ungroup is not None else bool(getattr(cfg, "ungroup_grouped_query_attention", False))
-        if grouped:
+        if grouped or bridge_kv_ungrouped(self.model):
             set_bridge_ungrouped_kv(self.model, bool(wants))
 
     def resolve(self, name: str) -> str | None:

@@ -187,6 +187,8 @@ def set_bridge_ungrouped_kv(model: nn.Module, ungroup: bool) -> None:
     cfg = model.cfg
     n_heads = int(cfg.n_heads)
     n_kv = int(getattr(cfg, "n_key_value_heads", None) or n_heads)
+    for _, attn in _attention_blocks(model):  # already ungrouped: the grouped count it kept
+        n_kv = vars(attn).get(_STATE, {}).get("n_kv", n_kv)
     if n_kv == n_heads or n_heads % n_kv:
         _set_flag(model, bool(ungroup) and n_kv != n_heads)
         return
@@ -200,17 +202,20 @@ def set_bridge_ungrouped_kv(model: nn.Module, ungroup: bool) -> None:
         return
     plan = _plan(model, n_heads, n_kv)
     tokens = _probe_tokens(model)
-    with torch.no_grad():
-        want = model(tokens)
-        try:
+    training = model.training
+    model.eval()  # no dropout in the comparison
+    try:
+        with torch.no_grad():
+            want = model(tokens)
             for attn, hf, k, v, d_head in plan:
                 _ungroup(attn, hf, k, v, d_head, n_heads, n_kv)
-            got = model(tokens)
-            same = _close(got, want)
-        except Exception:
-            for attn, *_ in plan:
-                _restore(attn)
-            raise
+            same = _close(model(tokens), want)
+    except Exception:
+        for attn, *_ in plan:
+            _restore(attn)
+        raise
+    finally:
+        model.train(training)
     if not same:
         for attn, *_ in plan:
             _restore(attn)
