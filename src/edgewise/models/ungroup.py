@@ -22,7 +22,7 @@ block, all undone by ``set_bridge_ungrouped_kv(model, False)``:
   gradients reach the real weights);
 * the Hugging Face attention's ``num_key_value_groups`` is 1 (nothing left to repeat).
 
-``set_bridge_ungrouped_kv`` checks on two tokens that the ungrouped model computes the
+``set_bridge_ungrouped_kv`` checks on three tokens that the ungrouped model computes the
 same logits as the grouped one, and undoes everything and raises if not.
 """
 
@@ -104,7 +104,7 @@ def _plan(model: nn.Module, n_heads: int, n_kv: int) -> list[tuple[nn.Module, nn
         elif getattr(hf, "num_key_value_groups", None) != groups:
             why = f"its num_key_value_groups is {getattr(hf, 'num_key_value_groups', None)!r}, not {groups}"
         elif cfg is None or getattr(cfg, "n_key_value_heads", None) != n_kv:
-            why = "its config does not say n_key_value_heads"
+            why = f"its config says n_key_value_heads={getattr(cfg, 'n_key_value_heads', None)!r}, not {n_kv}"
         if why is not None:
             raise ValueError(
                 f"cannot give each query head its own key/value input on blocks.{i}.attn "
