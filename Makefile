@@ -57,3 +57,22 @@ $(VENVAC)/bin/.installed:
 # .venv is built only when it is missing (it is not refreshed here: `make install` does that)
 parity: $(if $(wildcard $(BIN)/python),,$(BIN)/.installed) $(VENVAC)/bin/.installed
 	$(BIN)/python parity/compare.py --ac-python $(VENVAC)/bin/python --ew-python $(BIN)/python
+
+# Parity with MIB's reference code (parity/MIB.md): hannamw/EAP-IG at the commit
+# hannamw/MIB-circuit-track pins and MIB-circuit-track, both from local checkouts in
+# MIB_REF (nothing downloaded, nothing vendored), run in their own TransformerLens 2.x
+# environment (.venv-mib); edgewise from .venv, same weights, prompts and scores.
+VENVMIB := .venv-mib
+MIB_REF ?=
+$(VENVMIB)/bin/.installed:
+	$(PY) -m venv $(VENVMIB)
+	$(VENVMIB)/bin/pip install --quiet torch==2.13.0
+	$(VENVMIB)/bin/pip install --quiet transformer-lens==2.18.0 "matplotlib>=3.10.1" tabulate pandas datasets "pyarrow<26"
+	touch $@
+
+.PHONY: mib-parity mib-ref-given
+mib-ref-given:
+	@test -n "$(MIB_REF)" || { echo "edgewise: error: give MIB_REF=DIR, a folder holding EAP-IG/ and MIB-circuit-track/ checkouts (parity/MIB.md)" >&2; exit 2; }
+
+mib-parity: mib-ref-given $(if $(wildcard $(BIN)/python),,$(BIN)/.installed) $(VENVMIB)/bin/.installed
+	$(BIN)/python parity/mib_compare.py --mib-ref "$(MIB_REF)" --mib-python $(VENVMIB)/bin/python

@@ -98,17 +98,22 @@ def reference_eap_scores(
     answer_function: str = "avg_diff",
     ablation_type: AblationType = AblationType.RESAMPLE,
     clean_corrupt: str | None = "corrupt",
+    fixed: torch.Tensor | None = None,
     edges=None,
 ) -> dict[str, torch.Tensor]:
     """Edge attribution patching with plain hooks and one edge at a time: keep each
     source's output and the gradient at each destination's input (TransformerLens' own
-    per-head hooks, its own backward), then score every edge by a dot product. Only
-    ``edges`` (default: all) are scored; the others stay 0."""
+    per-head hooks, its own backward), then score every edge by a dot product. ``fixed``
+    ``[n_srcs, 1, 1, d_model]``: the patch of every batch (e.g. optimal ablation values).
+    Only ``edges`` (default: all) are scored; the others stay 0."""
     check_loss_functions(grad_function, answer_function)
     ablation_type = AblationType(ablation_type)
     if ablation_type.mean_over_dataset:
         clean_corrupt = None
-    patches = batch_src_ablations(model, dataloader, ablation_type, clean_corrupt)
+    if fixed is None:
+        patches = batch_src_ablations(model, dataloader, ablation_type, clean_corrupt)
+    else:
+        patches = {batch.key: fixed for batch in dataloader}
     scores = {n: torch.zeros(m.mask_shape, dtype=model.score_dtype, device=model.device)
               for n, m in model.dest_modules.items()}
     for batch in dataloader:

@@ -8,13 +8,16 @@
 
 Errors print one line, ``edgewise: error: ...``, naming the input and what to do, and
 exit with 2 (a bad input: argument, file, folder) or 1 (the environment: a full disk,
-a folder another run holds, a permission); an interruption exits with 130.
+a folder another run holds, a permission); an interruption (Ctrl-C, SIGTERM, SIGHUP)
+exits with 128 + the signal's number after one line saying what was kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import io
 import json
 import os
 import signal
@@ -47,6 +50,38 @@ def _algorithm_params(
     if a.faithfulness:
         params["faithfulness_target"] = "mse" if task.metric == "mse" else "kl_div"
     return params
+
+
+def _takes_ablation_values(algo: str) -> bool:
+    """Whether an algorithm of the registry accepts fixed ``ablation_values``."""
+    import inspect
+
+    from edgewise.prune_algos import ALGORITHMS
+
+    return "ablation_values" in inspect.signature(ALGORITHMS[algo].function).parameters
+
+
+def _check_ablation(args: argparse.Namespace, algos: list[str]) -> dict[str, Any] | None:
+    """``--ablation optimal``: its settings (saved with the scores, so a resumed run
+    with others is caught), after checking every algorithm takes it; ``None`` for
+    ``patching``."""
+    if getattr(args, "ablation", "patching") == "patching":
+        return None
+    refused = [a for a in algos if not _takes_ablation_values(a)]
+    if refused:
+        from edgewise.prune_algos import ALGORITHMS
+
+        able = [a for a in ALGORITHMS if _takes_ablation_values(a)]
+        raise ValueError(
+            f"--ablation optimal: {', '.join(refused)} cannot patch with fixed values (MIB "
+            "refuses it for eap-ig-inputs and clean-corrupted, which patch from the corrupt "
+            f"prompts); the algorithms that can: {', '.join(able)}"
+        )
+    if args.oa_steps < 0 or not args.oa_lr > 0:
+        raise ValueError(f"--oa-steps must be >= 0 and --oa-lr positive, got {args.oa_steps} "
+                         f"and {args.oa_lr}")  # fmt: skip
+    return {"kind": "optimal", "steps": args.oa_steps, "lr": args.oa_lr,
+            "objective": args.oa_objective}
 
 
 def _resolve_names(model_name: str | None, task_name: str) -> tuple[str, str]:
@@ -234,7 +269,7 @@ def discover(args: argparse.Namespace) -> dict[str, Any]:
     the folder is checked (:func:`edgewise.io.results_folder.check_output_folder`) and
     locked."""
     from edgewise.benchmarks.tasks import get_task
-    from edgewise.io.results_folder import check_output_folder, folder_lock
+    from edgewise.io.results_folder import check_output_folder, writing
     from edgewise.prune_algos import ALGORITHMS
 
     algos = list(dict.fromkeys(args.algo))
@@ -244,6 +279,7 @@ def discover(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "bootstrap", None) is not None and args.bootstrap < 1:
         raise ValueError(f"--bootstrap must be a number of resamples >= 1 (e.g. 100), got "
                          f"{args.bootstrap}")  # fmt: skip
+    _check_ablation(args, algos)
     model_name, task_name = _resolve_names(args.model, args.task)
     if get_task(task_name).official_edges is None:
         needy = [a for a in algos if ALGORITHMS[a].needs_official_edges]
@@ -252,7 +288,7 @@ def discover(args: argparse.Namespace) -> dict[str, Any]:
                              f"{task_name!r} has none: drop it from --algo")  # fmt: skip
     out = Path(args.out)
     check_output_folder(out, model_name, task_name, getattr(args, "allow_existing", False))
-    with folder_lock(out):
+    with writing(out):
         return _discover_locked(args, algos, model_name, task_name, out)
 
 
@@ -262,7 +298,7 @@ def _discover_locked(
 
     from edgewise import __version__
     from edgewise.io.files import save_mib_json, save_prune_scores
-    from edgewise.io.results_folder import remove_stale_temporaries, write_marker
+    from edgewise.io.results_folder import write_marker
     from edgewise.prune_algos import ALGORITHMS
 
     task, pm, train, test = _setup(model_name, task_name, args.batch_size)
@@ -274,7 +310,6 @@ def _discover_locked(
             for f in (state_dir / f"{algo}.json", state_dir / f"{algo}.pt",
                       out / f"scores_{algo}.safetensors", out / f"circuit_{algo}_mib.json"):
                 f.unlink(missing_ok=True)
-    remove_stale_temporaries(out, state_dir)
     common = {"model": model_name, "task": task_name, "batch_size": args.batch_size,
               "data_sha256": _sha256_of_data(train, test), "graph_sha256": _sha256_of_edges(pm),
               "seq_len": pm.seq_len, "edgewise_version": __version__}
@@ -284,10 +319,26 @@ def _discover_locked(
                                "algorithms": _previous_results(out, algos, settings)}
     params: dict[str, dict[str, Any]] = {}
     resume: dict[str, _Resume] = {}
+    ablation = _check_ablation(args, algos)
+    fitted: dict[str, Any] = {}  # the optimal ablation values, fitted when first needed
+
+    def values() -> dict[str, Any]:
+        if ablation is None:
+            return {}
+        if "v" not in fitted:
+            from edgewise.prune_algos.optimal_ablation import optimal_ablation_values
+
+            fitted["v"] = optimal_ablation_values(
+                pm, train, ablation["steps"], ablation["lr"], ablation["objective"],
+                task.grad_function, task.answer_function)  # fmt: skip
+        return {"ablation_values": fitted["v"]}
+
     for algo in algos:  # every check before any work: a mismatch fails at once
         params[algo] = _algorithm_params(algo, task, args.quiet, args.max_memory)
         saved = {k: v for k, v in {**ALGORITHMS[algo].defaults, **params[algo]}.items()
                  if k not in _NOT_PARAMETERS}
+        if ablation is not None:
+            saved["ablation"] = ablation
         fingerprint = json.loads(json.dumps(  # as it reads back from JSON (tuples -> lists)
             {**common, "algorithm": algo, "parameters": saved}, default=str))
         resume[algo] = _load_resume(out, algo, fingerprint, pm, fresh)
@@ -300,7 +351,7 @@ def _discover_locked(
         state_path, checkpoint = state_dir / f"{algo}.json", state_dir / f"{algo}.pt"
         scores, seconds = r.scores, r.seconds
         if scores is None:
-            call = dict(params[algo])
+            call = {**params[algo], **values()}
             if ALGORITHMS[algo].checkpoint:
                 call["checkpoint"] = str(checkpoint)
             before = r.seconds or 0.0
@@ -331,7 +382,8 @@ def _discover_locked(
             result = evaluate_scores(pm, task, test, scores, algo, args.quiet, args.max_memory,
                                      bootstrap=n_boot)  # fmt: skip
             if n_boot:
-                _add_score_intervals(result, pm, task, train, algo, params[algo], n_boot)
+                _add_score_intervals(result, pm, task, train, algo, {**params[algo], **values()},
+                                     n_boot)  # fmt: skip
             write_json(state_path, {"fingerprint": r.fingerprint, "seconds": seconds,
                                      "result": result})
         results["algorithms"][algo] = {**result, "seconds": seconds}
@@ -405,13 +457,15 @@ class DataChangedError(ValueError):
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Re-evaluate the scores saved in a results folder, on the data they were computed
     from: the prompts' hash saved with each scores file must match the data the task
-    gives now at the batch size saved with them (else :class:`DataChangedError`)."""
+    gives now at the batch size saved with them (else :class:`DataChangedError`). Only in
+    a folder ``discover`` made, without links, holding its lock."""
     from edgewise.io.files import load_prune_scores
     from edgewise.io.results_folder import (
         OutputFolderError,
+        check_links,
         check_writable,
-        folder_lock,
         read_marker,
+        writing,
     )
 
     folder = Path(args.dir)
@@ -424,8 +478,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         if os.path.isabs(name) and not os.path.exists(name):
             raise FileNotFoundError(f"{folder / 'results.json'} names the {what} {name}, which "
                                     "no longer exists: restore it, or rerun edgewise discover")
+    check_links(folder)
     check_writable(folder)
-    with folder_lock(folder):
+    with writing(folder):
         paths = {algo: folder / f"scores_{algo}.safetensors" for algo in previous["algorithms"]}
         metas = {algo: load_prune_scores(path)[1] for algo, path in paths.items()}
         saved_batch = int(next(iter(metas.values())).get("batch_size") or 16)
@@ -451,18 +506,26 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 def report(args: argparse.Namespace) -> Path:
     """Write ``report.html`` for a results folder (refusing to replace a ``report.html``
-    in a folder edgewise did not make)."""
-    from edgewise.io.results_folder import OutputFolderError, check_writable, read_marker
+    in a folder edgewise did not make, and links), holding the folder's lock."""
+    from edgewise.io.results_folder import (
+        OutputFolderError,
+        check_links,
+        check_writable,
+        read_marker,
+        writing,
+    )
     from edgewise.visualize import write_report
 
     folder = Path(args.dir)
     results = _read_results(folder)
     target = folder / "report.html"
-    if target.exists() and read_marker(folder) is None:
+    if os.path.lexists(target) and read_marker(folder) is None:
         raise OutputFolderError(f"{target} exists and {folder} was not made by edgewise "
                                 "discover (no .edgewise marker): move it away first")
+    check_links(folder)
     check_writable(folder)
-    return write_report(results, target)
+    with writing(folder):
+        return write_report(results, target)
 
 
 def summary_table(results: dict[str, Any]) -> str:
@@ -505,6 +568,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "from their checkpoints in DIR/checkpoints; other settings are an error. "
                         "Results of other algorithms in DIR are kept; DIR holds one task and "
                         "model, and one run at a time")
+    d.add_argument("--ablation", choices=("patching", "optimal"), default="patching",
+                   help="what scoring patches ablated edges with: the corrupt prompt's "
+                        "activations (patching, the default) or MIB's optimal ablation, one "
+                        "constant per source fitted on the train prompts (eap, ig, ig-layer, "
+                        "eap-frozen, eap-ig-activations). Circuits are still evaluated with "
+                        "interchange ablation, as MIB's run_evaluation.py does")
+    d.add_argument("--oa-steps", type=int, default=1000, metavar="N",
+                   help="--ablation optimal: Adam steps per source module (MIB: 1000)")
+    d.add_argument("--oa-lr", type=float, default=1e-3, metavar="LR",
+                   help="--ablation optimal: Adam's learning rate (MIB: 1e-3)")
+    d.add_argument("--oa-objective", choices=("lm", "task"), default="lm",
+                   help="--ablation optimal: the loss the constants minimise: next-token "
+                        "cross-entropy on the train prompts (lm, MIB's) or the task's loss")
     d.add_argument("--bootstrap", type=int, metavar="N", default=None,
                    help="also compute 95%% bootstrap intervals over N resamples of the prompts "
                         "(seed 0): of the top edges' scores (train prompts) and of the "
@@ -539,16 +615,77 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is, as Ctrl-C raises KeyboardInterrupt."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
 def _interrupt(signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise _Interrupted(signum)
+
+
+_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+def _after_interrupt(args: argparse.Namespace) -> str:
+    """What an interrupted command left, for its one-line message."""
+    if args.command in ("discover", "demo"):
+        return f"run the same command again to resume from {args.out}"
+    if args.command == "evaluate":
+        return f"{Path(args.dir) / 'results.json'} is unchanged"
+    if args.command == "report":
+        return f"{Path(args.dir) / 'report.html'} is unchanged"
+    if getattr(args, "mib_command", None) in ("export", "demo"):
+        return (f"every file in {args.out} is whole (as before, or new); run the same command "
+                "again to finish")
+    return "nothing was written"
+
+
+def _say(line: str) -> None:
+    """Print ``line`` on stderr, unless stderr is gone (a closed pipe)."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def _silence_closed_streams() -> None:
+    """Point a stream whose reader has gone at /dev/null, so that Python's last flush
+    at exit does not report the closed pipe."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            try:
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, stream.fileno())
+                os.close(null)
+            except (OSError, ValueError, AttributeError):  # not a real file (captured)
+                pass
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit status: 0 done, 2 a bad input, 1 the
+    environment, 128 + the signal's number when interrupted (SIGINT 130, SIGTERM 143,
+    SIGHUP 129: one line says what was kept; files are whole and the lock released).
+    What the command prints goes to stdout once its work is done: a reader that has gone
+    by then (``| head``) gives 0, quietly; a closed stderr during the work stops it
+    quietly with 141, as SIGPIPE would."""
     args = build_parser().parse_args(argv)
-    # SIGTERM (a plain `kill`, a scheduler's preemption) unwinds like Ctrl-C, so the time
-    # spent is recorded and no temporary file stays behind
-    catch_term = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _interrupt) if catch_term else None
+    # SIGTERM (a plain `kill`, a scheduler's preemption) and SIGHUP (a closed terminal)
+    # unwind like Ctrl-C, so the time spent is recorded and no temporary file stays behind
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.getsignal(s) for s in _SIGNALS} if main_thread else {}
+    for s in previous:
+        if s != signal.SIGINT and previous[s] is not signal.SIG_IGN:  # nohup stays nohup
+            signal.signal(s, _interrupt)
+    # what is printed goes out once the work is done: a reader that has gone by then
+    # (`| head`) lost nothing, and a closed pipe found earlier is stderr's
+    stdout, printed, done = sys.stdout, io.StringIO(), False
+    sys.stdout = printed
     try:
         if args.command == "discover":
             print(summary_table(discover(args)))
@@ -562,22 +699,34 @@ def main(argv: list[str] | None = None) -> int:
             run_mib(args)
         else:
             demo(args)
+        sys.stdout, done = stdout, True
+        stdout.write(printed.getvalue())
+        stdout.flush()  # a closed pipe shows here, while it can still be handled
+    except BrokenPipeError:  # the reader went away (| head): nothing to tell it
+        sys.stdout = stdout
+        _silence_closed_streams()
+        return 0 if done else 128 + 13
     except (ValueError, TypeError, FloatingPointError, ImportError, FileNotFoundError,
             NotADirectoryError) as e:  # what the user gave: arguments, files, a model  # fmt: skip
-        print(f"edgewise: error: {e}", file=sys.stderr)
+        _say(f"edgewise: error: {e}")
         return 2
     except (OSError, FolderInUseError) as e:  # the machine: full disk, permissions, a lock
-        print(f"edgewise: error: {e}", file=sys.stderr)
+        _say(f"edgewise: error: {e}")
         return 1
-    except KeyboardInterrupt:
-        if args.command not in ("discover", "demo"):
-            raise
-        print(f"edgewise: interrupted; run the same command again to resume from {args.out}",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        for s in previous:  # a second signal must not cut this message
+            signal.signal(s, signal.SIG_IGN)
+        signum = getattr(e, "signum", signal.SIGINT)
+        _say(f"edgewise: interrupted by {signal.Signals(signum).name}; {_after_interrupt(args)}")
+        return 128 + signum
     finally:
-        if catch_term:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        sys.stdout = stdout
+        if not done:  # stopped early: what was printed still goes out
+            with contextlib.suppress(OSError, ValueError):
+                stdout.write(printed.getvalue())
+                stdout.flush()
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
     return 0
 
 

@@ -1,6 +1,8 @@
 """MIB task data: each shipped task loads to the hand-checked prompts and answers, the
 counterfactual column is the chosen one, MIB's filters drop the rows MIB drops, unequal
-clean/counterfactual lengths are refused or dropped, and bad input is named."""
+clean/counterfactual lengths are fitted as MIB's runs patch them, refused or dropped,
+pairs of different lengths load unpadded for right padding per batch, and bad input is
+named."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import pytest
 import torch
 
 from edgewise.benchmarks.toy_models import toy_ioi_tokenizer
+from edgewise.data import PromptDataLoader
 from edgewise.mib.data import (
     MIB_TASKS,
     load_mib_rows,
@@ -118,7 +121,7 @@ def test_each_shipped_task_hand_checked(tok):
     challenge = load_mib_task("arc_challenge", None, tok)
     assert challenge.answers[0].tolist() == ids(tok, "C")
     assert challenge.wrong_answers[0].tolist() == ids(tok, "Y")
-    assert challenge.corrupt[0, -5:].tolist() == ids(tok, "Y. evaporation Z. erosion Answer:")
+    assert challenge.corrupt[0][-5:].tolist() == ids(tok, "Y. evaporation Z. erosion Answer:")
 
 
 def test_num_examples_keeps_the_first_rows(tok):
@@ -147,34 +150,54 @@ def test_mib_filters_drop_rows_as_mib_does(tmp_path):
     assert [p.row for p in mib_pairs("ioi", ioi, tok)] == [1, 2, 3, 4]
 
 
-def test_unequal_lengths_are_refused_or_dropped(tmp_path, tok):
+def test_unequal_lengths_are_fitted_refused_or_dropped(tmp_path, tok):
     rows = load_mib_rows("arithmetic_addition", None, "train")
-    rows[2]["random_counterfactual"]["prompt"] = "What is 11 plus 64 ? ?"
+    rows[2]["random_counterfactual"]["prompt"] = "What is 11 plus 64 ? ?"  # one token longer
+    rows[4]["random_counterfactual"]["prompt"] = "What is 11 plus"  # two tokens shorter
     path = _write(tmp_path, rows)
-    with pytest.raises(ValueError, match=r"row 2 \(7 vs 8 tokens\).*mismatched='drop'"):
-        load_mib_task("arithmetic_addition", path, tok)
+    full = load_mib_task("arithmetic_addition", None, tok)
+    with pytest.warns(UserWarning, match=r"2 of 5 .*row 2 \(7 vs 8 tokens\), row 4 \(7 vs 5"):
+        fitted = load_mib_task("arithmetic_addition", path, tok)
+    assert len(fitted) == 5 and torch.equal(fitted.clean, full.clean)
+    bos = [tok.bos_token_id]
+    # cut to the clean prompt's 7 tokens: what MIB's run reads before the clean last token
+    assert fitted.corrupt[2].tolist() == bos + ids(tok, "What is 11 plus 64 ?")
+    # right-padded with the pad id, the tokens MIB's padded tensor holds there
+    assert fitted.corrupt[4].tolist() == bos + ids(tok, "What is 11 plus") + [tok.pad_token_id] * 2
+    assert torch.equal(fitted.corrupt[[0, 1, 3]], full.corrupt[[0, 1, 3]])
+    with pytest.raises(ValueError, match=r"row 2 \(7 vs 8 tokens\).*mismatched='fit'.*'drop'"):
+        load_mib_task("arithmetic_addition", path, tok, mismatched="error")
     with pytest.warns(UserWarning, match="dropping"):
         ds = load_mib_task("arithmetic_addition", path, tok, mismatched="drop")
-    full = load_mib_task("arithmetic_addition", None, tok)
-    assert torch.equal(ds.clean, full.clean[[0, 1, 3, 4]])
+    assert torch.equal(ds.clean, full.clean[[0, 1, 3]])
 
 
-def test_pairs_of_different_lengths_pad_or_split(tmp_path, tok):
+def test_pairs_of_different_lengths_load_every_pair(tmp_path, tok):
     rows = load_mib_rows("arithmetic_addition", None, "train")
-    for key in ("prompt",):
-        rows[1][key] = "So , what is 40 plus 17 ?"
+    rows[1]["prompt"] = "So , what is 40 plus 17 ?"
     rows[1]["random_counterfactual"]["prompt"] = "So , what is 33 plus 30 ?"
     path = _write(tmp_path, rows)
-    with pytest.warns(UserWarning):
-        padded = load_mib_task("arithmetic_addition", path, tok)
+    full = load_mib_task("arithmetic_addition", None, tok)
+    ds = load_mib_task("arithmetic_addition", path, tok)  # right padding per batch: no warning
+    assert len(ds) == 5 and ds.padding_side == "right" and ds.pad_id == tok.pad_token_id
+    assert ds.lengths.tolist() == [7, 9, 7, 7, 7] and not ds.padded
+    batch = next(iter(PromptDataLoader(ds, batch_size=5)))
+    assert batch.lengths.tolist() == [7, 9, 7, 7, 7] and batch.clean.shape == (5, 9)
+    assert torch.equal(batch.clean[[0, 2, 3, 4], :7], full.clean[[0, 2, 3, 4]])
+    assert batch.clean[0, 7:].tolist() == [tok.pad_token_id] * 2
+    assert batch.corrupt[1].tolist() == [tok.bos_token_id] + ids(tok, "So , what is 33 plus 30 ?")
+    with pytest.warns(UserWarning, match="left-padded"):
+        padded = load_mib_task("arithmetic_addition", path, tok, padding_side="left")
     assert padded.padded and padded.clean.shape == (5, 9)
     assert padded.clean[0, :2].tolist() == [tok.pad_token_id] * 2
     ragged = load_mib_task("arithmetic_addition", path, tok, pad=False)
-    groups = split_by_length(ragged)
-    assert list(groups) == [7, 9] and [len(g) for g in groups.values()] == [4, 1]
-    assert torch.equal(groups[7].clean, padded.clean[[0, 2, 3, 4], 2:])
-    assert groups[9].answers[0].tolist() == ids(tok, "57")
-    with pytest.raises(ValueError, match="pad=False"):
+    assert ragged.pad_id is None
+    for unpadded in (ds, ragged):
+        groups = split_by_length(unpadded)
+        assert list(groups) == [7, 9] and [len(g) for g in groups.values()] == [4, 1]
+        assert torch.equal(groups[7].clean, padded.clean[[0, 2, 3, 4], 2:])
+        assert groups[9].answers[0].tolist() == ids(tok, "57")
+    with pytest.raises(ValueError, match="padding_side='right'"):
         split_by_length(padded)
 
 
@@ -209,5 +232,7 @@ def test_bad_input_is_named(tmp_path, tok):
         load_mib_task("ioi", _write(tmp_path, rows), tok)
     with pytest.raises(FileNotFoundError, match="no 'test' file"):
         load_mib_task("ioi", tmp_path, tok, split="test")
-    with pytest.raises(ValueError, match="mismatched"):
+    with pytest.raises(ValueError, match="mismatched must be 'fit', 'error' or 'drop'"):
         load_mib_task("ioi", None, tok, mismatched="pad")
+    with pytest.raises(ValueError, match="padding_side must be 'right'"):
+        load_mib_task("ioi", None, tok, padding_side="middle")

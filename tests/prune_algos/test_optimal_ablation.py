@@ -113,3 +113,75 @@ def test_fixed_ablation_values_score_and_evaluate_like_the_ablation_they_equal(p
                                    ablation_values=oa[:, :, :, :3], progress=False)  # fmt: skip
     with pytest.raises(ValueError, match="TREE_PATCH"):
         run_circuits(pm, loader, [0], want, patch_type="edge", ablation_values=oa, progress=False)
+
+
+def _oa(pm, loader):
+    """Optimal ablation values a few steps from the mean, so they differ from it."""
+    return optimal_ablation_values(pm, loader, steps=3, lr=0.05)
+
+
+def test_optimal_values_through_eap_and_node_eap_equal_the_hook_reference(pm):
+    """EAP and node-level EAP with ``ablation_values``: each edge's score is the
+    gradient at its destination times (optimal constant - clean output), computed with
+    plain hooks; a node's score is the sum over its outgoing edges."""
+    from edgewise import mask_gradient_prune_scores
+    from edgewise.prune_algos.node_attribution import flat_node_scores, node_attribution_scores
+
+    from reference import reference_eap_scores
+
+    loader = random_loader(seed=4, n=4, batch_size=2)
+    oa = _oa(pm, loader)
+    want = reference_eap_scores(pm, loader, fixed=oa)
+    got = mask_gradient_prune_scores(pm, loader, None, "logit", "avg_diff", mask_val=0.0,
+                                     ablation_values=oa, progress=False)  # fmt: skip
+    scale = max(float(v.abs().max()) for v in want.values())
+    for n in want:
+        torch.testing.assert_close(got[n].double(), want[n], atol=1e-9 * scale, rtol=0)
+    nodes = flat_node_scores(pm, node_attribution_scores(pm, loader, "eap", "node",
+                                                         ablation_values=oa, progress=False))
+    per_src = torch.zeros(len(pm.srcs), dtype=torch.float64)
+    for e in pm.edges:
+        per_src[e.src.src_idx] += want[e.dest.module_name][e.patch_idx]
+    torch.testing.assert_close(nodes.double(), per_src, atol=1e-9 * scale, rtol=0)
+    with pytest.raises(ValueError, match="EAP-IG on inputs .*MIB refuses"):
+        node_attribution_scores(pm, loader, "eap-ig-inputs", ablation_values=oa)
+
+
+@pytest.mark.parametrize("m", [1, 3])
+def test_optimal_values_through_eap_ig_activations_follow_the_hooked_path(pm, m):
+    """EAP-IG on activations with ``ablation_values``, one module moved: its outgoing
+    edges' scores sum to the mean of dL/dt along ``clean + t (optimal - clean)`` of the
+    module's whole output, at t = 1 - k/m (a direct hooked run); with m = 1 they are EAP
+    with the same values."""
+    from edgewise import mask_gradient_prune_scores
+    from edgewise.prune_algos import eap_ig_activations_prune_scores
+    from edgewise.prune_algos.eap_ig_activations import module_output_hook
+
+    loader = random_loader(seed=4, n=4, batch_size=2)
+    oa = _oa(pm, loader)
+    module = pm.graph.src_modules[1]  # block 0's attention: every head's constant
+    got = eap_ig_activations_prune_scores(pm, loader, integrated_grad_samples=m, progress=False,
+                                          sources=[module.module_name], ablation_values=oa)
+    out_of = [e for e in pm.edges if module.src_lo <= e.src.src_idx < module.src_hi]
+    total = sum(float(got[e.dest.module_name][e.patch_idx]) for e in out_of)
+    want = 0.0
+    for batch in loader:
+        clean = pm.src_outs(batch.clean)[module.src_lo:module.src_hi].sum(0)
+        step = (oa[module.src_lo:module.src_hi].sum(0) - clean).detach()
+        for k in range(1, m + 1):
+            t = torch.tensor(1.0 - k / m, dtype=torch.float64, requires_grad=True)
+
+            def moved(_mod, _inp, out, t=t, step=step):
+                return out.detach() + t * step
+
+            with pm.hooks([(module_output_hook(module), moved)]):
+                logits = pm(batch.clean)[pm.out_slice]
+            loss = answer_loss(grad_values(logits, "logit"), batch, "avg_diff")
+            want += float(torch.autograd.grad(loss, t)[0]) / m
+    assert total == pytest.approx(want, rel=1e-9, abs=1e-12)
+    if m == 1:
+        eap = mask_gradient_prune_scores(pm, loader, None, "logit", "avg_diff", mask_val=0.0,
+                                         ablation_values=oa, progress=False)  # fmt: skip
+        for e in out_of:
+            assert float(got[e.dest.module_name][e.patch_idx]) == pytest.approx(
+                float(eap[e.dest.module_name][e.patch_idx]), rel=1e-9, abs=1e-12)

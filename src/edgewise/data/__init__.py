@@ -8,8 +8,9 @@ answers).
 Modules (everything public is re-exported here; import it from ``edgewise.data``):
 
 - :mod:`~edgewise.data.batches`: :class:`PromptPair`, :class:`PromptPairBatch`, batch
-  keys, divergence, left-padding and collation. Padding is **not** masked (no attention
-  mask, as in auto-circuit), so it always warns; see that module.
+  keys, divergence, padding and collation. Left padding is **not** masked (no attention
+  mask, as in auto-circuit), so it always warns; right padding (MIB's) reads each
+  prompt at its own last token and is exact; see that module.
 - :mod:`~edgewise.data.dataset`: :class:`PromptDataset` and :class:`PromptDataLoader`.
 - :mod:`~edgewise.data.json_format`: the JSON dataset format (auto-circuit's) and how
   its text prompts and answers become token ids.
@@ -26,16 +27,21 @@ from edgewise.data.batches import (
     PromptPair,
     PromptPairBatch,
     batch_key,
+    batch_output,
     collate_fn,
     collate_prompt_pairs,
     first_divergence,
     left_pad,
+    right_pad,
+    select_output,
 )
 from edgewise.data.checks import (
     check_answer_ids,
     check_batches_for_model,
+    check_right_padding,
     checked_batches,
     loader_batches,
+    refuse_padded_means,
     require_batches,
     require_full_prompts,
     warn_if_uncorrupted,
@@ -57,16 +63,21 @@ __all__ = [
     "PromptPair",
     "PromptPairBatch",
     "batch_key",
+    "batch_output",
     "check_answer_ids",
     "check_batches_for_model",
+    "check_right_padding",
     "checked_batches",
     "collate_fn",
     "collate_prompt_pairs",
     "first_divergence",
     "left_pad",
+    "right_pad",
+    "select_output",
     "load_dataset_json",
     "load_datasets_from_json",
     "loader_batches",
+    "refuse_padded_means",
     "require_batches",
     "require_full_prompts",
     "save_dataset_json",

@@ -1,13 +1,23 @@
-"""Prompt pairs and their batches: the containers, batch keys, divergence, left-padding
+"""Prompt pairs and their batches: the containers, batch keys, divergence, padding
 and collation.
 
-Padding: prompt pairs of different lengths are left-padded with a pad token id so
-that the final positions line up. Like auto-circuit, edgewise does **not** mask the
-padding (it passes no attention mask): padding positions are ordinary tokens that every
-later position attends to, so a padded prompt's outputs differ from its unpadded ones.
-Padding therefore always warns (a ``UserWarning`` saying how many prompts were padded);
-keep prompts the same length where the exact outputs matter, or pass ``pad=False`` to
-make different lengths an error.
+Padding comes in two kinds (``padding_side``):
+
+- ``"left"`` (auto-circuit's, the default): prompt pairs of different lengths are
+  left-padded with a pad token id so that the final positions line up. Like
+  auto-circuit, edgewise does **not** mask the padding (it passes no attention mask):
+  padding positions are ordinary tokens that every later position attends to, so a
+  padded prompt's outputs differ from its unpadded ones. Left padding therefore always
+  warns (a ``UserWarning`` saying how many prompts were padded).
+- ``"right"`` (MIB's, hannamw/EAP-IG ``tokenize_plus``): each batch is right-padded to
+  its longest prompt and the batch records every prompt's unpadded length
+  (:attr:`PromptPairBatch.lengths`); each prompt's output is read at its own last token
+  (:func:`select_output`). In a causal model no real position attends to the padding
+  after it, so every real position computes exactly what the prompt alone computes, and
+  nothing read depends on the padding: no attention mask is needed and none is passed
+  (MIB passes one; it changes only the padding positions' own activations, which
+  neither the outputs read nor, their gradient being 0, attribution scores see). No
+  warning: the results are those of the unpadded prompts.
 """
 
 from __future__ import annotations
@@ -16,11 +26,14 @@ import hashlib
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from edgewise.types import BatchKey
+
+PaddingSide = Literal["left", "right"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,6 +67,10 @@ class PromptPairBatch:
         answers: ``[batch, n_answers]`` when every prompt of the batch has the same number
             of answers, otherwise a list of ``batch`` tensors of shape ``[n_answers_i]``.
         wrong_answers: like ``answers``: ``[batch, n_wrong]`` or a list of ``[n_wrong_i]``.
+        lengths: ``[batch]`` int64, each prompt's unpadded token count, when the batch was
+            right-padded (prompts of different lengths, see the module doc): prompt ``i``
+            is ``clean[i, :lengths[i]]`` and its output is read at ``lengths[i] - 1``.
+            ``None`` when every prompt fills the batch's positions.
     """
 
     key: BatchKey
@@ -62,6 +79,7 @@ class PromptPairBatch:
     corrupt: Tensor
     answers: Tensor | list[Tensor]
     wrong_answers: Tensor | list[Tensor]
+    lengths: Tensor | None = None
 
 
 def batch_key(clean: Tensor, corrupt: Tensor | None = None) -> BatchKey:
@@ -133,6 +151,65 @@ def left_pad(sequences: Sequence[Tensor], pad_id: int, length: int | None = None
     return out
 
 
+def right_pad(sequences: Sequence[Tensor], pad_id: int, length: int | None = None) -> Tensor:
+    """Stack 1-D token tensors into one tensor, padding each on the right.
+
+    Args:
+        sequences: ``n`` tensors of shape ``[seq_i]`` on one device.
+        pad_id: the token id written into padding positions.
+        length: the output length; default the longest ``seq_i``.
+
+    Returns:
+        ``[n, length]`` where row ``i`` starts with ``sequences[i]``.
+    """
+    if len(sequences) == 0:
+        raise ValueError("right_pad needs at least one sequence")
+    longest = max(int(s.shape[0]) for s in sequences)
+    length = longest if length is None else length
+    if length < longest:
+        raise ValueError(f"length={length} is shorter than the longest sequence ({longest})")
+    first = sequences[0]
+    out = torch.full((len(sequences), length), pad_id, dtype=first.dtype, device=first.device)
+    for row, seq in enumerate(sequences):
+        out[row, : seq.shape[0]] = seq
+    return out
+
+
+LAST_SEQ = (slice(None), -1)
+"""The output slice of ``slice_output="last_seq"``, the only one right-padded batches
+support (each prompt's last real token)."""
+
+
+def select_output(
+    logits: Tensor, out_slice: tuple[slice | int, ...], lengths: Tensor | None = None
+) -> Tensor:
+    """The output the losses and metrics read from logits ``[batch, seq, vocab]``:
+    ``logits[out_slice]``, or, for a right-padded batch (``lengths`` ``[batch]``), each
+    prompt's logits at its own last token ``logits[i, lengths[i] - 1]`` ``[batch, vocab]``
+    (``out_slice`` must then be the last position: ``slice_output="last_seq"``)."""
+    if lengths is None:
+        return logits[out_slice]
+    if tuple(out_slice) != LAST_SEQ:
+        raise ValueError(
+            "right-padded prompts of different lengths are read at each prompt's own last "
+            f"token, which needs slice_output='last_seq'; the model reads {out_slice!r}. Wrap "
+            "it with patchable_model(..., slice_output='last_seq'), or give prompts of one length"
+        )
+    if lengths.shape != logits.shape[:1]:
+        raise ValueError(
+            f"lengths {tuple(lengths.shape)} must give one length per prompt of the logits "
+            f"{tuple(logits.shape)}"
+        )
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    return logits[rows, lengths.to(logits.device) - 1]
+
+
+def batch_output(model: Any, logits: Tensor, batch: PromptPairBatch) -> Tensor:
+    """:func:`select_output` of ``logits`` ``[batch, seq, vocab]`` at ``model.out_slice``
+    and ``batch.lengths``: the output a loss or metric reads for ``batch``."""
+    return select_output(logits, model.out_slice, batch.lengths)
+
+
 def _stack_or_list(tensors: Sequence[Tensor]) -> Tensor | list[Tensor]:
     if all(t.shape == tensors[0].shape for t in tensors):
         return torch.stack(list(tensors))
@@ -140,16 +217,20 @@ def _stack_or_list(tensors: Sequence[Tensor]) -> Tensor | list[Tensor]:
 
 
 def collate_prompt_pairs(
-    pairs: Sequence[PromptPair], pad_id: int | None = None, seq_len: int | None = None
+    pairs: Sequence[PromptPair],
+    pad_id: int | None = None,
+    seq_len: int | None = None,
+    padding_side: PaddingSide = "left",
 ) -> PromptPairBatch:
     """Stack prompt pairs into a :class:`PromptPairBatch`.
 
     Args:
         pairs: ``batch`` prompt pairs; pair ``i`` has prompts of shape ``[seq_i]``.
-        pad_id: if the prompts of the batch have different lengths, they are left-padded
-            to the longest with this id (padding is attended to, see the module doc).
-            ``None``: different lengths are an error.
+        pad_id: if the prompts of the batch have different lengths, they are padded to
+            the longest with this id. ``None``: different lengths are an error.
         seq_len: if given, the (padded) prompts must have exactly this length.
+        padding_side: ``"left"`` (attended to, with a warning) or ``"right"`` (exact:
+            the batch records each prompt's length, see the module doc).
 
     Returns:
         A batch with ``clean``/``corrupt`` of shape ``[batch, seq]`` and answers stacked to
@@ -157,15 +238,21 @@ def collate_prompt_pairs(
     """
     if len(pairs) == 0:
         raise ValueError("cannot collate an empty batch of prompt pairs")
+    check_padding_side(padding_side)
     lengths = sorted({int(p.clean.shape[0]) for p in pairs})
+    real: Tensor | None = None
     if len(lengths) == 1:
         clean = torch.stack([p.clean for p in pairs])
         corrupt = torch.stack([p.corrupt for p in pairs])
     elif pad_id is None:
         raise ValueError(
             f"the prompts of this batch have different lengths {lengths} and no pad_id was "
-            "given; pass pad_id to the PromptDataset or PromptDataLoader to left-pad them"
+            "given; pass pad_id to the PromptDataset or PromptDataLoader to pad them"
         )
+    elif padding_side == "right":
+        clean = right_pad([p.clean for p in pairs], pad_id)
+        corrupt = right_pad([p.corrupt for p in pairs], pad_id)
+        real = torch.tensor([int(p.clean.shape[0]) for p in pairs], device=clean.device)
     else:
         _warn_padding(len(pairs), lengths, pad_id)
         clean = left_pad([p.clean for p in pairs], pad_id)
@@ -179,7 +266,17 @@ def collate_prompt_pairs(
         corrupt=corrupt,
         answers=_stack_or_list([p.answers for p in pairs]),
         wrong_answers=_stack_or_list([p.wrong_answers for p in pairs]),
+        lengths=real,
     )
+
+
+def check_padding_side(padding_side: str) -> None:
+    """A ``ValueError`` for a ``padding_side`` other than ``"left"`` and ``"right"``."""
+    if padding_side not in ("left", "right"):
+        raise ValueError(
+            f"padding_side must be 'left' (auto-circuit's, attended to) or 'right' (MIB's, "
+            f"each prompt read at its own last token), got {padding_side!r}"
+        )
 
 
 collate_fn = collate_prompt_pairs

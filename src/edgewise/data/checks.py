@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from edgewise.data.batches import PromptPairBatch
+from edgewise.data.batches import LAST_SEQ, PromptPairBatch
 from edgewise.data.tokens import _is_token_id
 
 
@@ -41,16 +41,24 @@ def loader_batches(dataloader: Any, who: str) -> list[PromptPairBatch]:
 
 
 def check_batches_for_model(
-    model: Any, batches: Sequence[PromptPairBatch], who: str, answer_function: str | None = None
+    model: Any,
+    batches: Sequence[PromptPairBatch],
+    who: str,
+    answer_function: str | None = None,
+    right_padded: bool = False,
 ) -> None:
     """Check once, before any forward pass, that ``batches`` fit ``model``: prompt
     lengths (the model's context, and its ``seq_len`` when edges are per position), token
     ids within the model's vocabulary, and, for ``answer_function`` ``"avg_diff"`` or
     ``"avg_val"``, answers that are non-empty integer ids within its output vocabulary.
     A dataset loaded with ``model=None`` was checked against no vocabulary, so this is
-    where its ids meet the model. Errors name ``who`` and the fix."""
+    where its ids meet the model. Right-padded batches (``PromptPairBatch.lengths``) are
+    refused unless ``who`` reads each prompt at its own last token (``right_padded``),
+    and then need a model that reads the last position and has no per-position edges.
+    Errors name ``who`` and the fix."""
     cfg = getattr(model, "cfg", None)
     check_tokens = getattr(model, "check_tokens", None)
+    check_right_padding(model, batches, who, right_padded)
     for b in batches:
         if b.clean.shape != b.corrupt.shape:
             raise ValueError(
@@ -77,6 +85,52 @@ def check_batches_for_model(
         for field in fields:
             check_answer_ids([getattr(b, field) for b in batches], d_vocab_out, field,
                              f"{who} (answer_function={answer_function!r})")  # fmt: skip
+
+
+def check_right_padding(
+    model: Any, batches: Sequence[PromptPairBatch], who: str, supported: bool
+) -> None:
+    """Raise unless right-padded batches (prompts of different lengths, each read at its
+    own last token) meet a function that reads them so (``supported``), a model reading
+    the last position (``slice_output="last_seq"``) and a graph without token positions."""
+    padded = sum(getattr(b, "lengths", None) is not None for b in batches)
+    if not padded:
+        return
+    what = (f"{who}: {padded} of {len(batches)} batches are right-padded (prompts of different "
+            "lengths, each read at its own last token)")
+    if not supported:
+        raise ValueError(
+            f"{what}, which {who} does not read that way. Use an algorithm that does (eap, ig, "
+            "ig-layer, eap-ig-inputs, eap-ig-activations, clean-corrupted, node attribution, "
+            "run_circuits), or give it prompts of one length (edgewise.mib.data.split_by_length)"
+        )
+    out_slice = getattr(model, "out_slice", None)
+    if out_slice is not None and tuple(out_slice) != LAST_SEQ:
+        raise ValueError(
+            f"{what}, which needs a model reading the last position; it reads {out_slice!r}. "
+            "Wrap it with patchable_model(..., slice_output='last_seq')"
+        )
+    if getattr(model, "seq_len", None) is not None:
+        raise ValueError(
+            f"{what}, but the model has edges per token position (seq_len={model.seq_len}), "
+            "which need prompts of one length: wrap it with seq_len=None"
+        )
+
+
+def refuse_padded_means(batches: Sequence[PromptPairBatch], ablation_type: Any, who: str) -> None:
+    """A ``ValueError`` for a mean ablation over right-padded batches: the means over
+    positions (or over prompts at one position) would average padding in."""
+    from edgewise.types import AblationType
+
+    kind = AblationType(ablation_type)
+    if (kind.mean_over_batch or kind.mean_over_dataset) and any(
+        getattr(b, "lengths", None) is not None for b in batches
+    ):
+        raise ValueError(
+            f"{who}: {kind.value} averages source outputs over positions or prompts, and these "
+            "right-padded batches would average their padding in; use resample or zero "
+            "ablation (or fixed ablation_values), or prompts of one length"
+        )
 
 
 def _id_range(tensors: Sequence[Tensor]) -> tuple[int, int]:
@@ -132,13 +186,15 @@ def checked_batches(
     who: str,
     answer_function: str | None = None,
     patches_from_corrupt: bool = False,
+    right_padded: bool = False,
 ) -> list[PromptPairBatch]:
     """The batches of ``dataloader``, after the checks every scoring function makes
     once before its first forward pass: :func:`loader_batches` (not empty),
-    :func:`check_batches_for_model` (lengths, token ids, answers) and, when ablated
-    edges carry the corrupt run's activations, :func:`warn_if_uncorrupted`."""
+    :func:`check_batches_for_model` (lengths, token ids, answers; right-padded batches
+    only for a function that reads them, ``right_padded``) and, when ablated edges carry
+    the corrupt run's activations, :func:`warn_if_uncorrupted`."""
     batches = loader_batches(dataloader, who)
-    check_batches_for_model(model, batches, who, answer_function)
+    check_batches_for_model(model, batches, who, answer_function, right_padded)
     if patches_from_corrupt:
         warn_if_uncorrupted(batches, who)
     return batches

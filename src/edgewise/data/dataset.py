@@ -14,9 +14,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from edgewise.checks import require_device
 from edgewise.data.batches import (
+    PaddingSide,
     PromptPair,
     PromptPairBatch,
     _warn_padding,
+    check_padding_side,
     collate_prompt_pairs,
     left_pad,
 )
@@ -54,6 +56,10 @@ class PromptDataset(Dataset[PromptPair]):
         pad_id: when prompt pairs have different lengths, all prompts are left-padded to
             the longest with this id (padding positions are attended to). ``None``: keep
             them ragged; a :class:`PromptDataLoader` given a ``pad_id`` pads per batch.
+        padding_side: ``"left"`` (above) or ``"right"``: the prompts stay ragged and a
+            :class:`PromptDataLoader` right-pads each batch with ``pad_id``, recording
+            every prompt's length so that its output is read at its own last token
+            (exact: see :mod:`edgewise.data.batches`; MIB's padding).
         vocab_size: if given, every token id (prompts, answers, ``pad_id``) must be in
             ``0..vocab_size-1``.
         seq_labels: optional label per token position (for fixed-length prompts).
@@ -66,6 +72,7 @@ class PromptDataset(Dataset[PromptPair]):
         lengths: ``[n]`` unpadded prompt lengths.
         seq_len: the common prompt length when no padding was needed, else ``None``.
         padded: whether left-padding was applied.
+        padding_side: how a loader pads batches of this dataset.
     """
 
     def __init__(
@@ -79,7 +86,9 @@ class PromptDataset(Dataset[PromptPair]):
         vocab_size: int | None = None,
         seq_labels: Sequence[str] | None = None,
         word_idxs: Mapping[str, int] | None = None,
+        padding_side: PaddingSide = "left",
     ) -> None:
+        check_padding_side(padding_side)
         columns = {
             "clean": _rows(clean, "clean"),
             "corrupt": _rows(corrupt, "corrupt"),
@@ -127,6 +136,7 @@ class PromptDataset(Dataset[PromptPair]):
 
         self.lengths: Tensor = torch.tensor([int(c.shape[0]) for c in tensors["clean"]])
         self.pad_id: int | None = pad_id
+        self.padding_side: PaddingSide = padding_side
         self.vocab_size: int | None = vocab_size
         self.seq_labels: list[str] | None = None if seq_labels is None else list(seq_labels)
         self.word_idxs: dict[str, int] = dict(word_idxs or {})
@@ -139,7 +149,7 @@ class PromptDataset(Dataset[PromptPair]):
             self.corrupt = torch.stack(tensors["corrupt"])
             self.seq_len: int | None = int(self.lengths[0])
             self.padded = False
-        elif pad_id is not None:
+        elif pad_id is not None and padding_side == "left":
             lengths = self.lengths.tolist()
             _warn_padding(sum(n < max(lengths) for n in lengths), lengths, pad_id)
             self.clean = left_pad(tensors["clean"], pad_id)
@@ -310,8 +320,11 @@ class PromptDataLoader(DataLoader[PromptPairBatch]):
         shuffle: reshuffle every epoch, drawing from a ``torch.Generator`` seeded with
             ``seed`` (so the sequence of orders is the same on every run).
         seed: the shuffle seed (ignored when ``generator`` is passed).
-        pad_id: left-pad a batch's prompts of different lengths with this id (padding
-            is attended to); default the dataset's ``pad_id``.
+        pad_id: pad a batch's prompts of different lengths with this id; default the
+            dataset's ``pad_id``.
+        padding_side: ``"left"`` (attended to, with a warning) or ``"right"`` (exact;
+            each batch records its prompts' lengths, see :mod:`edgewise.data.batches`);
+            default the dataset's ``padding_side`` (else ``"left"``).
         seq_labels: label per token position; default the dataset's.
         word_idxs: ``{word: position}``; default the dataset's.
         kv_cache: a frozen TransformerLens key/value cache of the cut-off prefix, built
@@ -323,7 +336,8 @@ class PromptDataLoader(DataLoader[PromptPairBatch]):
         **kwargs: passed to ``torch.utils.data.DataLoader`` (not ``collate_fn``).
 
     Attributes:
-        seq_len, diverge_idx, seq_labels, word_idxs, kv_cache, pad_id, name: as above.
+        seq_len, diverge_idx, seq_labels, word_idxs, kv_cache, pad_id, padding_side,
+        name: as above.
     """
 
     def __init__(
@@ -336,6 +350,7 @@ class PromptDataLoader(DataLoader[PromptPairBatch]):
         shuffle: bool = False,
         seed: int = 0,
         pad_id: int | None = None,
+        padding_side: PaddingSide | None = None,
         seq_labels: Sequence[str] | None = None,
         word_idxs: Mapping[str, int] | None = None,
         kv_cache: Any = None,
@@ -357,6 +372,7 @@ class PromptDataLoader(DataLoader[PromptPairBatch]):
         base = _base_prompt_dataset(dataset)
         if base is not None:
             pad_id = base.pad_id if pad_id is None else pad_id
+            padding_side = base.padding_side if padding_side is None else padding_side
             seq_labels = base.seq_labels if seq_labels is None else seq_labels
             word_idxs = base.word_idxs if word_idxs is None else word_idxs
             if (
@@ -367,6 +383,8 @@ class PromptDataLoader(DataLoader[PromptPairBatch]):
                 raise ValueError(
                     f"seq_len={seq_len} but the dataset's prompts have length {base.clean.shape[1]}"
                 )
+        padding_side = padding_side or "left"
+        check_padding_side(padding_side)
         n = len(dataset)  # type: ignore[arg-type]
         if drop_last and 0 < n < batch_size:
             raise ValueError(
@@ -383,12 +401,14 @@ class PromptDataLoader(DataLoader[PromptPairBatch]):
             shuffle=shuffle,
             drop_last=drop_last,
             generator=generator,
-            collate_fn=partial(collate_prompt_pairs, pad_id=pad_id, seq_len=seq_len),
+            collate_fn=partial(collate_prompt_pairs, pad_id=pad_id, seq_len=seq_len,
+                               padding_side=padding_side),
             **kwargs,
         )
         self.seq_len: int | None = seq_len
         self.diverge_idx: int = diverge_idx
         self.pad_id: int | None = pad_id
+        self.padding_side: PaddingSide = padding_side
         self.seq_labels: list[str] | None = None if seq_labels is None else list(seq_labels)
         self.word_idxs: dict[str, int] = dict(word_idxs or {})
         self.kv_cache: Any = kv_cache

@@ -21,7 +21,9 @@ from edgewise.data import (
     PromptPairBatch,
     check_batches_for_model,
     loader_batches,
+    refuse_padded_means,
     require_full_prompts,
+    select_output,
 )
 from edgewise.patching.model import PatchableModel
 from edgewise.runtime.ablation import (
@@ -281,7 +283,7 @@ def _batch_circuits(
                 logits = model.run_patched(toks.repeat(len(chunk), 1), stacked, patch)
                 logits = logits.view(len(chunk), toks.shape[0], *logits.shape[1:])
             for (size, _), out in zip(chunk, logits):
-                parts[size].append(out[model.out_slice])
+                parts[size].append(select_output(out, model.out_slice, part.lengths))
     return {size: p[0] if len(p) == 1 else torch.cat(p) for size, p in parts.items()}
 
 
@@ -298,8 +300,8 @@ def run_circuits(
     max_memory: MaxMemory = None,
     ablation_values: torch.Tensor | None = None,
 ) -> CircuitOutputs:
-    """The model's output (at ``model.out_slice``) on every batch with only the circuit
-    of each size intact.
+    """The model's output (at ``model.out_slice``; for a right-padded batch, at each
+    prompt's own last token) on every batch with only the circuit of each size intact.
 
     ``patch_type`` and ``ablation_type`` may also be given by name (``"tree_patch"`` or
     ``"tree"``, ``"zero"``; any case).
@@ -324,7 +326,9 @@ def run_circuits(
     require_full_prompts(dataloader, model, ablation_type if patch_type == PatchType.TREE_PATCH else None)
     _check_scores(model, prune_scores)
     batches = loader_batches(dataloader, "run_circuits")
-    check_batches_for_model(model, batches, "run_circuits")
+    check_batches_for_model(model, batches, "run_circuits", right_padded=True)
+    if ablation_values is None:
+        refuse_padded_means(batches, ablation_type, "run_circuits")
     if circuits_per_pass is not None:
         circuits_per_pass = require_int(circuits_per_pass, "circuits_per_pass", 1)
     if patch_type == PatchType.EDGE_PATCH and ablation_type != AblationType.RESAMPLE:

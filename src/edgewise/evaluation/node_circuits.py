@@ -38,7 +38,9 @@ from edgewise.data import (
     PromptDataLoader,
     check_batches_for_model,
     loader_batches,
+    refuse_padded_means,
     require_full_prompts,
+    select_output,
 )
 from edgewise.patching.model import PatchableModel
 from edgewise.runtime.ablation import batch_ablation, src_ablations
@@ -184,7 +186,8 @@ def run_node_circuits(
     circuits_per_pass: int | None = None,
     progress: bool = True,
 ) -> CircuitOutputs:
-    """The model's output (at ``model.out_slice``) on every batch's clean prompts with
+    """The model's output (at ``model.out_slice``; for a right-padded batch, at each
+    prompt's own last token) on every batch's clean prompts with
     only the node (or neuron) circuit of each size intact: :func:`run_circuits` for node
     and neuron circuits.
 
@@ -207,7 +210,8 @@ def run_node_circuits(
     level = node_score_level(model, scores)
     require_full_prompts(dataloader, model, ablation_type)
     batches = loader_batches(dataloader, "run_node_circuits")
-    check_batches_for_model(model, batches, "run_node_circuits")
+    check_batches_for_model(model, batches, "run_node_circuits", right_padded=True)
+    refuse_padded_means(batches, ablation_type, "run_node_circuits")
     counts = node_circuit_sizes(model, level, sizes)
     if circuits_per_pass is not None:
         circuits_per_pass = require_int(circuits_per_pass, "circuits_per_pass", 1)
@@ -239,7 +243,7 @@ def run_node_circuits(
                     logits = model.run_patched(toks.repeat(c, 1), masks, patch, src_dims=dims)
                     logits = logits.view(c, toks.shape[0], *logits.shape[1:])
                 for n, out in zip(counts[i : i + c], logits):
-                    outputs[n][batch.key] = out[model.out_slice].clone()
+                    outputs[n][batch.key] = select_output(out, model.out_slice, batch.lengths).clone()
                 bar.update(c)
     bar.close()
     return outputs

@@ -9,15 +9,18 @@ should be: :class:`FileFormatError` (truncated, not JSON, wrong keys or types) a
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import math
 import os
 import shutil
+import signal
 import stat
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +55,37 @@ def is_edgewise_temporary(name: str) -> bool:
     """Whether ``name`` is a temporary file :func:`atomic_write` creates (and a killed
     process may leave behind); no other file has this pattern of name."""
     return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+
+
+_DEFERRED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                          if hasattr(signal, name))
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT, SIGTERM and SIGHUP back while the block runs: a Python handler of
+    theirs (Ctrl-C's ``KeyboardInterrupt``, the command line's) runs as the block ends.
+    For short steps that must not be cut in half: creating a temporary file and noting
+    its name, removing it, taking or releasing a lock. Python runs signal handlers only
+    in the main thread, so elsewhere the block simply runs; a signal without a Python
+    handler (the OS default: the process ends) is not held."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    held: dict[int, Callable[..., Any]] = {}
+    for s in _DEFERRED_SIGNALS:
+        handler = signal.getsignal(s)
+        if callable(handler):
+            held[s] = handler
+            signal.signal(s, lambda signum, _frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in held.items():
+            signal.signal(s, handler)
+        for s in dict.fromkeys(pending):
+            held[s](s, None)  # e.g. raises KeyboardInterrupt, now that the step is whole
 
 
 def _umask() -> int:
@@ -96,23 +130,29 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)``, then move the file to ``path`` in one step.
 
     The temporary file (``.<name>.<random>.edgewise-tmp``, next to ``path``) is removed
-    if anything fails. The result has the mode ``open(path, "w")`` would give: an
+    if anything fails, an interruption (Ctrl-C, SIGTERM) included: it is created and
+    removed with signals deferred (:func:`signals_deferred`), so no signal falls between
+    making it and knowing its name. The result has the mode ``open(path, "w")`` would give: an
     existing file's mode, else ``0o666`` less the umask. A full disk raises
     :class:`DiskFullError` naming ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = _new_file_mode(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
-    os.close(fd)
+    tmp: str | None = None
     try:
+        with signals_deferred():  # an interruption comes after ``tmp`` names the file
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                       suffix=TEMP_SUFFIX)
+            os.close(fd)
         write(tmp)
         os.chmod(tmp, mode)  # mkstemp made it 0600
         with open(tmp, "rb+") as f:  # on disk before it takes the final name
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if tmp is not None:
+            with signals_deferred(), contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
         if isinstance(e, Exception) and _is_disk_full(e, path.parent):
             raise DiskFullError(
                 errno.ENOSPC, f"no space left on the device while writing {path}: free some "

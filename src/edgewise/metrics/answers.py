@@ -9,7 +9,13 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from edgewise.data import PromptDataLoader, PromptPairBatch, check_answer_ids, loader_batches
+from edgewise.data import (
+    PromptDataLoader,
+    PromptPairBatch,
+    batch_output,
+    check_answer_ids,
+    loader_batches,
+)
 from edgewise.patching.model import PatchableModel
 from edgewise.types import CircuitOutputs, Measurements
 
@@ -230,10 +236,12 @@ def measure_mse(
 def full_model_outputs(
     model: PatchableModel, dataloader: PromptDataLoader, clean: bool = True
 ) -> dict[int, torch.Tensor]:
-    """The unpatched model's output at ``model.out_slice`` per batch key."""
+    """The unpatched model's output at ``model.out_slice`` (a right-padded batch: at each
+    prompt's last token) per batch key."""
     with torch.inference_mode():
         return {
-            b.key: model(b.clean if clean else b.corrupt)[model.out_slice] for b in dataloader
+            b.key: batch_output(model, model(b.clean if clean else b.corrupt), b)
+            for b in dataloader
         }
 
 

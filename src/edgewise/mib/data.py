@@ -33,18 +33,29 @@ own ``prompt`` (named ``*_counterfactual``):
   all of ``validation`` (``run_evaluation.py``); ``test`` is MIB's public test split. Both
   use the task's default counterfactual. MCQA is the ``4_answer_choices`` configuration.
 
-**Prompt lengths.** MIB batches prompts of different lengths by right-padding them with an
-attention mask and reading each prompt's logits at its own last token; a clean prompt and
-its counterfactual are both run under the *clean* prompt's mask (EAP-IG ``attribute.py``).
-edgewise patches position by position and reads the last position, so:
+**Prompt lengths.** MIB batches prompts of different lengths by right-padding them
+(EAP-IG ``tokenize_plus``: ``to_tokens(..., padding_side="right")``) and reading each
+prompt's logits at its own last token (``get_logit_positions`` at ``input_lengths - 1``);
+a clean prompt and its counterfactual are both run under the *clean* prompt's attention
+mask. This loader does the same by default:
 
-- a clean prompt and its counterfactual of different token lengths cannot be patched:
-  by default that is an error naming the rows; ``mismatched="drop"`` drops them (with a
-  warning). MIB runs them anyway under the clean prompt's mask, so results on such rows
-  are not comparable;
-- pairs of different lengths from each other are left-padded with ``pad_id`` (edgewise's
-  usual padding, which is attended to and so changes the outputs slightly, with a
-  warning), or :func:`split_by_length` gives one exact, unpadded dataset per length.
+- pairs of different lengths from each other: the dataset keeps them unpadded with
+  ``padding_side="right"``, and a :class:`~edgewise.data.PromptDataLoader` right-pads
+  each batch to its longest prompt and records every prompt's length, so that every
+  algorithm and metric that supports it reads each prompt at its own last token. In a
+  causal model this is exact (each prompt's outputs are those of the prompt alone), with
+  or without MIB's attention mask, which changes only the padding positions' own
+  activations. ``padding_side="left"`` gives edgewise's older left padding (attended
+  to, with a warning); :func:`split_by_length` gives one unpadded dataset per length.
+- a clean prompt and its counterfactual of different token lengths: under the clean
+  prompt's mask, MIB patches the counterfactual's activations at the clean prompt's
+  positions, and everything after the clean prompt's last token is never read. So
+  ``mismatched="fit"`` (the default) cuts a longer counterfactual to the clean prompt's
+  length and right-pads a shorter one with the pad id (the tokens MIB's padded tensor
+  holds there), with a warning naming how many; ``"error"`` refuses them, naming the
+  rows; ``"drop"`` leaves them out.
+- the pad id is the tokenizer's pad token, else its EOS (TransformerLens sets the pad
+  token to the EOS when a tokenizer has none).
 
 Reading files: a ``.jsonl`` / ``.json`` file (``Dataset.to_json`` writes JSON lines), a
 ``.parquet`` file (the Hub's format; needs ``pyarrow``, which ``datasets`` installs), an
@@ -407,8 +418,9 @@ def load_mib_task(
     *,
     num_examples: int | None = None,
     prepend_bos: bool = True,
-    mismatched: Literal["error", "drop"] = "error",
+    mismatched: Literal["fit", "error", "drop"] = "fit",
     pad: bool = True,
+    padding_side: Literal["right", "left"] = "right",
     pad_id: int | None = None,
     device: torch.device | str = "cpu",
 ) -> PromptDataset:
@@ -428,24 +440,33 @@ def load_mib_task(
         prepend_bos: put the BOS token (the EOS when the tokenizer has none) in front of
             each prompt, as MIB does.
         mismatched: a clean prompt and its counterfactual of different token lengths:
-            ``"error"`` names them; ``"drop"`` drops them with a warning.
-        pad: left-pad pairs of different lengths to the longest (edgewise's padding,
-            attended to, with a warning); ``False``: keep them ragged (a
-            :class:`~edgewise.data.PromptDataLoader` with a ``pad_id`` pads per batch).
-            :func:`split_by_length` gives exact per-length datasets instead.
-        pad_id: the padding id; default ``tokenizer.pad_token_id``.
+            ``"fit"`` (MIB's runs) cuts or right-pads the counterfactual to the clean
+            prompt's length, with a warning; ``"error"`` names them; ``"drop"`` drops them
+            with a warning (see the module docstring).
+        pad: pad pairs of different lengths, per batch (see ``padding_side``); ``False``:
+            keep them ragged without a pad id (a loader then refuses batches of mixed
+            lengths; :func:`split_by_length` splits them).
+        padding_side: ``"right"`` (MIB's, exact: each prompt read at its own last token;
+            the dataset stays unpadded and its loader pads each batch) or ``"left"``
+            (edgewise's older padding of the whole dataset, attended to, with a warning).
+        pad_id: the padding id; default the tokenizer's pad token, else its EOS.
         device: where the tensors live.
 
     Returns:
-        A dataset with ``clean``/``corrupt`` ``[n, seq]`` (or ragged) token ids and
-        ``answers``/``wrong_answers`` of one id each (``[1]`` per prompt).
+        A dataset with ``clean``/``corrupt`` token ids (``[n, seq]`` when every prompt has
+        one length or they were left-padded, else ragged with ``padding_side="right"``)
+        and ``answers``/``wrong_answers`` of one id each (``[1]`` per prompt).
 
     Raises:
-        ValueError: an unknown task, split or counterfactual; a missing column; unequal
-            clean/counterfactual lengths with ``mismatched="error"``.
+        ValueError: an unknown task, split, counterfactual or option; a missing column;
+            unequal clean/counterfactual lengths with ``mismatched="error"``.
     """
-    if mismatched not in ("error", "drop"):
-        raise ValueError(f"mismatched must be 'error' or 'drop', got {mismatched!r}")
+    if mismatched not in ("fit", "error", "drop"):
+        raise ValueError(f"mismatched must be 'fit', 'error' or 'drop', got {mismatched!r}")
+    if padding_side not in ("right", "left"):
+        raise ValueError(
+            f"padding_side must be 'right' (MIB's) or 'left', got {padding_side!r}"
+        )
     spec = mib_task(task)
     pairs = mib_pairs(spec.name, load_mib_rows(spec.name, path, split), tokenizer, counterfactual)
     if num_examples is not None:
@@ -460,6 +481,9 @@ def load_mib_task(
                 "prepend_bos=True but the tokenizer has no BOS or EOS token; pass prepend_bos=False"
             )
         prefix = [bos]
+    if pad_id is None:
+        pad_id = getattr(tokenizer, "pad_token_id", None)
+        pad_id = pad_id if pad_id is not None else getattr(tokenizer, "eos_token_id", None)
     clean = [prefix + ids for ids in _encode(tokenizer, [p.clean for p in pairs])]
     corrupt = [prefix + ids for ids in _encode(tokenizer, [p.counterfactual for p in pairs])]
     unequal = [k for k, (c, x) in enumerate(zip(clean, corrupt)) if len(c) != len(x)]
@@ -475,47 +499,63 @@ def load_mib_task(
         )
         if mismatched == "error":
             raise ValueError(
-                f"{what}. edgewise patches position by position, so it cannot patch them "
-                "(MIB runs them right-padded under the clean prompt's attention mask). Pass "
-                "mismatched='drop' to leave them out, or choose another counterfactual."
+                f"{what}. Pass mismatched='fit' to patch them as MIB does (the counterfactual "
+                "cut or right-padded to the clean prompt's length), mismatched='drop' to leave "
+                "them out, or choose another counterfactual."
             )
-        warnings.warn(f"{what}; dropping them (mismatched='drop')", UserWarning, stacklevel=2)
-        keep = [k for k in range(len(pairs)) if k not in set(unequal)]
-        if not keep:
-            raise ValueError(f"{what}; none is left after dropping them")
-        pairs = [pairs[k] for k in keep]
-        clean, corrupt = [clean[k] for k in keep], [corrupt[k] for k in keep]
-    if pad and len({len(c) for c in clean}) > 1:
-        pad_id = pad_id if pad_id is not None else getattr(tokenizer, "pad_token_id", None)
-        if pad_id is None:
-            raise ValueError(
-                f"{spec.name} {split}: the prompts have different lengths "
-                f"({sorted({len(c) for c in clean})}) but there is no pad token id; pass "
-                "pad_id=..., pad=False, or use split_by_length on an unpadded dataset"
-            )
-    else:
-        pad_id = None if not pad else pad_id
+        if mismatched == "fit":
+            if pad_id is None and any(len(corrupt[k]) < len(clean[k]) for k in unequal):
+                raise ValueError(
+                    f"{what}; fitting a shorter counterfactual to its clean prompt pads it, but "
+                    "the tokenizer has no pad or EOS token: pass pad_id=..."
+                )
+            warnings.warn(
+                f"{what}; each counterfactual is cut or right-padded (pad id {pad_id}) to its "
+                "clean prompt's length, the positions MIB's runs patch (mismatched='fit')",
+                UserWarning, stacklevel=2,
+            )  # fmt: skip
+            for k in unequal:
+                n = len(clean[k])
+                corrupt[k] = corrupt[k][:n] + [pad_id] * (n - len(corrupt[k]))  # type: ignore[list-item]
+        else:
+            warnings.warn(f"{what}; dropping them (mismatched='drop')", UserWarning, stacklevel=2)
+            keep = [k for k in range(len(pairs)) if k not in set(unequal)]
+            if not keep:
+                raise ValueError(f"{what}; none is left after dropping them")
+            pairs = [pairs[k] for k in keep]
+            clean, corrupt = [clean[k] for k in keep], [corrupt[k] for k in keep]
+    lengths = sorted({len(c) for c in clean})
+    if pad and len(lengths) > 1 and pad_id is None:
+        raise ValueError(
+            f"{spec.name} {split}: the prompts have different lengths ({lengths}) but the "
+            "tokenizer has no pad or EOS token; pass pad_id=..., pad=False, or use "
+            "split_by_length on an unpadded dataset"
+        )
 
     def ids(rows: list[list[int]]) -> list[torch.Tensor]:
         return [torch.tensor(r, dtype=torch.int64, device=device) for r in rows]
 
     return PromptDataset(
         ids(clean), ids(corrupt), ids([[p.answer] for p in pairs]),
-        ids([[p.wrong_answer] for p in pairs]), pad_id=pad_id, vocab_size=len(tokenizer),
+        ids([[p.wrong_answer] for p in pairs]), pad_id=pad_id if pad else None,
+        vocab_size=len(tokenizer), padding_side=padding_side,
     )  # fmt: skip
 
 
 def split_by_length(dataset: PromptDataset) -> dict[int, PromptDataset]:
-    """One unpadded dataset per prompt length, ``{length: dataset}`` in length order, so
-    that every pass is exact (MIB's right padding with an attention mask gives every
-    prompt its unpadded outputs; edgewise's left padding does not). ``dataset`` must be
-    unpadded (``pad=False``), or of one length.
+    """One unpadded dataset per prompt length, ``{length: dataset}`` in length order: for
+    the algorithms that read every prompt at one position (ACDC, exact patching, learned
+    masks, ...), which refuse right-padded batches. ``dataset`` must not be left-padded
+    (right-padded datasets stay unpadded until batched).
 
     Returns:
         ``{seq: PromptDataset}`` with ``[n_seq, seq]`` prompts, in the original order.
     """
     if dataset.padded:
-        raise ValueError("the dataset was left-padded; load it with pad=False, then split it")
+        raise ValueError(
+            "the dataset was left-padded; load it with padding_side='right' or pad=False, then "
+            "split it"
+        )
     groups: dict[int, list[int]] = {}
     for i, n in enumerate(dataset.lengths.tolist()):
         groups.setdefault(int(n), []).append(i)

@@ -18,8 +18,9 @@ The toy model is not one of MIB's models: its files go in MIB's ``ioi_gpt2`` fol
 to GPT-2 small's, and with one task and one model (a real submission needs two of
 each). The folder follows ``edgewise discover``'s rules
 (:mod:`edgewise.io.results_folder`): a marker, a lock, foreign non-empty folders refused
-unless ``allow_existing``, atomic writes with the umask's modes, and only edgewise's own
-names (``mib_results.json``, ``mib_report.html``, ``mib_submission/``) written.
+unless ``allow_existing``, atomic writes with the umask's modes, no links followed, and
+only edgewise's own names (``mib_results.json``, ``mib_report.html``,
+``mib_submission/``) written.
 """
 
 from __future__ import annotations
@@ -133,22 +134,13 @@ def run_mib_demo(
         ValueError: ``n_resamples`` below 1.
     """
     from edgewise.checks import require_int
-    from edgewise.io.results_folder import check_output_folder, folder_lock
+    from edgewise.io.results_folder import check_output_folder, writing
 
     n_resamples = require_int(n_resamples, "n_resamples (--bootstrap)", 1)
     folder = Path(out)
     check_output_folder(folder, DEMO_MODEL, DEMO_TASK, allow_existing)
-    with folder_lock(folder):
+    with writing(folder):  # the lock; links refused, a killed run's temporaries removed
         return _run_locked(folder, n_resamples, progress, seed)
-
-
-def _remove_temporaries(folder: Path) -> None:
-    from edgewise.io.results_folder import remove_stale_temporaries
-
-    remove_stale_temporaries(folder)
-    sub = folder / SUBMISSION_DIR
-    if sub.is_dir():
-        remove_stale_temporaries(sub, *(p for p in sub.rglob("*") if p.is_dir()))
 
 
 def _run_locked(folder: Path, n_resamples: int, progress: bool, seed: int) -> MibDemo:
@@ -169,7 +161,6 @@ def _run_locked(folder: Path, n_resamples: int, progress: bool, seed: int) -> Mi
 
     start = time.perf_counter()
     write_marker(folder, DEMO_MODEL, DEMO_TASK)
-    _remove_temporaries(folder)
     model = load(DEMO_MODEL)
     pm = patchable_model(model, slice_output="last_seq", seq_len=None)
     train_ds = load_mib_task(MIB_TASK, None, model.tokenizer, split="train")

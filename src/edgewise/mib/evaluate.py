@@ -48,9 +48,13 @@ the patched runs in ``hannamw/EAP-IG``: ``src/eap/graph.py`` ``apply_topn``/``pr
   given (each pruned), sorted by edge count, with the full model appended as faithfulness
   1.0; the 10 values take the same ten fractions as ``x``, whatever the circuits' sizes.
 
+Optimal ablation: MIB scores with it (``run_attribution.py --ablation optimal``) but
+evaluates every circuit with interchange ablation whatever ``--ablation`` says (above).
+``ablation_values=`` here (``edgewise mib evaluate --ablation optimal``) evaluates with
+the constants instead, an option MIB's scripts do not offer.
+
 Deviations: metric values are averaged in float64 (MIB averages in the model's dtype);
-the answer position is the model's output slice (edgewise prompts are aligned, MIB pads
-and takes each prompt's last real token); with several answers per prompt edgewise takes
+with several answers per prompt edgewise takes
 the mean over the answers (MIB's tasks have one answer and one wrong answer).
 """
 
@@ -245,11 +249,15 @@ def measure_circuits_per_prompt(
     circuits: Sequence[set[Edge]],
     progress: bool = False,
     max_memory: MaxMemory = None,
+    ablation_values: torch.Tensor | None = None,
 ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
     """Each prompt's logit difference under each circuit, the empty circuit and the full
-    model (MIB's interchange ablation, tree patching, resample from the corrupt prompt).
-    Nested circuits (top-n circuits always are) run in one :func:`run_circuits` call,
-    each edge scored by how many circuits hold it; others run one call each.
+    model (MIB's interchange ablation, tree patching, resample from the corrupt prompt;
+    with ``ablation_values`` ``[n_srcs, 1, 1, d_model]``, ablated edges carry those
+    constants instead, e.g. optimal ablation values). Nested circuits (top-n circuits
+    always are) run in one :func:`run_circuits` call, each edge scored by how many
+    circuits hold it; others run one call each. Prompts of different lengths (right
+    padding) are each read at their own last token, as MIB does.
 
     Returns:
         ``(values, empty, full)``: ``values[i]`` ``[n_prompts]`` float64 belongs to
@@ -265,7 +273,8 @@ def measure_circuits_per_prompt(
                 level[e.dest.module_name][e.patch_idx] += 1.0
         sizes = sorted({len(c) for c in chain} | ({0, model.n_edges} if not by_size else set()))
         outs = run_circuits(
-            model, dataloader, sizes, level, progress=progress, max_memory=max_memory
+            model, dataloader, sizes, level, progress=progress, max_memory=max_memory,
+            ablation_values=ablation_values,
         )
         measured = prompt_logit_diffs(model, dataloader, outs)
         by_size.update(measured)
@@ -280,6 +289,7 @@ def measure_circuits(
     circuits: Sequence[set[Edge]],
     progress: bool = False,
     max_memory: MaxMemory = None,
+    ablation_values: torch.Tensor | None = None,
 ) -> tuple[list[float], float, float]:
     """The mean over all prompts of the logit difference of each circuit, of the empty
     circuit and of the full model: :func:`measure_circuits_per_prompt`, averaged.
@@ -288,7 +298,7 @@ def measure_circuits(
         ``(values, empty, full)``: ``values[i]`` belongs to ``circuits[i]``.
     """
     values, empty, full = measure_circuits_per_prompt(
-        model, dataloader, circuits, progress, max_memory
+        model, dataloader, circuits, progress, max_memory, ablation_values
     )
     return [v.mean().item() for v in values], empty.mean().item(), full.mean().item()
 
@@ -481,10 +491,27 @@ def format_result(result: MibResult) -> str:
 
 
 def run_evaluate(args: argparse.Namespace) -> MibResult:
-    """``edgewise mib evaluate``: print CPR and CMD of a scores file as MIB computes them."""
+    """``edgewise mib evaluate``: print CPR and CMD of a scores file as MIB computes them
+    (with ``--ablation optimal``, ablated edges carry optimal ablation values fitted on
+    the task's train prompts)."""
+    if args.ablation == "optimal" and (args.oa_steps < 0 or not args.oa_lr > 0):
+        raise ValueError(f"--oa-steps must be >= 0 and --oa-lr positive, got {args.oa_steps} "
+                         f"and {args.oa_lr}")  # fmt: skip
     pm, test = load_mib_setup(args.model, args.task, args.batch_size)
     scores = load_scores_file(args.scores_file, pm)
-    result = mib_evaluate(pm, test, scores, progress=not args.quiet, max_memory=args.max_memory)
+    measure = None
+    if args.ablation == "optimal":
+        from edgewise.benchmarks.tasks import get_task
+        from edgewise.prune_algos.optimal_ablation import optimal_ablation_values
+
+        task = get_task(args.task)
+        train, _ = task.dataloaders(pm.wrapped_model, args.batch_size)
+        values = optimal_ablation_values(pm, train, args.oa_steps, args.oa_lr, args.oa_objective,
+                                         task.grad_function, task.answer_function)  # fmt: skip
+        measure = partial(measure_circuits, progress=not args.quiet, max_memory=args.max_memory,
+                          ablation_values=values)  # fmt: skip
+    result = mib_evaluate(pm, test, scores, progress=not args.quiet, max_memory=args.max_memory,
+                          measure=measure)  # fmt: skip
     print(format_result(result))
     return result
 
@@ -499,5 +526,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", required=True, help="a task name or a dataset JSON file")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-memory", metavar="SIZE", default=None)
+    p.add_argument("--ablation", choices=("patching", "optimal"), default="patching",
+                   help="what edges outside a circuit carry: the corrupt prompt's activations "
+                        "(patching: MIB's evaluation, whatever its --ablation) or optimal "
+                        "ablation constants fitted on the task's train prompts")
+    p.add_argument("--oa-steps", type=int, default=1000, metavar="N",
+                   help="--ablation optimal: Adam steps per source module (MIB: 1000)")
+    p.add_argument("--oa-lr", type=float, default=1e-3, metavar="LR",
+                   help="--ablation optimal: Adam's learning rate (MIB: 1e-3)")
+    p.add_argument("--oa-objective", choices=("lm", "task"), default="lm",
+                   help="--ablation optimal: next-token loss (lm, MIB's) or the task's loss")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(mib_run=run_evaluate)

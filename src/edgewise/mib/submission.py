@@ -446,20 +446,54 @@ def validate_submission(
 
 
 # ------------------------------------------------------------------- the command line
+def _export_targets(out: Path, pair: str, kind: str, absolute: bool | None) -> list[tuple[Path, str]]:
+    """The ``(task/model folder, file name)`` pairs ``edgewise mib export`` writes."""
+    targets = []
+    if kind in ("importances", "both"):
+        targets.append((out / pair, IMPORTANCES_FILE))
+    if kind in ("circuits", "both"):
+        root = out / "circuits" if kind == "both" else out
+        roots = [root] if absolute is not None else [root / "abs-True", root / "abs-False"]
+        targets += [(r / pair, circuit_file_name(p)) for r in roots for p in SUBMISSION_PERCENTAGES]
+    return targets
+
+
 def run_export(args: argparse.Namespace) -> list[Path]:
-    """``edgewise mib export``: a scores file -> MIB's importances (and/or circuits)."""
+    """``edgewise mib export``: a scores file -> MIB's importances (and/or circuits).
+
+    ``--out`` follows the folder rules of every edgewise command
+    (:mod:`edgewise.io.results_folder`): it is marked as holding MIB submission files
+    (``kind`` ``mib-submission``; several exports of other tasks and models may go
+    there, one at a time under its lock), a non-empty folder without the marker is
+    refused unless ``--allow-existing`` (then none of the entries this export writes may
+    be there), links are refused, and every file is written atomically."""
+    from edgewise.io.results_folder import (
+        MIB_SUBMISSION,
+        check_output_folder,
+        write_marker,
+        writing,
+    )
     from edgewise.mib.evaluate import load_mib_setup, load_scores_file
 
+    out = Path(args.out)
+    pair = folder_name(args.mib_task or args.task, args.mib_model)
+    absolute = {"true": True, "false": False, "both": None}[args.absolute]
+    targets = _export_targets(out, pair, args.kind, absolute)
+    top = {folder.relative_to(out).parts[0] for folder, _ in targets}
+    check_output_folder(out, None, None, args.allow_existing, MIB_SUBMISSION, top.__contains__)
+    for folder, name in targets:  # a mixed folder is refused before anything is written
+        _refuse_mixed(folder, name)
     pm, _ = load_mib_setup(args.model, args.task, 16)
     scores = load_scores_file(args.scores_file, pm)
     mib_task = args.mib_task or args.task
     paths = []
-    if args.kind in ("importances", "both"):
-        paths.append(export_importances(args.out, pm, scores, mib_task, args.mib_model))
-    if args.kind in ("circuits", "both"):
-        absolute = {"true": True, "false": False, "both": None}[args.absolute]
-        out = Path(args.out) / "circuits" if args.kind == "both" else Path(args.out)
-        paths += export_circuits(out, pm, scores, mib_task, args.mib_model, absolute)
+    with writing(out, top.__contains__):
+        write_marker(out, None, None, MIB_SUBMISSION)
+        if args.kind in ("importances", "both"):
+            paths.append(export_importances(out, pm, scores, mib_task, args.mib_model))
+        if args.kind in ("circuits", "both"):
+            root = out / "circuits" if args.kind == "both" else out
+            paths += export_circuits(root, pm, scores, mib_task, args.mib_model, absolute)
     for p in paths:
         print(p)
     return paths
@@ -491,7 +525,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="true",
         help="circuits: rank by |score| (true), signed score (false), or both folders",
     )
-    e.add_argument("--out", required=True, metavar="DIR")
+    e.add_argument("--out", required=True, metavar="DIR",
+                   help="the submission folder (marked as edgewise's; one export at a time)")
+    e.add_argument("--allow-existing", action="store_true",
+                   help="write into a non-empty folder edgewise did not make; its files are "
+                        "left alone (none may be a folder this export writes)")
     e.set_defaults(mib_run=run_export)
     v = sub.add_parser("validate", help="check a submission folder against MIB's rules")
     v.add_argument("path")

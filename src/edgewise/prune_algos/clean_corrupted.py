@@ -22,7 +22,7 @@ from collections.abc import Iterable
 import torch
 from tqdm.auto import tqdm
 
-from edgewise.data import PromptDataLoader, checked_batches, require_full_prompts
+from edgewise.data import PromptDataLoader, batch_output, checked_batches, require_full_prompts
 from edgewise.patching.model import PatchableModel
 from edgewise.prune_algos.grad_rules import GradRule, check_grad_rules, gradient_rules
 from edgewise.prune_algos.loss import (
@@ -62,7 +62,7 @@ def clean_corrupted_prune_scores(
     grad_rules = check_grad_rules(grad_rules)
     require_full_prompts(dataloader, model)
     batches = checked_batches(
-        model, dataloader, "clean_corrupted_prune_scores", answer_function, True
+        model, dataloader, "clean_corrupted_prune_scores", answer_function, True, right_padded=True
     )
     for batch in batches:
         if batch.clean.shape != batch.corrupt.shape:
@@ -85,7 +85,7 @@ def clean_corrupted_prune_scores(
             for tokens in (batch.clean, batch.corrupt):
                 masks = ruled.new_masks(0.0, requires_grad=True, dtype=dtype)
                 with ruled.patch(masks, corrupt, fixed_delta=delta, param_grads=False):
-                    logits = ruled(tokens)[ruled.out_slice]
+                    logits = batch_output(ruled, ruled(tokens), batch)
                 loss = answer_loss(grad_values(logits, grad_function), batch, answer_function)
                 grads = torch.autograd.grad(loss, list(masks.values()), allow_unused=True)
                 for name, grad in zip(masks, grads):

@@ -27,7 +27,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from edgewise.checks import require_int
-from edgewise.data import PromptDataLoader, PromptPairBatch, checked_batches, require_full_prompts
+from edgewise.data import (
+    PromptDataLoader,
+    PromptPairBatch,
+    batch_output,
+    checked_batches,
+    require_full_prompts,
+)
 from edgewise.patching.model import PatchableModel
 from edgewise.prune_algos.grad_rules import GradRule, check_grad_rules, gradient_rules
 from edgewise.prune_algos.loss import (
@@ -75,7 +81,8 @@ def eap_ig_inputs_prune_scores(
         raise ValueError(f"endpoint must be 'clean' (k = 1..m) or 'corrupt' (k = 0..m-1), got {endpoint!r}")
     require_full_prompts(dataloader, model)
     integrated_grad_samples = require_int(integrated_grad_samples, "integrated_grad_samples", 1)
-    checked_batches(model, dataloader, "eap_ig_inputs_prune_scores", answer_function, True)
+    checked_batches(model, dataloader, "eap_ig_inputs_prune_scores", answer_function, True,
+                    right_padded=True)
     dtype = model.score_dtype
     scores = {n: torch.zeros(m.mask_shape, dtype=dtype, device=model.device)
               for n, m in model.dest_modules.items()}
@@ -125,7 +132,7 @@ def hooked_mask_grads(model: PatchableModel, hooks: list[tuple[str, Any]], patch
     rule) is left out."""
     masks = model.new_masks(0.0, requires_grad=True, dtype=dtype)
     with model.hooks(hooks), model.patch(masks, patch, fixed_delta=delta, param_grads=False):
-        logits = model(batch.clean)[model.out_slice]
+        logits = batch_output(model, model(batch.clean), batch)
     loss = answer_loss(grad_values(logits, grad_function), batch, answer_function)
     grads = torch.autograd.grad(loss, list(masks.values()), allow_unused=True)
     return {name: g for name, g in zip(masks, grads) if g is not None}

@@ -29,9 +29,11 @@ difference ``corrupt - clean``, and the division by the total number of passes. 
 divides by the number of prompts; edgewise sums the batches' mean losses (like its EAP),
 so the scores differ by that positive factor only. MIB's "input" node is ``hook_embed``;
 edgewise moves ``blocks.0.hook_resid_pre`` (the same path for resample ablation, where the
-position embeddings cancel). For mean ablations EAP-IG interpolates towards 0 while
-multiplying by ``mean - clean`` (its corrupt buffer is never filled); here the path ends
-at the ablation itself, for every ablation type.
+position embeddings cancel). For mean and optimal ablations EAP-IG interpolates towards
+0 while multiplying by ``mean - clean`` or ``optimal - clean`` (its corrupt buffer is
+never filled); here the path ends at the ablation itself, for every ablation type and for
+fixed ``ablation_values`` (MIB's optimal ablation,
+:func:`~edgewise.prune_algos.optimal_ablation.optimal_ablation_values`).
 """
 
 from __future__ import annotations
@@ -44,7 +46,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from edgewise.checks import require_int
-from edgewise.data import PromptDataLoader, checked_batches, require_full_prompts
+from edgewise.data import (
+    PromptDataLoader,
+    checked_batches,
+    refuse_padded_means,
+    require_full_prompts,
+)
 from edgewise.graph.build import SrcModule
 from edgewise.patching.model import PatchableModel
 from edgewise.prune_algos.eap_ig import hooked_mask_grads
@@ -54,7 +61,7 @@ from edgewise.prune_algos.loss import (
     GradFunction,
     check_loss_functions,
 )
-from edgewise.runtime.ablation import batch_src_ablations
+from edgewise.runtime.ablation import batch_src_ablations, check_ablation_values
 from edgewise.types import AblationType, Edge, PruneScores
 
 
@@ -79,6 +86,7 @@ def eap_ig_activations_prune_scores(
     sources: Iterable[str] | None = None,
     progress: bool = True,
     grad_rules: Iterable[GradRule] | None = (),
+    ablation_values: torch.Tensor | None = None,
 ) -> PruneScores:
     """Score every edge by EAP-IG on activations (see the module doc).
 
@@ -94,6 +102,9 @@ def eap_ig_activations_prune_scores(
             ``"blocks.0.attn.hook_result"``); default every one, as MIB does.
         progress: show a progress bar.
         grad_rules: gradient corrections (:mod:`edgewise.prune_algos.grad_rules`).
+        ablation_values: instead of ``ablation_type``, fixed patch activations
+            ``[n_srcs, 1, 1 | seq, d_model]`` shared by every prompt where each path ends,
+            e.g. MIB's optimal ablation (``--ablation optimal``).
 
     Returns:
         Destination module name -> scores shaped like its mask
@@ -105,13 +116,19 @@ def eap_ig_activations_prune_scores(
     m = require_int(integrated_grad_samples, "integrated_grad_samples", 1)
     require_full_prompts(dataloader, model, ablation_type)
     modules = _chosen_modules(model, sources)
-    if ablation_type.mean_over_dataset:
+    fixed = None if ablation_values is None else check_ablation_values(model, ablation_values, ablation_type)
+    if ablation_type.mean_over_dataset or fixed is not None:
         clean_corrupt = None
     from_corrupt = ablation_type == AblationType.RESAMPLE and clean_corrupt == "corrupt"
     batches = checked_batches(
-        model, dataloader, "eap_ig_activations_prune_scores", answer_function, from_corrupt
+        model, dataloader, "eap_ig_activations_prune_scores", answer_function, from_corrupt,
+        right_padded=True,
     )
-    patches = batch_src_ablations(model, dataloader, ablation_type, clean_corrupt)
+    if fixed is None:
+        refuse_padded_means(batches, ablation_type, "eap_ig_activations_prune_scores")
+        patches = batch_src_ablations(model, dataloader, ablation_type, clean_corrupt)
+    else:
+        patches = {b.key: fixed for b in batches}
     dtype = model.score_dtype
     scores = {
         n: torch.zeros(mod.mask_shape, dtype=dtype, device=model.device)

@@ -12,7 +12,14 @@ import torch
 from tqdm.auto import tqdm
 
 from edgewise.checks import require_int, require_real
-from edgewise.data import PromptDataLoader, PromptPairBatch, checked_batches, require_full_prompts
+from edgewise.data import (
+    PromptDataLoader,
+    PromptPairBatch,
+    batch_output,
+    checked_batches,
+    refuse_padded_means,
+    require_full_prompts,
+)
 from edgewise.patching.model import PatchableModel
 from edgewise.prune_algos.grad_rules import GradRule, check_grad_rules, gradient_rules
 from edgewise.prune_algos.loss import (
@@ -126,7 +133,9 @@ def mask_gradient_prune_scores(
         clean_corrupt = None
     from_corrupt = ablation_type == AblationType.RESAMPLE and clean_corrupt == "corrupt"
     batches = checked_batches(model, dataloader, "mask_gradient_prune_scores", answer_function,
-                              from_corrupt)  # fmt: skip
+                              from_corrupt, right_padded=True)  # fmt: skip
+    if fixed is None:
+        refuse_padded_means(batches, ablation_type, "mask_gradient_prune_scores")
     # Data parallel under torch.distributed: rank r takes batches r, r + world, ...
     rank, world = rank_and_world()
     mine = my_share(batches)
@@ -228,7 +237,7 @@ def _batch_grads(
                 for name in group:
                     masks[name].fill_(value).requires_grad_(True)
                 with model.patch(masks, patch, param_grads=False, src_block=src_block):
-                    logits = model(part.clean)[model.out_slice]
+                    logits = batch_output(model, model(part.clean), part)
                 loss = answer_loss(grad_values(logits, grad_function), part, answer_function)
                 if not bool(torch.isfinite(loss)):
                     raise FloatingPointError(

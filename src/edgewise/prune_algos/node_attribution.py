@@ -38,7 +38,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from edgewise.checks import require_int
-from edgewise.data import PromptDataLoader, checked_batches, require_full_prompts
+from edgewise.data import (
+    PromptDataLoader,
+    batch_output,
+    checked_batches,
+    refuse_padded_means,
+    require_full_prompts,
+)
 from edgewise.patching.model import PatchableModel
 from edgewise.prune_algos.loss import (
     AnswerFunction,
@@ -47,7 +53,12 @@ from edgewise.prune_algos.loss import (
     check_loss_functions,
     grad_values,
 )
-from edgewise.runtime.ablation import CleanCorrupt, batch_ablation, src_ablations
+from edgewise.runtime.ablation import (
+    CleanCorrupt,
+    batch_ablation,
+    check_ablation_values,
+    src_ablations,
+)
 from edgewise.types import AblationType, NodeLevel, NodeScores
 
 NodeMethod = Literal["eap", "eap-ig-inputs"]
@@ -68,6 +79,7 @@ def node_attribution_scores(
     integrated_grad_samples: int = 5,
     mlp_gradient: MlpGradient = "output",
     progress: bool = True,
+    ablation_values: torch.Tensor | None = None,
 ) -> NodeScores:
     """Score every node (or every neuron: dimension of a node's output) by attribution
     patching.
@@ -85,6 +97,10 @@ def node_attribution_scores(
         mlp_gradient: ``"output"`` (the gradient at the MLP's output) or ``"input"``
             (at its input ``hook_mlp_in``, as MIB's EAP-IG code computes it).
         progress: show a progress bar.
+        ablation_values: for ``"eap"``, instead of ``ablation_type``, fixed patch
+            activations ``[n_srcs, 1, 1 | seq, d_model]`` shared by every prompt (MIB's
+            optimal ablation: ``patch_s`` is the source's optimal constant). EAP-IG on
+            inputs refuses them, as MIB does.
 
     Returns:
         :data:`NodeScores`: ``{source module: [n]}`` or ``{source module: [n, d_model]}``,
@@ -101,6 +117,12 @@ def node_attribution_scores(
             f"mlp_gradient must be 'output' or 'input' (MIB's EAP-IG code), got {mlp_gradient!r}"
         )
     ig = method == "eap-ig-inputs"
+    if ig and ablation_values is not None:
+        raise ValueError(
+            "EAP-IG on inputs interpolates from the corrupt prompt to the clean one, so it "
+            "patches from the corrupt prompts only (MIB refuses other interventions for it "
+            "too); use method='eap' with ablation_values"
+        )
     if ig and (ablation_type != AblationType.RESAMPLE or clean_corrupt != "corrupt"):
         raise ValueError(
             "EAP-IG on inputs interpolates from the corrupt prompt to the clean one, so it "
@@ -109,14 +131,17 @@ def node_attribution_scores(
         )
     steps = require_int(integrated_grad_samples, "integrated_grad_samples", 1) if ig else 1
     require_full_prompts(dataloader, model, ablation_type)
-    if ablation_type.mean_over_dataset:
+    fixed = None if ablation_values is None else check_ablation_values(model, ablation_values, ablation_type)
+    if ablation_type.mean_over_dataset or fixed is not None:
         clean_corrupt = None
     from_corrupt = ablation_type == AblationType.RESAMPLE and clean_corrupt == "corrupt"
     batches = checked_batches(
-        model, dataloader, "node_attribution_scores", answer_function, from_corrupt
+        model, dataloader, "node_attribution_scores", answer_function, from_corrupt,
+        right_padded=True,
     )
+    refuse_padded_means(batches, ablation_type, "node_attribution_scores")
     mean = (
-        src_ablations(model, dataloader, ablation_type) if ablation_type.mean_over_dataset else None
+        src_ablations(model, dataloader, ablation_type) if ablation_type.mean_over_dataset else fixed
     )
     dtype, d = model.score_dtype, int(model.cfg.d_model)
     neuron = {m.module_name: torch.zeros(m.n_heads or 1, d, dtype=dtype, device=model.device)
@@ -199,7 +224,7 @@ def _output_grads(
     for point in sorted(set(points.values()) - {INPUT_HOOK}):
         hooks.append((point, _add_leaf(leaves, point)))
     with torch.enable_grad(), model.hooks(hooks):
-        logits = model(batch.clean)[model.out_slice]
+        logits = batch_output(model, model(batch.clean), batch)
         loss = answer_loss(grad_values(logits, grad_function), batch, answer_function)
         names = sorted(leaves)
         got = torch.autograd.grad(loss, [x_leaf] + [leaves[n] for n in names], allow_unused=True)

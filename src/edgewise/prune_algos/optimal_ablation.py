@@ -15,6 +15,9 @@ batch again, and its "mean" divides a sum over that batch's prompts and position
 number of steps; here the initial value is the mean over every clean prompt and position
 and the steps cycle through all batches in order. The input module is edgewise's
 ``blocks.0.hook_resid_pre`` (token plus position embeddings), not ``hook_embed``.
+``oa.py`` pads all the prompts to the longest with the EOS token and counts those
+positions in its mean and loss (as tokens to read and to predict); here right-padded
+batches (:mod:`edgewise.data.batches`) count only each prompt's own tokens.
 
 The result is ``[n_srcs, 1, 1, d_model]``, a ``patch_src_outs`` for
 :meth:`~edgewise.patching.model.PatchableModel.patch` and ``run_patched``.
@@ -30,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgewise.checks import require_int, require_real
-from edgewise.data import PromptDataLoader, checked_batches, require_full_prompts
+from edgewise.data import PromptDataLoader, batch_output, checked_batches, require_full_prompts
 from edgewise.graph.build import SrcModule
 from edgewise.patching.model import PatchableModel
 from edgewise.prune_algos.eap_ig_activations import module_output_hook
@@ -87,6 +90,7 @@ def optimal_ablation_values(
         dataloader,
         "optimal_ablation_values",
         answer_function if objective == "task" else None,
+        right_padded=True,
     )
     wide = model.score_dtype
     total, count = None, 0
@@ -95,8 +99,10 @@ def optimal_ablation_values(
     with torch.no_grad():
         for batch in batches:
             outs = model.src_outs(batch.clean).to(wide)  # [n_srcs, batch, seq, d_model]
-            total = outs.sum((1, 2)) if total is None else total + outs.sum((1, 2))
-            count += outs.shape[1] * outs.shape[2]
+            real = _real_positions(batch).to(outs)  # [batch, seq]: 0 on padding
+            summed = torch.einsum("nbpd,bp->nd", outs, real)
+            total = summed if total is None else total + summed
+            count += int(real.sum())
         for mod in modules:  # what the hook adds to the sources' sum (b_O for attention)
             first = batches[0].clean
             out = model.output_at(module_output_hook(mod), first).to(wide)
@@ -144,8 +150,23 @@ def _objective(
     if objective == "lm":
         tokens = batch.clean
         wide = logits[:, :-1].flatten(0, 1).to(torch.promote_types(logits.dtype, torch.float32))
-        return F.cross_entropy(wide, tokens[:, 1:].flatten())
-    return answer_loss(grad_values(logits[model.out_slice], grad_function), batch, answer_function)
+        if batch.lengths is None:
+            return F.cross_entropy(wide, tokens[:, 1:].flatten())
+        # right padding: predict each prompt's own next tokens only
+        keep = _real_positions(batch)[:, 1:].flatten()
+        return F.cross_entropy(wide[keep], tokens[:, 1:].flatten()[keep])
+    out = batch_output(model, logits, batch)
+    return answer_loss(grad_values(out, grad_function), batch, answer_function)
+
+
+def _real_positions(batch: Any) -> torch.Tensor:
+    """``[batch, seq]`` bool: the positions of each prompt's own tokens (all, unless the
+    batch was right-padded)."""
+    seq = batch.clean.shape[1]
+    if batch.lengths is None:
+        return torch.ones(batch.clean.shape, dtype=torch.bool, device=batch.clean.device)
+    pos = torch.arange(seq, device=batch.clean.device)
+    return pos[None, :] < batch.lengths.to(batch.clean.device)[:, None]
 
 
 def _constant(value: torch.Tensor):

@@ -172,4 +172,5 @@ def sub_batch(batch: PromptPairBatch, lo: int, hi: int) -> PromptPairBatch:
         corrupt=batch.corrupt[lo:hi],
         answers=batch.answers[lo:hi],
         wrong_answers=batch.wrong_answers[lo:hi],
+        lengths=None if batch.lengths is None else batch.lengths[lo:hi],
     )
