@@ -99,11 +99,13 @@ def reference_eap_scores(
     ablation_type: AblationType = AblationType.RESAMPLE,
     clean_corrupt: str | None = "corrupt",
     fixed: torch.Tensor | None = None,
+    edges=None,
 ) -> dict[str, torch.Tensor]:
     """Edge attribution patching with plain hooks and one edge at a time: keep each
     source's output and the gradient at each destination's input (TransformerLens' own
     per-head hooks, its own backward), then score every edge by a dot product. ``fixed``
-    ``[n_srcs, 1, 1, d_model]``: the patch of every batch (e.g. optimal ablation values)."""
+    ``[n_srcs, 1, 1, d_model]``: the patch of every batch (e.g. optimal ablation values).
+    Only ``edges`` (default: all) are scored; the others stay 0."""
     check_loss_functions(grad_function, answer_function)
     ablation_type = AblationType(ablation_type)
     if ablation_type.mean_over_dataset:
@@ -120,7 +122,7 @@ def reference_eap_scores(
         dest_names = list(model.dest_modules)
         grads = dict(zip(dest_names, torch.autograd.grad(loss, [acts[n] for n in dest_names])))
         patch = patches[batch.key]
-        for edge in model.edges:
+        for edge in model.edges if edges is None else edges:
             src, dest = edge.src, edge.dest
             clean_out = acts[src.module_name]
             if src.head_idx is not None:

@@ -140,11 +140,6 @@ def test_patching_every_query_head_of_a_group_is_patching_the_grouped_input(qkv)
     assert (results[0] - grouped(clean)).abs().max() > 1e-4
 
 
-def test_bridge_cannot_ungroup_and_says_what_to_use():
-    with pytest.raises(ValueError, match="HookedTransformer"):
-        patchable_model(random_bridge("llama", **SHAPE), ungroup_kv=True)
-
-
 # ------------------------------------------------------------------ Gemma 2
 @pytest.mark.parametrize("kind", ["bridge", "hooked"])
 def test_gemma2_patching_matches_reference(kind):

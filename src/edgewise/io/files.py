@@ -307,7 +307,7 @@ def _check_mib_compatible(model: PatchableModel) -> None:
     if any(m.qkv in ("k", "v") and m.n_heads != spec.n_heads for m in model.dest_modules.values()):
         problems.append(
             "grouped-query attention with K/V destinations per key/value head (MIB gives each "
-            "query head its own K/V input: wrap a HookedTransformer with "
+            "query head its own K/V input: wrap the model with "
             "patchable_model(model, ungroup_kv=True))"
         )
     if spec.attn_only:

@@ -440,11 +440,11 @@ def mib_evaluate_circuits(
 def load_mib_setup(
     model_name: str, task_name: str, batch_size: int
 ) -> tuple[PatchableModel, PromptDataLoader]:
-    """The patchable model with MIB's graph (no token positions; on a
-    ``HookedTransformer`` with grouped-query attention, one K/V input per query head, as
-    MIB ungroups them) and the task's test prompts, for ``edgewise mib ...`` commands."""
+    """The patchable model with MIB's graph (no token positions; with grouped-query
+    attention one K/V input per query head, as MIB ungroups them, on a ``HookedTransformer``
+    and a ``TransformerBridge`` alike) and the task's test prompts, for ``edgewise mib ...``
+    commands."""
     from edgewise.benchmarks.tasks import get_task, load_model
-    from edgewise.models.adapter import HookAdapter
     from edgewise.patching.wrap import patchable_model
 
     task = get_task(task_name)
@@ -452,8 +452,8 @@ def load_mib_setup(
     _, test = task.dataloaders(model, batch_size)
     cfg = model.cfg
     grouped = getattr(cfg, "n_key_value_heads", None) not in (None, cfg.n_heads)
-    ungroup = True if grouped and HookAdapter(model).is_hooked_transformer else None
-    pm = patchable_model(model, slice_output=task.slice_output, seq_len=None, ungroup_kv=ungroup)  # type: ignore[arg-type]
+    pm = patchable_model(model, slice_output=task.slice_output, seq_len=None,  # type: ignore[arg-type]
+                         ungroup_kv=True if grouped else None)  # fmt: skip
     return pm, test
 
 

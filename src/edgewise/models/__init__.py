@@ -3,7 +3,8 @@
 that hides the kinds' differences from the rest of edgewise.
 
 Modules: ``kinds`` (building and loading models), ``convert`` (TransformerLens weights to
-an equivalent Hugging Face GPT-2), ``adapter`` (:class:`HookAdapter`).
+an equivalent Hugging Face GPT-2), ``adapter`` (:class:`HookAdapter`), ``ungroup``
+(grouped-query attention with one key/value input per query head on bridges).
 """
 
 from edgewise.models.adapter import HookAdapter
@@ -22,11 +23,13 @@ from edgewise.models.kinds import (
     vocab_tokenizer,
     word_tokenizer,
 )
+from edgewise.models.ungroup import bridge_kv_ungrouped, set_bridge_ungrouped_kv
 
 __all__ = [
     "ARCHS",
     "HookAdapter",
     "ModelKind",
+    "bridge_kv_ungrouped",
     "from_tl_weights",
     "hooked_transformer_available",
     "load_hf_bridge",
@@ -36,6 +39,7 @@ __all__ = [
     "random_hooked_transformer",
     "random_model",
     "resolve_kind",
+    "set_bridge_ungrouped_kv",
     "vocab_tokenizer",
     "word_tokenizer",
 ]

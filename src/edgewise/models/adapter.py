@@ -243,10 +243,12 @@ class HookAdapter:
 
     def set_ungrouped_kv(self, ungroup: bool | None) -> None:
         """Give each query head its own key and value input (``True``), share them per
-        key/value head (``False``) or keep the model's setting (``None``), by
-        TransformerLens' ``ungroup_grouped_query_attention`` (what MIB sets on its
-        models). Only a ``HookedTransformer`` computes ungrouped attention: raise on a
-        bridge asked (or configured) to ungroup a model with grouped-query attention."""
+        key/value head (``False``) or keep the model's setting (``None``: its
+        ``cfg.ungroup_grouped_query_attention``), as MIB loads its models. A
+        ``HookedTransformer`` switches TransformerLens' ``ungroup_grouped_query_attention``;
+        a bridge is ungrouped in place by :func:`edgewise.models.ungroup.set_bridge_ungrouped_kv`
+        (same outputs, one K/V input per query head); either way
+        ``cfg.ungroup_grouped_query_attention`` then says which (the graph reads it)."""
         cfg = self.cfg
         n_kv = getattr(cfg, "n_key_value_heads", None)
         grouped = n_kv is not None and int(n_kv) != int(cfg.n_heads)
@@ -254,16 +256,11 @@ class HookAdapter:
             if ungroup is not None and grouped:
                 self.model.set_ungroup_grouped_query_attention(bool(ungroup))
             return
+        from edgewise.models.ungroup import bridge_kv_ungrouped, set_bridge_ungrouped_kv
+
         wants = ungroup if ungroup is not None else bool(getattr(cfg, "ungroup_grouped_query_attention", False))
-        if wants and grouped:
-            raise ValueError(
-                f"{type(self.model).__name__} cannot give each query head its own key/value input: "
-                "a TransformerBridge runs Hugging Face's attention, which shares each key/value head "
-                "between its query heads with no per-query-head hook (TransformerLens 3.9 bridges "
-                "ignore ungroup_grouped_query_attention; 4.x has no such option). Load the model as a "
-                "HookedTransformer (TransformerLens 3.x) and pass ungroup_kv=True, as MIB does, or "
-                "use ungroup_kv=False (K/V destinations per key/value head)."
-            )
+        if grouped or bridge_kv_ungrouped(self.model):
+            set_bridge_ungrouped_kv(self.model, bool(wants))
 
     def resolve(self, name: str) -> str | None:
         for alt in _alternatives(name):

@@ -76,7 +76,9 @@ def patchable_model(
             destination (``True``: MIB's graph, ``a{l}.h{h}<k>`` per query head), one per
             key/value head (``False``), or follow the model's
             ``cfg.ungroup_grouped_query_attention`` (``None``). Sets that TransformerLens
-            option on the model (``HookedTransformer`` only; a bridge raises).
+            option on a ``HookedTransformer``; switches a ``TransformerBridge``'s attention
+            in place (:func:`edgewise.models.ungroup.set_bridge_ungrouped_kv`: same
+            outputs, one key/value input per query head).
     """
     adapter = HookAdapter(model)
     adapter.check_patchable()
