@@ -397,6 +397,7 @@ class DataChangedError(ProvenanceError):
 
 
 _RERUN = "or rerun edgewise discover with --fresh to recompute them"
+_OTHER_RUN = f"it is not the scores file of the results in results.json: restore that one, {_RERUN}"
 _FIXES = {  # what to do when a saved field differs from what evaluate has now
     "model": f"restore the folder's own model, {_RERUN}",
     "model_kind": "load the model as the kind it was (TransformerLens 3.x loads shipped "
@@ -431,8 +432,7 @@ def _check_evaluate_provenance(folder: Path, previous: dict[str, Any],
         if "parameters" in entry:
             same_run["parameters"] = entry["parameters"]
         check_provenance(meta, same_run, str(folder / f"scores_{algo}.safetensors"),
-                         "it is not the scores file of the results in results.json: restore "
-                         f"that one, {_RERUN}", now_as="results.json has")  # fmt: skip
+                         _OTHER_RUN, now_as="results.json has")
 
 
 def _check_current(paths: dict[str, Path], metas: dict[str, dict[str, Any]],
@@ -562,8 +562,7 @@ def _check_report_provenance(folder: Path, results: dict[str, Any],
         if "parameters" in entry:
             same_run["parameters"] = entry["parameters"]
         check_provenance(meta, same_run, str(folder / f"scores_{algo}.safetensors"),
-                         "it and results.json come from different runs: restore the matching "
-                         f"files, {_RERUN}", now_as="results.json has")  # fmt: skip
+                         _OTHER_RUN, now_as="results.json has")
 
 
 def summary_table(results: dict[str, Any]) -> str:
