@@ -5,7 +5,7 @@ NaN, nested junk) raise :class:`FieldError` naming the mutated field by its JSON
 never a raw traceback or a report drawn from a wrong file, and leave the user's file
 byte-identical.
 
-The valid files come from real runs: the tracr reversal task (token positions, an
+The valid files come from real runs: the shipped toy IOI task (token positions, an
 official circuit, so ROC and AUC) with bootstrap intervals, and an 8-prompt toy IOI
 dataset (no positions)."""
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgewise.cli import build_parser, discover, evaluate, main, report
@@ -52,10 +52,10 @@ def few_circuit_sizes():
 
 
 @pytest.fixture(scope="module")
-def tracr(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("tracr") / "run"
-    assert main(["discover", "--task", "tracr_reverse", "--algo", "eap", "--bootstrap", "3",
-                 "--quiet", "--out", str(out)]) == 0  # fmt: skip
+def positional(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("positional") / "run"
+    assert main(["discover", "--task", "toy_ioi", "--algo", "eap", "--bootstrap", "3",
+                 "--batch-size", "32", "--quiet", "--out", str(out)]) == 0  # fmt: skip
     return out
 
 
@@ -75,13 +75,13 @@ def results_of(folder: Path) -> dict[str, Any]:
     return json.loads((folder / "results.json").read_text())
 
 
-def test_what_discover_writes_passes_whole(tracr, toy):
-    t = results_of(tracr)
+def test_what_discover_writes_passes_whole(positional, toy):
+    t = results_of(positional)
     r = t["algorithms"]["eap"]
     assert t["seq_len"] is not None and {"roc", "auc", "official_edges", "bootstrap"} <= set(r)
     assert all(isinstance(e["seq_idx"], int) for e in r["top_edges"])
     assert "ci" in r["top_edges"][0] and "scores" in r["bootstrap"]
-    for folder in (tracr, toy):
+    for folder in (positional, toy):
         doc = results_of(folder)
         assert check_results_doc(doc, "results.json", FIX) == doc
         for algo in doc["algorithms"]:
@@ -214,8 +214,8 @@ def names_one_of(field: str, allowed: list[str]) -> bool:
 
 
 @pytest.fixture(scope="module")
-def docs(tracr, toy) -> list[dict[str, Any]]:
-    return [results_of(tracr), results_of(toy)]
+def docs(positional, toy) -> list[dict[str, Any]]:
+    return [results_of(positional), results_of(toy)]
 
 
 @settings(max_examples=400)
@@ -227,7 +227,8 @@ def test_every_mutation_is_named_by_its_json_path(docs, data):
     assert names_one_of(e.value.field, allowed), (what, str(e.value))
     msg = str(e.value)
     assert msg.startswith("runs/x/results.json: ") and msg.endswith(f"; {FIX}")
-    assert (f"field {e.value.field} " in msg) or ("the top level lacks" in msg), msg
+    missing = e.value.field.rsplit(".", 1)[-1]
+    assert f"field {e.value.field} " in msg or (" lacks " in msg and f"'{missing}'" in msg), msg
 
 
 @pytest.fixture(scope="module")
@@ -237,8 +238,8 @@ def folder(tmp_path_factory, toy) -> Path:
     return out
 
 
-@settings(max_examples=25)
-@given(st.data())
+@settings(max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())  # capsys is read out before each command: one fixture serves every example
 def test_commands_refuse_a_mutated_results_json_and_leave_it_alone(folder, docs, capsys, data):
     doc, what, allowed = data.draw(mutated(docs[1:]))  # the toy folder's own results
     path = folder / "results.json"
@@ -259,19 +260,19 @@ def test_commands_refuse_a_mutated_results_json_and_leave_it_alone(folder, docs,
 # ------------------------------------------------------------------ worked examples
 @pytest.mark.parametrize(("edit", "field", "says"), [
     (lambda d: d["algorithms"]["eap"]["top_edges"][0].update(seq_idx=d["seq_len"]),
-     "algorithms.eap.top_edges[0].seq_idx", "is 5, out of range (must be from 0 to 4)"),
-    (lambda d: d["algorithms"]["eap"]["faithfulness"][1].__setitem__(0, 3),
-     "algorithms.eap.faithfulness[1][0]", "is size 3, but algorithms.eap.measurements has size"),
-    (lambda d: d["algorithms"]["eap"]["roc"]["tpr"].__setitem__(-1, 0.0),
-     "algorithms.eap.roc.tpr", "a ROC curve never decreases"),
+     "algorithms.eap.top_edges[0].seq_idx", "is 15, out of range (must be from 0 to 14)"),
+    (lambda d: d["algorithms"]["eap"]["faithfulness"][1].__setitem__(0, 1),
+     "algorithms.eap.faithfulness[1][0]", "is size 1, but algorithms.eap.measurements has size"),
+    (lambda d: d["algorithms"]["eap"]["roc"]["tpr"].__setitem__(slice(1, 3), [1.0, 0.5]),
+     "algorithms.eap.roc.tpr[2]", "is 0.5, below the previous 1.0: a ROC curve never decreases"),
     (lambda d: d["algorithms"]["eap"]["top_edges"][0].update(ci=[2.0, 1.0]),
      "algorithms.eap.top_edges[0].ci", "is [2.0, 1.0]: its lower end exceeds its upper end"),
     (lambda d: d["algorithms"]["eap"]["top_edges"].append(d["algorithms"]["eap"]["top_edges"][0]),
      "algorithms.eap.top_edges[20]", "repeats the edge"),
     (lambda d: d["algorithms"]["eap"]["bootstrap"].update(level=1.0),
      "algorithms.eap.bootstrap.level", "is 1.0: a confidence level lies strictly between"),
-    (lambda d: d["settings"].update(model="toy-ioi"),
-     "settings.model", "is 'toy-ioi', but model is 'tracr-reverse': they must agree"),
+    (lambda d: d["settings"].update(model="tracr-reverse"),
+     "settings.model", "is 'tracr-reverse', but model is 'toy-ioi': they must agree"),
     (lambda d: d["algorithms"]["eap"].update(algorithm="ig"),
      "algorithms.eap.algorithm", "is 'ig', but these are the results of 'eap'"),
     (lambda d: d["algorithms"]["eap"]["top_edges"][0].update(edge="A0.0->nowhere"),
@@ -279,9 +280,10 @@ def test_commands_refuse_a_mutated_results_json_and_leave_it_alone(folder, docs,
     (lambda d: d["algorithms"]["eap"].update(auc=1.5),
      "algorithms.eap.auc", "is 1.5, out of range (must be within [0.0, 1.0])"),
 ])
-def test_worked_examples(tracr, edit, field, says):
-    doc = results_of(tracr)
-    assert doc["seq_len"] == 5 and len(doc["algorithms"]["eap"]["top_edges"]) == 20
+def test_worked_examples(positional, edit, field, says):
+    doc = results_of(positional)
+    assert doc["seq_len"] == 15 and len(doc["algorithms"]["eap"]["top_edges"]) == 20
+    assert doc["algorithms"]["eap"]["measurements"][1][0] > 1
     edit(doc)
     with pytest.raises(FieldError) as e:
         check_results_doc(doc, "results.json", FIX)
