@@ -342,3 +342,41 @@ def test_a_damaged_marker_is_named(toy, tmp_path, edit, field, capsys):
         assert main([command, str(run), "--quiet"]) == 2
         assert capsys.readouterr().err == f"edgewise: error: {e.value}\n"
     assert not (run / "report.html").exists()
+
+
+# ------------------------------------------------------------------ torch checkpoints
+@pytest.mark.parametrize("algo", ["acdc", "exact"])
+def test_a_checkpoint_missing_part_of_its_state_is_named(tmp_path, algo):
+    """An ACDC or exact-patching checkpoint whose settings match but whose saved state is
+    incomplete (or not a dict at all) is a FileFormatError naming it, not a KeyError."""
+    import torch
+
+    from edgewise import patchable_model
+    from edgewise.io import FileFormatError
+    from edgewise.models import random_model
+    from edgewise.prune_algos import acdc_prune_scores, exact_patching_prune_scores
+
+    from util import random_loader
+
+    pm = patchable_model(random_model(n_layers=1, d_vocab=20))
+    path = tmp_path / f"{algo}.pt"
+
+    def score():
+        if algo == "acdc":
+            return acdc_prune_scores(pm, random_loader(vocab=20), None, [-2], [1], progress=False,
+                                     checkpoint=path)  # fmt: skip
+        return exact_patching_prune_scores(pm, random_loader(vocab=20), progress=False,
+                                           checkpoint=path)  # fmt: skip
+
+    first = score()
+    state = torch.load(path, weights_only=True)
+    assert all(torch.equal(first[k], score()[k]) for k in first)  # a whole checkpoint resumes
+    if algo == "acdc":
+        state["groups"] = [{"taus": [0.01]}]  # no masks
+    else:
+        state["scores"] = {}
+    for damaged in (state, [1, 2, 3]):
+        torch.save(damaged, path)
+        with pytest.raises(FileFormatError, match=rf"checkpoint {path} .*delete it \(or pass "
+                                                  r"--fresh\)"):
+            score()
