@@ -182,15 +182,16 @@ def test_any_changed_weight_changes_the_fingerprint_and_back(tiny, data):
     name, p = data.draw(st.sampled_from(params), label="parameter")
     i = data.draw(st.integers(0, p.numel() - 1), label="element")
     delta = data.draw(st.sampled_from([1e-6, -0.5, 3.0]), label="delta")
+    at = tuple(int(j) for j in torch.unravel_index(torch.tensor(i), p.shape))  # any strides
     before = weights_sha256(tiny)
     with torch.no_grad():
-        old = p.view(-1)[i].item()
-        p.view(-1)[i] += delta  # in place: the cached fingerprint must not be reused
+        old = p[at].item()
+        p[at] += delta  # in place: the cached fingerprint must not be reused
     try:
         assert weights_sha256(tiny) != before, name
     finally:
         with torch.no_grad():
-            p.view(-1)[i] = old
+            p[at] = old
     assert weights_sha256(tiny) == before
 
 
