@@ -115,13 +115,13 @@ def weights_sha256(model: nn.Module) -> str:
     Every parameter of the TransformerLens model (a :class:`~edgewise.PatchableModel`'s
     wrapped model), in name order, gives a line of its name, dtype, shape and the sha256
     of its bytes (row-major, on the CPU, one tensor at a time); the fingerprint is the
-    sha256 of those lines. It is deterministic
-    (same weights, same hex string, in every process, on every device) and changes when
-    any parameter's value, dtype, shape or name does. Buffers (attention masks, rotary
-    tables) follow from the config and are not hashed.
+    sha256 of those lines. It is deterministic (same weights, same hex string, in every
+    process, on every device) and changes when any parameter's value, dtype, shape or
+    name does. Buffers (attention masks, rotary tables) follow from the config and are
+    not hashed.
 
     The result is cached on the model until a parameter changes (in place or replaced),
-    so a run computes it once. Cost: one sha256 pass over the parameters' bytes: 0.46 s
+    so a run computes it once. Cost: one sha256 pass over the parameters' bytes: 0.47 s
     for a model of GPT-2 small's shape (622 MiB of float32) on this project's 2-core CPU
     machine, 2 to 6 ms when cached (``bench/bench_weights_hash.py``); a model on a GPU
     adds one copy of each tensor to the CPU.
