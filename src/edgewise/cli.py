@@ -30,6 +30,7 @@ from typing import Any
 
 from edgewise.evaluation.pipeline import evaluate_scores
 from edgewise.io.files import write_json
+from edgewise.io.provenance import ProvenanceError
 from edgewise.io.results_folder import STATE_DIR, FolderInUseError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -141,25 +142,33 @@ def _sha256_of_data(*loaders: Any) -> str:
     return h.hexdigest()
 
 
-def _settings_differ(saved: dict[str, Any], expected: dict[str, Any]) -> list[str]:
-    """The keys of ``expected`` whose saved value differs, described for an error."""
-    diffs = []
-    for key, want in expected.items():
-        got = saved.get(key)
-        if got == want:
-            continue
-        if key.endswith("sha256") or isinstance(want, dict):
-            diffs.append(f"{key} differs")
-        else:
-            diffs.append(f"{key}: saved {got!r}, now {want!r}")
-    return diffs
+def _settings_differ(saved: dict[str, Any], expected: dict[str, Any]) -> list[Any]:
+    """The keys of ``expected`` whose saved value differs or is not saved
+    (:class:`edgewise.io.provenance.Difference`, in ``expected``'s order)."""
+    from edgewise.io.provenance import differences
+
+    return differences(saved, expected)
 
 
-def _mismatch(path: Path, diffs: list[str]) -> ValueError:
-    return ValueError(
-        f"{path} was written by a run with other settings ({'; '.join(diffs)}); "
-        "rerun with --fresh to start over, or use another --out"
-    )
+def _mismatch(path: Path, diffs: list[Any]) -> ValueError:
+    """The error for a saved file of a run with other settings: names the first field
+    that differs with both values (:func:`edgewise.io.provenance.mismatch_message`)."""
+    from edgewise.io.provenance import mismatch_message
+
+    return ProvenanceError(mismatch_message(
+        str(path), diffs, "rerun with --fresh to start over, or use another --out"))
+
+
+def _run_provenance(model_name: str, task_name: str, batch_size: int, pm: Any, train: Any,
+                    test: Any) -> dict[str, Any]:  # fmt: skip
+    """What produced this run's results (:data:`edgewise.io.provenance.RUN_FIELDS`): the
+    model's name, kind and weights, the task, its batching and data, the graph, versions."""
+    from edgewise.io.provenance import RUN_FIELDS, model_provenance
+
+    fields = {"model": model_name, "task": task_name, "batch_size": batch_size,
+              "seq_len": pm.seq_len, "data_sha256": _sha256_of_data(train, test),
+              "graph_sha256": _sha256_of_edges(pm), **model_provenance(pm)}  # fmt: skip
+    return {k: fields[k] for k in RUN_FIELDS}
 
 
 @dataclass
@@ -201,17 +210,17 @@ def _load_resume(
 ) -> _Resume:
     """Check what ``out`` holds for ``algo`` against this run's settings."""
     from edgewise.io.files import FileFormatError, load_prune_scores, read_json
+    from edgewise.io.schema import check_resume_state
 
     r = _Resume(fingerprint)
     if fresh:
         return r
     state_path = out / STATE_DIR / f"{algo}.json"
     if state_path.exists():
-        state = read_json(state_path, "rerun with --fresh to start over")
-        if not isinstance(state, dict):
-            raise FileFormatError(f"{state_path} is not edgewise's resume state; rerun with "
-                                  "--fresh to start over")
-        diffs = _settings_differ(state.get("fingerprint", {}), fingerprint)
+        fix = "rerun with --fresh to start over"
+        state = read_json(state_path, fix)
+        check_resume_state(state, state_path, fix, pm.n_edges, pm.seq_len, algo)
+        diffs = _settings_differ(state["fingerprint"], fingerprint)
         if diffs:
             raise _mismatch(state_path, diffs)
         r.started, r.seconds, r.result = True, state.get("seconds"), state.get("result")
@@ -220,15 +229,15 @@ def _load_resume(
                          "settings it belongs to; rerun with --fresh to start over")
     scores_path = out / f"scores_{algo}.safetensors"
     if scores_path.exists():
+        diffs = _settings_differ(load_prune_scores(scores_path)[1], fingerprint)
+        if diffs:  # before the model's checks: name every field that differs
+            raise _mismatch(scores_path, diffs)
         try:
             scores, meta = load_prune_scores(scores_path, pm)
         except FileFormatError:  # already says: recompute it with --fresh
             raise
         except ValueError as e:
             raise ValueError(f"{e}; rerun with --fresh to start over, or use another --out") from None
-        diffs = _settings_differ(meta, fingerprint)
-        if diffs:
-            raise _mismatch(scores_path, diffs)
         r.scores = scores
     else:
         r.result = None  # an evaluation without its scores file is not reused
@@ -252,10 +261,10 @@ def _previous_results(out: Path, algos: list[str], settings: dict[str, Any]) -> 
     if kept:
         diffs = _settings_differ(previous.get("settings", {}), settings)
         if diffs:
-            raise ValueError(
+            raise ProvenanceError(
                 f"{path} holds results of {', '.join(kept)} computed with other settings "
-                f"({'; '.join(diffs)}): rerun them too (--algo {' '.join([*kept, *algos])} "
-                "--fresh), or use another --out")
+                f"({'; '.join(d.describe() for d in diffs)}): rerun them too (--algo "
+                f"{' '.join([*kept, *algos])} --fresh), or use another --out")
     return kept
 
 
@@ -296,7 +305,6 @@ def _discover_locked(
     args: argparse.Namespace, algos: list[str], model_name: str, task_name: str, out: Path
 ) -> dict[str, Any]:
 
-    from edgewise import __version__
     from edgewise.io.files import save_mib_json, save_prune_scores
     from edgewise.io.results_folder import write_marker
     from edgewise.prune_algos import ALGORITHMS
@@ -310,10 +318,8 @@ def _discover_locked(
             for f in (state_dir / f"{algo}.json", state_dir / f"{algo}.pt",
                       out / f"scores_{algo}.safetensors", out / f"circuit_{algo}_mib.json"):
                 f.unlink(missing_ok=True)
-    common = {"model": model_name, "task": task_name, "batch_size": args.batch_size,
-              "data_sha256": _sha256_of_data(train, test), "graph_sha256": _sha256_of_edges(pm),
-              "seq_len": pm.seq_len, "edgewise_version": __version__}
-    settings = {k: v for k, v in common.items() if k != "edgewise_version"}
+    common = _run_provenance(model_name, task_name, args.batch_size, pm, train, test)
+    settings = dict(common)
     results: dict[str, Any] = {"model": model_name, "task": task_name, "n_edges": pm.n_edges,
                                "seq_len": pm.seq_len, "settings": settings,
                                "algorithms": _previous_results(out, algos, settings)}
@@ -368,8 +374,7 @@ def _discover_locked(
                     pass
                 raise
             seconds = before + time.perf_counter() - start
-            meta = {k: r.fingerprint[k] for k in ("model", "task", "algorithm", "parameters",
-                                                  "batch_size", "data_sha256", "graph_sha256")}
+            meta = dict(r.fingerprint)  # everything that produced them (io/provenance.py)
             save_prune_scores(out / f"scores_{algo}.safetensors", scores, pm, meta)
             write_json(state_path, {"fingerprint": r.fingerprint, "seconds": seconds})
             checkpoint.unlink(missing_ok=True)  # the scores file supersedes it
@@ -386,10 +391,12 @@ def _discover_locked(
                                      n_boot)  # fmt: skip
             write_json(state_path, {"fingerprint": r.fingerprint, "seconds": seconds,
                                      "result": result})
-        results["algorithms"][algo] = {**result, "seconds": seconds}
+        results["algorithms"][algo] = {**result, "parameters": r.fingerprint["parameters"],
+                                       "seconds": seconds}
         try:
             save_mib_json(out / f"circuit_{algo}_mib.json", pm, scores,
-                          [pm.edge(d["edge"], d["seq_idx"]) for d in result["top_edges"]])
+                          [pm.edge(d["edge"], d["seq_idx"]) for d in result["top_edges"]],
+                          provenance=r.fingerprint)
         except ValueError:  # the format cannot express this graph (e.g. token positions)
             pass
     write_json(out / "results.json", results)
@@ -414,28 +421,15 @@ def _add_score_intervals(result: dict[str, Any], pm: Any, task: Any, train: Any,
     add_score_intervals(result, pm, intervals)
 
 
-_RESULT_KEYS = ("model", "task", "n_edges", "algorithms")
-_ALGORITHM_KEYS = ("metric", "measurements", "top_edges")
-
-
 def check_results(results: Any, path: Path) -> None:
-    """Raise :class:`edgewise.io.files.FileFormatError` naming ``path`` unless ``results`` has
-    the keys ``edgewise discover`` writes to ``results.json``."""
-    from edgewise.io.files import FileFormatError
+    """Raise :class:`edgewise.io.schema.FieldError` (a
+    :class:`~edgewise.io.files.FileFormatError`) naming ``path``, the field's JSON path
+    and the fix unless ``results`` is a whole, consistent ``results.json`` as ``edgewise
+    discover`` writes it (:func:`edgewise.io.schema.check_results_doc`)."""
+    from edgewise.io.schema import check_results_doc
 
-    fix = "it is not a results.json that edgewise discover wrote; rerun discover"
-    if not isinstance(results, dict):
-        raise FileFormatError(f"{path} holds a {type(results).__name__}, not an object: {fix}")
-    missing = [k for k in _RESULT_KEYS if k not in results]
-    if missing:
-        raise FileFormatError(f"{path} lacks {', '.join(map(repr, missing))}: {fix}")
-    if not isinstance(results["algorithms"], dict) or not results["algorithms"]:
-        raise FileFormatError(f"{path} has no algorithms' results: {fix}")
-    for algo, r in results["algorithms"].items():
-        lacking = [k for k in _ALGORITHM_KEYS if not isinstance(r, dict) or k not in r]
-        if lacking:
-            raise FileFormatError(f"{path}: the results of {algo!r} lack "
-                                  f"{', '.join(map(repr, lacking))}: {fix}")
+    check_results_doc(results, path, "it is not a results.json that edgewise discover "
+                                     "wrote; rerun discover (--fresh) or restore the file")
 
 
 def _read_results(folder: Path) -> dict[str, Any]:
@@ -450,15 +444,76 @@ def _read_results(folder: Path) -> dict[str, Any]:
     return results
 
 
-class DataChangedError(ValueError):
+class DataChangedError(ProvenanceError):
     """Saved scores were computed on other prompts than the task gives now."""
+
+
+_RERUN = "or rerun edgewise discover with --fresh to recompute them"
+_OTHER_RUN = f"it is not the scores file of the results in results.json: restore that one, {_RERUN}"
+_FIXES = {  # what to do when a saved field differs from what evaluate has now
+    "model": f"restore the folder's own model, {_RERUN}",
+    "model_kind": "load the model as the kind it was (TransformerLens 3.x loads shipped "
+                  f"models as HookedTransformer, 4.x as TransformerBridge), {_RERUN}",
+    "weights_sha256": f"the model's weights changed since discover ran: restore them, {_RERUN}",
+    "task": f"restore the task, {_RERUN}",
+    "batch_size": f"restore the batch size, {_RERUN}",
+    "seq_len": f"restore the task's prompt length, {_RERUN}",
+    "graph_sha256": f"the model's graph changed since discover ran: restore it, {_RERUN}",
+    "edgewise_version": f"install the edgewise version that computed them, {_RERUN}",
+    "transformer_lens_version": f"install the TransformerLens version that computed them, {_RERUN}",
+}  # fmt: skip
+
+
+def _check_evaluate_provenance(folder: Path, previous: dict[str, Any],
+                               metas: dict[str, dict[str, Any]]) -> None:  # fmt: skip
+    """Before loading a model: ``results.json`` records where its results came from,
+    and every scores file comes from the same run (same fields, algorithm, parameters)."""
+    from edgewise.io.provenance import RUN_FIELDS, check_provenance
+
+    path = folder / "results.json"
+    settings = previous.get("settings") or {}
+    missing = [f for f in RUN_FIELDS if f not in settings]
+    if missing:
+        raise ProvenanceError(
+            f"{path} records no {', '.join(missing)} (settings): it was written before edgewise "
+            "recorded where results come from, so its scores cannot be checked against the "
+            "model and data; rerun edgewise discover with --fresh to recompute them")
+    for algo, meta in metas.items():
+        entry = previous["algorithms"][algo]
+        same_run = {**{f: settings[f] for f in RUN_FIELDS}, "algorithm": algo}
+        if "parameters" in entry:
+            same_run["parameters"] = entry["parameters"]
+        check_provenance(meta, same_run, str(folder / f"scores_{algo}.safetensors"),
+                         _OTHER_RUN, now_as="results.json has")
+
+
+def _check_current(paths: dict[str, Path], metas: dict[str, dict[str, Any]],
+                   now: dict[str, Any]) -> None:  # fmt: skip
+    """The model, data and libraries at hand are those every scores file records."""
+    from edgewise.io.provenance import differences, mismatch_message
+
+    for algo, meta in metas.items():
+        diffs = differences(meta, now)
+        if not diffs:
+            continue
+        if diffs[0].field == "data_sha256":
+            raise DataChangedError(
+                f"{paths[algo]} was computed on other prompts than task {now['task']!r} "
+                "gives now (their hash differs: the dataset changed since discover ran); "
+                "restore that data, or rerun edgewise discover with --fresh")
+        raise ProvenanceError(mismatch_message(str(paths[algo]), diffs, _FIXES[diffs[0].field]))
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Re-evaluate the scores saved in a results folder, on the data they were computed
-    from: the prompts' hash saved with each scores file must match the data the task
-    gives now at the batch size saved with them (else :class:`DataChangedError`). Only in
-    a folder ``discover`` made, without links, holding its lock."""
+    from, refusing anything else (:mod:`edgewise.io.provenance`): every scores file must
+    be the one of the results in ``results.json`` (same model, weights, task, data,
+    batch size, graph, algorithm, parameters and versions), and the model, prompts and
+    libraries loaded now must be those they record; a field that differs raises
+    :class:`~edgewise.io.provenance.ProvenanceError` naming the file, the field, both
+    values and the fix (:class:`DataChangedError` when it is the prompts' hash).
+    ``results.json`` is rewritten only after every check passed. Only in a folder
+    ``discover`` made, without links, holding its lock."""
     from edgewise.io.files import load_prune_scores
     from edgewise.io.results_folder import (
         OutputFolderError,
@@ -483,23 +538,22 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     with writing(folder):
         paths = {algo: folder / f"scores_{algo}.safetensors" for algo in previous["algorithms"]}
         metas = {algo: load_prune_scores(path)[1] for algo, path in paths.items()}
-        saved_batch = int(next(iter(metas.values())).get("batch_size") or 16)
+        _check_evaluate_provenance(folder, previous, metas)
+        saved_batch = int(previous["settings"]["batch_size"])
         task, pm, train, test = _setup(previous["model"], previous["task"], saved_batch)
-        data_sha256 = _sha256_of_data(train, test)
-        for algo, meta in metas.items():
-            if meta.get("data_sha256") != data_sha256:
-                raise DataChangedError(
-                    f"{paths[algo]} was computed on other prompts than task {previous['task']!r} "
-                    "gives now (their hash differs: the dataset changed since discover ran); "
-                    "restore that data, or rerun edgewise discover with --fresh")
+        now = _run_provenance(previous["model"], previous["task"], saved_batch, pm, train, test)
+        _check_current(paths, metas, now)
         if args.batch_size not in (None, saved_batch):
             _, test = task.dataloaders(pm.wrapped_model, args.batch_size)
         for algo, path in paths.items():
             scores, _ = load_prune_scores(path, pm)
-            seconds = previous["algorithms"][algo].get("seconds")
+            old = previous["algorithms"][algo]
             previous["algorithms"][algo] = evaluate_scores(pm, task, test, scores, algo,
                                                            args.quiet, args.max_memory)
-            previous["algorithms"][algo]["seconds"] = seconds
+            for key in ("parameters", "seconds"):  # how they were computed: unchanged
+                if key in old:
+                    previous["algorithms"][algo][key] = old[key]
+            previous["algorithms"][algo].setdefault("seconds", None)
         write_json(folder / "results.json", previous)
     return previous
 
@@ -518,14 +572,60 @@ def report(args: argparse.Namespace) -> Path:
 
     folder = Path(args.dir)
     results = _read_results(folder)
+    marker = read_marker(folder)
     target = folder / "report.html"
-    if os.path.lexists(target) and read_marker(folder) is None:
+    if os.path.lexists(target) and marker is None:
         raise OutputFolderError(f"{target} exists and {folder} was not made by edgewise "
                                 "discover (no .edgewise marker): move it away first")
     check_links(folder)
+    _check_report_provenance(folder, results, marker)
     check_writable(folder)
     with writing(folder):
         return write_report(results, target)
+
+
+def _scores_metadata(path: Path) -> dict[str, Any] | None:
+    """The metadata of a scores file's header (``None`` when it cannot be read: the
+    report does not use the file, ``evaluate`` names what is wrong with it)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["edgewise"])
+    except Exception:
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _check_report_provenance(folder: Path, results: dict[str, Any],
+                             marker: dict[str, Any] | None) -> None:  # fmt: skip
+    """The results drawn are this folder's: ``results.json`` names the marker's task and
+    model, and every scores file beside it records the same run. Results that record no
+    provenance (older edgewise) are drawn with a warning."""
+    from edgewise.io.provenance import RUN_FIELDS, check_provenance
+
+    path = folder / "results.json"
+    if marker is not None and (marker["model"], marker["task"]) != (results["model"],
+                                                                     results["task"]):
+        raise ProvenanceError(
+            f"{path} holds results of task {results['task']!r} on model {results['model']!r}, "
+            f"but {folder} holds task {marker['task']!r} on model {marker['model']!r} (its "
+            ".edgewise marker): it was copied from another folder; put it back, or rerun "
+            f"edgewise discover --out {folder}")
+    settings = results.get("settings") or {}
+    if any(f not in settings for f in RUN_FIELDS):
+        print(f"edgewise: warning: {path} records no model weights, versions or data hash "
+              "(written before edgewise recorded them): drawing it as it is; rerun edgewise "
+              "discover --fresh to have them", file=sys.stderr)
+    for algo, entry in results["algorithms"].items():
+        meta = _scores_metadata(folder / f"scores_{algo}.safetensors")
+        if meta is None:
+            continue
+        same_run = {**{f: settings[f] for f in RUN_FIELDS if f in settings}, "algorithm": algo}
+        if "parameters" in entry:
+            same_run["parameters"] = entry["parameters"]
+        check_provenance(meta, same_run, str(folder / f"scores_{algo}.safetensors"),
+                         _OTHER_RUN, now_as="results.json has")
 
 
 def summary_table(results: dict[str, Any]) -> str:

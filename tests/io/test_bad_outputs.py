@@ -145,7 +145,7 @@ def test_evaluate_checks_the_saved_batch_size_and_names_a_missing_dataset(run, c
     assert [v for _, v in again] == pytest.approx([v for _, v in saved], abs=1e-4)
 
     results = json.loads((run / "results.json").read_text())
-    results["task"] = str(run / "gone.json")
+    results["task"] = results["settings"]["task"] = str(run / "gone.json")
     (run / "results.json").write_text(json.dumps(results))
     with pytest.raises(FileNotFoundError, match=r"results\.json names the task .*gone\.json"):
         api(["evaluate", str(run)])
@@ -363,7 +363,7 @@ def test_damaged_truncated_and_empty_scores_files(run, capsys):
     ([], "holds a list"),
     ({"model": "m", "task": "t", "n_edges": 3, "algorithms": {}}, "no algorithms' results"),
     ({"model": "m", "task": "t", "n_edges": 3, "algorithms": {"eap": {"metric": "x"}}},
-     "results of 'eap' lack 'measurements', 'top_edges'"),
+     "field algorithms.eap lacks 'measurements', 'top_edges'"),
 ])
 def test_report_on_results_missing_keys(tmp_path, doc, says, capsys):
     (tmp_path / "results.json").write_text(json.dumps(doc))

@@ -218,7 +218,9 @@ def save_prune_scores(
     """Write scores to a safetensors file. The header holds ``metadata`` (model, task,
     algorithm, parameters, ...) as JSON, the library version, a sha256 of the metadata
     and tensors (checked on load) and, when ``model`` is given, every edge's name and
-    position in ``model.edges`` order."""
+    position in ``model.edges`` order and the model's identity and library versions
+    (:func:`edgewise.io.provenance.model_provenance`: ``model_kind``,
+    ``weights_sha256``, ``transformer_lens_version``; ``metadata`` may give them)."""
     from safetensors.torch import save_file
 
     from edgewise import __version__
@@ -228,6 +230,7 @@ def save_prune_scores(
     if model is not None:
         meta["edges"] = [[e.name, e.seq_idx] for e in model.edges]
         meta["seq_len"] = model.seq_len
+        _add_model_provenance(meta, model)
     tensors = {name: t.detach().cpu().contiguous() for name, t in prune_scores.items()}
     meta["sha256"] = _sha256_of_scores(json.dumps(meta), tensors)  # one header key: the
     header = {"edgewise": json.dumps(meta)}  # order of several is not fixed, bytes would vary
@@ -237,11 +240,15 @@ def save_prune_scores(
 def load_prune_scores(
     path: str | os.PathLike, model: PatchableModel | None = None
 ) -> tuple[PruneScores, dict[str, Any]]:
-    """Read scores and their metadata. With ``model``, check they fit its graph.
+    """Read scores and their metadata. With ``model``, check they fit its graph and
+    were computed on it.
 
     Raises :class:`FileFormatError` naming ``path`` when it is empty, truncated, not a
-    safetensors file or not edgewise's, and :class:`ChecksumError` when its bytes
-    changed after it was written (files of format 1 carry no checksum)."""
+    safetensors file or not edgewise's, :class:`ChecksumError` when its bytes
+    changed after it was written (files of format 1 carry no checksum), and
+    :class:`edgewise.io.provenance.ProvenanceError` when the file records another
+    model (its ``model_kind`` or ``weights_sha256`` differ from ``model``'s; a file that
+    records neither loads with a :class:`~edgewise.io.provenance.ProvenanceWarning`)."""
     from safetensors import safe_open
 
     try:
@@ -275,8 +282,25 @@ def load_prune_scores(
         for name, mod in model.dest_modules.items():
             if name not in scores or tuple(scores[name].shape) != mod.mask_shape:
                 raise ValueError(f"{path}: scores for {name} are missing or the wrong shape")
+        _check_model_provenance(meta, model, path)
         scores = {name: t.to(model.device) for name, t in scores.items()}
     return scores, meta
+
+
+# ---------------------------------------------------------- provenance (io/provenance.py)
+def _add_model_provenance(meta: dict[str, Any], model: Any) -> None:
+    """Record ``model``'s identity and the library versions in ``meta`` (keys it lacks)."""
+    from edgewise.io.provenance import model_provenance
+
+    for key, value in model_provenance(model).items():
+        meta.setdefault(key, value)
+
+
+def _check_model_provenance(meta: Mapping[str, Any], model: Any, path: Any) -> None:
+    """Refuse scores recorded for another model than ``model`` (see io/provenance.py)."""
+    from edgewise.io.provenance import check_model_identity
+
+    check_model_identity(meta, model, str(path))
 
 
 # ---------------------------------------------------------------------- MIB / EAP-IG
@@ -321,10 +345,17 @@ def save_mib_json(
     model: PatchableModel,
     prune_scores: PruneScores,
     circuit: Iterable[Edge] | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write scores (and which edges are in ``circuit``; default none) in the MIB /
     EAP-IG graph JSON format: ``{"cfg", "nodes": {name: {"in_graph"}}, "edges":
-    {name: {"score", "in_graph"}}}``. A node is in the graph when an edge touches it."""
+    {name: {"score", "in_graph"}}}``. A node is in the graph when an edge touches it.
+
+    ``provenance`` (what produced the scores, :mod:`edgewise.io.provenance`; the model's
+    identity is added) goes under a top-level ``"edgewise"`` key. MIB's and EAP-IG's
+    loaders (``Graph.from_json``; the leaderboard evaluator's ``load_graph_from_json``)
+    read only ``cfg``, ``nodes`` and ``edges`` and ignore it; without ``provenance`` the
+    file holds exactly those three keys (as MIB submission files do)."""
     _check_mib_compatible(model)
     inside = set(circuit or ())
     spec = model.adapter.spec
@@ -347,6 +378,9 @@ def save_mib_json(
         "nodes": {name: {"in_graph": v} for name, v in nodes.items()},
         "edges": edges,
     }
+    if provenance is not None:
+        doc["edgewise"] = dict(provenance)
+        _add_model_provenance(doc["edgewise"], model)
 
     def write(tmp: str) -> None:
         with open(tmp, "w") as f:
@@ -363,11 +397,18 @@ def load_mib_json(
     Every edge of ``model``'s graph must be in the file with a number (``Infinity`` is
     allowed, ``NaN`` is not) as ``score``; pass ``missing_score`` to give absent edges
     that score instead (they are then not in the circuit). A file that breaks any of
-    this raises :class:`FileFormatError` naming the file and the first bad edge."""
+    this raises :class:`FileFormatError` naming the file and the first bad edge. A file
+    whose ``"edgewise"`` key (see :func:`save_mib_json`) records another model raises
+    :class:`edgewise.io.provenance.ProvenanceError`; files without the key (MIB's,
+    EAP-IG's) load unchecked."""
     _check_mib_compatible(model)
     doc = read_json(path)
     if not isinstance(doc, dict) or not {"cfg", "edges"} <= set(doc):
         raise FileFormatError(f"{path} lacks the 'cfg' and 'edges' keys of the MIB graph format")
+    if "edgewise" in doc:
+        from edgewise.io.schema import check_mib_provenance
+
+        _check_model_provenance(check_mib_provenance(doc["edgewise"], path), model, path)
     cfg, entries = doc["cfg"], doc["edges"]
     if not isinstance(cfg, dict):
         raise FileFormatError(f"{path}: 'cfg' must be an object, got {type(cfg).__name__}")

@@ -75,7 +75,10 @@ def read_marker(folder: Path) -> dict[str, Any] | None:
     doc = read_json(path, f"it marks {folder} as edgewise's; restore it, or use another folder")
     if not isinstance(doc, dict) or doc.get("written_by") != "edgewise":
         raise OutputFolderError(f"{path} is not edgewise's marker file; use another folder")
-    return doc
+    from edgewise.io.schema import check_marker  # its fields' types (FieldError)
+
+    return check_marker(doc, path, f"restore it (it marks {folder} as edgewise's), or use "
+                                   "another folder")
 
 
 def write_marker(folder: Path, model: str | None, task: str | None, kind: str = RESULTS) -> None:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from edgewise.checks import require_int
 from edgewise.data import PromptDataLoader, checked_batches
-from edgewise.io.files import atomic_write, load_checkpoint
+from edgewise.io.files import FileFormatError, atomic_write, load_checkpoint
 from edgewise.patching.model import PatchableModel
 from edgewise.prune_algos.loss import (
     AnswerFunction,
@@ -93,11 +93,22 @@ def exact_patching_prune_scores(
     done = 0  # chunks finished, counted over all batches
     if checkpoint is not None and os.path.exists(checkpoint):
         state = load_checkpoint(checkpoint, "delete it (or pass --fresh) to start over")
+        if not isinstance(state, dict):
+            raise FileFormatError(f"the checkpoint {checkpoint} holds a {type(state).__name__}, "
+                                  "not edgewise's saved scores; delete it (or pass --fresh)")
         if state.get("fingerprint") != fingerprint:
             raise ValueError(f"the checkpoint {checkpoint} was written by a run with other "
                              "arguments, model or data; delete it or pass another path")
-        done = int(state["done"])
-        scores = {n: t.to(device=model.device, dtype=dtype) for n, t in state["scores"].items()}
+        try:
+            done = int(state["done"])
+            saved = {n: state["scores"][n] for n in scores}
+            if any(tuple(t.shape) != tuple(scores[n].shape) for n, t in saved.items()):
+                raise ValueError("scores of the wrong shape")
+            scores = {n: t.to(device=model.device, dtype=dtype) for n, t in saved.items()}
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            raise FileFormatError(f"the checkpoint {checkpoint} lacks part of the saved scores "
+                                  f"({type(e).__name__}: {str(e)[:80]}); delete it (or pass "
+                                  "--fresh) to start over") from None
 
     def save(done: int) -> None:
         state = {"fingerprint": fingerprint, "done": done,

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from edgewise.io.files import atomic_write
+from edgewise.io.files import FileFormatError, atomic_write
 from edgewise.prune_algos.acdc.search import _Group
 
 _CHECKPOINT_VERSION = 1
@@ -46,18 +46,26 @@ def _restore(
 ) -> tuple[int, list[_Group], int]:
     """The next destination, the groups and the forward count of a saved state; a state
     from other arguments raises ``ValueError``."""
+    if not isinstance(state, dict):
+        raise FileFormatError(f"the ACDC checkpoint {path} holds a {type(state).__name__}, not "
+                              "edgewise's saved search; delete it (or pass --fresh) to start over")
     if state.get("fingerprint") != fingerprint:
         raise ValueError(
             f"the ACDC checkpoint {path} was written by a run with other arguments, model, data or "
             f"number of processes ({state.get('fingerprint')} != {fingerprint}); delete it or pass "
             "another path"
         )
-    groups = [
-        _Group(
-            tuple(float(t) for t in g["taus"]),
-            {n: m.to(device=device, dtype=dtype) for n, m in g["masks"].items()},
-            float(g["prev"]),
-        )
-        for g in state["groups"]
-    ]
-    return int(state["next_dest"]), groups, int(state["n_forwards"])
+    try:
+        groups = [
+            _Group(
+                tuple(float(t) for t in g["taus"]),
+                {n: m.to(device=device, dtype=dtype) for n, m in g["masks"].items()},
+                float(g["prev"]),
+            )
+            for g in state["groups"]
+        ]
+        return int(state["next_dest"]), groups, int(state["n_forwards"])
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:
+        raise FileFormatError(f"the ACDC checkpoint {path} lacks part of the saved search "
+                              f"({type(e).__name__}: {str(e)[:80]}); delete it (or pass --fresh) "
+                              "to start over") from None
