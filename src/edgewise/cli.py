@@ -605,8 +605,8 @@ def _check_report_provenance(folder: Path, results: dict[str, Any],
     from edgewise.io.provenance import RUN_FIELDS, check_provenance
 
     path = folder / "results.json"
-    if marker is not None and (marker["model"], marker["task"]) != (results["model"],
-                                                                     results["task"]):
+    if marker is not None and (marker.get("model"), marker.get("task")) != (results["model"],
+                                                                             results["task"]):
         raise ProvenanceError(
             f"{path} holds results of task {results['task']!r} on model {results['model']!r}, "
             f"but {folder} holds task {marker['task']!r} on model {marker['model']!r} (its "

@@ -375,14 +375,20 @@ def check_resume_state(
 
 
 def check_marker(doc: Any, file: Any, fix: str) -> dict[str, Any]:
-    """Check a results folder's marker ``.edgewise``: ``written_by`` (``"edgewise"``),
-    ``model`` and ``task`` (strings), ``created_by_version`` (a string, when present)."""
+    """Check a folder's marker ``.edgewise``: ``written_by`` (``"edgewise"``), then either
+    ``model`` and ``task`` (strings: a results folder) or ``kind`` (a string naming
+    another kind of folder, such as MIB submission files), and ``created_by_version`` (a
+    string, when present)."""
     s = Schema(file, fix)
-    s.obj(doc, "", ("written_by", "model", "task"))
+    other_kind = isinstance(doc, dict) and "kind" in doc and doc["kind"] != "results"
+    s.obj(doc, "", ("written_by", "kind") if other_kind else ("written_by", "model", "task"))
     if doc["written_by"] != "edgewise":
         raise s.fail("written_by", f"is {_got(doc['written_by'])}, not 'edgewise'")
-    s.text(doc["model"], "model")
-    s.text(doc["task"], "task")
+    if other_kind:
+        s.text(doc["kind"], "kind")
+    else:
+        s.text(doc["model"], "model")
+        s.text(doc["task"], "task")
     if "created_by_version" in doc:
         s.text(doc["created_by_version"], "created_by_version")
     return doc
