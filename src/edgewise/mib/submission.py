@@ -446,12 +446,51 @@ def validate_submission(
 
 
 # ------------------------------------------------------------------- the command line
+def to_mib_scale(path: str | os.PathLike, prune_scores: PruneScores) -> tuple[PruneScores, str]:
+    """``prune_scores``, read from the scores file ``path``, in MIB's scale (the sum over
+    batches divided by the number of prompts, :mod:`edgewise.io.scale`), and a line
+    saying what was done. An edgewise scores file records its scale and prompt count
+    (``edgewise discover`` writes them): ``"sum"`` is divided by the count, ``"mean"``
+    and scores that are not reductions over prompts (``None``: ACDC, learned masks,
+    baselines) are kept. A MIB graph JSON (``.json``) is taken to be in MIB's scale.
+
+    Raises:
+        ValueError: the file records no scale (written before edgewise recorded it)."""
+    from edgewise.io.files import load_prune_scores
+    from edgewise.io.scale import rescale, saved_scale
+
+    path = Path(path)
+    if path.suffix == ".json":
+        return prune_scores, f"{path}: a MIB graph JSON, its scores written as they are"
+    _, meta = load_prune_scores(path)
+    record = saved_scale(meta, path)
+    if record is None:
+        raise ValueError(
+            f"{path} does not record the scale of its scores (it was written before edgewise "
+            "recorded it), so MIB's scale (an average over prompts) cannot be computed: "
+            "recompute it with edgewise discover --fresh, or pass --keep-scale to export "
+            "its numbers as they are"
+        )
+    scale, n_prompts = record
+    if scale != "sum":
+        return prune_scores, f"{path}: scale {scale}, written as it is"
+    converted = rescale(prune_scores, "sum", "mean", n_prompts)
+    return converted, (f"{path}: scores summed over {n_prompts} prompts, divided by "
+                       f"{n_prompts} (MIB's scale; --keep-scale keeps the sum)")  # fmt: skip
+
+
 def run_export(args: argparse.Namespace) -> list[Path]:
-    """``edgewise mib export``: a scores file -> MIB's importances (and/or circuits)."""
+    """``edgewise mib export``: a scores file -> MIB's importances (and/or circuits), in
+    MIB's scale unless ``--keep-scale``."""
+    import sys
+
     from edgewise.mib.evaluate import load_mib_setup, load_scores_file
 
     pm, _ = load_mib_setup(args.model, args.task, 16)
     scores = load_scores_file(args.scores_file, pm)
+    if not args.keep_scale:
+        scores, note = to_mib_scale(args.scores_file, scores)
+        print(note, file=sys.stderr)
     mib_task = args.mib_task or args.task
     paths = []
     if args.kind in ("importances", "both"):
@@ -492,6 +531,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="circuits: rank by |score| (true), signed score (false), or both folders",
     )
     e.add_argument("--out", required=True, metavar="DIR")
+    e.add_argument(
+        "--keep-scale",
+        action="store_true",
+        help="write the file's scores as they are; by default an edgewise scores file "
+        "summed over batches (eap, ig, ...) is divided by its recorded number of prompts, "
+        "MIB's scale (docs/mib.md)",
+    )
     e.set_defaults(mib_run=run_export)
     v = sub.add_parser("validate", help="check a submission folder against MIB's rules")
     v.add_argument("path")
@@ -507,6 +553,6 @@ __all__: Sequence[str] = (
     "CircuitSizeError", "EdgeSetError", "LayoutError", "MIB_MODEL_SHAPES", "MIB_TASK_MODELS",
     "NonFiniteScoreError", "SUBMISSION_PERCENTAGES", "SchemaError", "SubmissionError",
     "circuit_file_name", "export_circuits", "export_importances", "folder_name",
-    "import_submission", "mib_graph_names", "validate_file", "validate_submission",
-    "validate_task_model",
+    "import_submission", "mib_graph_names", "to_mib_scale", "validate_file",
+    "validate_submission", "validate_task_model",
 )  # fmt: skip
