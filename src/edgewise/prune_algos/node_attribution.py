@@ -203,10 +203,8 @@ def node_attribution_scores(
                     neuron[mod.module_name] += torch.einsum("bpd,nbpd->nd", g, rows) / passes
                 bar.update()
     bar.close()
-    neuron = apply_scale(neuron, scale, count_prompts(batches))
-    if level == "neuron":
-        return neuron
-    return {name: s.sum(-1) for name, s in neuron.items()}
+    out = neuron if level == "neuron" else {name: s.sum(-1) for name, s in neuron.items()}
+    return apply_scale(out, scale, count_prompts(batches))
 
 
 def _grad_points(model: PatchableModel, mlp_gradient: MlpGradient) -> dict[str, str]:
@@ -218,8 +216,9 @@ def _grad_points(model: PatchableModel, mlp_gradient: MlpGradient) -> dict[str, 
     mlp_inputs = {dh.module.block: dh.point for dh in model.dest_hooks if dh.module.kind == "mlp"}
     has_mlp = any(m.kind == "mlp" for m in model.graph.src_modules)
     if mlp_gradient == "input" and has_mlp and not mlp_inputs:
-        raise ValueError("mlp_gradient='input' reads the gradient at the MLP input destinations, "
-                         "which only a factorized graph has: wrap the model with factorized=True")  # fmt: skip
+        raise ValueError("mlp_gradient='input' (the default, MIB's) reads the gradient at the MLP "
+                         "input destinations, which only a factorized graph has: wrap the model "
+                         "with factorized=True, or pass mlp_gradient='output'")  # fmt: skip
     for mod in model.graph.src_modules:
         if mod.kind == "embed":
             points[mod.module_name] = INPUT_HOOK
