@@ -95,6 +95,7 @@ from edgewise.evaluation.node_circuits import (
 )
 from edgewise.graph.build import Graph, GraphSpec, build_graph
 from edgewise.io.files import load_mib_json, load_prune_scores, save_mib_json, save_prune_scores
+from edgewise.io.scale import rescale_scores
 from edgewise.metrics.answers import (
     batch_answer_diffs,
     batch_answer_vals,
@@ -200,7 +201,7 @@ __all__ = [
     "run_node_circuits", "node_attribution_scores", "FaithfulnessIntervals", "ScoreIntervals",
     "bootstrap_faithfulness", "bootstrap_scores", "eap_ig_activations_prune_scores",
     "clean_corrupted_prune_scores", "optimal_ablation_values", "GRAD_RULES", "GradRule",
-    "run_mib_demo",
+    "run_mib_demo", "rescale_scores",
     # auto-circuit's names (edgewise.compat, docs/auto_circuit.md)
     "Task", "TASKS", "TASK_DICT", "TRACR_XPROPORTION_TOKEN_CIRCUIT_TASK",
     "TRACR_REVERSE_TOKEN_CIRCUIT_TASK", "TOY_IOI_COMPONENT_CIRCUIT_TASK", "ExperimentTask", "PruneAlgo", "PruneMetric", "TaskPruneScores", "PRUNE_ALGOS",

@@ -17,7 +17,7 @@ Every gradient-based algorithm computes, for each batch, the gradient of the bat
 
 With batches of equal size ``B``, ``"mean"`` is the mean over prompts of each prompt's
 attribution divided by ``B``; with a smaller last batch its prompts weigh more. Either
-way ``mean == sum / N`` exactly, which is how :func:`rescale` converts, so rankings and
+way ``mean == sum / N`` exactly, which is how :func:`rescale_scores` converts, so rankings and
 therefore circuits (and MIB's CPR / CMD) are the same under both.
 
 A scores file records its scale under :data:`SCALE_KEY` in its metadata (see
@@ -59,10 +59,10 @@ def apply_scale(
 ) -> dict[str, torch.Tensor]:
     """Scores summed over batches, in ``scale``: unchanged for ``"sum"``, divided by
     ``n_prompts`` for ``"mean"``."""
-    return rescale(scores, "sum", scale, n_prompts)
+    return rescale_scores(scores, "sum", scale, n_prompts)
 
 
-def rescale(
+def rescale_scores(
     scores: Mapping[str, torch.Tensor], from_scale: Scale, to_scale: Scale, n_prompts: int
 ) -> dict[str, torch.Tensor]:
     """Scores (any dict of tensors) converted from ``from_scale`` to ``to_scale``:

@@ -25,6 +25,12 @@ leaderboard's evaluator ``mttk/MIB-circuit-track-autoeval`` (``eval_submissions.
   ``m11->logits``. The loader gives edges absent from the file a score of 0; edgewise's
   validation is stricter and requires every edge, with a finite score.
 
+* **Scale.** MIB's scores are its attribution code's: the sum over batches of each
+  batch's mean divided by the number of prompts (``docs/mib.md``). ``edgewise mib export``
+  converts an edgewise scores file summed over batches to that scale with the prompt
+  count the file records (:func:`to_mib_scale`; ``--keep-scale`` writes it as it is). The
+  functions below write the scores they are given.
+
 Not confirmed (the leaderboard's own format checker is not public): which file names it
 accepts (the evaluator reads any ``.json``/``.pt``; edgewise writes ``importances.json`` as
 MIB's scripts do, and ``edges_<percent>pct.json`` for circuits), and node- or neuron-level
@@ -457,7 +463,7 @@ def to_mib_scale(path: str | os.PathLike, prune_scores: PruneScores) -> tuple[Pr
     Raises:
         ValueError: the file records no scale (written before edgewise recorded it)."""
     from edgewise.io.files import load_prune_scores
-    from edgewise.io.scale import rescale, saved_scale
+    from edgewise.io.scale import rescale_scores, saved_scale
 
     path = Path(path)
     if path.suffix == ".json":
@@ -474,7 +480,7 @@ def to_mib_scale(path: str | os.PathLike, prune_scores: PruneScores) -> tuple[Pr
     scale, n_prompts = record
     if scale != "sum":
         return prune_scores, f"{path}: scale {scale}, written as it is"
-    converted = rescale(prune_scores, "sum", "mean", n_prompts)
+    converted = rescale_scores(prune_scores, "sum", "mean", n_prompts)
     return converted, (f"{path}: scores summed over {n_prompts} prompts, divided by "
                        f"{n_prompts} (MIB's scale; --keep-scale keeps the sum)")  # fmt: skip
 
