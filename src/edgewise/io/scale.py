@@ -17,8 +17,8 @@ Every gradient-based algorithm computes, for each batch, the gradient of the bat
 
 With batches of equal size ``B``, ``"mean"`` is the mean over prompts of each prompt's
 attribution divided by ``B``; with a smaller last batch its prompts weigh more. Either
-way ``mean == sum / N`` exactly, which is how :func:`rescale_scores` converts, so rankings and
-therefore circuits (and MIB's CPR / CMD) are the same under both.
+way ``mean == sum / N`` exactly, which is how :func:`rescale_scores` converts, so
+rankings and therefore circuits (and MIB's CPR / CMD) are the same under both.
 
 A scores file records its scale under :data:`SCALE_KEY` in its metadata (see
 :func:`scale_metadata`), so ``edgewise mib export`` can write MIB's scale whatever
