@@ -24,18 +24,21 @@ from util import VOCAB, random_loader, requires_hooked
 INPUT = "blocks.0.hook_resid_pre"
 
 
-def reference_neuron_scores(pm, loader, ablation="resample", mlp_gradient="output", steps=None):
+def reference_neuron_scores(pm, loader, ablation="resample", mlp_gradient="output", steps=None,
+                            ks=None):  # fmt: skip
     """``{src module: [n, d_model]}`` from plain hooks: TransformerLens' own source
     hooks (``hook_result``, ``hook_mlp_out``, the embeddings) and destination hooks
     (``hook_mlp_in``), its own backward; with ``steps``, the gradient averaged over
-    input embeddings interpolated from the corrupt prompt to the clean one."""
+    input embeddings interpolated from the corrupt prompt to the clean one, at ``k/steps``
+    for ``k`` in ``ks`` (default ``1..steps``)."""
     patches = batch_src_ablations(pm, loader, ablation, None if "mean" in ablation else "corrupt")
     out = {m.module_name: torch.zeros(m.n_heads or 1, int(pm.cfg.d_model), dtype=torch.float64)
            for m in pm.graph.src_modules}  # fmt: skip
     for batch in loader:
         _, clean_acts = capture_sources_and_dests(pm, batch.clean)
         x_clean, x_corrupt = pm.output_at(INPUT, batch.clean), pm.output_at(INPUT, batch.corrupt)
-        points = [(k / steps, 1 / steps) for k in range(1, steps + 1)] if steps else [(1.0, 1.0)]
+        ks = range(1, steps + 1) if ks is None and steps else ks
+        points = [(k / steps, 1 / steps) for k in ks] if steps else [(1.0, 1.0)]
         for alpha, weight in points:
             x = x_corrupt + alpha * (x_clean - x_corrupt)
             handle = pm.adapter.hook_point(INPUT).register_forward_hook(lambda _m, _i, _o, x=x: x)
@@ -146,6 +149,10 @@ def test_eap_ig_inputs_equals_interpolated_closed_form_and_one_step_is_eap():
     one = node_attribution_scores(pm, loader, method="eap-ig-inputs", integrated_grad_samples=1,
                                   progress=False)  # fmt: skip
     assert_scores_close(one, node_attribution_scores(pm, loader, progress=False))
+    corrupt_end = node_attribution_scores(pm, loader, method="eap-ig-inputs", level="neuron",
+                                          integrated_grad_samples=2, endpoint="corrupt",
+                                          mlp_gradient="output", scale="sum", progress=False)  # fmt: skip
+    assert_scores_close(corrupt_end, reference_neuron_scores(pm, loader, steps=2, ks=[0, 1]))
 
 
 @pytest.mark.parametrize("ablation", ["zero", "tokenwise_mean_clean"])
