@@ -13,8 +13,9 @@ VOCAB = 20
 
 def random_loader(seed: int = 0, n: int = 6, seq: int = 5, batch_size: int = 3,
                   n_answers: int | list[int] = 1, vocab: int = VOCAB,
-                  seq_len_edges: bool = False) -> PromptDataLoader:
-    """Clean/corrupt prompts differing at the last two positions, random answers."""
+                  seq_len_edges: bool = False, drop_last: bool = True) -> PromptDataLoader:
+    """Clean/corrupt prompts differing at the last two positions, random answers
+    (``drop_last=False``: a last batch of ``n % batch_size`` prompts)."""
     gen = torch.Generator().manual_seed(seed)
     clean = torch.randint(3, vocab, (n, seq), generator=gen)
     corrupt = clean.clone()
@@ -24,7 +25,7 @@ def random_loader(seed: int = 0, n: int = 6, seq: int = 5, batch_size: int = 3,
     wrong = [torch.randint(0, vocab, (c,), generator=gen) for c in counts]
     ds = PromptDataset(clean, corrupt, answers, wrong)
     return PromptDataLoader(ds, seq_len=seq if seq_len_edges else None, diverge_idx=0,
-                            batch_size=batch_size)
+                            batch_size=batch_size, drop_last=drop_last)
 
 
 requires_hooked = pytest.mark.skipif(

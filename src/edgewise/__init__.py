@@ -96,6 +96,7 @@ from edgewise.evaluation.node_circuits import (
 from edgewise.graph.build import Graph, GraphSpec, build_graph
 from edgewise.io.files import load_mib_json, load_prune_scores, save_mib_json, save_prune_scores
 from edgewise.io.provenance import ProvenanceError, ProvenanceWarning, weights_sha256
+from edgewise.io.scale import rescale_scores
 from edgewise.metrics.answers import (
     batch_answer_diffs,
     batch_answer_vals,
@@ -201,7 +202,7 @@ __all__ = [
     "run_node_circuits", "node_attribution_scores", "FaithfulnessIntervals", "ScoreIntervals",
     "bootstrap_faithfulness", "bootstrap_scores", "eap_ig_activations_prune_scores",
     "clean_corrupted_prune_scores", "optimal_ablation_values", "GRAD_RULES", "GradRule",
-    "run_mib_demo",
+    "run_mib_demo", "rescale_scores",
     # where saved results come from (edgewise.io.provenance)
     "ProvenanceError", "ProvenanceWarning", "weights_sha256",
     # auto-circuit's names (edgewise.compat, docs/auto_circuit.md)

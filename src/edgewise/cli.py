@@ -38,7 +38,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def _algorithm_params(
-    algo: str, task: Any, quiet: bool, max_memory: str | None = None
+    algo: str, task: Any, quiet: bool, max_memory: str | None = None,
+    scale: str | None = None, ig_endpoint: str | None = None,
 ) -> dict[str, Any]:
     from edgewise.prune_algos import ALGORITHMS
 
@@ -46,6 +47,10 @@ def _algorithm_params(
     params: dict[str, Any] = {"progress": not quiet} if a.progress else {}
     if max_memory is not None and a.max_memory:
         params["max_memory"] = max_memory
+    if scale is not None and a.takes_scale:  # --scale: where the algorithm has one
+        params["scale"] = scale
+    if ig_endpoint is not None and "endpoint" in a.defaults:
+        params["endpoint"] = ig_endpoint
     if a.loss:
         params.update(grad_function=task.grad_function, answer_function=task.answer_function)
     if a.faithfulness:
@@ -285,6 +290,7 @@ def discover(args: argparse.Namespace) -> dict[str, Any]:
     unknown = [a for a in algos if a not in ALGORITHMS]
     if unknown:
         raise ValueError(f"unknown algorithm(s) {unknown}. Algorithms: {', '.join(ALGORITHMS)}")
+    _check_scale_options(args, algos)
     if getattr(args, "bootstrap", None) is not None and args.bootstrap < 1:
         raise ValueError(f"--bootstrap must be a number of resamples >= 1 (e.g. 100), got "
                          f"{args.bootstrap}")  # fmt: skip
@@ -301,12 +307,27 @@ def discover(args: argparse.Namespace) -> dict[str, Any]:
         return _discover_locked(args, algos, model_name, task_name, out)
 
 
+def _check_scale_options(args: argparse.Namespace, algos: list[str]) -> None:
+    """``--scale`` and ``--ig-endpoint`` must reach at least one requested algorithm."""
+    from edgewise.prune_algos import ALGORITHMS
+
+    for option, value, takes in (
+        ("--scale", getattr(args, "scale", None), lambda a: a.takes_scale),
+        ("--ig-endpoint", getattr(args, "ig_endpoint", None), lambda a: "endpoint" in a.defaults),
+    ):
+        if value is not None and not any(takes(ALGORITHMS[a]) for a in algos):
+            users = ", ".join(n for n, a in ALGORITHMS.items() if takes(a))
+            raise ValueError(f"{option} applies to {users}; none of --algo {' '.join(algos)} "
+                             f"takes it: drop {option} or add one of those")  # fmt: skip
+
+
 def _discover_locked(
     args: argparse.Namespace, algos: list[str], model_name: str, task_name: str, out: Path
 ) -> dict[str, Any]:
 
     from edgewise.io.files import save_mib_json, save_prune_scores
     from edgewise.io.results_folder import write_marker
+    from edgewise.io.scale import SCALE_KEY, count_prompts, scale_metadata
     from edgewise.prune_algos import ALGORITHMS
 
     task, pm, train, test = _setup(model_name, task_name, args.batch_size)
@@ -340,7 +361,9 @@ def _discover_locked(
         return {"ablation_values": fitted["v"]}
 
     for algo in algos:  # every check before any work: a mismatch fails at once
-        params[algo] = _algorithm_params(algo, task, args.quiet, args.max_memory)
+        params[algo] = _algorithm_params(algo, task, args.quiet, args.max_memory,
+                                         getattr(args, "scale", None),
+                                         getattr(args, "ig_endpoint", None))  # fmt: skip
         saved = {k: v for k, v in {**ALGORITHMS[algo].defaults, **params[algo]}.items()
                  if k not in _NOT_PARAMETERS}
         if ablation is not None:
@@ -375,6 +398,8 @@ def _discover_locked(
                 raise
             seconds = before + time.perf_counter() - start
             meta = dict(r.fingerprint)  # everything that produced them (io/provenance.py)
+            meta[SCALE_KEY] = scale_metadata(ALGORITHMS[algo].score_scale(params[algo]),
+                                             count_prompts(train))  # fmt: skip
             save_prune_scores(out / f"scores_{algo}.safetensors", scores, pm, meta)
             write_json(state_path, {"fingerprint": r.fingerprint, "seconds": seconds})
             checkpoint.unlink(missing_ok=True)  # the scores file supersedes it
@@ -681,6 +706,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--oa-objective", choices=("lm", "task"), default="lm",
                    help="--ablation optimal: the loss the constants minimise: next-token "
                         "cross-entropy on the train prompts (lm, MIB's) or the task's loss")
+    d.add_argument("--scale", choices=["sum", "mean"], default=None,
+                   help="reduction of gradient scores over prompts: sum (the sum over batches "
+                        "of each batch's mean; the default of eap, ig, ig-layer, eap-frozen) or "
+                        "mean (that sum divided by the number of prompts, MIB's; the default of "
+                        "eap-ig-inputs, eap-ig-activations, clean-corrupted). Default: each "
+                        "algorithm's own; see docs/mib.md")
+    d.add_argument("--ig-endpoint", choices=["corrupt", "clean"], default=None,
+                   help="eap-ig-inputs' points on the corrupt -> clean path: corrupt "
+                        "(k = 0..m-1, MIB's; the default) or clean (k = 1..m)")
     d.add_argument("--bootstrap", type=int, metavar="N", default=None,
                    help="also compute 95%% bootstrap intervals over N resamples of the prompts "
                         "(seed 0): of the top edges' scores (train prompts) and of the "

@@ -130,6 +130,21 @@ def test_per_prompt_eap_equals_rescoring_the_resamples(toy, loader):
     assert torch.equal(_flat(pm, fast.lower), lo) and torch.equal(_flat(pm, fast.upper), hi)
 
 
+def test_per_prompt_eap_in_mibs_scale_equals_rescoring_the_resamples(toy):
+    """With ``scale="mean"`` the per-prompt combination is divided by the prompts too: the
+    point is the algorithm's own mean-scale scores, each resample its rescoring."""
+    pm, _, test = toy  # batches of 4 and 2
+    fast = bootstrap_scores(pm, test, "eap", 3, seed=5, keep_samples=True, progress=False,
+                            scale="mean")  # fmt: skip
+    assert fast.method == "per-prompt"
+    eap = _flat(pm, ALGORITHMS["eap"](pm, test, progress=False, scale="mean"))
+    tol = 1e-6 * float(eap.abs().max())
+    torch.testing.assert_close(_flat(pm, fast.point), eap, atol=tol, rtol=0)
+    again = ALGORITHMS["eap"](pm, resampled_loader(test, fast.indices[0]), progress=False,
+                              scale="mean")  # fmt: skip
+    torch.testing.assert_close(fast.samples[0], _flat(pm, again), atol=tol, rtol=0)
+
+
 def test_score_intervals_are_deterministic_for_a_seed(toy):
     pm, train, _ = toy
     a, b = (bootstrap_scores(pm, train, "eap", 6, seed=2, progress=False) for _ in range(2))

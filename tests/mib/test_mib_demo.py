@@ -55,9 +55,34 @@ def test_writes_its_files_and_marks_the_folder(run):
     assert [(m, iv.level) for m, iv in demo.rows] == [
         ("eap", "edge"), ("eap-ig-inputs", "edge"), ("eap", "node"), ("eap", "neuron"),
         ("eap-ig-inputs", "node"), ("eap-ig-inputs", "neuron"),
+        ("eap-ig-activations", "node"), ("eap-ig-activations", "neuron"),
     ]  # fmt: skip
     saved = read_json(out / RESULTS_FILE)
     assert [r["cpr"] for r in saved["rows"]] == [list(iv.cpr) for _, iv in demo.rows]
+
+
+def test_scores_are_mibs_numbers(run):
+    """Every method's scores in MIB's scale (EAP: auto-circuit's sum over batches divided
+    by the prompts), with MIB's EAP-IG points and node-level MLP gradient (the functions'
+    defaults, pinned in tests/prune_algos)."""
+    from edgewise.io.scale import count_prompts
+    from edgewise.mib.data import load_mib_task
+    from edgewise.mib.demo import _loader
+    from edgewise.prune_algos import eap_ig_inputs_prune_scores, mask_gradient_prune_scores
+    from edgewise.prune_algos.node_attribution import node_attribution_scores
+
+    _, demo = run
+    pm = demo.model
+    train = _loader(load_mib_task("ioi", None, pm.wrapped_model.tokenizer, split="train"))
+    n = count_prompts(train)
+    eap = mask_gradient_prune_scores(pm, train, None, "logit", "avg_diff", mask_val=0.0,
+                                     progress=False)  # fmt: skip
+    assert all(torch.equal(demo.edge_scores["eap"][k], eap[k] / n) for k in eap)
+    ig = eap_ig_inputs_prune_scores(pm, train, progress=False)
+    assert all(torch.equal(demo.edge_scores["eap-ig-inputs"][k], ig[k]) for k in ig)
+    acts = node_attribution_scores(pm, train, "eap-ig-activations", "node", progress=False)
+    got = demo.node_scores[("eap-ig-activations", "node")]
+    assert all(torch.equal(got[k], acts[k]) for k in acts)
 
 
 def test_submission_validates_and_reads_back_to_the_scores(run):

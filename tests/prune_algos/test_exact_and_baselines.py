@@ -149,10 +149,12 @@ def test_registry_and_command_line_run_the_new_algorithms(tmp_path):
     assert results["exact"]["auc"] > results["random"]["auc"]
 
 
-def _eap_ig_reference(pm, loader, m, grad_function="logit"):
+def _eap_ig_reference(pm, loader, m, grad_function="logit", ks=None):
     """Independent EAP-IG on inputs with TransformerLens's own per-head hooks: for each
-    path point run the model on the interpolated embedding, take the gradient at every
-    destination hook and dot it with corrupt minus clean source outputs, edge by edge."""
+    path point ``k`` in ``ks`` (default ``1..m``) run the model on the embedding
+    ``x_corrupt + k/m (x_clean - x_corrupt)``, take the gradient at every destination
+    hook and dot it with corrupt minus clean source outputs, edge by edge; the average
+    over the points, summed over batches."""
     from reference import capture_sources_and_dests
 
     scores = {n: torch.zeros(s.mask_shape, dtype=torch.float64) for n, s in pm.dest_modules.items()}
@@ -162,7 +164,7 @@ def _eap_ig_reference(pm, loader, m, grad_function="logit"):
         _, corrupt_acts = capture_sources_and_dests(pm, batch.corrupt)
         x_clean = clean_acts["blocks.0.hook_resid_pre"].detach()
         x_corrupt = corrupt_acts["blocks.0.hook_resid_pre"].detach()
-        for k in range(1, m + 1):
+        for k in range(1, m + 1) if ks is None else ks:
             # requires_grad: so that the first block's inputs are part of the graph
             x = (x_corrupt + (k / m) * (x_clean - x_corrupt)).requires_grad_(True)
             h = point.register_forward_hook(lambda _m, _i, _o, x=x: x)
@@ -188,7 +190,8 @@ def _eap_ig_reference(pm, loader, m, grad_function="logit"):
 def test_eap_ig_on_inputs_equals_an_independent_hook_computation(m):
     pm = patchable_model(_model(2))
     loader = random_loader(seed=6)
-    got = eap_ig_inputs_prune_scores(pm, loader, None, "logit", "avg_diff", m, progress=False)
+    got = eap_ig_inputs_prune_scores(pm, loader, None, "logit", "avg_diff", m, progress=False,
+                                     endpoint="clean", scale="sum")  # fmt: skip
     want = _eap_ig_reference(pm, loader, m)
     scale = max(float(w.abs().max()) for w in want.values())
     for n in got:
@@ -197,6 +200,49 @@ def test_eap_ig_on_inputs_equals_an_independent_hook_computation(m):
         eap = mask_gradient_prune_scores(pm, loader, None, "logit", "avg_diff", mask_val=0.0)
         for n in got:
             torch.testing.assert_close(got[n], eap[n], atol=1e-8 * scale, rtol=1e-7)
+
+
+@pytest.mark.parametrize("m", [1, 3])
+def test_eap_ig_on_inputs_defaults_are_mibs_points_and_scale(m):
+    """The function's and the registry's defaults: the points k = 0..m-1 (the corrupt end
+    on the path, the clean end not) and the sum over batches divided by the number of
+    prompts (7 prompts in batches of 3, 3 and 1). With m = 1 the one point is the
+    corrupt input: the gradient of the corrupt run (its own tokens, no hook at all)."""
+    pm = patchable_model(_model(2))
+    loader = random_loader(seed=6, n=7, batch_size=3, drop_last=False)
+    assert [b.clean.shape[0] for b in loader] == [3, 3, 1]
+    want = {n: t / 7 for n, t in _eap_ig_reference(pm, loader, m, ks=range(0, m)).items()}
+    scale = max(float(w.abs().max()) for w in want.values())
+    by_function = eap_ig_inputs_prune_scores(pm, loader, integrated_grad_samples=m, progress=False)
+    by_registry = ALGORITHMS["eap-ig-inputs"](pm, loader, integrated_grad_samples=m,
+                                              progress=False)  # fmt: skip
+    for got in (by_function, by_registry):
+        for n in want:
+            torch.testing.assert_close(got[n].double(), want[n], atol=1e-8 * scale, rtol=1e-7)
+    other = _eap_ig_reference(pm, loader, m)  # k = 1..m differs
+    assert any(not torch.allclose(other[n] / 7, want[n], atol=1e-6 * scale) for n in want)
+    if m == 1:
+        from reference import capture_sources_and_dests
+
+        corrupt_run = {n: torch.zeros(s.mask_shape, dtype=torch.float64)
+                       for n, s in pm.dest_modules.items()}  # fmt: skip
+        for batch in loader:
+            _, clean_acts = capture_sources_and_dests(pm, batch.clean)
+            logits, acts = capture_sources_and_dests(pm, batch.corrupt)
+            loss = answer_loss(grad_values(logits, "logit"), batch, "avg_diff")
+            names = list(pm.dest_modules)
+            grads = dict(zip(names, torch.autograd.grad(loss, [acts[n] for n in names])))
+            for e in pm.edges:
+                diff = acts[e.src.module_name].detach() - clean_acts[e.src.module_name].detach()
+                if e.src.head_idx is not None:
+                    diff = diff[:, :, e.src.head_idx]
+                g = grads[e.dest.module_name]
+                if e.dest.head_idx is not None:
+                    g = g[:, :, e.dest.head_idx]
+                corrupt_run[e.dest.module_name][e.patch_idx] += float((g * diff).sum()) / 7
+        for n in want:
+            torch.testing.assert_close(by_function[n].double(), corrupt_run[n],
+                                       atol=1e-8 * scale, rtol=1e-7)  # fmt: skip
 
 
 def test_eap_ig_on_inputs_refuses_prompts_of_different_lengths():

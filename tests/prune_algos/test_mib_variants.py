@@ -121,7 +121,7 @@ def test_ig_activations_equals_plain_hooks(kind):
     modules = None if kind == "hooked" else list(pm.graph.src_modules[:3])
     names = None if modules is None else [mod.module_name for mod in modules]
     got = eap_ig_activations_prune_scores(
-        pm, loader, integrated_grad_samples=2, sources=names, progress=False
+        pm, loader, integrated_grad_samples=2, sources=names, scale="sum", progress=False
     )
     assert_scores_close(got, reference_ig_activations(pm, loader, 2, modules))
 
@@ -130,7 +130,8 @@ def test_ig_activations_equals_plain_hooks(kind):
 def test_ig_activations_with_positions_equals_plain_hooks():
     pm = patchable_model(MODELS["hooked"](), seq_len=5)
     loader = random_loader(seed=5, n=2, batch_size=2, seq_len_edges=True)
-    got = eap_ig_activations_prune_scores(pm, loader, integrated_grad_samples=2, progress=False)
+    got = eap_ig_activations_prune_scores(pm, loader, integrated_grad_samples=2, scale="sum",
+                                          progress=False)  # fmt: skip
     assert_scores_close(got, reference_ig_activations(pm, loader, 2))
 
 
@@ -147,8 +148,9 @@ def test_ig_activations_one_step_is_eap_on_the_moved_module(kind):
     eap = reference_eap_scores(pm, loader)
     for module in pm.graph.src_modules:
         got = eap_ig_activations_prune_scores(
-            pm, loader, integrated_grad_samples=1, sources=[module.module_name], progress=False
-        )
+            pm, loader, integrated_grad_samples=1, sources=[module.module_name], scale="sum",
+            progress=False,
+        )  # fmt: skip
         for e in _out_of(pm, module):
             want = float(eap[e.dest.module_name][e.patch_idx])
             assert float(got[e.dest.module_name][e.patch_idx]) == pytest.approx(want, abs=1e-10)
@@ -183,8 +185,9 @@ def test_ig_activations_completeness_per_module():
     errors = []
     for m in (4, 32):
         got = eap_ig_activations_prune_scores(
-            pm, loader, integrated_grad_samples=m, sources=[module.module_name], progress=False
-        )
+            pm, loader, integrated_grad_samples=m, sources=[module.module_name], scale="sum",
+            progress=False,
+        )  # fmt: skip
         total = sum(float(got[e.dest.module_name][e.patch_idx]) for e in _out_of(pm, module))
         errors.append(abs(total - delta))
     assert errors[1] < errors[0] / 4  # first order in 1/m
@@ -206,7 +209,7 @@ def reference_clean_corrupted(pm, loader):
 def test_clean_corrupted_equals_plain_hooks(kind):
     pm = patchable_model(MODELS[kind]())
     loader = random_loader(seed=8, n=4, batch_size=2)  # two batches: scores add up
-    got = clean_corrupted_prune_scores(pm, loader, progress=False)
+    got = clean_corrupted_prune_scores(pm, loader, scale="sum", progress=False)
     assert_scores_close(got, reference_clean_corrupted(pm, loader))
     # its clean half is EAP: the average with the corrupt half differs from EAP
     eap = reference_eap_scores(pm, loader)
@@ -219,11 +222,10 @@ def test_clean_corrupted_is_the_mean_of_eap_ig_inputs_two_endpoints(kind):
     the corrupt end (k = 0): their mean is clean-corrupted."""
     pm = patchable_model(MODELS[kind]())
     loader = random_loader(seed=14, n=2, batch_size=2)
-    clean_end = eap_ig_inputs_prune_scores(pm, loader, integrated_grad_samples=1, progress=False)
-    corrupt_end = eap_ig_inputs_prune_scores(
-        pm, loader, integrated_grad_samples=1, endpoint="corrupt", progress=False
-    )
-    both = clean_corrupted_prune_scores(pm, loader, progress=False)
+    kw = {"integrated_grad_samples": 1, "scale": "sum", "progress": False}
+    clean_end = eap_ig_inputs_prune_scores(pm, loader, endpoint="clean", **kw)
+    corrupt_end = eap_ig_inputs_prune_scores(pm, loader, endpoint="corrupt", **kw)
+    both = clean_corrupted_prune_scores(pm, loader, scale="sum", progress=False)
     assert_scores_close({n: (clean_end[n] + corrupt_end[n]) / 2 for n in both}, both)
     assert_scores_close(clean_end, reference_eap_scores(pm, loader))
 
@@ -357,12 +359,12 @@ def test_grad_rules_reach_the_other_gradient_methods():
         pm, loader, None, "logit", "avg_diff", mask_val=0.0, grad_rules=rules, progress=False
     )
     ig = eap_ig_inputs_prune_scores(pm, loader, integrated_grad_samples=1, grad_rules=rules,
-                                    progress=False)  # fmt: skip
+                                    endpoint="clean", scale="sum", progress=False)  # fmt: skip
     assert_scores_close(ig, eap)
     module = pm.graph.src_modules[0]
     act = eap_ig_activations_prune_scores(
         pm, loader, integrated_grad_samples=1, sources=[module.module_name], grad_rules=rules,
-        progress=False,
+        scale="sum", progress=False,
     )  # fmt: skip
     for e in _out_of(pm, module):
         want = float(eap[e.dest.module_name][e.patch_idx])
@@ -414,3 +416,66 @@ def test_grad_rules_with_token_positions_and_a_memory_budget():
         got = mask_gradient_prune_scores(pm, loader, None, "logit", "avg_diff", mask_val=0.0,
                                          grad_rules=rules, max_memory=budget, progress=False)  # fmt: skip
         assert_scores_close(got, want)
+
+
+# ------------------------------------------------------------------- MIB's scale
+UNEVEN = {"n": 7, "batch_size": 3, "drop_last": False}  # batches of 3, 3 and 1 prompts
+
+SCALED = {
+    "mask_gradient eap": lambda pm, ld, **kw: mask_gradient_prune_scores(
+        pm, ld, None, "logit", "avg_diff", mask_val=0.0, progress=False, **kw),
+    "mask_gradient ig": lambda pm, ld, **kw: mask_gradient_prune_scores(
+        pm, ld, None, "logit", "avg_diff", integrated_grad_samples=2, progress=False, **kw),
+    "eap-ig-inputs": lambda pm, ld, **kw: eap_ig_inputs_prune_scores(
+        pm, ld, integrated_grad_samples=2, progress=False, **kw),
+    "eap-ig-activations": lambda pm, ld, **kw: eap_ig_activations_prune_scores(
+        pm, ld, integrated_grad_samples=1, sources=["blocks.0.hook_mlp_out"], progress=False, **kw),
+    "clean-corrupted": lambda pm, ld, **kw: clean_corrupted_prune_scores(
+        pm, ld, progress=False, **kw),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(SCALED))
+def test_mean_scale_is_the_sum_divided_by_the_prompts(name):
+    """``scale="mean"`` is exactly the ``"sum"`` scores over 7, the prompts of batches of
+    3, 3 and 1 (MIB divides by ``total_items``, the prompts it iterated)."""
+    pm = patchable_model(random_model(n_layers=1, d_vocab=VOCAB, dtype=torch.float64, seed=5))
+    loader = random_loader(seed=16, **UNEVEN)
+    assert [b.clean.shape[0] for b in loader] == [3, 3, 1]
+    summed = SCALED[name](pm, loader, scale="sum")
+    mean = SCALED[name](pm, loader, scale="mean")
+    assert max(float(t.abs().max()) for t in summed.values()) > 0
+    for n in summed:
+        assert torch.equal(mean[n], summed[n] / 7), n
+    with pytest.raises(ValueError, match="scale must be 'sum'.*or 'mean'.*got 'avg'"):
+        SCALED[name](pm, loader, scale="avg")
+
+
+def test_mib_scale_weighs_each_prompt_by_one_over_its_batch_and_the_prompts():
+    """MIB's reduction by hand: each batch's loss is its mean, the gradients add up, the
+    total is divided by N. So prompt p of batch b weighs 1 / (|b| N): with batches of 3,
+    3 and 1, the last prompt weighs three times the others. Per-prompt EAP scores come
+    from the plain-hook reference on one prompt per batch."""
+    pm = patchable_model(random_model(n_layers=1, d_vocab=VOCAB, dtype=torch.float64, seed=6))
+    loader = random_loader(seed=17, **UNEVEN)
+    single = random_loader(seed=17, n=7, batch_size=1)  # the same prompts, one per batch
+    per_prompt = [reference_eap_scores(pm, [batch]) for batch in single]
+    weights = [1 / 3] * 6 + [1.0]
+    want = {n: sum(w * s[n] for w, s in zip(weights, per_prompt)) / 7 for n in per_prompt[0]}
+    got = ALGORITHMS["eap"](pm, loader, progress=False, scale="mean")
+    assert_scores_close(got, want)
+    plain_mean = {n: sum(s[n] for s in per_prompt) / 7 for n in want}
+    assert any(not torch.allclose(want[n], plain_mean[n]) for n in want)
+
+
+def test_registry_scales_and_endpoints():
+    """The MIB methods give MIB's scale and points by default; auto-circuit's keep the
+    sum over batches; the others say whether export may rescale them."""
+    mean = {"eap-ig-inputs", "eap-ig-activations", "clean-corrupted"}
+    summed = {"eap", "ig", "ig-layer", "eap-frozen", "atp-star"}
+    for name, algo in ALGORITHMS.items():
+        want = "mean" if name in mean else "sum" if name in summed else None
+        assert algo.score_scale() == want, name
+    assert ALGORITHMS["eap-ig-inputs"].defaults["endpoint"] == "corrupt"
+    assert ALGORITHMS["eap"].score_scale({"scale": "mean"}) == "mean"
+    assert ALGORITHMS["atp-star"].score_scale({"scale": "mean"}) == "sum"  # takes none

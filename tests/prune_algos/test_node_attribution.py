@@ -1,6 +1,8 @@
-"""Node- and neuron-level EAP / EAP-IG equal their closed form computed with plain
-TransformerLens hooks (the gradient at each source's own output hook times
-``patch - clean``), and node EAP equals the sum of its outgoing edges' EAP scores."""
+"""Node- and neuron-level EAP / EAP-IG on inputs / EAP-IG on activations equal their
+closed form computed with plain TransformerLens hooks (the gradient at each source's own
+output hook, or an MLP's input hook, times ``patch - clean``); node EAP equals the sum of
+its outgoing edges' EAP scores; by default the scores are MIB's (the MLP gradient at its
+input, divided by the number of prompts)."""
 
 from __future__ import annotations
 
@@ -22,18 +24,21 @@ from util import VOCAB, random_loader, requires_hooked
 INPUT = "blocks.0.hook_resid_pre"
 
 
-def reference_neuron_scores(pm, loader, ablation="resample", mlp_gradient="output", steps=None):
+def reference_neuron_scores(pm, loader, ablation="resample", mlp_gradient="output", steps=None,
+                            ks=None):  # fmt: skip
     """``{src module: [n, d_model]}`` from plain hooks: TransformerLens' own source
     hooks (``hook_result``, ``hook_mlp_out``, the embeddings) and destination hooks
     (``hook_mlp_in``), its own backward; with ``steps``, the gradient averaged over
-    input embeddings interpolated from the corrupt prompt to the clean one."""
+    input embeddings interpolated from the corrupt prompt to the clean one, at ``k/steps``
+    for ``k`` in ``ks`` (default ``1..steps``)."""
     patches = batch_src_ablations(pm, loader, ablation, None if "mean" in ablation else "corrupt")
     out = {m.module_name: torch.zeros(m.n_heads or 1, int(pm.cfg.d_model), dtype=torch.float64)
            for m in pm.graph.src_modules}  # fmt: skip
     for batch in loader:
         _, clean_acts = capture_sources_and_dests(pm, batch.clean)
         x_clean, x_corrupt = pm.output_at(INPUT, batch.clean), pm.output_at(INPUT, batch.corrupt)
-        points = [(k / steps, 1 / steps) for k in range(1, steps + 1)] if steps else [(1.0, 1.0)]
+        ks = range(1, steps + 1) if ks is None and steps else ks
+        points = [(k / steps, 1 / steps) for k in ks] if steps else [(1.0, 1.0)]
         for alpha, weight in points:
             x = x_corrupt + alpha * (x_clean - x_corrupt)
             handle = pm.adapter.hook_point(INPUT).register_forward_hook(lambda _m, _i, _o, x=x: x)
@@ -94,10 +99,10 @@ def test_node_and_neuron_eap_equal_closed_form_hooked(n_layers, n_heads, gqa, at
     loader = random_loader(seed=seed % 97)
     want = reference_neuron_scores(pm, loader, mlp_gradient=mlp_gradient)
     neuron = node_attribution_scores(
-        pm, loader, level="neuron", mlp_gradient=mlp_gradient, progress=False
+        pm, loader, level="neuron", mlp_gradient=mlp_gradient, scale="sum", progress=False
     )
     node = node_attribution_scores(
-        pm, loader, level="node", mlp_gradient=mlp_gradient, progress=False
+        pm, loader, level="node", mlp_gradient=mlp_gradient, scale="sum", progress=False
     )
     assert_scores_close(neuron, want)
     assert_scores_close(node, {n: w.sum(-1) for n, w in want.items()})
@@ -120,7 +125,8 @@ def test_neuron_eap_equals_closed_form_bridge(arch, kv):
                           dtype=torch.float64)  # fmt: skip
     pm = patchable_model(model)
     loader = random_loader(seed=2)
-    got = node_attribution_scores(pm, loader, level="neuron", progress=False)
+    got = node_attribution_scores(pm, loader, level="neuron", mlp_gradient="output",
+                                  scale="sum", progress=False)  # fmt: skip
     assert_scores_close(got, reference_neuron_scores(pm, loader))
 
 
@@ -137,11 +143,16 @@ def test_eap_ig_inputs_equals_interpolated_closed_form_and_one_step_is_eap():
     pm = small_pm()
     loader = random_loader(seed=8)
     got = node_attribution_scores(pm, loader, method="eap-ig-inputs", level="neuron",
-                                  integrated_grad_samples=3, progress=False)  # fmt: skip
+                                  integrated_grad_samples=3, mlp_gradient="output", scale="sum",
+                                  progress=False)  # fmt: skip
     assert_scores_close(got, reference_neuron_scores(pm, loader, steps=3))
     one = node_attribution_scores(pm, loader, method="eap-ig-inputs", integrated_grad_samples=1,
                                   progress=False)  # fmt: skip
     assert_scores_close(one, node_attribution_scores(pm, loader, progress=False))
+    corrupt_end = node_attribution_scores(pm, loader, method="eap-ig-inputs", level="neuron",
+                                          integrated_grad_samples=2, endpoint="corrupt",
+                                          mlp_gradient="output", scale="sum", progress=False)  # fmt: skip
+    assert_scores_close(corrupt_end, reference_neuron_scores(pm, loader, steps=2, ks=[0, 1]))
 
 
 @pytest.mark.parametrize("ablation", ["zero", "tokenwise_mean_clean"])
@@ -149,9 +160,10 @@ def test_other_ablations_equal_closed_form(ablation):
     pm = small_pm()
     loader = random_loader(seed=9)
     got = node_attribution_scores(
-        pm, loader, level="neuron", ablation_type=ablation, progress=False
+        pm, loader, level="neuron", ablation_type=ablation, scale="sum", progress=False
     )
-    assert_scores_close(got, reference_neuron_scores(pm, loader, ablation=ablation))
+    want = reference_neuron_scores(pm, loader, ablation=ablation, mlp_gradient="input")
+    assert_scores_close(got, want)
 
 
 def test_bad_arguments_name_the_parameter():
@@ -161,11 +173,104 @@ def test_bad_arguments_name_the_parameter():
         ({"method": "ig"}, "method must be"),
         ({"level": "edge"}, "level must be"),
         ({"mlp_gradient": "middle"}, "mlp_gradient must be"),
+        ({"scale": "avg"}, "scale must be 'sum'"),
+        ({"endpoint": "middle"}, "endpoint must be"),
         ({"method": "eap-ig-inputs", "ablation_type": "zero"}, "corrupt prompts"),
         ({"grad_function": "nope"}, "grad_function"),
     ]:
         with pytest.raises(ValueError, match=match):
             node_attribution_scores(pm, loader, progress=False, **kwargs)
     residual = patchable_model(pm.wrapped_model, factorized=False)
-    with pytest.raises(ValueError, match="factorized"):
-        node_attribution_scores(residual, loader, mlp_gradient="input", progress=False)
+    with pytest.raises(ValueError, match="factorized=True, or pass mlp_gradient='output'"):
+        node_attribution_scores(residual, loader, progress=False)  # the default: "input"
+    node_attribution_scores(residual, loader, mlp_gradient="output", progress=False)
+
+
+def test_defaults_are_mibs_mlp_input_gradient_and_scale():
+    """By default an MLP's gradient is read at its input (``hook_mlp_in``) and the sum
+    over batches is divided by the number of prompts: 7 here, in batches of 3, 3 and 1."""
+    pm = small_pm()
+    loader = random_loader(seed=10, n=7, batch_size=3, drop_last=False)
+    assert [b.clean.shape[0] for b in loader] == [3, 3, 1]
+    at_input = {n: w / 7 for n, w in reference_neuron_scores(pm, loader, mlp_gradient="input").items()}
+    at_output = {n: w / 7 for n, w in reference_neuron_scores(pm, loader).items()}
+    got = node_attribution_scores(pm, loader, level="neuron", progress=False)
+    assert_scores_close(got, at_input)
+    mlps = [m.module_name for m in pm.graph.src_modules if m.kind == "mlp"]
+    assert all(not torch.allclose(at_input[n], at_output[n]) for n in mlps)
+    node = node_attribution_scores(pm, loader, progress=False)
+    assert_scores_close(node, {n: w.sum(-1) for n, w in at_input.items()})
+    summed = node_attribution_scores(pm, loader, scale="sum", progress=False)
+    assert all(torch.equal(node[n], summed[n] / 7) for n in node)
+
+
+def reference_ig_activations_neurons(pm, loader, m):
+    """MIB's node-level EAP-IG on activations with plain TransformerLens hooks, as
+    ``get_scores_ig_activations`` of EAP-IG's ``attribute_node.py`` writes it: for each
+    module's output hook (the embeddings, a block's ``hook_result`` with all its heads, an
+    MLP's ``hook_mlp_out``) and ``k = 1..m``, replace the output by ``a clean + (1 - a)
+    corrupt + out * 0`` (``a = k/m``), and add every node's ``gradient . (corrupt - clean)``;
+    divided by the number of passes, summed over batches. ``{"input": scores, "output":
+    scores}``: an MLP's gradient read at its input or at its output."""
+    modules = list(pm.graph.src_modules)
+    out = {read: {mod.module_name: torch.zeros(mod.n_heads or 1, int(pm.cfg.d_model),
+                                               dtype=torch.float64) for mod in modules}
+           for read in ("input", "output")}  # fmt: skip
+    for batch in loader:
+        _, clean = capture_sources_and_dests(pm, batch.clean)
+        _, corrupt = capture_sources_and_dests(pm, batch.corrupt)
+        for moved in modules:
+            name = moved.module_name
+            c_n, x_n = clean[name].detach(), corrupt[name].detach()
+            for k in range(1, m + 1):
+                a = k / m
+
+                def hook(_m, _i, o, a=a, c=c_n, x=x_n):
+                    return a * c + (1 - a) * x + o * 0
+
+                handle = pm.adapter.hook_point(name).register_forward_hook(hook)
+                try:
+                    logits, acts = capture_sources_and_dests(pm, batch.clean)
+                finally:
+                    handle.remove()
+                loss = answer_loss(grad_values(logits, "logit"), batch, "avg_diff")
+                names = sorted(acts)
+                grads = dict(zip(names, torch.autograd.grad(loss, [acts[n] for n in names],
+                                                            allow_unused=True)))  # fmt: skip
+                for mod, read in ((mod, read) for mod in modules for read in out):
+                    point = mod.module_name
+                    if mod.kind == "mlp" and read == "input":
+                        point = f"blocks.{mod.block}.hook_mlp_in"
+                    g = grads[point]
+                    g = torch.zeros_like(acts[point]) if g is None else g
+                    delta = corrupt[mod.module_name].detach() - clean[mod.module_name].detach()
+                    if mod.n_heads is None:
+                        delta, g = delta[None], g[None]
+                    else:  # [b, p, h, d] -> heads first
+                        delta, g = delta.permute(2, 0, 1, 3), g.permute(2, 0, 1, 3)
+                    term = (g.double() * delta.double()).sum((1, 2)) / (len(modules) * m)
+                    out[read][mod.module_name] += term
+    return out
+
+
+@pytest.mark.parametrize("kind", [pytest.param("hooked", marks=requires_hooked), "bridge"])
+def test_eap_ig_activations_equals_mibs_computation_with_plain_hooks(kind):
+    if kind == "hooked":
+        model = random_model(n_layers=2, n_heads=2, d_head=2, d_vocab=VOCAB, dtype=torch.float64)
+    else:
+        model = random_bridge("gpt2", n_layers=2, n_heads=2, d_head=2, d_vocab=VOCAB,
+                              dtype=torch.float64)  # fmt: skip
+    pm = patchable_model(model)
+    loader = random_loader(seed=11, n=3, batch_size=2, drop_last=False)  # batches of 2 and 1
+    want = reference_ig_activations_neurons(pm, loader, 2)
+    got = node_attribution_scores(pm, loader, method="eap-ig-activations", level="neuron",
+                                  integrated_grad_samples=2, progress=False)  # fmt: skip
+    assert_scores_close(got, {n: w / 3 for n, w in want["input"].items()})
+    if kind == "hooked":  # (the slower bridge: the default only)
+        out = node_attribution_scores(pm, loader, method="eap-ig-activations", level="node",
+                                      integrated_grad_samples=2, mlp_gradient="output",
+                                      scale="sum", progress=False)  # fmt: skip
+        assert_scores_close(out, {n: w.sum(-1) for n, w in want["output"].items()})
+    # a moved MLP passes no gradient back to its input: the two reads differ on MLPs
+    mlp = next(mod.module_name for mod in pm.graph.src_modules if mod.kind == "mlp")
+    assert not torch.allclose(want["input"][mlp], want["output"][mlp])

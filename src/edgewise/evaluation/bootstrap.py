@@ -285,6 +285,8 @@ def bootstrap_scores(
         per_prompt = torch.stack([score(resampled_loader(dataloader, torch.tensor([i]), batches))
                                   for i in range(n)])  # [n, n_edges]  # fmt: skip
         pos_w = _mean_weights(sizes)
+        if algo.score_scale(params) == "mean":  # MIB's scale: the sum divided by the prompts
+            pos_w = pos_w / n
         point = pos_w @ per_prompt
         samples = resample_weights(indices, pos_w, n) @ per_prompt  # [N, n_edges]
     else:

@@ -3,9 +3,11 @@ IOI model and the shipped made-up MIB-format IOI examples.
 
 1. discovery prompts: the ``train`` split, evaluation prompts: the ``validation`` split
    (:func:`~edgewise.mib.data.load_mib_task`, MIB's defaults);
-2. edge scores by EAP and EAP-IG on inputs; node and neuron scores by the same two
-   methods (:func:`~edgewise.prune_algos.node_attribution.node_attribution_scores`, the
-   MLP gradient at the MLP's input as MIB's code takes it);
+2. edge scores by EAP and EAP-IG on inputs; node and neuron scores by those two methods
+   and EAP-IG on activations
+   (:func:`~edgewise.prune_algos.node_attribution.node_attribution_scores`), every one
+   with MIB's conventions (docs/mib.md): averaged over prompts, EAP-IG's points, the MLP
+   gradient at the MLP's input;
 3. MIB submission files for each edge method (importances, and the 9 circuits ranked
    by signed and by ``abs`` score), validated and read back;
 4. CPR and CMD exactly as MIB computes them, at edge, node and neuron level, with
@@ -51,7 +53,7 @@ RESULTS_FILE = "mib_results.json"
 REPORT_FILE = "mib_report.html"
 SUBMISSION_DIR = "mib_submission"
 EDGE_METHODS = ("eap", "eap-ig-inputs")
-NODE_METHODS = ("eap", "eap-ig-inputs")
+NODE_METHODS = ("eap", "eap-ig-inputs", "eap-ig-activations")
 BATCH_SIZE = 16
 NOTE = (
     "Made-up MIB-format IOI examples on the shipped toy model: the numbers show the "
@@ -167,11 +169,11 @@ def _run_locked(folder: Path, n_resamples: int, progress: bool, seed: int) -> Mi
     eval_ds = load_mib_task(MIB_TASK, None, model.tokenizer, split="validation")
     train, test = _loader(train_ds), _loader(eval_ds)
 
-    edge_scores = {m: ALGORITHMS[m](pm, train, None, progress=progress) for m in EDGE_METHODS}
+    # MIB's scale for every method, also those whose registry default is auto-circuit's sum
+    edge_scores = {m: ALGORITHMS[m](pm, train, None, progress=progress, scale="mean")
+                   for m in EDGE_METHODS}  # fmt: skip
     node_scores = {
-        (m, lvl): node_attribution_scores(
-            pm, train, m, lvl, mlp_gradient="input", progress=progress
-        )  # fmt: skip
+        (m, lvl): node_attribution_scores(pm, train, m, lvl, progress=progress)
         for m in NODE_METHODS
         for lvl in ("node", "neuron")
     }
@@ -211,12 +213,12 @@ def format_summary(demo: MibDemo) -> str:
 
     level = demo.rows[0][1].level_ci if demo.rows else 0.95
     lines = [
-        f"{'method':<14} {'level':<7} {'CPR [' + f'{100 * level:g}% interval]':<28} "
+        f"{'method':<18} {'level':<7} {'CPR [' + f'{100 * level:g}% interval]':<28} "
         f"{'CMD [' + f'{100 * level:g}% interval]':<28}"
     ]
     for method, iv in demo.rows:
         lines.append(
-            f"{method:<14} {iv.level:<7} {interval_text(iv.cpr):<28} {interval_text(iv.cmd):<28}"
+            f"{method:<18} {iv.level:<7} {interval_text(iv.cpr):<28} {interval_text(iv.cmd):<28}"
         )
     lines.append("")
     for name, path in demo.paths.items():

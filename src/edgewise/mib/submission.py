@@ -25,6 +25,12 @@ leaderboard's evaluator ``mttk/MIB-circuit-track-autoeval`` (``eval_submissions.
   ``m11->logits``. The loader gives edges absent from the file a score of 0; edgewise's
   validation is stricter and requires every edge, with a finite score.
 
+* **Scale.** MIB's scores are its attribution code's: the sum over batches of each
+  batch's mean divided by the number of prompts (``docs/mib.md``). ``edgewise mib export``
+  converts an edgewise scores file summed over batches to that scale with the prompt
+  count the file records (:func:`to_mib_scale`; ``--keep-scale`` writes it as it is). The
+  functions below write the scores they are given.
+
 Not confirmed (the leaderboard's own format checker is not public): which file names it
 accepts (the evaluator reads any ``.json``/``.pt``; edgewise writes ``importances.json`` as
 MIB's scripts do, and ``edges_<percent>pct.json`` for circuits), and node- or neuron-level
@@ -458,8 +464,42 @@ def _export_targets(out: Path, pair: str, kind: str, absolute: bool | None) -> l
     return targets
 
 
+def to_mib_scale(path: str | os.PathLike, prune_scores: PruneScores) -> tuple[PruneScores, str]:
+    """``prune_scores``, read from the scores file ``path``, in MIB's scale (the sum over
+    batches divided by the number of prompts, :mod:`edgewise.io.scale`), and a line
+    saying what was done. An edgewise scores file records its scale and prompt count
+    (``edgewise discover`` writes them): ``"sum"`` is divided by the count, ``"mean"``
+    and scores that are not reductions over prompts (``None``: ACDC, learned masks,
+    baselines) are kept. A MIB graph JSON (``.json``) is taken to be in MIB's scale.
+
+    Raises:
+        ValueError: the file records no scale (written before edgewise recorded it)."""
+    from edgewise.io.files import load_prune_scores
+    from edgewise.io.scale import rescale_scores, saved_scale
+
+    path = Path(path)
+    if path.suffix == ".json":
+        return prune_scores, f"{path}: a MIB graph JSON, its scores written as they are"
+    _, meta = load_prune_scores(path)
+    record = saved_scale(meta, path)
+    if record is None:
+        raise ValueError(
+            f"{path} does not record the scale of its scores (it was written before edgewise "
+            "recorded it), so MIB's scale (an average over prompts) cannot be computed: "
+            "recompute it with edgewise discover --fresh, or pass --keep-scale to export "
+            "its numbers as they are"
+        )
+    scale, n_prompts = record
+    if scale != "sum":
+        return prune_scores, f"{path}: scale {scale}, written as it is"
+    converted = rescale_scores(prune_scores, "sum", "mean", n_prompts)
+    return converted, (f"{path}: scores summed over {n_prompts} prompts, divided by "
+                       f"{n_prompts} (MIB's scale; --keep-scale keeps the sum)")  # fmt: skip
+
+
 def run_export(args: argparse.Namespace) -> list[Path]:
-    """``edgewise mib export``: a scores file -> MIB's importances (and/or circuits).
+    """``edgewise mib export``: a scores file -> MIB's importances (and/or circuits), in
+    MIB's scale unless ``--keep-scale``.
 
     ``--out`` follows the folder rules of every edgewise command
     (:mod:`edgewise.io.results_folder`): it is marked as holding MIB submission files
@@ -467,6 +507,8 @@ def run_export(args: argparse.Namespace) -> list[Path]:
     there, one at a time under its lock), a non-empty folder without the marker is
     refused unless ``--allow-existing`` (then none of the entries this export writes may
     be there), links are refused, and every file is written atomically."""
+    import sys
+
     from edgewise.io.results_folder import (
         MIB_SUBMISSION,
         check_output_folder,
@@ -485,6 +527,9 @@ def run_export(args: argparse.Namespace) -> list[Path]:
         _refuse_mixed(folder, name)
     pm, _ = load_mib_setup(args.model, args.task, 16)
     scores = load_scores_file(args.scores_file, pm)
+    if not args.keep_scale:
+        scores, note = to_mib_scale(args.scores_file, scores)
+        print(note, file=sys.stderr)
     mib_task = args.mib_task or args.task
     paths = []
     with writing(out, top.__contains__):
@@ -530,6 +575,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--allow-existing", action="store_true",
                    help="write into a non-empty folder edgewise did not make; its files are "
                         "left alone (none may be a folder this export writes)")
+    e.add_argument(
+        "--keep-scale",
+        action="store_true",
+        help="write the file's scores as they are; by default an edgewise scores file "
+        "summed over batches (eap, ig, ...) is divided by its recorded number of prompts, "
+        "MIB's scale (docs/mib.md)",
+    )
     e.set_defaults(mib_run=run_export)
     v = sub.add_parser("validate", help="check a submission folder against MIB's rules")
     v.add_argument("path")
@@ -545,6 +597,6 @@ __all__: Sequence[str] = (
     "CircuitSizeError", "EdgeSetError", "LayoutError", "MIB_MODEL_SHAPES", "MIB_TASK_MODELS",
     "NonFiniteScoreError", "SUBMISSION_PERCENTAGES", "SchemaError", "SubmissionError",
     "circuit_file_name", "export_circuits", "export_importances", "folder_name",
-    "import_submission", "mib_graph_names", "validate_file", "validate_submission",
-    "validate_task_model",
+    "import_submission", "mib_graph_names", "to_mib_scale", "validate_file",
+    "validate_submission", "validate_task_model",
 )  # fmt: skip

@@ -39,7 +39,13 @@ class Algorithm:
     need not inspect it: ``progress`` (a progress bar), ``max_memory`` (a memory budget),
     ``checkpoint`` (resumable from a checkpoint file), ``loss`` (takes ``grad_function``
     and ``answer_function``), ``faithfulness`` (takes ``faithfulness_target``),
-    ``needs_official_edges`` (uses the task's official circuit)."""
+    ``needs_official_edges`` (uses the task's official circuit).
+
+    ``fixed_scale``: for a function without a ``scale`` parameter, how its scores are reduced
+    over prompts: ``"sum"`` (a sum over batches of each batch's mean, like EAP's) or
+    ``None`` (not a reduction over batches, e.g. ACDC's thresholds; never rescaled). A
+    function with the parameter has it in ``defaults``: the MIB methods ``"mean"``, the
+    auto-circuit ones ``"sum"`` (:mod:`edgewise.io.scale`)."""
 
     name: str
     function: Callable[..., Any]
@@ -51,6 +57,19 @@ class Algorithm:
     loss: bool = False
     faithfulness: bool = False
     needs_official_edges: bool = False
+    fixed_scale: str | None = None
+
+    @property
+    def takes_scale(self) -> bool:
+        """Whether the function takes a ``scale`` parameter (``"sum"`` or ``"mean"``)."""
+        return "scale" in self.defaults
+
+    def score_scale(self, params: dict[str, Any] | None = None) -> str | None:
+        """The scale of the scores a call with ``params`` gives: ``"sum"``, ``"mean"`` or
+        ``None`` (scores that are not reduced over batches)."""
+        if self.takes_scale:
+            return {**self.defaults, **(params or {})}["scale"]
+        return self.fixed_scale
 
     def __call__(self, model: Any, dataloader: Any, official_edges: Any = None, **params: Any) -> Any:
         return self.function(model, dataloader, official_edges, **{**self.defaults, **params})
@@ -59,20 +78,22 @@ class Algorithm:
 ALGORITHMS: dict[str, Algorithm] = {
     "eap": Algorithm(
         "eap", mask_gradient_prune_scores,
-        {"grad_function": "logit", "answer_function": "avg_diff", "mask_val": 0.0},
+        {"grad_function": "logit", "answer_function": "avg_diff", "mask_val": 0.0,
+         "scale": "sum"},
         "edge attribution patching: one forward and one backward pass (Syed et al. 2023)",
         max_memory=True, loss=True,
     ),
     "ig": Algorithm(
         "ig", mask_gradient_prune_scores,
-        {"grad_function": "logit", "answer_function": "avg_diff", "integrated_grad_samples": 10},
+        {"grad_function": "logit", "answer_function": "avg_diff", "integrated_grad_samples": 10,
+         "scale": "sum"},
         "integrated gradients over all masks from clean (0) to ablated (1)",
         max_memory=True, loss=True,
     ),
     "ig-layer": Algorithm(
         "ig-layer", mask_gradient_prune_scores,
         {"grad_function": "logit", "answer_function": "avg_diff", "integrated_grad_samples": 10,
-         "integrated_grad_mode": "layer"},
+         "integrated_grad_mode": "layer", "scale": "sum"},
         "integrated gradients, one destination layer's masks at a time",
         max_memory=True, loss=True,
     ),
@@ -83,26 +104,29 @@ ALGORITHMS: dict[str, Algorithm] = {
     ),
     "eap-ig-inputs": Algorithm(
         "eap-ig-inputs", eap_ig_inputs_prune_scores,
-        {"grad_function": "logit", "answer_function": "avg_diff", "integrated_grad_samples": 5},
-        "EAP-IG: gradients averaged along corrupt -> clean input embeddings (Hanna et al. 2024)",
+        {"grad_function": "logit", "answer_function": "avg_diff", "integrated_grad_samples": 5,
+         "endpoint": "corrupt", "scale": "mean"},
+        "EAP-IG: gradients averaged along corrupt -> clean input embeddings (Hanna et al. 2024); "
+        "MIB's points k = 0..m-1 and scale",
         loss=True,
     ),
     "eap-ig-activations": Algorithm(
         "eap-ig-activations", eap_ig_activations_prune_scores,
-        {"grad_function": "logit", "answer_function": "avg_diff", "integrated_grad_samples": 5},
+        {"grad_function": "logit", "answer_function": "avg_diff", "integrated_grad_samples": 5,
+         "scale": "mean"},
         "EAP-IG on activations: each module's output moved corrupt -> clean in turn (MIB)",
         loss=True,
     ),
     "clean-corrupted": Algorithm(
         "clean-corrupted", clean_corrupted_prune_scores,
-        {"grad_function": "logit", "answer_function": "avg_diff"},
+        {"grad_function": "logit", "answer_function": "avg_diff", "scale": "mean"},
         "EAP with the gradient averaged over the clean and the corrupt run (MIB)",
         loss=True,
     ),
     "eap-frozen": Algorithm(
         "eap-frozen", mask_gradient_prune_scores,
         {"grad_function": "logit", "answer_function": "avg_diff", "mask_val": 0.0,
-         "grad_rules": ("attention_pattern", "norm_scale")},
+         "grad_rules": ("attention_pattern", "norm_scale"), "scale": "sum"},
         "EAP with norm scales and attention patterns constant in the backward pass (LRP's "
         "LN- and AH-rules; the norm rule needs a HookedTransformer)",
         max_memory=True, loss=True,
@@ -112,7 +136,7 @@ ALGORITHMS: dict[str, Algorithm] = {
         {"grad_function": "logit", "answer_function": "avg_diff", "qk_fix": True,
          "grad_drop": True},
         "AtP* for edges: exact attention patterns for Q/K edges, GradDrop (Kramar et al. 2024)",
-        loss=True,
+        loss=True, fixed_scale="sum",
     ),
     "exact": Algorithm(
         "exact", exact_patching_prune_scores,

@@ -4,15 +4,16 @@ prompt::
 
     score(s -> d) = (z_s(corrupt) - z_s(clean)) . 1/2 (dL/d input_d (clean) + dL/d input_d (corrupt))
 
-summed over batches, where ``L`` is the same loss on both passes (the clean prompt's
-answers). It is the two-point (trapezoid) version of EAP-IG on inputs, whose path runs
+summed over batches and, by default, divided by the number of prompts (``scale="mean"``,
+MIB's; :mod:`edgewise.io.scale`), where ``L`` is the same loss on both passes (the clean
+prompt's answers). It is the two-point (trapezoid) version of EAP-IG on inputs, whose path runs
 between the same two inputs; its first half is EAP.
 
 Confirmed in hannamw/EAP-IG ``src/eap/attribute.py`` (``get_scores_clean_corrupted``,
 commit 7af394a that MIB-circuit-track pins): the corrupt pass is the model on the corrupt
 tokens with the metric of the clean labels, the difference is ``corrupt - clean`` from
-two unpatched runs, the sum is divided by 2 (and by the number of prompts, where edgewise
-sums the batches' mean losses), and only patching (resample) ablation is allowed.
+two unpatched runs, the sum is divided by 2 and by the number of prompts, and only
+patching (resample) ablation is allowed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from edgewise.data import PromptDataLoader, batch_output, checked_batches, require_full_prompts
+from edgewise.io.scale import Scale, apply_scale, check_scale, count_prompts
 from edgewise.patching.model import PatchableModel
 from edgewise.prune_algos.grad_rules import GradRule, check_grad_rules, gradient_rules
 from edgewise.prune_algos.loss import (
@@ -43,6 +45,7 @@ def clean_corrupted_prune_scores(
     answer_function: AnswerFunction = "avg_diff",
     progress: bool = True,
     grad_rules: Iterable[GradRule] | None = (),
+    scale: Scale = "mean",
 ) -> PruneScores:
     """Score every edge by the clean-corrupted method (see the module doc).
 
@@ -53,12 +56,15 @@ def clean_corrupted_prune_scores(
         grad_function, answer_function: the loss, as in ``mask_gradient_prune_scores``.
         progress: show a progress bar.
         grad_rules: gradient corrections (:mod:`edgewise.prune_algos.grad_rules`).
+        scale: ``"mean"`` (default, MIB's): divided by the number of prompts;
+            ``"sum"``: the sum over batches (:mod:`edgewise.io.scale`).
 
     Returns:
         Destination module name -> scores shaped like its mask
-        (``[(seq,) (heads,) n_srcs]``), summed over batches.
+        (``[(seq,) (heads,) n_srcs]``).
     """
     check_loss_functions(grad_function, answer_function)
+    scale = check_scale(scale)
     grad_rules = check_grad_rules(grad_rules)
     require_full_prompts(dataloader, model)
     batches = checked_batches(
@@ -93,4 +99,4 @@ def clean_corrupted_prune_scores(
                         scores[name] += grad / 2
                 bar.update()
     bar.close()
-    return scores
+    return apply_scale(scores, scale, count_prompts(batches))

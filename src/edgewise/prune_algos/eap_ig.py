@@ -2,19 +2,24 @@
 patching with the gradient averaged along a straight path of *input embeddings* from the
 corrupt prompt to the clean one::
 
-    score(s -> d) = (z_s(corrupt) - z_s(clean)) . 1/m sum_{k=1..m} dL/d input_d (x_k)
+    score(s -> d) = (z_s(corrupt) - z_s(clean)) . 1/m sum_k dL/d input_d (x_k)
     x_k = x_corrupt + k/m (x_clean - x_corrupt)
 
 where ``x`` is the residual stream entering the first block (token plus position
-embeddings) and ``z_s`` the source's output on the clean and corrupt prompts. With
-``m = 1`` it is EAP. Unlike integrated gradients over the masks
+embeddings) and ``z_s`` the source's output on the clean and corrupt prompts. Unlike
+integrated gradients over the masks
 (:func:`~edgewise.prune_algos.mask_gradient.mask_gradient_prune_scores`), the model is
 never patched; only its input moves.
 
-hannamw/EAP-IG, which MIB runs (``get_scores_eap_ig`` in ``src/eap/attribute.py``, commit
-7af394a), takes ``k = 0..m-1`` instead: the corrupt end is on the path and the clean end
-is not (with ``m = 1`` its score uses the gradient of the corrupt run alone).
-``endpoint="corrupt"`` gives those points.
+By default this is MIB's EAP-IG: hannamw/EAP-IG ``get_scores_eap_ig`` in
+``src/eap/attribute.py`` (commit 7af394a that MIB-circuit-track pins, and still at its
+later commits) takes ``k = 0..m-1`` (``endpoint="corrupt"``: the corrupt end is on the
+path and the clean end is not; with ``m = 1`` the score uses the gradient of the
+corrupt run alone) and divides by the number of prompts (``scale="mean"``).
+``endpoint="clean"`` takes ``k = 1..m`` instead (with ``m = 1`` it is EAP), and
+``scale="sum"`` keeps the sum over batches (:mod:`edgewise.io.scale`). MIB's node-level
+EAP-IG (``attribute_node.py``) takes ``k = 1..m``: see
+:func:`~edgewise.prune_algos.node_attribution.node_attribution_scores`.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from edgewise.data import (
     checked_batches,
     require_full_prompts,
 )
+from edgewise.io.scale import Scale, apply_scale, check_scale, count_prompts
 from edgewise.patching.model import PatchableModel
 from edgewise.prune_algos.grad_rules import GradRule, check_grad_rules, gradient_rules
 from edgewise.prune_algos.loss import (
@@ -57,43 +63,49 @@ def eap_ig_inputs_prune_scores(
     integrated_grad_samples: int = 5,
     progress: bool = True,
     grad_rules: Iterable[GradRule] | None = (),
-    endpoint: Literal["clean", "corrupt"] = "clean",
+    endpoint: Literal["clean", "corrupt"] = "corrupt",
+    scale: Scale = "mean",
 ) -> PruneScores:
-    """Score every edge by EAP-IG on the input embeddings.
+    """Score every edge by EAP-IG on the input embeddings; by default exactly as MIB's
+    reference code does (``k = 0..m-1``, divided by the number of prompts).
 
     Args:
         model: the patchable model.
         dataloader: clean / corrupt prompt pairs of the same token length.
         official_edges: unused (the common signature of scoring functions).
         grad_function, answer_function: the loss, as in ``mask_gradient_prune_scores``.
-        integrated_grad_samples: ``m``, the number of points on the path (``k = 1..m``).
+        integrated_grad_samples: ``m``, the number of points on the path (MIB's
+            ``--ig-steps``, 5 by default there and here).
         progress: show a progress bar.
         grad_rules: gradient corrections (:mod:`edgewise.prune_algos.grad_rules`).
-        endpoint: which end of the path is among the ``m`` points: ``"clean"``
-            (``k = 1..m``) or ``"corrupt"`` (``k = 0..m-1``, as MIB's EAP-IG code).
+        endpoint: which end of the path is among the ``m`` points: ``"corrupt"``
+            (default, ``k = 0..m-1``, MIB's edge-level EAP-IG) or ``"clean"`` (``k = 1..m``).
+        scale: ``"mean"`` (default, MIB's): the sum over batches of each batch's
+            mean-loss attribution divided by the number of prompts; ``"sum"``: not divided.
 
     Returns:
         Destination module name -> scores shaped like its mask.
     """
     check_loss_functions(grad_function, answer_function)
+    scale = check_scale(scale)
     grad_rules = check_grad_rules(grad_rules)
     if endpoint not in ("clean", "corrupt"):
         raise ValueError(f"endpoint must be 'clean' (k = 1..m) or 'corrupt' (k = 0..m-1), got {endpoint!r}")
     require_full_prompts(dataloader, model)
     integrated_grad_samples = require_int(integrated_grad_samples, "integrated_grad_samples", 1)
-    checked_batches(model, dataloader, "eap_ig_inputs_prune_scores", answer_function, True,
-                    right_padded=True)
+    batches = checked_batches(model, dataloader, "eap_ig_inputs_prune_scores", answer_function,
+                              True, right_padded=True)
     dtype = model.score_dtype
     scores = {n: torch.zeros(m.mask_shape, dtype=dtype, device=model.device)
               for n, m in model.dest_modules.items()}
     m = integrated_grad_samples
-    bar = tqdm(total=len(dataloader) * m, desc="EAP-IG inputs", disable=not progress)
+    bar = tqdm(total=len(batches) * m, desc="EAP-IG inputs", disable=not progress)
     with gradient_rules(model, grad_rules) as ruled:
-        for batch in dataloader:
+        for batch in batches:
             _batch(ruled, batch, m, endpoint == "corrupt", grad_function, answer_function,
                    dtype, scores, bar)  # fmt: skip
     bar.close()
-    return scores
+    return apply_scale(scores, scale, count_prompts(batches))
 
 
 def _batch(model: PatchableModel, batch: PromptPairBatch, m: int, from_corrupt: bool,

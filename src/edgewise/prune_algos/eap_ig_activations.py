@@ -12,7 +12,8 @@ and reads the gradient at every destination's input. Every edge's score is::
 
     score(s -> d) = 1/(|N| m) sum_{n, k} (ablated_s - clean_s) . dL/d input_d (pass n, k)
 
-summed over batches (``|N|`` the number of modules moved). As in hannamw/EAP-IG, every
+summed over batches (``|N|`` the number of modules moved) and, by default, divided by the
+number of prompts (``scale="mean"``, MIB's; :mod:`edgewise.io.scale`). As in hannamw/EAP-IG, every
 edge gets a term from every pass, not only the edges out of ``n``; and because ``z_n(k)``
 is a constant, no gradient flows through ``n`` to the destinations before it in that pass.
 
@@ -25,9 +26,8 @@ Conventions confirmed in hannamw/EAP-IG ``src/eap/attribute.py``
 (``get_scores_ig_activations``, commit 7af394a that MIB-circuit-track pins): the modules
 moved (input, ``a{l}.h0`` = the whole layer's ``attn.hook_result``, ``m{l}``), ``k = 1..m``
 with ``alpha = k/m`` weighting the clean activation, the hook's value a constant, the
-difference ``corrupt - clean``, and the division by the total number of passes. MIB then
-divides by the number of prompts; edgewise sums the batches' mean losses (like its EAP),
-so the scores differ by that positive factor only. MIB's "input" node is ``hook_embed``;
+difference ``corrupt - clean``, the division by the total number of passes and then by the
+number of prompts (``scale="mean"``; ``scale="sum"`` leaves the sum over batches). MIB's "input" node is ``hook_embed``;
 edgewise moves ``blocks.0.hook_resid_pre`` (the same path for resample ablation, where the
 position embeddings cancel). For mean and optimal ablations EAP-IG interpolates towards
 0 while multiplying by ``mean - clean`` or ``optimal - clean`` (its corrupt buffer is
@@ -53,6 +53,7 @@ from edgewise.data import (
     require_full_prompts,
 )
 from edgewise.graph.build import SrcModule
+from edgewise.io.scale import Scale, apply_scale, check_scale, count_prompts
 from edgewise.patching.model import PatchableModel
 from edgewise.prune_algos.eap_ig import hooked_mask_grads
 from edgewise.prune_algos.grad_rules import GradRule, check_grad_rules, gradient_rules
@@ -87,6 +88,7 @@ def eap_ig_activations_prune_scores(
     progress: bool = True,
     grad_rules: Iterable[GradRule] | None = (),
     ablation_values: torch.Tensor | None = None,
+    scale: Scale = "mean",
 ) -> PruneScores:
     """Score every edge by EAP-IG on activations (see the module doc).
 
@@ -105,17 +107,20 @@ def eap_ig_activations_prune_scores(
         ablation_values: instead of ``ablation_type``, fixed patch activations
             ``[n_srcs, 1, 1 | seq, d_model]`` shared by every prompt where each path ends,
             e.g. MIB's optimal ablation (``--ablation optimal``).
+        scale: ``"mean"`` (default, MIB's): divided by the number of prompts;
+            ``"sum"``: the sum over batches (:mod:`edgewise.io.scale`).
 
     Returns:
         Destination module name -> scores shaped like its mask
-        (``[(seq,) (heads,) n_srcs]``), summed over batches.
+        (``[(seq,) (heads,) n_srcs]``).
     """
     check_loss_functions(grad_function, answer_function)
+    scale = check_scale(scale)
     grad_rules = check_grad_rules(grad_rules)
     ablation_type = AblationType(ablation_type)
     m = require_int(integrated_grad_samples, "integrated_grad_samples", 1)
     require_full_prompts(dataloader, model, ablation_type)
-    modules = _chosen_modules(model, sources)
+    modules = modules_to_move(model, sources)
     fixed = None if ablation_values is None else check_ablation_values(model, ablation_values, ablation_type)
     if ablation_type.mean_over_dataset or fixed is not None:
         clean_corrupt = None
@@ -144,17 +149,17 @@ def eap_ig_activations_prune_scores(
             for module in modules:
                 step = delta[module.src_lo : module.src_hi].sum(0)  # [batch, seq, d_model]
                 for k in range(1, m + 1):
-                    hook = (module_output_hook(module), _moved(step, 1.0 - k / m))
+                    hook = (module_output_hook(module), moved_output_hook(step, 1.0 - k / m))
                     grads = hooked_mask_grads(ruled, [hook], patch, delta, batch,
                                               grad_function, answer_function, dtype)  # fmt: skip
                     for name, grad in grads.items():
                         scores[name] += grad / passes
                     bar.update()
     bar.close()
-    return scores
+    return apply_scale(scores, scale, count_prompts(batches))
 
 
-def _chosen_modules(model: PatchableModel, sources: Iterable[str] | None) -> list[SrcModule]:
+def modules_to_move(model: PatchableModel, sources: Iterable[str] | None) -> list[SrcModule]:
     """The source modules to move, in graph order, each with a hook the model has."""
     every = list(model.graph.src_modules)
     if sources is None:
@@ -181,7 +186,7 @@ def _chosen_modules(model: PatchableModel, sources: Iterable[str] | None) -> lis
     return chosen
 
 
-def _moved(step: torch.Tensor, t: float):
+def moved_output_hook(step: torch.Tensor, t: float):
     """A hook returning ``clean + t * step`` as a constant (no gradient to the module)."""
 
     def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> torch.Tensor:

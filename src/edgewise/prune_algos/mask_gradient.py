@@ -20,6 +20,7 @@ from edgewise.data import (
     refuse_padded_means,
     require_full_prompts,
 )
+from edgewise.io.scale import Scale, apply_scale, check_scale, count_prompts
 from edgewise.patching.model import PatchableModel
 from edgewise.prune_algos.grad_rules import GradRule, check_grad_rules, gradient_rules
 from edgewise.prune_algos.loss import (
@@ -60,6 +61,7 @@ def mask_gradient_prune_scores(
     max_memory: MaxMemory = None,
     grad_rules: Iterable[GradRule] | None = (),
     ablation_values: torch.Tensor | None = None,
+    scale: Scale = "sum",
 ) -> PruneScores:
     """Prune scores equal to the gradient of the loss with respect to the masks that
     interpolate every edge between its clean activation and its ablation.
@@ -69,7 +71,9 @@ def mask_gradient_prune_scores(
     the ablation given by ``ablation_type`` and ``clean_corrupt``. The output at
     ``model.out_slice`` goes through ``grad_function`` and ``answer_function``; each
     mask's gradient is summed over batches and samples, in float32 (float64 for a float64
-    model; never in a model's bfloat16/float16). That sum is the score.
+    model; never in a model's bfloat16/float16). That sum is the score (``scale="sum"``,
+    auto-circuit's contract); ``scale="mean"`` divides it by the number of prompts, the
+    scale of MIB's EAP (see :mod:`edgewise.io.scale`).
 
     With ``grad_function="logit"``, ``answer_function="avg_diff"`` and ``mask_val=0``
     this is exactly edge attribution patching: the score of ``(s, d)`` is
@@ -108,11 +112,15 @@ def mask_gradient_prune_scores(
         grad_rules: gradient corrections, parts of the model treated as constants in the
             backward pass (``"norm_scale"``, ``"attention_pattern"``; see
             :mod:`edgewise.prune_algos.grad_rules`). The forward pass is unchanged.
+        scale: ``"sum"`` (default): the sum over batches of each batch's mean-loss
+            gradient; ``"mean"``: that sum divided by the number of prompts, as MIB's
+            reference code reduces (:mod:`edgewise.io.scale`).
 
     Returns:
         Destination module name -> scores shaped like its mask.
     """
     check_loss_functions(grad_function, answer_function)
+    scale = check_scale(scale)
     grad_rules = check_grad_rules(grad_rules)
     ablation_type = AblationType(ablation_type)
     require_full_prompts(dataloader, model, ablation_type)
@@ -195,7 +203,7 @@ def mask_gradient_prune_scores(
     bar.close()
     if world > 1:  # summed in rank order: every process gets the same bits
         scores = {name: sum_over_ranks(t) for name, t in scores.items()}
-    return scores
+    return apply_scale(scores, scale, count_prompts(batches))
 
 
 def _n_passes(plan: Plan, batch: PromptPairBatch, steps: list) -> int:

@@ -1,36 +1,59 @@
-"""Node-level and neuron-level attribution scores: EAP and EAP-IG on inputs for whole
-sources (the embedding, each attention head, each MLP) and for each dimension of a
-source's output, as MIB's circuit track scores its node and neuron levels.
+"""Node-level and neuron-level attribution scores: EAP, EAP-IG on inputs and EAP-IG on
+activations for whole sources (the embedding, each attention head, each MLP) and for each
+dimension of a source's output, as MIB's circuit track scores its node and neuron levels.
 
 A *node* is a source of the graph; a *neuron* is one ``d_model`` dimension of a node's
 output (MIB's convention, EAP-IG ``Graph.neurons_scores`` ``[n_forward, d_model]``:
-not MLP hidden units, not head dimensions). With ``g_s = dL/d out_s`` (the gradient of
-the loss at the node's output, which is the same for every head of one block) and
-``delta_s = patch_s - clean_s``::
+not MLP hidden units, not head dimensions). With ``g_s`` the gradient of the loss read
+for node ``s`` and ``delta_s = patch_s - clean_s``::
 
     neuron score [s, j] = sum over batches, prompts and positions of g_s[..., j] * delta_s[..., j]
     node score   [s]    = sum_j neuron score [s, j]
 
-A node's output reaches the loss only through the destinations that read it, so the
-node score is exactly the sum of the EAP scores of the node's outgoing edges.
+divided by the number of prompts by default (``scale="mean"``, MIB's; ``"sum"`` keeps
+the sum over batches of each batch's mean-loss attribution, :mod:`edgewise.io.scale`).
 
-EAP-IG on inputs averages ``g_s`` over ``m`` points on the straight path of input
-embeddings from the corrupt prompt to the clean one (``k = 1..m``), as
-:func:`~edgewise.prune_algos.eap_ig.eap_ig_inputs_prune_scores` does for edges.
+Where ``g_s`` is read (``mlp_gradient``): MIB's code (hannamw/EAP-IG
+``src/eap/attribute_node.py``, ``make_hooks_and_matrices``, at the commit MIB pins) reads
+a head's gradient at its output (``hook_result``; every head of a block shares
+``dL/d hook_attn_out``), the embedding's at ``hook_embed`` and an MLP's at the MLP's
+*input* (``hook_mlp_in``), not its output. ``mlp_gradient="input"`` (default) is that;
+``"output"`` reads the MLP's gradient at ``hook_mlp_out``, the quantity whose product
+with ``delta_s`` is first-order attribution of the node. With ``"output"`` a node's score
+is exactly the sum of the EAP scores of its outgoing edges.
+
+Methods (``method``), each as ``attribute_node.py`` computes it:
+
+* ``"eap"``: ``g_s`` on the clean prompt (``get_scores_eap``).
+* ``"eap-ig-inputs"``: ``g_s`` averaged over ``m`` passes whose input embeddings lie on
+  the straight path from the corrupt prompt to the clean one, ``x_k = x_corrupt +
+  k/m (x_clean - x_corrupt)`` at ``k = 1..m`` (``get_scores_eap_ig``: at node level MIB
+  takes ``k = 1..m``, while its edge-level EAP-IG takes ``k = 0..m-1``;
+  ``endpoint="corrupt"`` gives ``k = 0..m-1`` here too). Resample ablation only.
+* ``"eap-ig-activations"``: for each source module ``n`` (the embeddings, each block's
+  attention output with all its heads together, each MLP) and ``k = 1..m``, one pass of
+  the clean prompt with ``n``'s output replaced by the constant ``clean_n + (1 - k/m)
+  (ablated_n - clean_n)``; every node's ``g_s`` from every pass is averaged over the
+  ``|N| m`` passes (``get_scores_ig_activations``). Being a constant, the moved output
+  passes no gradient back to what computed it: in the pass that moves an MLP, that MLP's
+  gradient read at its input is 0.
 
 Scores are ``{source module name: tensor}``: ``[n_heads]`` for a block's heads and
 ``[1]`` for the embedding or an MLP at node level, ``[n_heads | 1, d_model]`` at neuron
 level (:data:`NodeScores`; :func:`flat_node_scores` lays them out in source order).
 
-MIB's own code (hannamw/EAP-IG ``src/eap/attribute_node.py``, the version MIB pins)
-takes an MLP's gradient at the MLP's *input* (``hook_mlp_in``), not its output, while
-it takes heads' gradients at their outputs (``hook_result``) and the embedding's at
-``hook_embed``. ``mlp_gradient="input"`` reproduces that; the default ``"output"`` is
-the gradient at the node's output, the quantity the formula above describes.
+Where edgewise differs from that code: it reads the embedding's output at
+``blocks.0.hook_resid_pre`` (token plus position embeddings) where MIB reads
+``hook_embed`` (tokens only); the gradients are the same, and so is ``delta`` for resample
+ablation of prompts of one length, but not for zero or mean ablation of the input node.
+For mean ablations MIB's EAP-IG on activations moves each output towards 0 (its buffer of
+corrupt activations is never filled) while multiplying by ``mean - clean``; here the path
+ends at the ablation itself.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -45,7 +68,13 @@ from edgewise.data import (
     refuse_padded_means,
     require_full_prompts,
 )
+from edgewise.io.scale import Scale, apply_scale, check_scale, count_prompts
 from edgewise.patching.model import PatchableModel
+from edgewise.prune_algos.eap_ig_activations import (
+    module_output_hook,
+    modules_to_move,
+    moved_output_hook,
+)
 from edgewise.prune_algos.loss import (
     AnswerFunction,
     GradFunction,
@@ -61,7 +90,8 @@ from edgewise.runtime.ablation import (
 )
 from edgewise.types import AblationType, NodeLevel, NodeScores
 
-NodeMethod = Literal["eap", "eap-ig-inputs"]
+NodeMethod = Literal["eap", "eap-ig-inputs", "eap-ig-activations"]
+NODE_METHODS: tuple[str, ...] = ("eap", "eap-ig-inputs", "eap-ig-activations")
 MlpGradient = Literal["output", "input"]
 
 INPUT_HOOK = "blocks.0.hook_resid_pre"
@@ -77,59 +107,74 @@ def node_attribution_scores(
     ablation_type: AblationType = AblationType.RESAMPLE,
     clean_corrupt: CleanCorrupt | None = "corrupt",
     integrated_grad_samples: int = 5,
-    mlp_gradient: MlpGradient = "output",
+    mlp_gradient: MlpGradient = "input",
     progress: bool = True,
     ablation_values: torch.Tensor | None = None,
+    scale: Scale = "mean",
+    endpoint: Literal["clean", "corrupt"] = "clean",
 ) -> NodeScores:
     """Score every node (or every neuron: dimension of a node's output) by attribution
-    patching.
+    patching; by default exactly as MIB's reference code does (see the module doc).
 
     Args:
-        model: the patchable model (any graph: only its sources are scored).
+        model: the patchable model (any graph: only its sources are scored; the default
+            ``mlp_gradient="input"`` needs a factorized one).
         dataloader: clean / corrupt prompt pairs.
-        method: ``"eap"`` (the gradient on the clean prompt) or ``"eap-ig-inputs"`` (the
+        method: ``"eap"`` (the gradient on the clean prompt), ``"eap-ig-inputs"`` (the
             gradient averaged over ``integrated_grad_samples`` interpolated input
-            embeddings; resample ablation from the corrupt prompts only, as in MIB).
+            embeddings; resample ablation from the corrupt prompts only, as in MIB) or
+            ``"eap-ig-activations"`` (averaged over passes that each move one module's
+            output from its ablated to its clean value).
         level: ``"node"`` (one score per source) or ``"neuron"`` (one per output dimension).
         grad_function, answer_function: the loss, as for edge attribution patching.
         ablation_type, clean_corrupt: what ``patch_s`` is (as for edge scores).
-        integrated_grad_samples: ``m`` for ``"eap-ig-inputs"``.
-        mlp_gradient: ``"output"`` (the gradient at the MLP's output) or ``"input"``
-            (at its input ``hook_mlp_in``, as MIB's EAP-IG code computes it).
+        integrated_grad_samples: ``m`` for the two EAP-IG methods (MIB's ``--ig-steps``).
+        mlp_gradient: ``"input"`` (default: at the MLP's input ``hook_mlp_in``, where
+            MIB's code reads it) or ``"output"`` (at the MLP's output).
         progress: show a progress bar.
         ablation_values: for ``"eap"``, instead of ``ablation_type``, fixed patch
             activations ``[n_srcs, 1, 1 | seq, d_model]`` shared by every prompt (MIB's
             optimal ablation: ``patch_s`` is the source's optimal constant). EAP-IG on
             inputs refuses them, as MIB does.
+        scale: ``"mean"`` (default, MIB's): the sum over batches divided by the number of
+            prompts; ``"sum"``: not divided (:mod:`edgewise.io.scale`).
+        endpoint: for ``"eap-ig-inputs"``, which end of the path is among the ``m``
+            points: ``"clean"`` (default, ``k = 1..m``, MIB's node level) or
+            ``"corrupt"`` (``k = 0..m-1``, MIB's edge level).
 
     Returns:
-        :data:`NodeScores`: ``{source module: [n]}`` or ``{source module: [n, d_model]}``,
-        summed over batches (each batch's loss is its mean), in ``model.score_dtype``.
+        :data:`NodeScores`: ``{source module: [n]}`` or ``{source module: [n, d_model]}``
+        in ``model.score_dtype``.
     """
     check_loss_functions(grad_function, answer_function)
+    scale = check_scale(scale)
     ablation_type = AblationType(ablation_type)
-    if method not in ("eap", "eap-ig-inputs"):
-        raise ValueError(f"method must be 'eap' or 'eap-ig-inputs', got {method!r}")
+    if method not in NODE_METHODS:
+        raise ValueError(f"method must be one of {', '.join(map(repr, NODE_METHODS))}, got {method!r}")
     if level not in ("node", "neuron"):
         raise ValueError(f"level must be 'node' or 'neuron', got {level!r}")
     if mlp_gradient not in ("output", "input"):
         raise ValueError(
-            f"mlp_gradient must be 'output' or 'input' (MIB's EAP-IG code), got {mlp_gradient!r}"
+            f"mlp_gradient must be 'input' (MIB's EAP-IG code) or 'output', got {mlp_gradient!r}"
         )
-    ig = method == "eap-ig-inputs"
-    if ig and ablation_values is not None:
+    if endpoint not in ("clean", "corrupt"):
+        raise ValueError(f"endpoint must be 'clean' (k = 1..m) or 'corrupt' (k = 0..m-1), got {endpoint!r}")
+    ig_inputs = method == "eap-ig-inputs"
+    if ig_inputs and ablation_values is not None:
         raise ValueError(
             "EAP-IG on inputs interpolates from the corrupt prompt to the clean one, so it "
             "patches from the corrupt prompts only (MIB refuses other interventions for it "
-            "too); use method='eap' with ablation_values"
+            "too); use method='eap' or 'eap-ig-activations' with ablation_values"
         )
-    if ig and (ablation_type != AblationType.RESAMPLE or clean_corrupt != "corrupt"):
+    if ig_inputs and (ablation_type != AblationType.RESAMPLE or clean_corrupt != "corrupt"):
         raise ValueError(
             "EAP-IG on inputs interpolates from the corrupt prompt to the clean one, so it "
             f"patches from the corrupt prompts (resample); got ablation_type={ablation_type.value!r}, "
-            f"clean_corrupt={clean_corrupt!r}. Use method='eap' for other ablations."
+            f"clean_corrupt={clean_corrupt!r}. Use method='eap' or 'eap-ig-activations' for "
+            "other ablations."
         )
-    steps = require_int(integrated_grad_samples, "integrated_grad_samples", 1) if ig else 1
+    m = 1 if method == "eap" else require_int(integrated_grad_samples, "integrated_grad_samples", 1)
+    moved = modules_to_move(model, None) if method == "eap-ig-activations" else [None]
     require_full_prompts(dataloader, model, ablation_type)
     fixed = None if ablation_values is None else check_ablation_values(model, ablation_values, ablation_type)
     if ablation_type.mean_over_dataset or fixed is not None:
@@ -143,13 +188,14 @@ def node_attribution_scores(
     mean = (
         src_ablations(model, dataloader, ablation_type) if ablation_type.mean_over_dataset else fixed
     )
-    dtype, d = model.score_dtype, int(model.cfg.d_model)
-    neuron = {m.module_name: torch.zeros(m.n_heads or 1, d, dtype=dtype, device=model.device)
-              for m in model.graph.src_modules}  # fmt: skip
     points = _grad_points(model, mlp_gradient)
-    bar = tqdm(total=len(batches) * steps, desc=f"{method} {level}s", disable=not progress)
+    dtype, d = model.score_dtype, int(model.cfg.d_model)
+    neuron = {mod.module_name: torch.zeros(mod.n_heads or 1, d, dtype=dtype, device=model.device)
+              for mod in model.graph.src_modules}  # fmt: skip
+    passes = len(moved) * m
+    bar = tqdm(total=len(batches) * passes, desc=f"{method} {level}s", disable=not progress)
     for batch in batches:
-        if ig and batch.clean.shape != batch.corrupt.shape:
+        if ig_inputs and batch.clean.shape != batch.corrupt.shape:
             raise ValueError(
                 "EAP-IG on inputs interpolates the clean and corrupt embeddings position by "
                 f"position, so their token lengths must match; got clean {tuple(batch.clean.shape)}"
@@ -161,19 +207,29 @@ def node_attribution_scores(
         clean_src = model.src_outs(batch.clean)
         delta = (patch - clean_src).to(dtype)  # [n_srcs, batch, seq, d_model]
         x_clean = model.output_at(INPUT_HOOK, batch.clean)  # the embeddings [batch, seq, d_model]
-        x_corrupt = model.output_at(INPUT_HOOK, batch.corrupt) if ig else x_clean
-        for k in range(1, steps + 1):
-            x = x_corrupt + (k / steps) * (x_clean - x_corrupt) if ig else x_clean
-            grads = _output_grads(model, batch, x, points, grad_function, answer_function)
-            for mod in model.graph.src_modules:
-                g = grads[mod.module_name].to(dtype)  # [batch, seq, d_model]
-                rows = delta[mod.src_lo : mod.src_hi]  # [n, batch, seq, d_model]
-                neuron[mod.module_name] += torch.einsum("bpd,nbpd->nd", g, rows) / steps
-            bar.update()
+        x_corrupt = model.output_at(INPUT_HOOK, batch.corrupt) if ig_inputs else None
+        for module in moved:
+            # the moved module's step from clean to ablated [batch, seq, d_model]
+            step = None if module is None else delta[module.src_lo : module.src_hi].sum(0)
+            ks = range(0, m) if ig_inputs and endpoint == "corrupt" else range(1, m + 1)
+            for k in ks:
+                x, hooks = x_clean, []
+                if x_corrupt is not None:  # EAP-IG on inputs
+                    x = x_corrupt + (k / m) * (x_clean - x_corrupt)
+                elif module is not None and module.kind == "embed":
+                    x = x_clean + (1.0 - k / m) * step.to(x_clean.dtype)
+                elif module is not None:
+                    hooks = [(module_output_hook(module), moved_output_hook(step, 1.0 - k / m))]
+                grads = _output_grads(model, batch, x, points, grad_function, answer_function,
+                                      hooks)  # fmt: skip
+                for mod in model.graph.src_modules:
+                    g = grads[mod.module_name].to(dtype)  # [batch, seq, d_model]
+                    rows = delta[mod.src_lo : mod.src_hi]  # [n, batch, seq, d_model]
+                    neuron[mod.module_name] += torch.einsum("bpd,nbpd->nd", g, rows) / passes
+                bar.update()
     bar.close()
-    if level == "neuron":
-        return neuron
-    return {name: s.sum(-1) for name, s in neuron.items()}
+    out = neuron if level == "neuron" else {name: s.sum(-1) for name, s in neuron.items()}
+    return apply_scale(out, scale, count_prompts(batches))
 
 
 def _grad_points(model: PatchableModel, mlp_gradient: MlpGradient) -> dict[str, str]:
@@ -185,8 +241,9 @@ def _grad_points(model: PatchableModel, mlp_gradient: MlpGradient) -> dict[str, 
     mlp_inputs = {dh.module.block: dh.point for dh in model.dest_hooks if dh.module.kind == "mlp"}
     has_mlp = any(m.kind == "mlp" for m in model.graph.src_modules)
     if mlp_gradient == "input" and has_mlp and not mlp_inputs:
-        raise ValueError("mlp_gradient='input' reads the gradient at the MLP input destinations, "
-                         "which only a factorized graph has: wrap the model with factorized=True")  # fmt: skip
+        raise ValueError("mlp_gradient='input' (the default, MIB's) reads the gradient at the MLP "
+                         "input destinations, which only a factorized graph has: wrap the model "
+                         "with factorized=True, or pass mlp_gradient='output'")  # fmt: skip
     for mod in model.graph.src_modules:
         if mod.kind == "embed":
             points[mod.module_name] = INPUT_HOOK
@@ -212,15 +269,18 @@ def _output_grads(
     points: dict[str, str],
     grad_function: GradFunction,
     answer_function: AnswerFunction,
+    replace: Sequence[tuple[str, Any]] = (),
 ) -> dict[str, torch.Tensor]:
     """One forward pass on ``batch.clean`` with the input embeddings replaced by ``x``
-    ``[batch, seq, d_model]``; the loss's gradient at each point's output
+    ``[batch, seq, d_model]`` and the hooks ``replace`` (hook name, fn: another
+    module's output replaced) entered next; the loss's gradient at each point's output
     ``{source module: [batch, seq, d_model]}``. Each non-input point adds a zero leaf to
-    its output (the same forward pass) and the gradient is taken at that leaf: it is the
-    gradient of that output alone, also where a hook's output aliases another tensor."""
+    its output (the same forward pass, after any replacement there) and the gradient is
+    taken at that leaf: it is the gradient of that output alone, also where a hook's
+    output aliases another tensor."""
     leaves: dict[str, torch.Tensor] = {}
     x_leaf = x.detach().clone().requires_grad_(True)
-    hooks: list[tuple[str, Any]] = [(INPUT_HOOK, _replace(x_leaf))]
+    hooks: list[tuple[str, Any]] = [(INPUT_HOOK, _replace(x_leaf)), *replace]
     for point in sorted(set(points.values()) - {INPUT_HOOK}):
         hooks.append((point, _add_leaf(leaves, point)))
     with torch.enable_grad(), model.hooks(hooks):
