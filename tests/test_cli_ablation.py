@@ -22,7 +22,8 @@ def test_discover_scores_with_the_fitted_constants(tmp_path, capsys, monkeypatch
     import edgewise.cli
 
     def quick(pm, task, test, scores, algo, *args, **kwargs):  # evaluation is not tested here
-        return {"algorithm": algo, "metric": task.metric, "measurements": [], "top_edges": []}
+        return {"algorithm": algo, "metric": task.metric, "measurements": [[0, 0.0]],
+                "top_edges": []}
 
     monkeypatch.setattr(edgewise.cli, "evaluate_scores", quick)
     out = tmp_path / "run"

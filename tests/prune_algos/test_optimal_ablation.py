@@ -137,8 +137,10 @@ def test_optimal_values_through_eap_and_node_eap_equal_the_hook_reference(pm):
     scale = max(float(v.abs().max()) for v in want.values())
     for n in want:
         torch.testing.assert_close(got[n].double(), want[n], atol=1e-9 * scale, rtol=0)
+    # the sum over a node's outgoing edges: the sum scale, the gradient at the MLP's output
     nodes = flat_node_scores(pm, node_attribution_scores(pm, loader, "eap", "node",
-                                                         ablation_values=oa, progress=False))
+                                                         ablation_values=oa, scale="sum",
+                                                         mlp_gradient="output", progress=False))
     per_src = torch.zeros(len(pm.srcs), dtype=torch.float64)
     for e in pm.edges:
         per_src[e.src.src_idx] += want[e.dest.module_name][e.patch_idx]
@@ -161,7 +163,8 @@ def test_optimal_values_through_eap_ig_activations_follow_the_hooked_path(pm, m)
     oa = _oa(pm, loader)
     module = pm.graph.src_modules[1]  # block 0's attention: every head's constant
     got = eap_ig_activations_prune_scores(pm, loader, integrated_grad_samples=m, progress=False,
-                                          sources=[module.module_name], ablation_values=oa)
+                                          sources=[module.module_name], ablation_values=oa,
+                                          scale="sum")
     out_of = [e for e in pm.edges if module.src_lo <= e.src.src_idx < module.src_hi]
     total = sum(float(got[e.dest.module_name][e.patch_idx]) for e in out_of)
     want = 0.0
