@@ -23,6 +23,7 @@ from edgewise.data import (
     loader_batches,
     require_full_prompts,
 )
+from edgewise.data.checks import scoring_entry
 from edgewise.patching.model import PatchableModel
 from edgewise.runtime.ablation import (
     CleanCorrupt,
@@ -285,6 +286,7 @@ def _batch_circuits(
     return {size: p[0] if len(p) == 1 else torch.cat(p) for size, p in parts.items()}
 
 
+@scoring_entry
 def run_circuits(
     model: PatchableModel,
     dataloader: PromptDataLoader,

@@ -67,6 +67,7 @@ from typing import Any
 import torch
 
 from edgewise.data import PromptDataLoader, loader_batches
+from edgewise.data.checks import scoring_entry
 from edgewise.evaluation.circuits import _check_scores, run_circuits
 from edgewise.metrics.answers import batch_answer_diffs, last_position
 from edgewise.metrics.faithfulness import area_under_curve
@@ -206,6 +207,7 @@ def mib_faithfulness(value: float, empty: float, full: float) -> float:
     return (value - empty) / (full - empty)
 
 
+@scoring_entry
 def prompt_logit_diffs(
     model: PatchableModel, dataloader: PromptDataLoader, circuit_outs: CircuitOutputs
 ) -> dict[int, torch.Tensor]:
@@ -224,6 +226,7 @@ def prompt_logit_diffs(
     }
 
 
+@scoring_entry
 def mean_logit_diff(
     model: PatchableModel, dataloader: PromptDataLoader, circuit_outs: CircuitOutputs
 ) -> dict[int, float]:
@@ -239,6 +242,7 @@ def _nested(circuits: Sequence[set[Edge]]) -> bool:
     return all(a <= b for a, b in zip(ordered, ordered[1:]))
 
 
+@scoring_entry
 def measure_circuits_per_prompt(
     model: PatchableModel,
     dataloader: PromptDataLoader,
@@ -274,6 +278,7 @@ def measure_circuits_per_prompt(
     return [values[id(c)] for c in circuits], by_size[0], by_size[model.n_edges]
 
 
+@scoring_entry
 def measure_circuits(
     model: PatchableModel,
     dataloader: PromptDataLoader,
@@ -347,6 +352,7 @@ def _result(
     )
 
 
+@scoring_entry
 def mib_evaluate(
     model: PatchableModel,
     dataloader: PromptDataLoader,
@@ -388,6 +394,7 @@ def mib_evaluate(
     return _result(sizes, circuits, curves, full, empty)  # type: ignore[arg-type]
 
 
+@scoring_entry
 def mib_evaluate_circuits(
     model: PatchableModel,
     dataloader: PromptDataLoader,

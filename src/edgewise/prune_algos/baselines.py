@@ -6,10 +6,12 @@ from __future__ import annotations
 import torch
 
 from edgewise.data import PromptDataLoader, checked_batches, require_full_prompts
+from edgewise.data.checks import scoring_entry
 from edgewise.patching.model import PatchableModel
 from edgewise.types import Edge, PruneScores
 
 
+@scoring_entry
 def random_prune_scores(
     model: PatchableModel,
     dataloader: PromptDataLoader | None = None,
@@ -23,6 +25,7 @@ def random_prune_scores(
             for n, m in model.dest_modules.items()}  # fmt: skip
 
 
+@scoring_entry
 def activation_magnitude_prune_scores(
     model: PatchableModel,
     dataloader: PromptDataLoader,
@@ -46,6 +49,7 @@ def activation_magnitude_prune_scores(
     return _source_scores(model, total / n_batches)
 
 
+@scoring_entry
 def activation_norm_prune_scores(
     model: PatchableModel,
     dataloader: PromptDataLoader,
@@ -84,6 +88,7 @@ def _source_scores(model: PatchableModel, per_src: torch.Tensor) -> PruneScores:
     return scores
 
 
+@scoring_entry
 def ground_truth_prune_scores(
     model: PatchableModel,
     dataloader: PromptDataLoader | None = None,

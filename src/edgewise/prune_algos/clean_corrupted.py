@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from edgewise.data import PromptDataLoader, checked_batches, require_full_prompts
+from edgewise.data.checks import scoring_entry
 from edgewise.patching.model import PatchableModel
 from edgewise.prune_algos.grad_rules import GradRule, check_grad_rules, gradient_rules
 from edgewise.prune_algos.loss import (
@@ -35,6 +36,7 @@ from edgewise.prune_algos.loss import (
 from edgewise.types import Edge, PruneScores
 
 
+@scoring_entry
 def clean_corrupted_prune_scores(
     model: PatchableModel,
     dataloader: PromptDataLoader,

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from edgewise.checks import require_int
 from edgewise.data import PromptDataLoader, PromptPairBatch, checked_batches, require_full_prompts
+from edgewise.data.checks import scoring_entry
 from edgewise.patching.model import PatchableModel
 from edgewise.prune_algos.grad_rules import GradRule, check_grad_rules, gradient_rules
 from edgewise.prune_algos.loss import (
@@ -42,6 +43,7 @@ from edgewise.types import Edge, PruneScores
 INPUT_HOOK = "blocks.0.hook_resid_pre"
 
 
+@scoring_entry
 def eap_ig_inputs_prune_scores(
     model: PatchableModel,
     dataloader: PromptDataLoader,

@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from edgewise.checks import require_int
 from edgewise.data import PromptDataLoader, checked_batches, require_full_prompts
+from edgewise.data.checks import scoring_entry
 from edgewise.graph.build import SrcModule
 from edgewise.patching.model import PatchableModel
 from edgewise.prune_algos.eap_ig import hooked_mask_grads
@@ -67,6 +68,7 @@ def module_output_hook(module: SrcModule) -> str:
     return f"blocks.{module.block}.hook_{'attn' if module.kind == 'attn' else 'mlp'}_out"
 
 
+@scoring_entry
 def eap_ig_activations_prune_scores(
     model: PatchableModel,
     dataloader: PromptDataLoader,

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from edgewise.checks import require_int
 from edgewise.data import PromptDataLoader, checked_batches
+from edgewise.data.checks import scoring_entry
 from edgewise.patching.model import PatchableModel
 from edgewise.runtime.ablation import batch_src_ablations
 from edgewise.types import AblationType, Edge, PruneScores
@@ -69,6 +70,7 @@ def _expected_kept(theta: torch.Tensor, mask_fn: MaskFn) -> torch.Tensor:
     return torch.sigmoid(theta - _L0_SHIFT).sum()
 
 
+@scoring_entry
 def learned_mask_prune_scores(
     model: PatchableModel,
     dataloader: PromptDataLoader,
@@ -147,6 +149,7 @@ def _keep_probability(theta: torch.Tensor, mask_fn: MaskFn) -> torch.Tensor:
     return torch.sigmoid(theta.double() - shift).to(theta.dtype)
 
 
+@scoring_entry
 def learned_mask_sizes_prune_scores(
     model: PatchableModel,
     dataloader: PromptDataLoader,

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from edgewise.checks import require_int, require_real
 from edgewise.data import PromptDataLoader, PromptPairBatch, checked_batches, require_full_prompts
+from edgewise.data.checks import scoring_entry
 from edgewise.patching.model import PatchableModel
 from edgewise.prune_algos.grad_rules import GradRule, check_grad_rules, gradient_rules
 from edgewise.prune_algos.loss import (
@@ -38,6 +39,7 @@ from edgewise.types import AblationType, Edge, PruneScores
 IGMode = Literal["all", "layer"]
 
 
+@scoring_entry
 def mask_gradient_prune_scores(
     model: PatchableModel,
     dataloader: PromptDataLoader,

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from edgewise.checks import require_int
 from edgewise.data import PromptDataLoader, checked_batches, require_full_prompts
+from edgewise.data.checks import scoring_entry
 from edgewise.patching.model import PatchableModel
 from edgewise.prune_algos.loss import (
     AnswerFunction,
@@ -56,6 +57,7 @@ MlpGradient = Literal["output", "input"]
 INPUT_HOOK = "blocks.0.hook_resid_pre"
 
 
+@scoring_entry
 def node_attribution_scores(
     model: PatchableModel,
     dataloader: PromptDataLoader,

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from edgewise.checks import require_int
 from edgewise.data import PromptDataLoader, PromptPairBatch, checked_batches
+from edgewise.data.checks import scoring_entry
 from edgewise.evaluation.circuits import prune_scores_threshold
 from edgewise.metrics.answers import _mean_gather, batch_answer_diffs, top_answer_correct
 from edgewise.patching.model import PatchableModel
@@ -99,6 +100,7 @@ def _faithfulness(target: str, logits: torch.Tensor, clean: torch.Tensor, batch:
     raise ValueError(f"faithfulness_target must be one of {SP_FAITHFULNESS_TARGET.__args__}, got {target!r}")
 
 
+@scoring_entry
 def subnetwork_probing_prune_scores(
     model: PatchableModel,
     dataloader: PromptDataLoader,
@@ -249,6 +251,7 @@ def _validate(model: PatchableModel, batches: list[PromptPairBatch], i: int, the
         return float(100 * percent.mean())
 
 
+@scoring_entry
 def circuit_probing_prune_scores(
     model: PatchableModel,
     dataloader: PromptDataLoader,
