@@ -10,14 +10,13 @@ from __future__ import annotations
 import functools
 import inspect
 import warnings
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from edgewise.checks import eval_mode
 from edgewise.data.batches import PromptPairBatch
 from edgewise.data.tokens import _is_token_id
 
@@ -55,55 +54,6 @@ def reiterable(dataloader: Any, who: str) -> Any:
             "load_datasets_from_json(...) or PromptDataLoader(PromptDataset(...))"
         )
     return dataloader
-
-
-_warned_train_mode: weakref.WeakSet[nn.Module] = weakref.WeakSet()
-
-
-def _active_dropout(modules: Iterable[nn.Module]) -> bool:
-    """Whether any of ``modules`` drops out at random: a dropout layer with ``p > 0``,
-    or an attention module with a positive ``*dropout*`` rate it passes to its kernel."""
-    for m in modules:
-        if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
-            return True
-        if any("dropout" in k and isinstance(v, float) and v > 0 for k, v in vars(m).items()):
-            return True
-    return False
-
-
-@contextmanager
-def eval_mode(model: Any, who: str) -> Iterator[None]:
-    """Run ``model`` (a ``PatchableModel`` or any ``nn.Module``) in eval mode inside the
-    block and give every submodule its own training flag back afterwards. When the model
-    was training with dropout on, warn once per model: its scores would otherwise be
-    random (a different result on every call)."""
-    module = model if isinstance(model, nn.Module) else getattr(model, "wrapped_model", None)
-    if not isinstance(module, nn.Module):
-        yield
-        return
-    training = [m for m in module.modules() if m.training]
-    if not training:
-        yield
-        return
-    user_model = getattr(model, "wrapped_model", module)
-    if _active_dropout(training) and user_model not in _warned_train_mode:
-        _warned_train_mode.add(user_model)
-        warnings.warn(
-            f"{who}: {type(user_model).__name__} is in training mode with dropout on, which "
-            "would make every score and circuit output random. edgewise runs it in eval "
-            "mode (dropout off) inside its scoring, evaluation and wrapping functions and "
-            "restores training mode when each returns; call model.eval() first to silence "
-            "this warning.",
-            UserWarning,
-            stacklevel=4,
-        )
-    for m in training:
-        m.training = False
-    try:
-        yield
-    finally:
-        for m in training:
-            m.training = True
 
 
 def scoring_entry(fn: _F) -> _F:

@@ -80,8 +80,9 @@ def mask_gradient_prune_scores(
             detached denominator).
         answer_function: ``avg_diff``, ``avg_val`` or ``mse`` (see
             :func:`edgewise.prune_algos.loss.answer_loss`).
-        mask_val: the mask value of the forward pass. Exclusive with
-            ``integrated_grad_samples``.
+        mask_val: the mask value of the forward pass, in ``[0, 1]`` (0: every edge
+            clean, 1: every edge ablated; anything else is a ``ValueError``). Exclusive
+            with ``integrated_grad_samples``.
         integrated_grad_samples: number of interpolation steps ``N`` (``N + 1`` points).
         ablation_type: what ablated edges carry (an :class:`AblationType` or its name,
             e.g. ``"zero"``).
@@ -118,7 +119,8 @@ def mask_gradient_prune_scores(
             f"got mask_val={mask_val!r}, integrated_grad_samples={integrated_grad_samples!r}"
         )
     if mask_val is not None:
-        mask_val = require_real(mask_val, "mask_val")
+        mask_val = require_real(mask_val, "mask_val", 0.0, 1.0,
+                                meaning="0: every edge clean, 1: every edge ablated")
     if integrated_grad_samples is not None:
         integrated_grad_samples = require_int(integrated_grad_samples, "integrated_grad_samples", 1)
     if integrated_grad_mode not in ("all", "layer"):
