@@ -23,6 +23,8 @@ from edgewise.data.batches import (
 from edgewise.data.json_format import (
     _PROMPT_FIELDS,
     _answer_ids,
+    _checked_seq_labels,
+    _checked_word_idxs,
     _encode,
     _pairs_to_json_dict,
     _shift_word_idxs,
@@ -259,15 +261,9 @@ class PromptDataset(Dataset[PromptPair]):
                     f"the prompts have different lengths ({sorted(lengths)}) but there is no pad "
                     "token id; pass pad_id=... or set tokenizer.pad_token"
                 )
-        seq_labels = data.get("seq_labels")
-        if seq_labels is not None and not (
-            isinstance(seq_labels, list) and all(isinstance(x, str) for x in seq_labels)
-        ):
-            raise ValueError(f'"seq_labels" must be a list of strings, got {seq_labels!r}')
-        word_idxs = data.get("word_idxs") or {}
-        if not isinstance(word_idxs, Mapping):
-            raise ValueError(f'"word_idxs" must be an object {{word: position}}, got {word_idxs!r}')
-        word_idxs = _shift_word_idxs(dict(word_idxs), 0)
+        n_positions = max(lengths)  # the common length, or the padded one
+        seq_labels = _checked_seq_labels(data.get("seq_labels"), n_positions, bos_added)
+        word_idxs = _checked_word_idxs(data.get("word_idxs"), n_positions, bos_added)
         if bos_added:
             seq_labels = ["<|BOS|>", *seq_labels] if seq_labels is not None else None
             word_idxs = _shift_word_idxs(word_idxs, 1)

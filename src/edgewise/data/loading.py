@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -82,7 +83,7 @@ def load_dataset_json(path_or_name: str | os.PathLike[str]) -> dict[str, Any]:
             f"{err.reason}); save the dataset as UTF-8 JSON"
         ) from None
     try:
-        data = json.loads(text)
+        data = _loads_without_duplicates(text, source)
     except json.JSONDecodeError as err:
         raise ValueError(f"{source}: invalid JSON: {err}") from None
     except RecursionError:
@@ -95,6 +96,55 @@ def load_dataset_json(path_or_name: str | os.PathLike[str]) -> dict[str, Any]:
     if not data["prompts"]:
         raise ValueError(f'{source}: the file has no prompts (its "prompts" list is empty)')
     return data
+
+
+def _loads_without_duplicates(text: str, source: str) -> Any:
+    """``json.loads(text)``, but an object with a key given twice (JSON keeps only the
+    last, silently) is a ``ValueError`` naming ``source``, where the object is (e.g.
+    ``prompt 3``), the key and its values."""
+    repeated: dict[int, tuple[str, list[Any]]] = {}
+    objects: list[dict[str, Any]] = []  # keeps the ids in ``repeated`` unique
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(pairs)
+        if len(obj) != len(pairs):
+            counts = Counter(k for k, _ in pairs)
+            key = next(k for k, _ in pairs if counts[k] > 1)
+            repeated[id(obj)] = (key, [v for k, v in pairs if k == key])
+            objects.append(obj)
+        return obj
+
+    data = json.loads(text, object_pairs_hook=hook)
+    if not repeated:
+        return data
+    where, (key, values) = _first_repeated(data, repeated, "the top-level object")
+    shown = " and ".join(f"{json.dumps(v)[:40]}" for v in values[:3])
+    raise ValueError(
+        f"{source}: {where} has the key {key!r} {len(values)} times ({shown}); JSON would "
+        f"silently keep only the last. Keep one {key!r} in that object."
+    )
+
+
+def _first_repeated(
+    node: Any, repeated: dict[int, tuple[str, list[Any]]], where: str
+) -> tuple[str, tuple[str, list[Any]]]:
+    """The place (``prompt 3``, ``"word_idxs"``, ...) and entry of the first object in
+    ``node`` that :func:`_loads_without_duplicates` found a repeated key in."""
+    if isinstance(node, dict) and id(node) in repeated:
+        return where, repeated[id(node)]
+    top = where == "the top-level object"
+    children: Iterable[tuple[str, Any]] = ()
+    if isinstance(node, dict):
+        children = ((f'"{k}"' if top else f'{where}: "{k}"', v) for k, v in node.items())
+    elif isinstance(node, list):
+        named = where == '"prompts"'
+        children = ((f"prompt {i}" if named else f"{where}[{i}]", v) for i, v in enumerate(node))
+    for child_where, child in children:
+        try:
+            return _first_repeated(child, repeated, child_where)
+        except LookupError:
+            continue
+    raise LookupError(where)
 
 
 def save_dataset_json(
@@ -290,7 +340,7 @@ def load_datasets_from_json(
         contents = load_dataset_json(p)
         data = data or contents
         file_names = [f"{source}: prompt {i}" for i in range(len(contents["prompts"]))]
-        prompts += _validated_prompts(contents, file_names)
+        prompts += _validated_prompts(contents, file_names, source)
         names += file_names
     if shuffle:  # one permutation for both (shuffle's swaps depend only on the length)
         order = list(range(len(prompts)))

@@ -94,11 +94,24 @@ def ground_truth_prune_scores(
     dataloader: PromptDataLoader | None = None,
     official_edges: set[Edge] | None = None,
 ) -> PruneScores:
-    """1 for the edges of ``official_edges``, 0 for every other edge."""
+    """1 for the edges of ``official_edges``, 0 for every other edge. An official edge
+    that is not one of ``model.edges`` (made for another model or graph) is a
+    ``ValueError`` naming it."""
     if official_edges is None:
         raise ValueError(
             "ground-truth scores need the official circuit: pass official_edges (e.g. "
             "edgewise.benchmarks.official.tracr.tracr_official_edges(model, 'reverse', 'resample'))"
+        )
+    graph_edges = set(model.edges)
+    foreign = [e for e in official_edges if e not in graph_edges]
+    if foreign:
+        shown = ", ".join(map(repr, sorted(foreign, key=repr)[:3]))
+        raise ValueError(
+            f"ground_truth_prune_scores: {len(foreign)} official edge(s) are not in this model's "
+            f"graph ({model.n_edges} edges, seq_len={model.seq_len}), e.g. {shown}; their "
+            "patch_idx would mark other edges. Build the official circuit from this model "
+            "(e.g. task.official_edges(model)), or wrap the model as the circuit expects "
+            "(seq_len, separate_qkv, factorized)."
         )
     dtype = model.score_dtype
     scores = {n: torch.zeros(m.mask_shape, dtype=dtype, device=model.device)
