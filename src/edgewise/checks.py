@@ -6,6 +6,7 @@ public function, before any work is done.
 
 from __future__ import annotations
 
+import argparse
 import math
 import numbers
 import warnings
@@ -149,3 +150,23 @@ def eval_mode(model: Any, who: str) -> Iterator[None]:
     finally:
         for m in training:
             m.training = True
+
+
+def cli_int(minimum: int) -> Any:
+    """An ``argparse`` ``type`` for a whole number ``>= minimum``: anything else (``0``
+    batches, a negative length, ``2.5``, ``abc``) is refused while the arguments are
+    parsed, before anything is loaded or created."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be a whole number >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {minimum}, got {text!r}")
+        return value
+
+    parse.__name__ = f"int >= {minimum}"
+    return parse
+

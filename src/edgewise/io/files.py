@@ -14,6 +14,8 @@ import hashlib
 import json
 import math
 import os
+import pickle
+import re
 import shutil
 import stat
 import tempfile
@@ -147,16 +149,33 @@ def write_json(path: str | os.PathLike, doc: Any) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
 
 
+def torch_file_error(path: str | os.PathLike, err: BaseException, fix: str) -> FileFormatError:
+    """A one-line :class:`FileFormatError` for a torch file (``.pt``, ``.bin``) that
+    ``torch.load(..., weights_only=True)`` refused with ``err``: either it pickles Python
+    objects besides tensors (edgewise never unpickles those: unpickling can run any
+    code), or it is truncated or damaged. The message names ``path`` and ``fix``, never
+    torch's own advice to turn the safe loader off."""
+    text = str(err)
+    if isinstance(err, pickle.UnpicklingError) or "Weights only load failed" in text:
+        found = re.search(r"(?:GLOBAL|global) ([\w.]+)", text)
+        what = f" (e.g. {found.group(1)})" if found else ""
+        return FileFormatError(
+            f"{path} holds pickled Python objects besides tensors{what}, which edgewise does "
+            f"not load: unpickling can run any code; {fix}")  # fmt: skip
+    first = text.strip().splitlines()[0][:100] if text.strip() else type(err).__name__
+    return FileFormatError(f"{path} cannot be read: it is truncated or damaged "
+                           f"({type(err).__name__}: {first}); {fix}")  # fmt: skip
+
+
 def load_checkpoint(path: str | os.PathLike, fix: str = "delete it to start over") -> Any:
     """``torch.load`` (``weights_only``) of a checkpoint; one that cannot be read raises
-    :class:`FileFormatError` naming ``path`` and ``fix``."""
+    :class:`FileFormatError` naming ``path`` and ``fix`` (:func:`torch_file_error`)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as e:
-        raise FileFormatError(f"the checkpoint {path} cannot be read (truncated or damaged: "
-                              f"{type(e).__name__}: {str(e)[:120]}); {fix}") from None
+        raise torch_file_error(f"the checkpoint {path}", e, fix) from None
 
 
 def _sha256_of_scores(meta_json: str, tensors: Mapping[str, torch.Tensor]) -> str:

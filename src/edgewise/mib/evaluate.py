@@ -66,13 +66,14 @@ from typing import Any
 
 import torch
 
+from edgewise.checks import cli_int
 from edgewise.data import PromptDataLoader, loader_batches
 from edgewise.data.checks import scoring_entry
 from edgewise.evaluation.circuits import _check_scores, run_circuits
 from edgewise.metrics.answers import batch_answer_diffs, last_position
 from edgewise.metrics.faithfulness import area_under_curve
 from edgewise.patching.model import PatchableModel
-from edgewise.runtime.memory import MaxMemory
+from edgewise.runtime.memory import MaxMemory, memory_arg
 from edgewise.types import CircuitOutputs, Edge, PruneScores
 
 Measure = Callable[
@@ -504,7 +505,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("scores_file", help="a MIB graph JSON (.json) or an edgewise scores file")
     p.add_argument("--model", default=None, help="the model (default: the task's)")
     p.add_argument("--task", required=True, help="a task name or a dataset JSON file")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-memory", metavar="SIZE", default=None)
+    p.add_argument("--batch-size", type=cli_int(1), default=16)
+    p.add_argument("--max-memory", metavar="SIZE", default=None, type=memory_arg)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(mib_run=run_evaluate)
