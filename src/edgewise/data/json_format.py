@@ -178,7 +178,7 @@ def _checked_seq_labels(seq_labels: Any, n_positions: int, bos: bool) -> list[st
     if not (isinstance(seq_labels, list) and all(isinstance(x, str) for x in seq_labels)):
         bad = seq_labels if not isinstance(seq_labels, list) else next(
             x for x in seq_labels if not isinstance(x, str))
-        raise ValueError(f'"seq_labels" must be a list of strings, one per token position; '
+        raise ValueError(f'"seq_labels" must be a list of strings, one label per position; '
                          f"found {bad!r:.60}")  # fmt: skip
     want = n_positions - int(bos)
     if len(seq_labels) != want:
