@@ -151,20 +151,21 @@ def _downloaded(name: str) -> bool:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # cannot tell: loading will say
         return True
-    repos = [name]
-    try:
+    def cached(repo: str) -> bool:
+        try:
+            return isinstance(try_to_load_from_cache(repo, "config.json"), str)
+        except Exception:  # not a valid repository id
+            return False
+
+    if cached(name):
+        return True
+    try:  # a TransformerLens alias (importing TransformerLens takes a while: only now)
         from transformer_lens.loading_from_pretrained import get_official_model_name
 
-        repos.insert(0, get_official_model_name(name))
-    except Exception:  # not a TransformerLens name (or no such table): the name as given
-        pass
-    for repo in repos:
-        try:
-            if isinstance(try_to_load_from_cache(repo, "config.json"), str):
-                return True
-        except Exception:  # not a valid repository id
-            continue
-    return False
+        official = get_official_model_name(name)
+    except Exception:  # not a TransformerLens name (or no such table)
+        return False
+    return official != name and cached(official)
 
 
 def model_names() -> list[str]:
