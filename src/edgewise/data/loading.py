@@ -52,12 +52,13 @@ def load_dataset_json(path_or_name: str | os.PathLike[str]) -> dict[str, Any]:
 
     Returns:
         The parsed JSON object (not validated beyond having a non-empty ``"prompts"``
-        list).
+        list and no key given twice).
 
     Raises:
         FileNotFoundError: no such file and no such shipped dataset.
         ValueError: naming the file, when it is not UTF-8 text, not JSON, not an object
-            with a ``"prompts"`` list, or that list is empty.
+            with a ``"prompts"`` list, or that list is empty; or when an object in it has
+            a key twice (JSON would keep only the last), naming where and the key.
     """
     path = Path(path_or_name)
     if path.is_file():
@@ -319,7 +320,10 @@ def load_datasets_from_json(
 
     Raises:
         ValueError: naming the file (and, for a bad prompt, its index in the file, before
-            shuffling), for any malformed dataset; for prompts longer than the model's
+            shuffling), for any malformed dataset: among others a key given twice, a key
+            the format does not have (with the key it is probably a typo of),
+            ``seq_labels`` that are not one string per token position (of the padded
+            prompts, when they are padded), ``word_idxs`` outside the prompts; for prompts longer than the model's
             context ``model.cfg.n_ctx``; for a ``device`` this machine lacks.
         TypeError: for a ``batch_size`` that is not an int.
     """
