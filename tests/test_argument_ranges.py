@@ -90,10 +90,10 @@ def test_an_official_edge_from_another_graph_is_refused_not_moved(model):
     with pytest.raises(ValueError) as err:
         ground_truth_prune_scores(model, None, {foreign, *model.edges[:2]})
     message = str(err.value)
-    assert repr(foreign) in message and "1 official edge(s) are not in this model's graph" in message
+    assert repr(foreign) in message and "1 official edge(s) are not in the model's graph" in message
     assert f"({model.n_edges} edges, seq_len=None)" in message and "official_edges(model)" in message
     scores = model.new_prune_scores(1.0)
-    with pytest.raises(ValueError, match=r"measure_roc: 1 official edge\(s\) are not in this model's graph"):
+    with pytest.raises(ValueError, match=r"measure_roc: 1 official edge\(s\) are not in the model's graph"):
         measure_roc(model, {foreign, model.edges[0]}, scores)
 
 

@@ -572,7 +572,10 @@ def _interrupt(signum: int, _frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # a bad argument (2, the one-line error printed) or --help (0)
+        return e.code if isinstance(e.code, int) else 2
     # SIGTERM (a plain `kill`, a scheduler's preemption) unwinds like Ctrl-C, so the time
     # spent is recorded and no temporary file stays behind
     catch_term = threading.current_thread() is threading.main_thread()

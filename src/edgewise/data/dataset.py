@@ -174,6 +174,7 @@ class PromptDataset(Dataset[PromptPair]):
         pad_id: int | None = None,
         device: torch.device | str = "cpu",
         prompt_names: Sequence[str] | None = None,
+        n_ctx: int | None = None,
     ) -> PromptDataset:
         """Build a dataset from a parsed JSON dict in the auto-circuit format.
 
@@ -193,6 +194,8 @@ class PromptDataset(Dataset[PromptPair]):
             device: where the tensors live.
             prompt_names: how error messages name each prompt (default ``"prompt i"``);
                 :func:`load_datasets_from_json` passes the file and the index in it.
+            n_ctx: the model's context: a prompt with more tokens is an error (checked
+                right after tokenizing, before the rest of the file).
 
         Returns:
             A :class:`PromptDataset` with ``[n, seq]`` prompts.
@@ -230,6 +233,13 @@ class PromptDataset(Dataset[PromptPair]):
         else:
             clean = [p["clean"] for p in prompts]
             corrupt = [p["corrupt"] for p in prompts]
+        too_long = [(name, len(c)) for name, c in zip(names, clean) if n_ctx and len(c) > n_ctx]
+        if too_long:
+            raise ValueError(
+                f"{len(too_long)} prompt(s) have more tokens than the model's context "
+                f"(n_ctx={n_ctx}), the longest {max(n for _, n in too_long)} (e.g. "
+                f"{too_long[0][0]}); shorten them or use a model with a longer context"
+            )
         for name, c, k in zip(names, clean, corrupt):
             _check_token_ids(c, vocab_size, f"{name}: clean")
             _check_token_ids(k, vocab_size, f"{name}: corrupt")

@@ -359,6 +359,7 @@ def load_datasets_from_json(
         raise ValueError(f"{where}: train_test_size={tuple(train_test_size)} selects no prompts")
 
     tokenizer = getattr(model, "tokenizer", None) if model is not None else None
+    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
     d_vocab = getattr(getattr(model, "cfg", None), "d_vocab", None)
     vocab_size = d_vocab if _is_token_id(d_vocab) and d_vocab > 0 else None
     try:
@@ -371,12 +372,12 @@ def load_datasets_from_json(
             pad_id=pad_id,
             device=device,
             prompt_names=names[: n_train + n_test],
+            n_ctx=n_ctx if _is_token_id(n_ctx) else None,
         )
     except ValueError as err:  # name the file(s) in errors about the dataset as a whole
-        if any(source in str(err) for source in sources):
+        if any(str(err).startswith(source) for source in sources):
             raise
         raise ValueError(f"{where}: {err}") from None
-    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
     longest = int(dataset.lengths.max())
     if _is_token_id(n_ctx) and longest > n_ctx:
         too_long = [names[i] for i in range(len(dataset)) if int(dataset.lengths[i]) > n_ctx]

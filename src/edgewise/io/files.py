@@ -149,6 +149,16 @@ def write_json(path: str | os.PathLike, doc: Any) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
 
 
+def pickled_global(err: BaseException) -> str | None:
+    """The Python object (e.g. ``__main__.Config``) whose unpickling made
+    ``torch.load(..., weights_only=True)`` raise ``err``; ``None`` when ``err`` says
+    something else (a truncated or damaged file)."""
+    if not isinstance(err, pickle.UnpicklingError) and "Weights only load failed" not in str(err):
+        return None
+    found = re.search(r"GLOBAL ([\w.]+)", str(err))
+    return found.group(1) if found else None
+
+
 def torch_file_error(path: str | os.PathLike, err: BaseException, fix: str) -> FileFormatError:
     """A one-line :class:`FileFormatError` for a torch file (``.pt``, ``.bin``) that
     ``torch.load(..., weights_only=True)`` refused with ``err``: either it pickles Python
@@ -156,12 +166,11 @@ def torch_file_error(path: str | os.PathLike, err: BaseException, fix: str) -> F
     code), or it is truncated or damaged. The message names ``path`` and ``fix``, never
     torch's own advice to turn the safe loader off."""
     text = str(err)
-    if isinstance(err, pickle.UnpicklingError) or "Weights only load failed" in text:
-        found = re.search(r"(?:GLOBAL|global) ([\w.]+)", text)
-        what = f" (e.g. {found.group(1)})" if found else ""
+    found = pickled_global(err)
+    if found is not None:
         return FileFormatError(
-            f"{path} holds pickled Python objects besides tensors{what}, which edgewise does "
-            f"not load: unpickling can run any code; {fix}")  # fmt: skip
+            f"{path} holds pickled Python objects besides tensors (e.g. {found}), which "
+            f"edgewise does not load: unpickling can run any code; {fix}")  # fmt: skip
     first = text.strip().splitlines()[0][:100] if text.strip() else type(err).__name__
     return FileFormatError(f"{path} cannot be read: it is truncated or damaged "
                            f"({type(err).__name__}: {first}); {fix}")  # fmt: skip

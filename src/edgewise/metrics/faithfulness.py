@@ -105,7 +105,7 @@ def measure_roc(
     unknown = official - set(model.edges)
     if unknown:
         raise ValueError(
-            f"measure_roc: {len(unknown)} official edge(s) are not in this model's graph "
+            f"measure_roc: {len(unknown)} official edge(s) are not in the model's graph "
             f"({model.n_edges} edges, seq_len={model.seq_len}), e.g. "
             f"{', '.join(sorted(map(repr, unknown))[:3])}; build the official circuit from this "
             "model (e.g. task.official_edges(model))"

@@ -441,11 +441,12 @@ def load_mib_setup(
     """The patchable model with MIB's graph (no token positions; on a
     ``HookedTransformer`` with grouped-query attention, one K/V input per query head, as
     MIB ungroups them) and the task's test prompts, for ``edgewise mib ...`` commands."""
-    from edgewise.benchmarks.tasks import get_task, load_model
+    from edgewise.benchmarks.tasks import check_model_name, get_task, load_model
     from edgewise.models.adapter import HookAdapter
     from edgewise.patching.wrap import patchable_model
 
     task = get_task(task_name)
+    check_model_name(model_name or task.model)  # a bad name or folder: before loading
     model = load_model(model_name or task.model)
     _, test = task.dataloaders(model, batch_size)
     cfg = model.cfg

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from edgewise.io.files import FileFormatError, torch_file_error
+from edgewise.io.files import FileFormatError, pickled_global, torch_file_error
 
 _RESAVE = ("download it again, or save the model again with model.save_pretrained(DIR), "
            "which writes safetensors")  # fmt: skip
@@ -80,9 +80,7 @@ def check_torch_file(path: str | os.PathLike[str]) -> None:
 
 
 def _pickled(err: BaseException) -> bool:
-    import pickle
-
-    return isinstance(err, pickle.UnpicklingError) or "Weights only load failed" in str(err)
+    return pickled_global(err) is not None
 
 
 def check_weights_file(path: str | os.PathLike[str]) -> None:

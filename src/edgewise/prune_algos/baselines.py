@@ -107,7 +107,7 @@ def ground_truth_prune_scores(
     if foreign:
         shown = ", ".join(map(repr, sorted(foreign, key=repr)[:3]))
         raise ValueError(
-            f"ground_truth_prune_scores: {len(foreign)} official edge(s) are not in this model's "
+            f"ground_truth_prune_scores: {len(foreign)} official edge(s) are not in the model's "
             f"graph ({model.n_edges} edges, seq_len={model.seq_len}), e.g. {shown}; their "
             "patch_idx would mark other edges. Build the official circuit from this model "
             "(e.g. task.official_edges(model)), or wrap the model as the circuit expects "
