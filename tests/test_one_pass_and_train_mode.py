@@ -71,7 +71,10 @@ SLOW = {"ig-layer", "eap-ig-activations"}  # the same decorator; the default sui
                                   for n in QUICK])  # fmt: skip
 def test_every_algorithm_reads_a_generator_whole(model, data, name):
     params = {"progress": False, **QUICK[name]}
-    want = ALGORITHMS[name](model, list(data), None, **params)
+    try:
+        want = ALGORITHMS[name](model, list(data), None, **params)
+    except NotImplementedError as e:  # eap-frozen on a TransformerBridge (TransformerLens 4)
+        pytest.skip(str(e))
     assert _same(ALGORITHMS[name](model, (b for b in data), None, **params), want)
 
 
