@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from edgewise.evaluation.pipeline import evaluate_scores
 from edgewise.io.files import write_json
@@ -296,6 +296,7 @@ def discover(args: argparse.Namespace) -> dict[str, Any]:
                          f"{args.bootstrap}")  # fmt: skip
     _check_ablation(args, algos)
     model_name, task_name = _resolve_names(args.model, args.task)
+    _check_inputs(model_name, task_name)
     if get_task(task_name).official_edges is None:
         needy = [a for a in algos if ALGORITHMS[a].needs_official_edges]
         if needy:
@@ -303,8 +304,24 @@ def discover(args: argparse.Namespace) -> dict[str, Any]:
                              f"{task_name!r} has none: drop it from --algo")  # fmt: skip
     out = Path(args.out)
     check_output_folder(out, model_name, task_name, getattr(args, "allow_existing", False))
+    setup = _setup(model_name, task_name, args.batch_size)  # a failure leaves no folder
     with writing(out):
-        return _discover_locked(args, algos, model_name, task_name, out)
+        return _discover_locked(args, algos, model_name, task_name, out, setup)
+
+
+def _check_inputs(model_name: str, task_name: str) -> None:
+    """Check the model and a dataset task's file without loading a model, so a bad one
+    is refused before anything is loaded or the output folder is made."""
+    from edgewise.benchmarks.tasks import TASKS, check_model_name
+
+    check_model_name(model_name)
+    if task_name not in TASKS:  # a dataset file: its structure, keys and fields
+        from edgewise.data.json_format import _validated_prompts
+        from edgewise.data.loading import load_dataset_json
+
+        contents = load_dataset_json(task_name)
+        _validated_prompts(contents, [f"{task_name}: prompt {i}"
+                                      for i in range(len(contents["prompts"]))], task_name)
 
 
 def _check_scale_options(args: argparse.Namespace, algos: list[str]) -> None:
@@ -322,7 +339,8 @@ def _check_scale_options(args: argparse.Namespace, algos: list[str]) -> None:
 
 
 def _discover_locked(
-    args: argparse.Namespace, algos: list[str], model_name: str, task_name: str, out: Path
+    args: argparse.Namespace, algos: list[str], model_name: str, task_name: str, out: Path,
+    setup: tuple[Any, Any, Any, Any],
 ) -> dict[str, Any]:
 
     from edgewise.io.files import save_mib_json, save_prune_scores
@@ -330,7 +348,7 @@ def _discover_locked(
     from edgewise.io.scale import SCALE_KEY, count_prompts, scale_metadata
     from edgewise.prune_algos import ALGORITHMS
 
-    task, pm, train, test = _setup(model_name, task_name, args.batch_size)
+    task, pm, train, test = setup
     write_marker(out, model_name, task_name)
     state_dir = out / STATE_DIR
     fresh = getattr(args, "fresh", False)
@@ -678,10 +696,20 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from edgewise.prune_algos import ALGORITHMS
+class _Parser(argparse.ArgumentParser):
+    """A parser whose errors are one line, ``edgewise: error: ...`` (exit 2), like the
+    command's other errors; its subcommands' parsers are of this class too."""
 
-    parser = argparse.ArgumentParser(prog="edgewise", description=__doc__.split("\n")[0])
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"edgewise: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from edgewise.checks import cli_int
+    from edgewise.prune_algos import ALGORITHMS
+    from edgewise.runtime.memory import memory_arg
+
+    parser = _Parser(prog="edgewise", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("discover", help="score edges, evaluate circuits, save results")
     d.add_argument("--model", help="toy-ioi, tracr-reverse, a local HF directory, or a TL name")
@@ -715,14 +743,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--ig-endpoint", choices=["corrupt", "clean"], default=None,
                    help="eap-ig-inputs' points on the corrupt -> clean path: corrupt "
                         "(k = 0..m-1, MIB's; the default) or clean (k = 1..m)")
-    d.add_argument("--bootstrap", type=int, metavar="N", default=None,
+    d.add_argument("--bootstrap", type=cli_int(1), metavar="N", default=None,
                    help="also compute 95%% bootstrap intervals over N resamples of the prompts "
                         "(seed 0): of the top edges' scores (train prompts) and of the "
                         "faithfulness curve, CPR and CMD (test prompts); saved in results.json "
                         "and drawn as bands in the report")
     e = sub.add_parser("evaluate", help="re-evaluate saved scores")
     e.add_argument("dir")
-    e.add_argument("--batch-size", type=int, default=None,
+    e.add_argument("--batch-size", type=cli_int(1), default=None,
                    help="default: the batch size the scores were computed with")
     r = sub.add_parser("report", help="write report.html for a results folder")
     r.add_argument("dir")
@@ -735,13 +763,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--allow-existing", action="store_true",
                        help="write into a non-empty folder edgewise did not make; its files "
                             "are left alone (none may have a name edgewise writes)")
-        p.add_argument("--batch-size", type=int, default=16)
+        p.add_argument("--batch-size", type=cli_int(1), default=16)
         p.add_argument("--fresh", action="store_true",
                        help="start the requested algorithms over instead of resuming: delete "
                             f"their scores and DIR/{STATE_DIR} files (other algorithms' results "
                             "stay), then compute them")
     for p in (d, e, m):
-        p.add_argument("--max-memory", metavar="SIZE",
+        p.add_argument("--max-memory", metavar="SIZE", type=memory_arg,
                        help="budget for each pass's patch buffers, e.g. 8GiB or auto (see "
                             "edgewise.runtime.memory); same scores, more passes")  # fmt: skip
     for p in (d, e, r, m):
@@ -808,7 +836,10 @@ def main(argv: list[str] | None = None) -> int:
     What the command prints goes to stdout once its work is done: a reader that has gone
     by then (``| head``) gives 0, quietly; a closed stderr during the work stops it
     quietly with 141, as SIGPIPE would."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # a bad argument (2, the one-line error printed) or --help (0)
+        return e.code if isinstance(e.code, int) else 2
     # SIGTERM (a plain `kill`, a scheduler's preemption) and SIGHUP (a closed terminal)
     # unwind like Ctrl-C, so the time spent is recorded and no temporary file stays behind
     main_thread = threading.current_thread() is threading.main_thread()

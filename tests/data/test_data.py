@@ -308,7 +308,7 @@ def test_small_split_with_big_batch_is_an_error():
 
 def test_load_public_format_with_text_prompts(tmp_path, word_tokenizer):
     data = {
-        "seq_labels": ["When", "A", "and", "B"],
+        "seq_labels": ["When", "A", "went", "to", "the", "B"],  # the longest prompt's 6
         "word_idxs": {"IO": 1, "S": 3},
         "prompts": [
             {
@@ -330,7 +330,7 @@ def test_load_public_format_with_text_prompts(tmp_path, word_tokenizer):
         StandInModel(word_tokenizer), path, train_test_size=(2, 0), batch_size=2, shuffle=False
     )
     assert train.seq_len is None and train.diverge_idx == 0 and len(test) == 0
-    assert train.seq_labels == ["<|BOS|>", "When", "A", "and", "B"]
+    assert train.seq_labels == ["<|BOS|>", "When", "A", "went", "to", "the", "B"]
     assert train.word_idxs == {"IO": 2, "S": 4}
     (batch,) = list(train)
     bos = word_tokenizer.bos_token_id

@@ -115,6 +115,59 @@ def get_task(name: str) -> Task:
     )
 
 
+def check_model_name(name: str) -> None:
+    """Check, without loading anything, that :func:`load_model` can load ``name``: a
+    shipped model, a tracr program, a readable local model folder
+    (:func:`edgewise.models.files.check_model_dir`), or a name whose Hugging Face files
+    are already on this machine. Raises ``ValueError`` naming ``name`` and the fix."""
+    from edgewise.benchmarks.toy_models import available
+
+    if name in available() or name in model_names():
+        return
+    if name.startswith("tracr-"):
+        raise ValueError(f"unknown tracr model {name!r}; the tracr models are "
+                         f"{', '.join(n for n in model_names() if n.startswith('tracr-'))}")
+    if os.path.isdir(name):
+        from edgewise.models.files import check_model_dir
+
+        check_model_dir(name)
+        return
+    if os.path.exists(name):
+        raise ValueError(f"model {name!r} is a file: pass the folder holding its config.json "
+                         "and weights (a Hugging Face save_pretrained folder)")
+    if not _downloaded(name):
+        raise ValueError(
+            f"cannot load model {name!r}: it is not a shipped model, not a local folder, and no "
+            f"Hugging Face model of that name is on this machine. Models: "
+            f"{', '.join(model_names())}, a local Hugging Face folder, or a TransformerLens "
+            "name whose weights are already downloaded (edgewise never downloads)."
+        )
+
+
+def _downloaded(name: str) -> bool:
+    """Whether the Hugging Face cache holds a ``config.json`` for ``name`` (or for the
+    repository TransformerLens maps it to, e.g. ``gpt2-small`` to ``gpt2``)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # cannot tell: loading will say
+        return True
+    def cached(repo: str) -> bool:
+        try:
+            return isinstance(try_to_load_from_cache(repo, "config.json"), str)
+        except Exception:  # not a valid repository id
+            return False
+
+    if cached(name):
+        return True
+    try:  # a TransformerLens alias (importing TransformerLens takes a while: only now)
+        from transformer_lens.loading_from_pretrained import get_official_model_name
+
+        official = get_official_model_name(name)
+    except Exception:  # not a TransformerLens name (or no such table)
+        return False
+    return official != name and cached(official)
+
+
 def model_names() -> list[str]:
     """Names :func:`load_model` knows besides paths and TransformerLens names."""
     from edgewise.benchmarks.toy_models import available

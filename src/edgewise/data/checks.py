@@ -1,25 +1,99 @@
 """The checks a scoring function makes once, before its first forward pass: its loader
 yields batches, the batches fit the model (lengths, token ids, answers), clean and
 corrupt prompts differ, and prompts cut after a shared prefix run after that prefix's
-cache."""
+cache; and :func:`scoring_entry`, which every public function that runs a model over a
+dataloader wears: it reads a one-pass iterator once (so no batch is lost to a check)
+and runs the model in eval mode (dropout off)."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import warnings
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
+from edgewise.checks import eval_mode
 from edgewise.data.batches import LAST_SEQ, PromptPairBatch
 from edgewise.data.tokens import _is_token_id
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+_LOADER_PARAMS = ("dataloader", "loader", "train_loader", "test_loader")
+
+
+class OnePassBatches(list):  # type: ignore[type-arg]
+    """The batches of a one-pass iterator (e.g. a generator), read once into a list so
+    that a function can go over them as often as it needs (checks, ablation means,
+    integration steps). It has a loader's attributes with the values of a plain one:
+    ``seq_len=None``, ``diverge_idx=0``, ``kv_cache=None``, and a ``name`` for errors."""
+
+    seq_len: int | None = None
+    diverge_idx: int = 0
+    kv_cache: Any = None
+
+    def __init__(self, batches: Iterable[Any], name: str) -> None:
+        super().__init__(batches)
+        self.name = name
+
+
+def reiterable(dataloader: Any, who: str) -> Any:
+    """``dataloader`` itself when it can be iterated again (a ``PromptDataLoader``, a list
+    of batches); a one-pass iterator (a generator, ``iter(loader)``, ``map(...)``) read
+    once, whole, into :class:`OnePassBatches`. A ``TypeError`` naming ``who`` for
+    something that is not iterable at all."""
+    if isinstance(dataloader, Iterator):
+        kind = type(dataloader).__name__
+        return OnePassBatches(dataloader, f"the one-pass iterator ({kind}) given to {who}")
+    if not isinstance(dataloader, Iterable):
+        raise TypeError(
+            f"{who}: the dataloader must be a PromptDataLoader or another iterable of "
+            f"PromptPairBatch, got {type(dataloader).__name__}; build one with "
+            "load_datasets_from_json(...) or PromptDataLoader(PromptDataset(...))"
+        )
+    return dataloader
+
+
+def scoring_entry(fn: _F) -> _F:
+    """Decorate a public function that runs ``model`` over a dataloader (its parameter
+    named ``dataloader``, ``loader``, ``train_loader`` or ``test_loader``): a one-pass
+    iterator given there is read once into :class:`OnePassBatches` (:func:`reiterable`),
+    so the function sees every batch however often it iterates, and the model runs in
+    eval mode (:func:`eval_mode`) for the call."""
+    sig = inspect.signature(fn)
+    loaders = [p for p in _LOADER_PARAMS if p in sig.parameters]
+    who = fn.__name__
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            bound = sig.bind(*args, **kwargs)
+        except TypeError:  # let Python say what is wrong with the call
+            return fn(*args, **kwargs)
+        for p in loaders:
+            if bound.arguments.get(p) is not None:
+                bound.arguments[p] = reiterable(bound.arguments[p], who)
+        with eval_mode(bound.arguments.get("model"), who):
+            return fn(*bound.args, **bound.kwargs)
+
+    wrapper.__edgewise_entry__ = True  # type: ignore[attr-defined]
+    return wrapper  # type: ignore[return-value]
 
 
 def require_batches(dataloader: Any, who: str) -> None:
     """A ``ValueError`` naming the loader (its ``name``, e.g. the split and file) and
     ``who`` (the function) when ``dataloader`` yields no batches, since every score or
-    output would then be silently empty or zero."""
+    output would then be silently empty or zero. A one-pass iterator is a ``TypeError``
+    (looking at its first batch would lose it): :func:`scoring_entry` functions never
+    get one, and a caller of this function reads it with :func:`reiterable` first."""
+    if isinstance(dataloader, Iterator):
+        raise TypeError(
+            f"{who}: the dataloader is a one-pass iterator ({type(dataloader).__name__}), which "
+            "would be half-read by the checks; pass a PromptDataLoader or a list of batches "
+            "(list(...) of the iterator)"
+        )
     try:
         empty = len(dataloader) == 0
     except TypeError:  # no length: look at the first batch

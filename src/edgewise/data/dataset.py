@@ -25,6 +25,8 @@ from edgewise.data.batches import (
 from edgewise.data.json_format import (
     _PROMPT_FIELDS,
     _answer_ids,
+    _checked_seq_labels,
+    _checked_word_idxs,
     _encode,
     _pairs_to_json_dict,
     _shift_word_idxs,
@@ -182,6 +184,7 @@ class PromptDataset(Dataset[PromptPair]):
         pad_id: int | None = None,
         device: torch.device | str = "cpu",
         prompt_names: Sequence[str] | None = None,
+        n_ctx: int | None = None,
     ) -> PromptDataset:
         """Build a dataset from a parsed JSON dict in the auto-circuit format.
 
@@ -201,6 +204,8 @@ class PromptDataset(Dataset[PromptPair]):
             device: where the tensors live.
             prompt_names: how error messages name each prompt (default ``"prompt i"``);
                 :func:`load_datasets_from_json` passes the file and the index in it.
+            n_ctx: the model's context: a prompt with more tokens is an error (checked
+                right after tokenizing, before the rest of the file).
 
         Returns:
             A :class:`PromptDataset` with ``[n, seq]`` prompts.
@@ -238,6 +243,13 @@ class PromptDataset(Dataset[PromptPair]):
         else:
             clean = [p["clean"] for p in prompts]
             corrupt = [p["corrupt"] for p in prompts]
+        too_long = [(name, len(c)) for name, c in zip(names, clean) if n_ctx and len(c) > n_ctx]
+        if too_long:
+            raise ValueError(
+                f"{len(too_long)} prompt(s) have more tokens than the model's context "
+                f"(n_ctx={n_ctx}), the longest {max(n for _, n in too_long)} (e.g. "
+                f"{too_long[0][0]}); shorten them or use a model with a longer context"
+            )
         for name, c, k in zip(names, clean, corrupt):
             _check_token_ids(c, vocab_size, f"{name}: clean")
             _check_token_ids(k, vocab_size, f"{name}: corrupt")
@@ -269,15 +281,9 @@ class PromptDataset(Dataset[PromptPair]):
                     f"the prompts have different lengths ({sorted(lengths)}) but there is no pad "
                     "token id; pass pad_id=... or set tokenizer.pad_token"
                 )
-        seq_labels = data.get("seq_labels")
-        if seq_labels is not None and not (
-            isinstance(seq_labels, list) and all(isinstance(x, str) for x in seq_labels)
-        ):
-            raise ValueError(f'"seq_labels" must be a list of strings, got {seq_labels!r}')
-        word_idxs = data.get("word_idxs") or {}
-        if not isinstance(word_idxs, Mapping):
-            raise ValueError(f'"word_idxs" must be an object {{word: position}}, got {word_idxs!r}')
-        word_idxs = _shift_word_idxs(dict(word_idxs), 0)
+        n_positions = max(lengths)  # the common length, or the padded one
+        seq_labels = _checked_seq_labels(data.get("seq_labels"), n_positions, bos_added)
+        word_idxs = _checked_word_idxs(data.get("word_idxs"), n_positions, bos_added)
         if bos_added:
             seq_labels = ["<|BOS|>", *seq_labels] if seq_labels is not None else None
             word_idxs = _shift_word_idxs(word_idxs, 1)

@@ -23,6 +23,7 @@ are used as they are.
 
 from __future__ import annotations
 
+import difflib
 import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -35,16 +36,36 @@ from edgewise.data.batches import PromptPair
 from edgewise.data.tokens import _MAX_TOKEN_ID, _is_token_id
 
 _PROMPT_FIELDS = ("clean", "corrupt", "answers", "wrong_answers")
+_TOP_KEYS = ("prompts", "seq_labels", "word_idxs")
+
+
+def _unknown_keys(keys: Iterable[Any], allowed: Sequence[str], where: str) -> None:
+    """A ``ValueError`` naming the first of ``keys`` not in ``allowed`` (with the close
+    allowed key it is probably a typo of), so a misspelt field is not silently ignored."""
+    unknown = [k for k in keys if k not in allowed]
+    if not unknown:
+        return
+    key = unknown[0]
+    close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    more = f" and {len(unknown) - 1} more unknown key(s)" if len(unknown) > 1 else ""
+    raise ValueError(
+        f"{where}: unknown key {key!r}{hint}{more}; the keys are "
+        f"{', '.join(map(repr, allowed))}. Rename or remove it."
+    )
 
 
 def _validated_prompts(
-    data: Mapping[str, Any], names: Sequence[str] | None = None
+    data: Mapping[str, Any], names: Sequence[str] | None = None, source: str | None = None
 ) -> list[Mapping[str, Any]]:
-    """``data["prompts"]``, after checking that each is an object with the four fields and
-    string or token-id prompts; errors name a prompt by ``names[i]`` (default
-    ``"prompt i"``)."""
+    """``data["prompts"]``, after checking that ``data`` has no key but ``"prompts"``,
+    ``"seq_labels"`` and ``"word_idxs"``, and that each prompt is an object with exactly
+    the four fields and string or token-id prompts; errors name a prompt by ``names[i]``
+    (default ``"prompt i"``) and the file by ``source``."""
     if not isinstance(data, Mapping) or "prompts" not in data:
         raise ValueError('a prompt dataset must be a JSON object with a "prompts" list')
+    _unknown_keys(data, _TOP_KEYS, f"{source}: the top-level object" if source else
+                  "the dataset's top-level object")  # fmt: skip
     prompts = data["prompts"]
     if not isinstance(prompts, list) or len(prompts) == 0:
         raise ValueError('"prompts" must be a non-empty list')
@@ -54,6 +75,7 @@ def _validated_prompts(
         name = names[i] if names is not None else f"prompt {i}"
         if not isinstance(p, Mapping):
             raise ValueError(f"{name}: expected an object, got {type(p).__name__} {p!r:.80}")
+        _unknown_keys(p, _PROMPT_FIELDS, name)
         missing = [f for f in _PROMPT_FIELDS if f not in p]
         if missing:
             raise ValueError(
@@ -145,6 +167,47 @@ def _answer_ids(
         elif ids[-1] < 0:
             raise ValueError(f"{where}: token id {ids[-1]} is negative")
     return torch.tensor(ids, dtype=torch.int64)
+
+
+def _checked_seq_labels(seq_labels: Any, n_positions: int, bos: bool) -> list[str] | None:
+    """``seq_labels`` as given in a file, checked to be one string per position of the
+    prompts (their common length, or the padded length, ``n_positions``, which counts the
+    BOS edgewise prepends when ``bos``)."""
+    if seq_labels is None:
+        return None
+    if not (isinstance(seq_labels, list) and all(isinstance(x, str) for x in seq_labels)):
+        bad = seq_labels if not isinstance(seq_labels, list) else next(
+            x for x in seq_labels if not isinstance(x, str))
+        raise ValueError(f'"seq_labels" must be a list of strings, one label per position; '
+                         f"found {bad!r:.60}")  # fmt: skip
+    want = n_positions - int(bos)
+    if len(seq_labels) != want:
+        raise ValueError(
+            f'"seq_labels" has {len(seq_labels)} labels but the prompts have {want} token '
+            "positions" + (" (without the BOS edgewise prepends)" if bos else "")
+            + "; give one label per position, or remove \"seq_labels\""
+        )
+    return list(seq_labels)
+
+
+def _checked_word_idxs(word_idxs: Any, n_positions: int, bos: bool) -> dict[str, int]:
+    """``word_idxs`` as given in a file, checked to map names to int positions within
+    the prompts' ``n_positions`` positions (counting a prepended BOS when ``bos``)."""
+    if word_idxs is None:
+        return {}
+    if not isinstance(word_idxs, Mapping):
+        raise ValueError(f'"word_idxs" must be an object {{word: position}}, got {word_idxs!r:.60}')
+    n = n_positions - int(bos)
+    for name, idx in word_idxs.items():
+        if not _is_token_id(idx):
+            raise ValueError(f'"word_idxs"[{name!r}] must be an int token position, got {idx!r:.60}')
+        if not 0 <= idx < n:
+            raise ValueError(
+                f'"word_idxs"[{name!r}] = {idx} is not a token position of the prompts '
+                f"(0..{n - 1}" + (", without the BOS edgewise prepends" if bos else "")
+                + "); fix the position or remove the entry"
+            )
+    return dict(word_idxs)
 
 
 def _shift_word_idxs(word_idxs: dict[str, Any], shift: int) -> dict[str, int]:

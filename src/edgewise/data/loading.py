@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -51,12 +52,13 @@ def load_dataset_json(path_or_name: str | os.PathLike[str]) -> dict[str, Any]:
 
     Returns:
         The parsed JSON object (not validated beyond having a non-empty ``"prompts"``
-        list).
+        list and no key given twice).
 
     Raises:
         FileNotFoundError: no such file and no such shipped dataset.
         ValueError: naming the file, when it is not UTF-8 text, not JSON, not an object
-            with a ``"prompts"`` list, or that list is empty.
+            with a ``"prompts"`` list, or that list is empty; or when an object in it has
+            a key twice (JSON would keep only the last), naming where and the key.
     """
     path = Path(path_or_name)
     if path.is_file():
@@ -82,7 +84,7 @@ def load_dataset_json(path_or_name: str | os.PathLike[str]) -> dict[str, Any]:
             f"{err.reason}); save the dataset as UTF-8 JSON"
         ) from None
     try:
-        data = json.loads(text)
+        data = _loads_without_duplicates(text, source)
     except json.JSONDecodeError as err:
         raise ValueError(f"{source}: invalid JSON: {err}") from None
     except RecursionError:
@@ -95,6 +97,55 @@ def load_dataset_json(path_or_name: str | os.PathLike[str]) -> dict[str, Any]:
     if not data["prompts"]:
         raise ValueError(f'{source}: the file has no prompts (its "prompts" list is empty)')
     return data
+
+
+def _loads_without_duplicates(text: str, source: str) -> Any:
+    """``json.loads(text)``, but an object with a key given twice (JSON keeps only the
+    last, silently) is a ``ValueError`` naming ``source``, where the object is (e.g.
+    ``prompt 3``), the key and its values."""
+    repeated: dict[int, tuple[str, list[Any]]] = {}
+    objects: list[dict[str, Any]] = []  # keeps the ids in ``repeated`` unique
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(pairs)
+        if len(obj) != len(pairs):
+            counts = Counter(k for k, _ in pairs)
+            key = next(k for k, _ in pairs if counts[k] > 1)
+            repeated[id(obj)] = (key, [v for k, v in pairs if k == key])
+            objects.append(obj)
+        return obj
+
+    data = json.loads(text, object_pairs_hook=hook)
+    if not repeated:
+        return data
+    where, (key, values) = _first_repeated(data, repeated, "the top-level object")
+    shown = " and ".join(f"{json.dumps(v)[:40]}" for v in values[:3])
+    raise ValueError(
+        f"{source}: {where} has the key {key!r} {len(values)} times ({shown}); JSON would "
+        f"silently keep only the last. Keep one {key!r} in that object."
+    )
+
+
+def _first_repeated(
+    node: Any, repeated: dict[int, tuple[str, list[Any]]], where: str
+) -> tuple[str, tuple[str, list[Any]]]:
+    """The place (``prompt 3``, ``"word_idxs"``, ...) and entry of the first object in
+    ``node`` that :func:`_loads_without_duplicates` found a repeated key in."""
+    if isinstance(node, dict) and id(node) in repeated:
+        return where, repeated[id(node)]
+    top = where == "the top-level object"
+    children: Iterable[tuple[str, Any]] = ()
+    if isinstance(node, dict):
+        children = ((f'"{k}"' if top else f'{where}: "{k}"', v) for k, v in node.items())
+    elif isinstance(node, list):
+        named = where == '"prompts"'
+        children = ((f"prompt {i}" if named else f"{where}[{i}]", v) for i, v in enumerate(node))
+    for child_where, child in children:
+        try:
+            return _first_repeated(child, repeated, child_where)
+        except LookupError:
+            continue
+    raise LookupError(where)
 
 
 def save_dataset_json(
@@ -269,7 +320,10 @@ def load_datasets_from_json(
 
     Raises:
         ValueError: naming the file (and, for a bad prompt, its index in the file, before
-            shuffling), for any malformed dataset; for prompts longer than the model's
+            shuffling), for any malformed dataset: among others a key given twice, a key
+            the format does not have (with the key it is probably a typo of),
+            ``seq_labels`` that are not one string per token position (of the padded
+            prompts, when they are padded), ``word_idxs`` outside the prompts; for prompts longer than the model's
             context ``model.cfg.n_ctx``; for a ``device`` this machine lacks.
         TypeError: for a ``batch_size`` that is not an int.
     """
@@ -290,7 +344,7 @@ def load_datasets_from_json(
         contents = load_dataset_json(p)
         data = data or contents
         file_names = [f"{source}: prompt {i}" for i in range(len(contents["prompts"]))]
-        prompts += _validated_prompts(contents, file_names)
+        prompts += _validated_prompts(contents, file_names, source)
         names += file_names
     if shuffle:  # one permutation for both (shuffle's swaps depend only on the length)
         order = list(range(len(prompts)))
@@ -305,6 +359,7 @@ def load_datasets_from_json(
         raise ValueError(f"{where}: train_test_size={tuple(train_test_size)} selects no prompts")
 
     tokenizer = getattr(model, "tokenizer", None) if model is not None else None
+    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
     d_vocab = getattr(getattr(model, "cfg", None), "d_vocab", None)
     vocab_size = d_vocab if _is_token_id(d_vocab) and d_vocab > 0 else None
     try:
@@ -317,12 +372,12 @@ def load_datasets_from_json(
             pad_id=pad_id,
             device=device,
             prompt_names=names[: n_train + n_test],
+            n_ctx=n_ctx if _is_token_id(n_ctx) else None,
         )
     except ValueError as err:  # name the file(s) in errors about the dataset as a whole
-        if any(source in str(err) for source in sources):
+        if any(str(err).startswith(source) for source in sources):
             raise
         raise ValueError(f"{where}: {err}") from None
-    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
     longest = int(dataset.lengths.max())
     if _is_token_id(n_ctx) and longest > n_ctx:
         too_long = [names[i] for i in range(len(dataset)) if int(dataset.lengths[i]) > n_ctx]

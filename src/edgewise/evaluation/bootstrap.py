@@ -47,6 +47,7 @@ from edgewise.data import (
     PromptPairBatch,
     loader_batches,
 )
+from edgewise.data.checks import scoring_entry
 from edgewise.patching.model import PatchableModel
 from edgewise.types import AblationType, CircuitOutputs, PruneScores
 
@@ -137,6 +138,7 @@ def _check_loader(dataloader: PromptDataLoader, who: str) -> list[PromptPairBatc
     return loader_batches(dataloader, who)
 
 
+@scoring_entry
 def resampled_loader(
     dataloader: PromptDataLoader,
     indices: torch.Tensor,
@@ -223,6 +225,7 @@ def _per_prompt_exact(algorithm: Any, params: dict[str, Any]) -> bool:
     return not (ablation.mean_over_batch or ablation.mean_over_dataset)
 
 
+@scoring_entry
 def bootstrap_scores(
     model: PatchableModel,
     dataloader: PromptDataLoader,
@@ -303,6 +306,7 @@ def bootstrap_scores(
 
 
 # ------------------------------------------------------------------------- faithfulness
+@scoring_entry
 def per_prompt_metric(
     model: Any,
     dataloader: PromptDataLoader,
@@ -372,6 +376,7 @@ class FaithfulnessIntervals:
                 "cpr": list(self.cpr[1:]), "cmd": list(self.cmd[1:])}  # fmt: skip
 
 
+@scoring_entry
 def bootstrap_faithfulness(
     model: PatchableModel,
     dataloader: PromptDataLoader,

@@ -25,6 +25,7 @@ from edgewise.data import (
     require_full_prompts,
     select_output,
 )
+from edgewise.data.checks import scoring_entry
 from edgewise.patching.model import PatchableModel
 from edgewise.runtime.ablation import (
     CleanCorrupt,
@@ -287,6 +288,7 @@ def _batch_circuits(
     return {size: p[0] if len(p) == 1 else torch.cat(p) for size, p in parts.items()}
 
 
+@scoring_entry
 def run_circuits(
     model: PatchableModel,
     dataloader: PromptDataLoader,

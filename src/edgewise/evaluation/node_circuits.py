@@ -42,6 +42,7 @@ from edgewise.data import (
     require_full_prompts,
     select_output,
 )
+from edgewise.data.checks import scoring_entry
 from edgewise.patching.model import PatchableModel
 from edgewise.runtime.ablation import batch_ablation, src_ablations
 from edgewise.types import AblationType, CircuitOutputs, NodeLevel, NodeScores
@@ -176,6 +177,7 @@ def mib_weighted_edge_count(model: PatchableModel, circuit: NodeCircuit) -> floa
     return weight * inputs
 
 
+@scoring_entry
 def run_node_circuits(
     model: PatchableModel,
     dataloader: PromptDataLoader,

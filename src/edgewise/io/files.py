@@ -15,6 +15,8 @@ import hashlib
 import json
 import math
 import os
+import pickle
+import re
 import shutil
 import signal
 import stat
@@ -187,16 +189,42 @@ def write_json(path: str | os.PathLike, doc: Any) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
 
 
+def pickled_global(err: BaseException) -> str | None:
+    """The Python object (e.g. ``__main__.Config``) whose unpickling made
+    ``torch.load(..., weights_only=True)`` raise ``err``; ``None`` when ``err`` says
+    something else (a truncated or damaged file)."""
+    if not isinstance(err, pickle.UnpicklingError) and "Weights only load failed" not in str(err):
+        return None
+    found = re.search(r"GLOBAL ([\w.]+)", str(err))
+    return found.group(1) if found else None
+
+
+def torch_file_error(path: str | os.PathLike, err: BaseException, fix: str) -> FileFormatError:
+    """A one-line :class:`FileFormatError` for a torch file (``.pt``, ``.bin``) that
+    ``torch.load(..., weights_only=True)`` refused with ``err``: either it pickles Python
+    objects besides tensors (edgewise never unpickles those: unpickling can run any
+    code), or it is truncated or damaged. The message names ``path`` and ``fix``, never
+    torch's own advice to turn the safe loader off."""
+    text = str(err)
+    found = pickled_global(err)
+    if found is not None:
+        return FileFormatError(
+            f"{path} holds pickled Python objects besides tensors (e.g. {found}), which "
+            f"edgewise does not load: unpickling can run any code; {fix}")  # fmt: skip
+    first = text.strip().splitlines()[0][:100] if text.strip() else type(err).__name__
+    return FileFormatError(f"{path} cannot be read: it is truncated or damaged "
+                           f"({type(err).__name__}: {first}); {fix}")  # fmt: skip
+
+
 def load_checkpoint(path: str | os.PathLike, fix: str = "delete it to start over") -> Any:
     """``torch.load`` (``weights_only``) of a checkpoint; one that cannot be read raises
-    :class:`FileFormatError` naming ``path`` and ``fix``."""
+    :class:`FileFormatError` naming ``path`` and ``fix`` (:func:`torch_file_error`)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as e:
-        raise FileFormatError(f"the checkpoint {path} cannot be read (truncated or damaged: "
-                              f"{type(e).__name__}: {str(e)[:120]}); {fix}") from None
+        raise torch_file_error(f"the checkpoint {path}", e, fix) from None
 
 
 def _sha256_of_scores(meta_json: str, tensors: Mapping[str, torch.Tensor]) -> str:

@@ -16,6 +16,7 @@ from edgewise.data import (
     check_answer_ids,
     loader_batches,
 )
+from edgewise.data.checks import scoring_entry
 from edgewise.patching.model import PatchableModel
 from edgewise.types import CircuitOutputs, Measurements
 
@@ -114,6 +115,7 @@ def _check_ids_fit_outputs(batches: list[PromptPairBatch], circuit_outs: Circuit
             check_answer_ids(ints, int(outs.shape[-1]), field, "answer metric")
 
 
+@scoring_entry
 def measure_answer_diff(
     model: PatchableModel,
     dataloader: PromptDataLoader,
@@ -131,6 +133,7 @@ def measure_answer_diff(
     )
 
 
+@scoring_entry
 def measure_answer_val(
     model: PatchableModel,
     dataloader: PromptDataLoader,
@@ -171,6 +174,7 @@ def correct_answers(logits: torch.Tensor, batch: PromptPairBatch) -> torch.Tenso
     return torch.tensor(results)
 
 
+@scoring_entry
 def measure_all_answers_win_percent(
     model: PatchableModel, dataloader: PromptDataLoader, circuit_outs: CircuitOutputs
 ) -> Measurements:
@@ -204,6 +208,7 @@ def top_answer_correct(
     return (right >= torch.stack(wrong)).double()
 
 
+@scoring_entry
 def measure_correct_ans_percent(
     model: PatchableModel,
     dataloader: PromptDataLoader,
@@ -224,6 +229,7 @@ def measure_correct_ans_percent(
     ]
 
 
+@scoring_entry
 def measure_mse(
     model: PatchableModel, dataloader: PromptDataLoader, circuit_outs: CircuitOutputs
 ) -> Measurements:
@@ -233,6 +239,7 @@ def measure_mse(
     )
 
 
+@scoring_entry
 def full_model_outputs(
     model: PatchableModel, dataloader: PromptDataLoader, clean: bool = True
 ) -> dict[int, torch.Tensor]:
@@ -253,6 +260,7 @@ def kl_div_full(full: torch.Tensor, circuit: torch.Tensor) -> torch.Tensor:
     return F.kl_div(circ_lp, full_lp, log_target=True, reduction="none").sum(dim=-1)
 
 
+@scoring_entry
 def measure_kl_div(
     model: PatchableModel,
     dataloader: PromptDataLoader,
@@ -268,6 +276,7 @@ def measure_kl_div(
     return _per_size(dataloader, circuit_outs, lambda out, b: kl_div_full(full_outs[b.key], out))
 
 
+@scoring_entry
 def measure_logit_diff_percent(
     model: PatchableModel,
     dataloader: PromptDataLoader,
@@ -284,6 +293,7 @@ def measure_logit_diff_percent(
         dataloader, circuit_outs, lambda out, b: batch_answer_diffs(out, b), answer_ids=True)]
 
 
+@scoring_entry
 def measure_answer_diff_percent(
     model: PatchableModel,
     dataloader: PromptDataLoader,

@@ -104,7 +104,12 @@ def measure_roc(
     official = set(official_edges)
     unknown = official - set(model.edges)
     if unknown:
-        raise ValueError(f"official edges not in the model's graph: {sorted(map(repr, unknown))[:3]}")
+        raise ValueError(
+            f"measure_roc: {len(unknown)} official edge(s) are not in the model's graph "
+            f"({model.n_edges} edges, seq_len={model.seq_len}), e.g. "
+            f"{', '.join(sorted(map(repr, unknown))[:3])}; build the official circuit from this "
+            "model (e.g. task.official_edges(model))"
+        )
     n_pos, n_neg = len(official), model.n_edges - len(official)
     if n_pos == 0 or n_neg == 0:
         raise ValueError("ROC needs at least one official and one non-official edge")

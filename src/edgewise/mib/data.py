@@ -326,9 +326,13 @@ def mib_pairs(
     rows: Sequence[Mapping[str, Any]],
     tokenizer: Any,
     counterfactual: str | None = None,
+    *,
+    source: str | None = None,
 ) -> list[MIBPair]:
     """The rows MIB keeps, as prompt pairs with answer ids (see the module docstring for
-    each task's columns and filters).
+    each task's columns and filters). An answer the tokenizer does not know (it becomes
+    the unknown token) is a ``ValueError`` naming ``source`` (the file), the row and the
+    text, not a silent ``<unk>`` answer.
 
     Args:
         task: a name from :data:`MIB_TASKS`.
@@ -359,7 +363,7 @@ def mib_pairs(
 
     pairs: list[MIBPair] = []
     for i, row in enumerate(rows):
-        where = f"{spec.name} row {i}"
+        where = f"{source}: {spec.name} row {i}" if source else f"{spec.name} row {i}"
         clean = _field(row, "prompt", where)
         cf = row.get(cf_name)
         if spec.kind == "arithmetic":
@@ -392,6 +396,7 @@ def mib_pairs(
         a, w = _ids(tokenizer, answer), _ids(tokenizer, wrong)
         if not a or not w:
             raise ValueError(f"{where}: the answer {answer!r} or {wrong!r} tokenizes to nothing")
+        _refuse_unknown(tokenizer, where, (("answer", answer, a[0]), ("wrong answer", wrong, w[0])))
         pairs.append(MIBPair(i, clean, cf_prompt, a[0], w[0]))
     if not pairs:
         raise ValueError(
@@ -401,6 +406,21 @@ def mib_pairs(
             + ")"
         )
     return pairs
+
+
+def _refuse_unknown(tokenizer: Any, where: str, answers: Sequence[tuple[str, str, int]]) -> None:
+    """A ``ValueError`` when an answer's text became the tokenizer's unknown token: every
+    such answer would be one and the same id, so the metric would compare nothing."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None:
+        return
+    for what, text, first in answers:
+        if first == unk and text.strip() != getattr(tokenizer, "unk_token", None):
+            raise ValueError(
+                f"{where}: the {what} {text!r} is not in the tokenizer's vocabulary (it "
+                f"becomes the unknown token {getattr(tokenizer, 'unk_token', None)!r}, id "
+                f"{unk}); use the model's own tokenizer, or fix or drop that row"
+            )
 
 
 def _bos_id(tokenizer: Any) -> int | None:
@@ -468,7 +488,8 @@ def load_mib_task(
             f"padding_side must be 'right' (MIB's) or 'left', got {padding_side!r}"
         )
     spec = mib_task(task)
-    pairs = mib_pairs(spec.name, load_mib_rows(spec.name, path, split), tokenizer, counterfactual)
+    pairs = mib_pairs(spec.name, load_mib_rows(spec.name, path, split), tokenizer, counterfactual,
+                      source=str(path) if path is not None else f"the shipped {split} examples")
     if num_examples is not None:
         if not isinstance(num_examples, int) or num_examples < 1:
             raise ValueError(f"num_examples must be a positive int or None, got {num_examples!r}")

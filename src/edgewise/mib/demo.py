@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from edgewise.checks import cli_int
 from edgewise.mib.intervals import MibIntervals
 
 __all__ = [
@@ -244,7 +245,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/mib-demo", metavar="DIR", help="results folder")
     p.add_argument(
         "--bootstrap",
-        type=int,
+        type=cli_int(1),
         default=100,
         metavar="N",
         help="bootstrap resamples of the evaluation prompts (default 100)",

@@ -70,12 +70,14 @@ from typing import Any
 
 import torch
 
+from edgewise.checks import cli_int
 from edgewise.data import PromptDataLoader, loader_batches
+from edgewise.data.checks import scoring_entry
 from edgewise.evaluation.circuits import _check_scores, run_circuits
 from edgewise.metrics.answers import batch_answer_diffs, last_position
 from edgewise.metrics.faithfulness import area_under_curve
 from edgewise.patching.model import PatchableModel
-from edgewise.runtime.memory import MaxMemory
+from edgewise.runtime.memory import MaxMemory, memory_arg
 from edgewise.types import CircuitOutputs, Edge, PruneScores
 
 Measure = Callable[
@@ -210,6 +212,7 @@ def mib_faithfulness(value: float, empty: float, full: float) -> float:
     return (value - empty) / (full - empty)
 
 
+@scoring_entry
 def prompt_logit_diffs(
     model: PatchableModel, dataloader: PromptDataLoader, circuit_outs: CircuitOutputs
 ) -> dict[int, torch.Tensor]:
@@ -228,6 +231,7 @@ def prompt_logit_diffs(
     }
 
 
+@scoring_entry
 def mean_logit_diff(
     model: PatchableModel, dataloader: PromptDataLoader, circuit_outs: CircuitOutputs
 ) -> dict[int, float]:
@@ -243,6 +247,7 @@ def _nested(circuits: Sequence[set[Edge]]) -> bool:
     return all(a <= b for a, b in zip(ordered, ordered[1:]))
 
 
+@scoring_entry
 def measure_circuits_per_prompt(
     model: PatchableModel,
     dataloader: PromptDataLoader,
@@ -283,6 +288,7 @@ def measure_circuits_per_prompt(
     return [values[id(c)] for c in circuits], by_size[0], by_size[model.n_edges]
 
 
+@scoring_entry
 def measure_circuits(
     model: PatchableModel,
     dataloader: PromptDataLoader,
@@ -357,6 +363,7 @@ def _result(
     )
 
 
+@scoring_entry
 def mib_evaluate(
     model: PatchableModel,
     dataloader: PromptDataLoader,
@@ -398,6 +405,7 @@ def mib_evaluate(
     return _result(sizes, circuits, curves, full, empty)  # type: ignore[arg-type]
 
 
+@scoring_entry
 def mib_evaluate_circuits(
     model: PatchableModel,
     dataloader: PromptDataLoader,
@@ -444,10 +452,11 @@ def load_mib_setup(
     attention one K/V input per query head, as MIB ungroups them, on a ``HookedTransformer``
     and a ``TransformerBridge`` alike) and the task's test prompts, for ``edgewise mib ...``
     commands."""
-    from edgewise.benchmarks.tasks import get_task, load_model
+    from edgewise.benchmarks.tasks import check_model_name, get_task, load_model
     from edgewise.patching.wrap import patchable_model
 
     task = get_task(task_name)
+    check_model_name(model_name or task.model)  # a bad name or folder: before loading
     model = load_model(model_name or task.model)
     _, test = task.dataloaders(model, batch_size)
     cfg = model.cfg
@@ -524,8 +533,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("scores_file", help="a MIB graph JSON (.json) or an edgewise scores file")
     p.add_argument("--model", default=None, help="the model (default: the task's)")
     p.add_argument("--task", required=True, help="a task name or a dataset JSON file")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-memory", metavar="SIZE", default=None)
+    p.add_argument("--batch-size", type=cli_int(1), default=16)
+    p.add_argument("--max-memory", metavar="SIZE", default=None, type=memory_arg)
     p.add_argument("--ablation", choices=("patching", "optimal"), default="patching",
                    help="what edges outside a circuit carry: the corrupt prompt's activations "
                         "(patching: MIB's evaluation, whatever its --ablation) or optimal "

@@ -33,6 +33,7 @@ from functools import partial
 import torch
 
 from edgewise.data import PromptDataLoader
+from edgewise.data.checks import scoring_entry
 from edgewise.evaluation.bootstrap import (
     _check_bootstrap_args,
     percentile_interval,
@@ -115,6 +116,7 @@ def _recorder(
     return [v.mean().item() for v in values], empty.mean().item(), full.mean().item()
 
 
+@scoring_entry
 def mib_evaluate_per_prompt(
     model: PatchableModel,
     dataloader: PromptDataLoader,
@@ -145,6 +147,7 @@ def mib_evaluate_per_prompt(
     )
 
 
+@scoring_entry
 def mib_evaluate_nodes_per_prompt(
     model: PatchableModel,
     dataloader: PromptDataLoader,

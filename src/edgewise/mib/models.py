@@ -34,8 +34,9 @@ from typing import Any
 
 import torch
 
+from edgewise.checks import cli_int, require_int
 from edgewise.graph.build import Graph, GraphSpec, build_graph
-from edgewise.runtime.memory import human, parse_memory, pass_bytes
+from edgewise.runtime.memory import human, memory_arg, parse_memory, pass_bytes
 
 __all__ = [
     "ASSUMED_SEQ_LEN",
@@ -201,6 +202,7 @@ def eap_memory(model: MIBModel, task: str, seq: int, batch: int, budget: int | N
     fits ``budget`` bytes as :func:`edgewise.runtime.memory.plan_passes` chooses it (all
     prompts in one pass, else fewer prompts per pass, else one prompt and source blocks),
     counting weights and activations against the budget too."""
+    seq, batch = require_int(seq, "seq", 1), require_int(batch, "batch", 1)
     graph = _graph(model.spec)
     shape = _shape(graph, model.d_model, model.dtype)
     n = len(graph.srcs)
@@ -266,8 +268,8 @@ def run_memory(args: argparse.Namespace) -> list[MemoryPlan]:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``edgewise mib memory``."""
     p = sub.add_parser("memory", help="bytes EAP needs per MIB model and task")
-    p.add_argument("--max-memory", default=None, help="a budget such as 80GiB")
-    p.add_argument("--batch-size", type=int, default=20, help="prompts per batch (MIB: 20)")
-    p.add_argument("--seq-len", type=int, default=None, help="prompt length for every task")
+    p.add_argument("--max-memory", default=None, type=memory_arg, help="a budget such as 80GiB")
+    p.add_argument("--batch-size", type=cli_int(1), default=20, help="prompts per batch (MIB: 20)")
+    p.add_argument("--seq-len", type=cli_int(1), default=None, help="prompt length for every task")
     p.add_argument("--all", action="store_true", help="every model x task, not MIB's pairs")
     p.set_defaults(mib_run=run_memory)

@@ -48,7 +48,14 @@ from typing import Any
 
 import torch
 
-from edgewise.io.files import FileFormatError, load_mib_json, read_json, save_mib_json
+from edgewise.checks import cli_int
+from edgewise.io.files import (
+    FileFormatError,
+    load_mib_json,
+    read_json,
+    save_mib_json,
+    torch_file_error,
+)
 from edgewise.mib.evaluate import MIB_PERCENTAGES, mib_circuit
 from edgewise.patching.model import PatchableModel
 from edgewise.types import Edge, PruneScores
@@ -252,9 +259,8 @@ def _load_graph_doc(path: Path) -> dict[str, Any]:
     try:
         d = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise SchemaError(
-            f"{path} cannot be read as a torch file ({type(e).__name__}: {str(e)[:100]})"
-        ) from None
+        fix = "export it again (EAP-IG's Graph.to_pt, or MIB's graph JSON)"
+        raise SchemaError(str(torch_file_error(path, e, fix))) from None
     need = ["cfg", "src_nodes", "dst_nodes", "edges_scores", "edges_in_graph", "nodes_in_graph"]
     if not isinstance(d, dict) or not set(need) <= set(d):
         raise SchemaError(f"{path} lacks the keys {need} of EAP-IG's .pt graph format")
@@ -585,8 +591,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(mib_run=run_export)
     v = sub.add_parser("validate", help="check a submission folder against MIB's rules")
     v.add_argument("path")
-    v.add_argument("--min-tasks", type=int, default=2)
-    v.add_argument("--min-models", type=int, default=2)
+    v.add_argument("--min-tasks", type=cli_int(1), default=2)
+    v.add_argument("--min-models", type=cli_int(1), default=2)
     v.add_argument("--no-shape-check", action="store_true",
                    help="do not compare each file's model shape with the named MIB model's "
                         "(files made with another model, e.g. the demo's toy model)")

@@ -341,7 +341,10 @@ def load_hf_bridge(
 ) -> Any:
     """A ``TransformerBridge`` over a Hugging Face model: a loaded ``PreTrainedModel``,
     or a local directory holding a checkpoint (for example a downloaded GPT-2, Pythia
-    or Llama). Never reaches a hub: ``HF_HUB_OFFLINE`` is set."""
+    or Llama). Never reaches a hub: ``HF_HUB_OFFLINE`` is set. A directory whose
+    ``config.json`` or weight files are unreadable (truncated, not JSON, pickled Python
+    objects) raises :class:`edgewise.io.files.FileFormatError` naming the file
+    (:func:`edgewise.models.files.check_model_dir`) before anything loads."""
     from transformer_lens.model_bridge import TransformerBridge
 
     if isinstance(model, str | os.PathLike):
@@ -351,6 +354,9 @@ def load_hf_bridge(
                 f"{path} is not a local model directory; edgewise never downloads weights. "
                 "Save the model with save_pretrained(DIR) and pass DIR."
             )
+        from edgewise.models.files import check_model_dir
+
+        check_model_dir(path)  # one line naming a bad config.json or weights file
         return TransformerBridge.boot_transformers(path, device=device, dtype=dtype, tokenizer=tokenizer)
     name = getattr(model.config, "_name_or_path", "") or "local-model"
     if tokenizer is None:  # never let the bridge look one up on a hub

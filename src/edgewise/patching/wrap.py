@@ -10,7 +10,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from edgewise.checks import require_device, require_int
+from edgewise.checks import eval_mode, require_device, require_int
 from edgewise.graph.build import Graph, GraphSpec, build_graph
 from edgewise.models.adapter import HookAdapter
 from edgewise.patching.model import PatchableModel
@@ -58,6 +58,11 @@ def patchable_model(
     every hook fires with the expected shape and that the fast hooks patch exactly like
     TransformerLens' own per-head hooks (falling back to those, with a warning, if not).
 
+    A model in training mode (dropout on) is checked in eval mode and left in training
+    mode, with a warning (once per model): edgewise's scoring and evaluation functions
+    run it in eval mode, dropout off, and restore its mode when they return; calling
+    the returned model directly (``pm(tokens)``) runs it as it is, like any module.
+
     Args:
         model: the model; left unchanged apart from those flags.
         factorized: factorized graph (every source to every later destination) or the
@@ -104,17 +109,18 @@ def patchable_model(
         )
     graph = build_graph(spec, factorized=factorized, separate_qkv=separate_qkv, seq_len=seq_len)
     out_slice = _out_slice(slice_output)
-    from_z = z_hooks_available(model, adapter, graph)
-    projected = projected_dests_available(model, adapter, graph)
-    pm = _build(model, adapter, graph, out_slice, device, from_z, projected)
-    if (from_z or projected) and not _agrees_with_graph_hooks(pm):
-        warnings.warn(
-            f"{type(model).__name__}: computing head outputs from hook_z or patching Q/K/V "
-            "after the projection does not reproduce TransformerLens' own per-head hooks on "
-            "this model; using those instead (slower).",
-            stacklevel=2,
-        )
-        pm = _build(model, adapter, graph, out_slice, device, False, False)
+    with eval_mode(model, "patchable_model"):  # dropout would fail the agreement check
+        from_z = z_hooks_available(model, adapter, graph)
+        projected = projected_dests_available(model, adapter, graph)
+        pm = _build(model, adapter, graph, out_slice, device, from_z, projected)
+        if (from_z or projected) and not _agrees_with_graph_hooks(pm):
+            warnings.warn(
+                f"{type(model).__name__}: computing head outputs from hook_z or patching Q/K/V "
+                "after the projection does not reproduce TransformerLens' own per-head hooks on "
+                "this model; using those instead (slower).",
+                stacklevel=2,
+            )
+            pm = _build(model, adapter, graph, out_slice, device, False, False)
     if kv_caches is not None:
         pm.set_kv_caches(kv_caches)
     return pm

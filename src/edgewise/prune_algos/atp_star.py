@@ -31,6 +31,7 @@ from edgewise.data import (
     checked_batches,
     require_full_prompts,
 )
+from edgewise.data.checks import scoring_entry
 from edgewise.patching.model import PatchableModel
 from edgewise.prune_algos.loss import (
     AnswerFunction,
@@ -55,6 +56,7 @@ class _DropGrad(torch.autograd.Function):
         return torch.zeros_like(g)
 
 
+@scoring_entry
 def atp_star_prune_scores(
     model: PatchableModel,
     dataloader: PromptDataLoader,

@@ -6,10 +6,12 @@ from __future__ import annotations
 import torch
 
 from edgewise.data import PromptDataLoader, checked_batches, require_full_prompts
+from edgewise.data.checks import scoring_entry
 from edgewise.patching.model import PatchableModel
 from edgewise.types import Edge, PruneScores
 
 
+@scoring_entry
 def random_prune_scores(
     model: PatchableModel,
     dataloader: PromptDataLoader | None = None,
@@ -23,6 +25,7 @@ def random_prune_scores(
             for n, m in model.dest_modules.items()}  # fmt: skip
 
 
+@scoring_entry
 def activation_magnitude_prune_scores(
     model: PatchableModel,
     dataloader: PromptDataLoader,
@@ -46,6 +49,7 @@ def activation_magnitude_prune_scores(
     return _source_scores(model, total / n_batches)
 
 
+@scoring_entry
 def activation_norm_prune_scores(
     model: PatchableModel,
     dataloader: PromptDataLoader,
@@ -84,16 +88,30 @@ def _source_scores(model: PatchableModel, per_src: torch.Tensor) -> PruneScores:
     return scores
 
 
+@scoring_entry
 def ground_truth_prune_scores(
     model: PatchableModel,
     dataloader: PromptDataLoader | None = None,
     official_edges: set[Edge] | None = None,
 ) -> PruneScores:
-    """1 for the edges of ``official_edges``, 0 for every other edge."""
+    """1 for the edges of ``official_edges``, 0 for every other edge. An official edge
+    that is not one of ``model.edges`` (made for another model or graph) is a
+    ``ValueError`` naming it."""
     if official_edges is None:
         raise ValueError(
             "ground-truth scores need the official circuit: pass official_edges (e.g. "
             "edgewise.benchmarks.official.tracr.tracr_official_edges(model, 'reverse', 'resample'))"
+        )
+    graph_edges = set(model.edges)
+    foreign = [e for e in official_edges if e not in graph_edges]
+    if foreign:
+        shown = ", ".join(map(repr, sorted(foreign, key=repr)[:3]))
+        raise ValueError(
+            f"ground_truth_prune_scores: {len(foreign)} official edge(s) are not in the model's "
+            f"graph ({model.n_edges} edges, seq_len={model.seq_len}), e.g. {shown}; their "
+            "patch_idx would mark other edges. Build the official circuit from this model "
+            "(e.g. task.official_edges(model)), or wrap the model as the circuit expects "
+            "(seq_len, separate_qkv, factorized)."
         )
     dtype = model.score_dtype
     scores = {n: torch.zeros(m.mask_shape, dtype=dtype, device=model.device)

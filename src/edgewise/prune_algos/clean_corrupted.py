@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from edgewise.data import PromptDataLoader, batch_output, checked_batches, require_full_prompts
+from edgewise.data.checks import scoring_entry
 from edgewise.io.scale import Scale, apply_scale, check_scale, count_prompts
 from edgewise.patching.model import PatchableModel
 from edgewise.prune_algos.grad_rules import GradRule, check_grad_rules, gradient_rules
@@ -37,6 +38,7 @@ from edgewise.prune_algos.loss import (
 from edgewise.types import Edge, PruneScores
 
 
+@scoring_entry
 def clean_corrupted_prune_scores(
     model: PatchableModel,
     dataloader: PromptDataLoader,

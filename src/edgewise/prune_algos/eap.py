@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Literal
 
 from edgewise.data import PromptDataLoader
+from edgewise.data.checks import scoring_entry
 from edgewise.patching.model import PatchableModel
 from edgewise.prune_algos.grad_rules import GradRule
 from edgewise.prune_algos.loss import AnswerFunction, GradFunction
@@ -19,6 +20,7 @@ from edgewise.prune_algos.mask_gradient import mask_gradient_prune_scores
 from edgewise.types import AblationType, Edge, PruneScores
 
 
+@scoring_entry
 def edge_attribution_patching_prune_scores(
     model: PatchableModel,
     dataloader: PromptDataLoader,

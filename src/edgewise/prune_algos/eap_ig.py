@@ -39,6 +39,7 @@ from edgewise.data import (
     checked_batches,
     require_full_prompts,
 )
+from edgewise.data.checks import scoring_entry
 from edgewise.io.scale import Scale, apply_scale, check_scale, count_prompts
 from edgewise.patching.model import PatchableModel
 from edgewise.prune_algos.grad_rules import GradRule, check_grad_rules, gradient_rules
@@ -54,6 +55,7 @@ from edgewise.types import Edge, PruneScores
 INPUT_HOOK = "blocks.0.hook_resid_pre"
 
 
+@scoring_entry
 def eap_ig_inputs_prune_scores(
     model: PatchableModel,
     dataloader: PromptDataLoader,

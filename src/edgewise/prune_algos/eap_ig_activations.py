@@ -52,6 +52,7 @@ from edgewise.data import (
     refuse_padded_means,
     require_full_prompts,
 )
+from edgewise.data.checks import scoring_entry
 from edgewise.graph.build import SrcModule
 from edgewise.io.scale import Scale, apply_scale, check_scale, count_prompts
 from edgewise.patching.model import PatchableModel
@@ -75,6 +76,7 @@ def module_output_hook(module: SrcModule) -> str:
     return f"blocks.{module.block}.hook_{'attn' if module.kind == 'attn' else 'mlp'}_out"
 
 
+@scoring_entry
 def eap_ig_activations_prune_scores(
     model: PatchableModel,
     dataloader: PromptDataLoader,

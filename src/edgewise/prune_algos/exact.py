@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from edgewise.checks import require_int
 from edgewise.data import PromptDataLoader, checked_batches
+from edgewise.data.checks import scoring_entry
 from edgewise.io.files import FileFormatError, atomic_write, load_checkpoint
 from edgewise.patching.model import PatchableModel
 from edgewise.prune_algos.loss import (
@@ -34,6 +35,7 @@ from edgewise.types import AblationType, Edge, PruneScores
 CleanCorrupt = str | None
 
 
+@scoring_entry
 def exact_patching_prune_scores(
     model: PatchableModel,
     dataloader: PromptDataLoader,

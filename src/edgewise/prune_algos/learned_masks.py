@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from edgewise.checks import require_int
+from edgewise.checks import require_int, require_real
 from edgewise.data import PromptDataLoader, checked_batches
+from edgewise.data.checks import scoring_entry
 from edgewise.patching.model import PatchableModel
 from edgewise.runtime.ablation import batch_src_ablations
 from edgewise.types import AblationType, Edge, PruneScores
@@ -69,6 +70,7 @@ def _expected_kept(theta: torch.Tensor, mask_fn: MaskFn) -> torch.Tensor:
     return torch.sigmoid(theta - _L0_SHIFT).sum()
 
 
+@scoring_entry
 def learned_mask_prune_scores(
     model: PatchableModel,
     dataloader: PromptDataLoader,
@@ -103,8 +105,10 @@ def learned_mask_prune_scores(
     """
     epochs = require_int(epochs, "epochs", 1)
     checked_batches(model, dataloader, "learned_mask_prune_scores", None, True)
-    if not 0.0 < init_keep < 1.0:
-        raise ValueError(f"init_keep must be in (0, 1), got {init_keep}")
+    init_keep = require_real(init_keep, "init_keep", 0.0, 1.0, open_low=True, open_high=True,
+                             meaning="a keep probability")
+    learning_rate = require_real(learning_rate, "learning_rate", 0.0, open_low=True)
+    regularize_lambda = require_real(regularize_lambda, "regularize_lambda", 0.0)
     if circuit_size is not None and not 0 < circuit_size <= model.n_edges:
         raise ValueError(f"circuit_size must be in 1..{model.n_edges}, got {circuit_size}")
     gen = torch.Generator().manual_seed(seed) if mask_fn == "hard_concrete" else None
@@ -147,6 +151,7 @@ def _keep_probability(theta: torch.Tensor, mask_fn: MaskFn) -> torch.Tensor:
     return torch.sigmoid(theta.double() - shift).to(theta.dtype)
 
 
+@scoring_entry
 def learned_mask_sizes_prune_scores(
     model: PatchableModel,
     dataloader: PromptDataLoader,

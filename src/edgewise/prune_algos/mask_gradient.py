@@ -20,6 +20,7 @@ from edgewise.data import (
     refuse_padded_means,
     require_full_prompts,
 )
+from edgewise.data.checks import scoring_entry
 from edgewise.io.scale import Scale, apply_scale, check_scale, count_prompts
 from edgewise.patching.model import PatchableModel
 from edgewise.prune_algos.grad_rules import GradRule, check_grad_rules, gradient_rules
@@ -46,6 +47,7 @@ from edgewise.types import AblationType, Edge, PruneScores
 IGMode = Literal["all", "layer"]
 
 
+@scoring_entry
 def mask_gradient_prune_scores(
     model: PatchableModel,
     dataloader: PromptDataLoader,
@@ -89,8 +91,9 @@ def mask_gradient_prune_scores(
             detached denominator).
         answer_function: ``avg_diff``, ``avg_val`` or ``mse`` (see
             :func:`edgewise.prune_algos.loss.answer_loss`).
-        mask_val: the mask value of the forward pass. Exclusive with
-            ``integrated_grad_samples``.
+        mask_val: the mask value of the forward pass, in ``[0, 1]`` (0: every edge
+            clean, 1: every edge ablated; anything else is a ``ValueError``). Exclusive
+            with ``integrated_grad_samples``.
         integrated_grad_samples: number of interpolation steps ``N`` (``N + 1`` points).
         ablation_type: what ablated edges carry (an :class:`AblationType` or its name,
             e.g. ``"zero"``).
@@ -131,7 +134,8 @@ def mask_gradient_prune_scores(
             f"got mask_val={mask_val!r}, integrated_grad_samples={integrated_grad_samples!r}"
         )
     if mask_val is not None:
-        mask_val = require_real(mask_val, "mask_val")
+        mask_val = require_real(mask_val, "mask_val", 0.0, 1.0,
+                                meaning="0: every edge clean, 1: every edge ablated")
     if integrated_grad_samples is not None:
         integrated_grad_samples = require_int(integrated_grad_samples, "integrated_grad_samples", 1)
     if integrated_grad_mode not in ("all", "layer"):

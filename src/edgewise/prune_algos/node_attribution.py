@@ -68,6 +68,7 @@ from edgewise.data import (
     refuse_padded_means,
     require_full_prompts,
 )
+from edgewise.data.checks import scoring_entry
 from edgewise.io.scale import Scale, apply_scale, check_scale, count_prompts
 from edgewise.patching.model import PatchableModel
 from edgewise.prune_algos.eap_ig_activations import (
@@ -97,6 +98,7 @@ MlpGradient = Literal["output", "input"]
 INPUT_HOOK = "blocks.0.hook_resid_pre"
 
 
+@scoring_entry
 def node_attribution_scores(
     model: PatchableModel,
     dataloader: PromptDataLoader,

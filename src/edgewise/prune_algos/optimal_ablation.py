@@ -34,6 +34,7 @@ from torch import nn
 
 from edgewise.checks import require_int, require_real
 from edgewise.data import PromptDataLoader, batch_output, checked_batches, require_full_prompts
+from edgewise.data.checks import scoring_entry
 from edgewise.graph.build import SrcModule
 from edgewise.patching.model import PatchableModel
 from edgewise.prune_algos.eap_ig_activations import module_output_hook
@@ -48,6 +49,7 @@ from edgewise.prune_algos.loss import (
 Objective = Literal["lm", "task"]
 
 
+@scoring_entry
 def optimal_ablation_values(
     model: PatchableModel,
     dataloader: PromptDataLoader,

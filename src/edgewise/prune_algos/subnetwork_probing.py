@@ -39,8 +39,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from edgewise.checks import require_int
+from edgewise.checks import require_int, require_real
 from edgewise.data import PromptDataLoader, PromptPairBatch, checked_batches
+from edgewise.data.checks import scoring_entry
 from edgewise.evaluation.circuits import prune_scores_threshold
 from edgewise.metrics.answers import _mean_gather, batch_answer_diffs, top_answer_correct
 from edgewise.patching.model import PatchableModel
@@ -99,6 +100,7 @@ def _faithfulness(target: str, logits: torch.Tensor, clean: torch.Tensor, batch:
     raise ValueError(f"faithfulness_target must be one of {SP_FAITHFULNESS_TARGET.__args__}, got {target!r}")
 
 
+@scoring_entry
 def subnetwork_probing_prune_scores(
     model: PatchableModel,
     dataloader: PromptDataLoader,
@@ -154,6 +156,9 @@ def subnetwork_probing_prune_scores(
         Destination module name -> scores shaped like its mask (higher: more needed).
     """
     epochs = require_int(epochs, "epochs", 0)
+    dropout_p = require_real(dropout_p, "dropout_p", 0.0, 1.0, open_high=True,
+                             meaning="the probability of dropping a mask")
+    learning_rate = require_real(learning_rate, "learning_rate", 0.0, open_low=True)
     ablation_type = None if ablation_type is None else AblationType(ablation_type)
     # resample patches come from the clean run in edge mode: identical pairs change nothing
     checked_batches(model, dataloader, "subnetwork_probing_prune_scores", None,
@@ -249,6 +254,7 @@ def _validate(model: PatchableModel, batches: list[PromptPairBatch], i: int, the
         return float(100 * percent.mean())
 
 
+@scoring_entry
 def circuit_probing_prune_scores(
     model: PatchableModel,
     dataloader: PromptDataLoader,

@@ -7,12 +7,14 @@ from typing import Literal
 import torch
 
 from edgewise.data import PromptDataLoader, PromptPairBatch, require_full_prompts
+from edgewise.data.checks import reiterable, scoring_entry
 from edgewise.patching.model import PatchableModel
 from edgewise.types import AblationType, BatchKey
 
 CleanCorrupt = Literal["clean", "corrupt"]
 
 
+@scoring_entry
 def src_ablations(
     model: PatchableModel,
     sample: torch.Tensor | PromptDataLoader,
@@ -36,8 +38,9 @@ def src_ablations(
     """
     ablation_type = AblationType(ablation_type)  # also "zero", "RESAMPLE", ...
     if ablation_type.mean_over_dataset:
-        if not isinstance(sample, PromptDataLoader):
+        if isinstance(sample, torch.Tensor):
             raise TypeError(f"{ablation_type} averages over a dataset: pass the PromptDataLoader")
+        sample = reiterable(sample, "src_ablations")
         total: torch.Tensor | None = None
         count = 0
         for batch in sample:
@@ -95,6 +98,7 @@ def _summed_src_outs(
     return sum(parts)  # type: ignore[return-value]
 
 
+@scoring_entry
 def batch_src_ablations(
     model: PatchableModel,
     dataloader: PromptDataLoader,

@@ -16,6 +16,7 @@ them two ways, both giving the same scores as one pass:
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import re
@@ -51,7 +52,24 @@ def parse_memory(max_memory: MaxMemory, device: torch.device) -> int | None:
             f"max_memory {max_memory!r} is not a size: pass bytes (an int), a string like "
             "'1.5GiB' or '800MB', 'auto', or None"
         )
-    return max(1, int(float(match.group(1)) * _UNITS[match.group(2)]))
+    n_bytes = int(float(match.group(1)) * _UNITS[match.group(2)])
+    if n_bytes < 1:
+        raise ValueError(
+            f"max_memory {max_memory!r} is less than one byte: give a positive size such as "
+            "'8GiB', or 'auto'"
+        )
+    return n_bytes
+
+
+def memory_arg(text: str) -> str:
+    """An ``argparse`` ``type`` for ``--max-memory`` (``8GiB``, ``800MB``, bytes, or
+    ``auto``): the text itself, checked with :func:`parse_memory` while the arguments
+    are parsed, before any model is loaded."""
+    try:
+        parse_memory(text, torch.device("cpu"))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def free_memory(device: torch.device) -> int:

@@ -54,6 +54,7 @@ from edgewise.data import (
     require_full_prompts,
     warn_if_uncorrupted,
 )
+from edgewise.data.checks import scoring_entry
 from edgewise.io.files import load_checkpoint
 from edgewise.patching import PatchableModel, engine
 from edgewise.prune_algos.acdc.loss import (
@@ -142,6 +143,7 @@ def acdc_thresholds(tao_exps: Sequence[int], tao_bases: Sequence[float]) -> list
     return sorted(taus)
 
 
+@scoring_entry
 def acdc_prune_scores(
     model: PatchableModel,
     dataloader: PromptDataLoader,
