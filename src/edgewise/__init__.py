@@ -174,7 +174,7 @@ from edgewise.types import (
 )
 from edgewise.visualize import draw_seq_graph
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AblationType", "BatchKey", "CircuitOutputs", "DestNode", "Edge", "EdgeCounts", "Graph",

@@ -248,7 +248,8 @@ def test_refuses_foreign_folders_before_any_work(tmp_path, capsys):
     assert main(["mib", "demo", "--out", str(other), "--quiet"]) == 2
     assert "toy_ioi" in capsys.readouterr().err
     assert main(["mib", "demo", "--out", str(tmp_path / "new"), "--bootstrap", "0"]) == 2
-    assert "n_resamples" in capsys.readouterr().err
+    assert "--bootstrap: must be a whole number >= 1, got '0'" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
     assert sorted(p.name for p in foreign.iterdir()) == ["data.csv"]
     assert (clash / REPORT_FILE).read_text() == "someone's page"
     assert not (tmp_path / "new").exists()
