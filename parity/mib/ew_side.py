@@ -10,7 +10,8 @@ WORKDIR) and writes ``ew.json`` and its submission files under ``WORKDIR/ew_subm
 Entry points, each with defaults only (no convention parameter is passed):
 ``ALGORITHMS["eap" | "eap-ig-inputs" | "eap-ig-activations" | "clean-corrupted"]``
 (``ablation_values=`` for MIB's optimal ablation: the values are the input, not a
-convention), ``node_attribution_scores(model, loader, method, level)``,
+convention; ``eap``'s sum over batches converted to MIB's scale as ``edgewise mib export``
+converts a scores file), ``node_attribution_scores(model, loader, method, level)``,
 ``load_mib_task``, ``load_mib_json``, ``mib_evaluate`` (through
 ``mib_evaluate_per_prompt``, which returns its result unchanged), ``mib_circuit``,
 ``mib_evaluate_nodes_per_prompt``, ``node_circuit``, ``mib_weighted_edge_count``,
@@ -125,11 +126,22 @@ def main() -> None:
 
         side.step(f"data/{split}", data)
 
-    # --- edge scores, registry defaults
+    # --- edge scores, registry defaults. The registry's eap keeps auto-circuit's sum over
+    # batches; MIB's numbers for it are what `edgewise mib export` writes from its scores
+    # file: divided by the prompts (to_mib_scale, through rescale_scores)
+    from edgewise.io.scale import count_prompts, rescale_scores
+
+    def as_exported(algo: str, scores: dict, **params) -> dict:
+        scale = ALGORITHMS[algo].score_scale(params)
+        if scale != "sum":
+            return scores
+        return rescale_scores(scores, "sum", "mean", count_prompts(train))
+
     own: dict[str, dict] = {}
     for method in EDGE_METHODS:
         def edge(method=method):
-            own[method] = ALGORITHMS[EDGE_ALGOS[method]](pm, train, None, progress=False)
+            algo = EDGE_ALGOS[method]
+            own[method] = as_exported(algo, ALGORITHMS[algo](pm, train, None, progress=False))
             return edge_values(own[method])
 
         side.step(f"scores/edge/{method}", edge)
@@ -157,7 +169,8 @@ def main() -> None:
                 mlp = values[f"blocks.{mod.block}.hook_mlp_out"].reshape(1, -1).double()
                 rows.append(mlp.expand(seq, -1)[None])
         vals = torch.cat(rows)[:, None].to(getattr(torch, args.dtype))  # [n_srcs, 1, seq, d]
-        return edge_values(ALGORITHMS["eap"](pm, train, None, progress=False, ablation_values=vals))
+        scores = ALGORITHMS["eap"](pm, train, None, progress=False, ablation_values=vals)
+        return edge_values(as_exported("eap", scores))
 
     side.step("scores/edge/EAP/optimal", lambda: optimal(True))
     side.step("scores/edge/EAP/optimal-as-written", lambda: optimal(False))

@@ -707,6 +707,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from edgewise.checks import cli_int
     from edgewise.prune_algos import ALGORITHMS
+    from edgewise.prune_algos.optimal_ablation import add_optimal_ablation_arguments
     from edgewise.runtime.memory import memory_arg
 
     parser = _Parser(prog="edgewise", description=__doc__.split("\n")[0])
@@ -721,19 +722,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "from their checkpoints in DIR/checkpoints; other settings are an error. "
                         "Results of other algorithms in DIR are kept; DIR holds one task and "
                         "model, and one run at a time")
-    d.add_argument("--ablation", choices=("patching", "optimal"), default="patching",
-                   help="what scoring patches ablated edges with: the corrupt prompt's "
-                        "activations (patching, the default) or MIB's optimal ablation, one "
-                        "constant per source fitted on the train prompts (eap, ig, ig-layer, "
-                        "eap-frozen, eap-ig-activations). Circuits are still evaluated with "
-                        "interchange ablation, as MIB's run_evaluation.py does")
-    d.add_argument("--oa-steps", type=int, default=1000, metavar="N",
-                   help="--ablation optimal: Adam steps per source module (MIB: 1000)")
-    d.add_argument("--oa-lr", type=float, default=1e-3, metavar="LR",
-                   help="--ablation optimal: Adam's learning rate (MIB: 1e-3)")
-    d.add_argument("--oa-objective", choices=("lm", "task"), default="lm",
-                   help="--ablation optimal: the loss the constants minimise: next-token "
-                        "cross-entropy on the train prompts (lm, MIB's) or the task's loss")
+    add_optimal_ablation_arguments(
+        d, "what scoring patches ablated edges with: the corrupt prompt's activations "
+           "(patching, the default) or MIB's optimal ablation, one constant per source fitted "
+           "on the train prompts (eap, ig, ig-layer, eap-frozen, eap-ig-activations). Circuits "
+           "are still evaluated with interchange ablation, as MIB's run_evaluation.py does")
     d.add_argument("--scale", choices=["sum", "mean"], default=None,
                    help="reduction of gradient scores over prompts: sum (the sum over batches "
                         "of each batch's mean; the default of eap, ig, ig-layer, eap-frozen) or "

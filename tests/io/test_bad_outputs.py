@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from edgewise import patchable_model
-from edgewise.cli import DataChangedError, build_parser, discover, evaluate, main, report
+from edgewise.cli import DataChangedError, main
 from edgewise.io import (
     ChecksumError,
     DiskFullError,
@@ -38,78 +38,9 @@ from edgewise.io.results_folder import LOCK, MARKER, FolderInUseError, OutputFol
 from edgewise.models import random_model
 from edgewise.visualize import write_report
 
-ROOT = Path(__file__).resolve().parents[2]
-RUN = ["--model", "toy-ioi", "--batch-size", "4", "--quiet"]
+from folders import ROOT, RUN, api, cli_error, dataset, snapshot
 
-
-def dataset(path: Path, reverse: bool = False) -> Path:
-    """8 prompts of the shipped toy IOI dataset (reversed: other data, same format)."""
-    doc = json.loads((ROOT / "src/edgewise/datasets/toy_ioi.json").read_text())
-    doc["prompts"] = doc["prompts"][:8][::-1] if reverse else doc["prompts"][:8]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc))
-    return path
-
-
-def api(argv: list[str]):
-    """The command's function called directly, so errors arrive as exceptions."""
-    args = build_parser().parse_args(argv)
-    return {"discover": discover, "evaluate": evaluate, "report": report}[args.command](args)
-
-
-def cli_error(argv: list[str], capsys, rc: int = 2) -> str:
-    """Run the command line; assert it failed with ``rc`` and one clear line; return it."""
-    capsys.readouterr()
-    assert main(argv) == rc
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    errors = [line for line in err.splitlines() if "error" in line.lower()]
-    assert len(errors) == 1 and errors[0].startswith("edgewise: error: "), err
-    assert err.rstrip().endswith(errors[0])  # the last word (progress bars may come before)
-    return errors[0]
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder`` (relative name -> bytes)."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file()}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def few_circuit_sizes():
-    """Evaluate circuits of 4 sizes instead of up to 40 (what is tested here is what
-    happens to files, not the curves), keeping this file fast."""
-    import edgewise.evaluation.circuits
-
-    real = edgewise.evaluation.circuits.edge_counts_util
-
-    def four(n_edges, *args, **kw):
-        sizes = real(n_edges, *args, **kw)
-        return sorted({sizes[0], sizes[len(sizes) // 3], sizes[2 * len(sizes) // 3], sizes[-1]})
-
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(edgewise.evaluation.circuits, "edge_counts_util", four)
-        yield
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return dataset(tmp_path_factory.mktemp("data") / "prompts.json")
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, data) -> Path:
-    """A folder of a finished ``discover --algo eap`` (copy it before changing it)."""
-    out = tmp_path_factory.mktemp("finished") / "run"
-    assert main(["discover", "--task", str(data), "--algo", "eap", *RUN, "--out", str(out)]) == 0
-    return out
-
-
-@pytest.fixture
-def run(tmp_path, finished) -> Path:
-    out = tmp_path / "run"
-    shutil.copytree(finished, out)
-    return out
+pytestmark = pytest.mark.usefixtures("few_circuit_sizes")
 
 
 # ------------------------------------------------------------- 1. evaluate's data

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgewise import patchable_model
-from edgewise.cli import DataChangedError, build_parser, discover, evaluate, main, report
+from edgewise.cli import DataChangedError, main
 from edgewise.io import load_mib_json, load_prune_scores, save_mib_json, save_prune_scores
 from edgewise.io.provenance import (
     RUN_FIELDS,
@@ -35,47 +36,13 @@ from edgewise.io.provenance import (
 from edgewise.io.schema import FieldError
 from edgewise.models import random_model
 
+from folders import ROOT, RUN, api, cli_error, dataset, snapshot
 from util import requires_hooked
 
-ROOT = Path(__file__).resolve().parents[2]
-RUN = ["--model", "toy-ioi", "--batch-size", "4", "--quiet"]
+pytestmark = pytest.mark.usefixtures("few_circuit_sizes")
 
 
 # ------------------------------------------------------------------ helpers
-def dataset(path: Path, reverse: bool = False) -> Path:
-    """8 prompts of the shipped toy IOI dataset (reversed: other prompts, same format)."""
-    doc = json.loads((ROOT / "src/edgewise/datasets/toy_ioi.json").read_text())
-    doc["prompts"] = doc["prompts"][:8][::-1] if reverse else doc["prompts"][:8]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc))
-    return path
-
-
-def api(argv: list[str]):
-    """The command's function called directly, so errors arrive as exceptions."""
-    args = build_parser().parse_args(argv)
-    if args.command == "mib":
-        return args.mib_run(args)
-    return {"discover": discover, "evaluate": evaluate, "report": report}[args.command](args)
-
-
-def cli_error(argv: list[str], capsys, rc: int = 2) -> str:
-    """Run the command line; assert it failed with ``rc`` and one clear line; return it."""
-    capsys.readouterr()
-    assert main(argv) == rc
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    errors = [line for line in err.splitlines() if "error" in line.lower()]
-    assert len(errors) == 1 and errors[0].startswith("edgewise: error: "), err
-    assert err.rstrip().endswith(errors[0])
-    return errors[0]
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file()}
-
-
 def refused(argv: list[str], error: type[Exception], pattern: str, folder: Path, capsys) -> str:
     """``argv`` raises ``error`` matching ``pattern`` through the API and fails with one
     line (exit 2) on the command line; nothing under ``folder`` changes. Returns the line."""
@@ -108,50 +75,14 @@ def short(sha: str) -> str:
     return f"'{sha[:12]}…'"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def few_circuit_sizes():
-    """Evaluate 4 circuit sizes instead of up to 40 (what is tested here is which files
-    are accepted, not the curves)."""
-    import edgewise.evaluation.circuits
-
-    real = edgewise.evaluation.circuits.edge_counts_util
-
-    def four(n_edges, *args, **kw):
-        sizes = real(n_edges, *args, **kw)
-        return sorted({sizes[0], sizes[len(sizes) // 3], sizes[2 * len(sizes) // 3], sizes[-1]})
-
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(edgewise.evaluation.circuits, "edge_counts_util", four)
-        yield
-
-
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return dataset(tmp_path_factory.mktemp("data") / "prompts.json")
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, data) -> Path:
-    out = tmp_path_factory.mktemp("finished") / "run"
-    assert main(["discover", "--task", str(data), "--algo", "eap", *RUN, "--out", str(out)]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def other_model(tmp_path_factory, data) -> Path:
+def other_model(tmp_path_factory, few_circuit_sizes, data) -> Path:
     """The same command on the toy model with one weight changed."""
     out = tmp_path_factory.mktemp("other_model") / "run"
     with pytest.MonkeyPatch.context() as m:
         perturb(m)
         assert main(["discover", "--task", str(data), "--algo", "eap", *RUN, "--out",
                      str(out)]) == 0  # fmt: skip
-    return out
-
-
-@pytest.fixture
-def run(tmp_path, finished) -> Path:
-    out = tmp_path / "run"
-    shutil.copytree(finished, out)
     return out
 
 
@@ -411,15 +342,16 @@ def test_another_version_is_refused(run, data, monkeypatch, capsys):
     import edgewise
     import edgewise.io.provenance as provenance
 
+    saved = re.escape(edgewise.__version__)
     with monkeypatch.context() as m:
         m.setattr(edgewise, "__version__", "9.9.9")
         refused(["evaluate", str(run), "--quiet"], ProvenanceError,
-                r"edgewise_version: saved '0\.1\.0', now '9\.9\.9'; install the edgewise "
+                rf"edgewise_version: saved '{saved}', now '9\.9\.9'; install the edgewise "
                 r"version that computed them, or rerun edgewise discover with --fresh",
                 run, capsys)
         refused(["discover", "--task", str(data), "--algo", "eap", *RUN, "--out", str(run)],
                 ProvenanceError, r"checkpoints/eap\.json was produced with other settings: "
-                r"edgewise_version: saved '0\.1\.0', now '9\.9\.9'.*--fresh", run, capsys)
+                rf"edgewise_version: saved '{saved}', now '9\.9\.9'.*--fresh", run, capsys)
     real = provenance.library_versions
     monkeypatch.setattr(provenance, "library_versions",
                         lambda: {**real(), "transformer_lens_version": "0.0.1"})

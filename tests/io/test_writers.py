@@ -36,19 +36,12 @@ from edgewise.io.results_folder import (
     folder_lock,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+from folders import ROOT, RUN
+
+pytestmark = pytest.mark.usefixtures("few_circuit_sizes")
+
 PAUSED = Path(__file__).with_name("run_paused.py")
-RUN = ["--model", "toy-ioi", "--batch-size", "4", "--quiet"]
 HOST = socket.gethostname()
-
-
-def dataset(path: Path) -> Path:
-    """8 prompts of the shipped toy IOI dataset."""
-    doc = json.loads((ROOT / "src/edgewise/datasets/toy_ioi.json").read_text())
-    doc["prompts"] = doc["prompts"][:8]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc))
-    return path
 
 
 def tree(folder: Path) -> dict[str, str]:
@@ -101,43 +94,6 @@ def export_argv(src: Path, out: Path, *extra: str, pair: tuple[str, str] = ("ioi
                 kind: str = "importances") -> list[str]:  # fmt: skip
     return ["mib", "export", str(src), "--model", "toy-ioi", "--task", "toy_ioi", "--mib-task",
             pair[0], "--mib-model", pair[1], "--kind", kind, "--out", str(out), *extra]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def few_circuit_sizes():
-    """Evaluate circuits of 4 sizes instead of up to 40 (what is tested here is what
-    happens to files, not the curves), keeping this file fast."""
-    import edgewise.evaluation.circuits
-
-    real = edgewise.evaluation.circuits.edge_counts_util
-
-    def four(n_edges, *args, **kw):
-        sizes = real(n_edges, *args, **kw)
-        return sorted({sizes[0], sizes[len(sizes) // 3], sizes[2 * len(sizes) // 3], sizes[-1]})
-
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(edgewise.evaluation.circuits, "edge_counts_util", four)
-        yield
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return dataset(tmp_path_factory.mktemp("data") / "prompts.json")
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, data) -> Path:
-    """A folder of a finished ``discover --algo eap`` (copy it before changing it)."""
-    out = tmp_path_factory.mktemp("finished") / "run"
-    assert main(["discover", "--task", str(data), "--algo", "eap", *RUN, "--out", str(out)]) == 0
-    return out
-
-
-@pytest.fixture
-def run(tmp_path, finished) -> Path:
-    out = tmp_path / "run"
-    shutil.copytree(finished, out, symlinks=True)
-    return out
 
 
 @pytest.fixture(scope="module")

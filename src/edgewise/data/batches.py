@@ -137,22 +137,11 @@ def left_pad(sequences: Sequence[Tensor], pad_id: int, length: int | None = None
     Returns:
         ``[n, length]`` where row ``i`` ends with ``sequences[i]``.
     """
-    if len(sequences) == 0:
-        raise ValueError("left_pad needs at least one sequence")
-    longest = max(int(s.shape[0]) for s in sequences)
-    length = longest if length is None else length
-    if length < longest:
-        raise ValueError(f"length={length} is shorter than the longest sequence ({longest})")
-    first = sequences[0]
-    out = torch.full((len(sequences), length), pad_id, dtype=first.dtype, device=first.device)
-    for row, seq in enumerate(sequences):
-        if seq.shape[0] > 0:
-            out[row, length - seq.shape[0] :] = seq
-    return out
+    return _pad(sequences, pad_id, length, "left")
 
 
 def right_pad(sequences: Sequence[Tensor], pad_id: int, length: int | None = None) -> Tensor:
-    """Stack 1-D token tensors into one tensor, padding each on the right.
+    """Stack 1-D token tensors into one tensor, padding each on the right (MIB's).
 
     Args:
         sequences: ``n`` tensors of shape ``[seq_i]`` on one device.
@@ -162,8 +151,12 @@ def right_pad(sequences: Sequence[Tensor], pad_id: int, length: int | None = Non
     Returns:
         ``[n, length]`` where row ``i`` starts with ``sequences[i]``.
     """
+    return _pad(sequences, pad_id, length, "right")
+
+
+def _pad(sequences: Sequence[Tensor], pad_id: int, length: int | None, side: str) -> Tensor:
     if len(sequences) == 0:
-        raise ValueError("right_pad needs at least one sequence")
+        raise ValueError(f"{side}_pad needs at least one sequence")
     longest = max(int(s.shape[0]) for s in sequences)
     length = longest if length is None else length
     if length < longest:
@@ -171,7 +164,12 @@ def right_pad(sequences: Sequence[Tensor], pad_id: int, length: int | None = Non
     first = sequences[0]
     out = torch.full((len(sequences), length), pad_id, dtype=first.dtype, device=first.device)
     for row, seq in enumerate(sequences):
-        out[row, : seq.shape[0]] = seq
+        n = int(seq.shape[0])
+        if n > 0:
+            if side == "left":
+                out[row, length - n :] = seq
+            else:
+                out[row, :n] = seq
     return out
 
 

@@ -77,6 +77,7 @@ from edgewise.evaluation.circuits import _check_scores, run_circuits
 from edgewise.metrics.answers import batch_answer_diffs, last_position
 from edgewise.metrics.faithfulness import area_under_curve
 from edgewise.patching.model import PatchableModel
+from edgewise.prune_algos.optimal_ablation import add_optimal_ablation_arguments
 from edgewise.runtime.memory import MaxMemory, memory_arg
 from edgewise.types import CircuitOutputs, Edge, PruneScores
 
@@ -535,15 +536,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", required=True, help="a task name or a dataset JSON file")
     p.add_argument("--batch-size", type=cli_int(1), default=16)
     p.add_argument("--max-memory", metavar="SIZE", default=None, type=memory_arg)
-    p.add_argument("--ablation", choices=("patching", "optimal"), default="patching",
-                   help="what edges outside a circuit carry: the corrupt prompt's activations "
-                        "(patching: MIB's evaluation, whatever its --ablation) or optimal "
-                        "ablation constants fitted on the task's train prompts")
-    p.add_argument("--oa-steps", type=int, default=1000, metavar="N",
-                   help="--ablation optimal: Adam steps per source module (MIB: 1000)")
-    p.add_argument("--oa-lr", type=float, default=1e-3, metavar="LR",
-                   help="--ablation optimal: Adam's learning rate (MIB: 1e-3)")
-    p.add_argument("--oa-objective", choices=("lm", "task"), default="lm",
-                   help="--ablation optimal: next-token loss (lm, MIB's) or the task's loss")
+    add_optimal_ablation_arguments(
+        p, "what edges outside a circuit carry: the corrupt prompt's activations (patching: "
+           "MIB's evaluation, whatever its --ablation) or optimal ablation constants fitted on "
+           "the task's train prompts")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(mib_run=run_evaluate)

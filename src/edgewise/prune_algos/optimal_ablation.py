@@ -178,3 +178,18 @@ def _constant(value: torch.Tensor):
         return value.expand_as(out)
 
     return hook
+
+
+def add_optimal_ablation_arguments(parser: Any, ablation_help: str) -> None:
+    """Add ``--ablation patching|optimal`` (described by ``ablation_help``) and the
+    fitting options ``--oa-steps``, ``--oa-lr``, ``--oa-objective`` (MIB's ``oa.py``
+    defaults) to an ``argparse`` parser."""
+    parser.add_argument("--ablation", choices=("patching", "optimal"), default="patching",
+                        help=ablation_help)
+    parser.add_argument("--oa-steps", type=int, default=1000, metavar="N",
+                        help="--ablation optimal: Adam steps per source module (MIB: 1000)")
+    parser.add_argument("--oa-lr", type=float, default=1e-3, metavar="LR",
+                        help="--ablation optimal: Adam's learning rate (MIB: 1e-3)")
+    parser.add_argument("--oa-objective", choices=("lm", "task"), default="lm",
+                        help="--ablation optimal: the loss the constants minimise: next-token "
+                             "cross-entropy on the train prompts (lm, MIB's) or the task's loss")
