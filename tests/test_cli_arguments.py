@@ -63,7 +63,8 @@ def test_max_memory_that_is_not_a_size_is_refused_while_parsing(tmp_path, capsys
     out = tmp_path / "out"
     rc, err = run(["discover", "--task", "toy_ioi", "--out", str(out), f"--max-memory={size}"], capsys)
     assert rc == 2
-    one_line_error(err, "argument --max-memory: max_memory")
+    one_line_error(err, f"argument --max-memory: {size!r} is not a memory size: give a size")
+    assert "None" not in err  # a Python value, not something to type
     assert not out.exists()
     rc, err = run(["mib", "memory", f"--max-memory={size}"], capsys)
     assert rc == 2 and "argument --max-memory" in err

@@ -67,8 +67,10 @@ def memory_arg(text: str) -> str:
     are parsed, before any model is loaded."""
     try:
         parse_memory(text, torch.device("cpu"))
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a memory size: give a size such as 8GiB, 800MB or 1500000000 "
+            "(bytes, above 0), or auto (the device's free memory)") from None
     return text
 
 
