@@ -145,6 +145,20 @@ def test_optimal_values_through_eap_and_node_eap_equal_the_hook_reference(pm):
     for e in pm.edges:
         per_src[e.src.src_idx] += want[e.dest.module_name][e.patch_idx]
     torch.testing.assert_close(nodes.double(), per_src, atol=1e-9 * scale, rtol=0)
+    # node-level EAP-IG on activations takes the values too: a node's score is the sum of
+    # its outgoing edges' scores of the edge-level method with the same values and passes
+    from edgewise.prune_algos import eap_ig_activations_prune_scores
+
+    edges = eap_ig_activations_prune_scores(pm, loader, integrated_grad_samples=2,
+                                            ablation_values=oa, scale="sum", progress=False)
+    per_src_ig = torch.zeros(len(pm.srcs), dtype=torch.float64)
+    for e in pm.edges:
+        per_src_ig[e.src.src_idx] += edges[e.dest.module_name][e.patch_idx].double()
+    ig = flat_node_scores(pm, node_attribution_scores(
+        pm, loader, "eap-ig-activations", "node", integrated_grad_samples=2, ablation_values=oa,
+        scale="sum", mlp_gradient="output", progress=False))  # fmt: skip
+    assert not torch.allclose(ig.double(), per_src)  # the values move the path: not EAP
+    torch.testing.assert_close(ig.double(), per_src_ig, atol=1e-9 * scale, rtol=0)
     with pytest.raises(ValueError, match="EAP-IG on inputs .*MIB refuses"):
         node_attribution_scores(pm, loader, "eap-ig-inputs", ablation_values=oa)
 
