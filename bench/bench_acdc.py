@@ -21,7 +21,7 @@ Rows, each in its own process (so its peak memory is its own):
   unembedding only the output position, k candidate edges per forward pass;
 - fast, speculation auto: the default, ``speculation=None`` (k measured at setup and
   chosen before every pass from the accept rate);
-- fast, speculation 1-alone: k = 1 and one search state per pass, as before session 6
+- fast, speculation 1-alone: k = 1 and one search state per pass, as before 0.1.0-dev.6
   (since then the next candidates of every tau group share one stacked pass).
 
 ms/edge is wall time of the whole ``acdc_prune_scores`` call (including its one-off clean
@@ -101,7 +101,7 @@ def worker(args: argparse.Namespace) -> None:
         exps, bases = tau_grid(pm, loader, args.tau)
     if args.worker == "plain":
         kw = {"method": "plain"}
-    elif args.worker == "1-alone":  # speculation 1 with one tau state per pass (before session 6)
+    elif args.worker == "1-alone":  # speculation 1 with one tau state per pass (before 0.1.0-dev.6)
         from edgewise.prune_algos import acdc
 
         acdc._FastEvaluator._max_copies = lambda self: 1

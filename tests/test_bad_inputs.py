@@ -1,4 +1,4 @@
-"""Bad inputs through the API (issue 15): each gives a clear error of a fixed class that
+"""Bad inputs through the API: each gives a clear error of a fixed class that
 names the input and the fix, or a warning, never a raw traceback or a silently wrong
 result. The command-line cases live with the CLI's tests."""
 

@@ -1,5 +1,5 @@
 """Nothing a user has is lost or silently wrong: results folders, saved files, and the
-errors for damaged or foreign ones (issue 15, "lost or overwritten data" and the file
+errors for damaged or foreign ones ("lost or overwritten data" and the file
 inputs). Each case runs through the API (exact error class) and the command line (one
 ``edgewise: error:`` line, nonzero exit, no traceback).
 

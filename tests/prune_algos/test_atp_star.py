@@ -66,7 +66,7 @@ def test_qk_fix_tracks_exact_patching_better_than_eap_on_random_models():
         want = _values(pm, exact, qk)
         corr_eap.append(float(torch.corrcoef(torch.stack([want, _values(pm, eap, qk)]))[0, 1]))
         corr_qk.append(float(torch.corrcoef(torch.stack([want, _values(pm, atp, qk)]))[0, 1]))
-    # mean Pearson correlation with exact patching on Q/K edges (session 2: 0.25 vs 0.59
+    # mean Pearson correlation with exact patching on Q/K edges (0.1.0-dev.2: 0.25 vs 0.59
     # over 10 seeds)
     assert statistics.mean(corr_qk) > statistics.mean(corr_eap) + 0.15
 

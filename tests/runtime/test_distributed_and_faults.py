@@ -1,4 +1,4 @@
-"""Issue 7 groundwork: data-parallel mask gradients, run_circuits and ACDC over
+"""Groundwork for multi-process runs: data-parallel mask gradients, run_circuits and ACDC over
 torch.distributed (gloo, 2 CPU processes) equal one process; a NaN names the batch and
 the edge."""
 
