@@ -22,17 +22,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgewise.cli import build_parser, discover, evaluate, main, report
+from edgewise.cli import main
 from edgewise.io.results_folder import MARKER
 from edgewise.io.schema import FieldError, check_marker, check_results_doc, check_resume_state, join
 
-ROOT = Path(__file__).resolve().parents[2]
+from folders import ROOT, api
+
 FIX = "rerun discover"
-
-
-def api(argv: list[str]):
-    args = build_parser().parse_args(argv)
-    return {"discover": discover, "evaluate": evaluate, "report": report}[args.command](args)
+pytestmark = pytest.mark.usefixtures("few_circuit_sizes")
 
 
 def one_error_line(err: str, error: Exception) -> None:
@@ -44,24 +41,8 @@ def one_error_line(err: str, error: Exception) -> None:
     assert err.endswith(f"edgewise: error: {error}\n")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def few_circuit_sizes():
-    """Evaluate 4 circuit sizes instead of up to 40 (files are tested here, not curves)."""
-    import edgewise.evaluation.circuits
-
-    real = edgewise.evaluation.circuits.edge_counts_util
-
-    def four(n_edges, *args, **kw):
-        sizes = real(n_edges, *args, **kw)
-        return sorted({sizes[0], sizes[len(sizes) // 3], sizes[2 * len(sizes) // 3], sizes[-1]})
-
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(edgewise.evaluation.circuits, "edge_counts_util", four)
-        yield
-
-
 @pytest.fixture(scope="module")
-def positional(tmp_path_factory) -> Path:
+def positional(tmp_path_factory, few_circuit_sizes) -> Path:
     out = tmp_path_factory.mktemp("positional") / "run"
     assert main(["discover", "--task", "toy_ioi", "--algo", "eap", "--bootstrap", "3",
                  "--batch-size", "32", "--quiet", "--out", str(out)]) == 0  # fmt: skip
@@ -69,7 +50,7 @@ def positional(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory) -> Path:
+def toy(tmp_path_factory, few_circuit_sizes) -> Path:
     data = tmp_path_factory.mktemp("data") / "prompts.json"
     doc = json.loads((ROOT / "src/edgewise/datasets/toy_ioi.json").read_text())
     doc["prompts"] = doc["prompts"][:8]

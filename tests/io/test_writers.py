@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgewise.cli import build_parser, demo, discover, evaluate, main, report
+from edgewise.cli import main
 from edgewise.io import atomic_write, save_mib_json
 from edgewise.io.results_folder import (
     LOCK,
@@ -36,7 +36,7 @@ from edgewise.io.results_folder import (
     folder_lock,
 )
 
-from folders import ROOT, RUN
+from folders import ROOT, RUN, api
 
 pytestmark = pytest.mark.usefixtures("few_circuit_sizes")
 
@@ -67,15 +67,6 @@ def files(folder: Path) -> dict[str, str]:
 
 def temporaries(folder: Path) -> list[str]:
     return sorted(k for k in tree(folder) if Path(k).name.endswith(".edgewise-tmp"))
-
-
-def api(argv: list[str]):
-    """The command's function called directly, so errors arrive as exceptions."""
-    args = build_parser().parse_args(argv)
-    if args.command == "mib":
-        return args.mib_run(args)
-    return {"discover": discover, "evaluate": evaluate, "report": report,
-            "demo": demo}[args.command](args)  # fmt: skip
 
 
 def cli(argv: list[str], capsys, rc: int) -> str:
