@@ -30,12 +30,20 @@ install: $(BIN)/.installed $(BIN4)/.installed
 demo: $(BIN4)/.installed
 	$(BIN4)/edgewise demo --out runs/demo
 
+# The two suites run side by side, one thread each (the machine has two cores; tiny models
+# gain little from a second thread), and each one's output is printed when it ends.
 test: install
 	$(BIN4)/ruff check .
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-tl4 test-tl3
+
+.PHONY: test-tl4 test-tl3
+test-tl4: $(BIN4)/.installed
 	@echo "== TransformerLens $$($(BIN4)/python -c 'import importlib.metadata as m; print(m.version("transformer-lens"))') (plain install)"
-	$(BIN4)/python -m pytest -q -m "not slow" -p no:cacheprovider
+	OMP_NUM_THREADS=1 EDGEWISE_TEST_THREADS=1 $(BIN4)/python -m pytest -q -m "not slow" -p no:cacheprovider --durations=5
+
+test-tl3: $(BIN)/.installed
 	@echo "== TransformerLens $$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("transformer-lens"))') (pinned)"
-	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider
+	OMP_NUM_THREADS=1 EDGEWISE_TEST_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider --durations=5
 
 test-all: install
 	$(BIN4)/python -m pytest -q -p no:cacheprovider
