@@ -21,7 +21,7 @@ from torch.utils.data import Dataset, Subset
 from edgewise.checks import require_device, require_int
 from edgewise.data.batches import PromptPair
 from edgewise.data.dataset import PromptDataLoader, PromptDataset, _base_prompt_dataset
-from edgewise.data.json_format import _pairs_to_json_dict, _shift_word_idxs, _validated_prompts
+from edgewise.data.json_format import _pairs_to_json_dict, _validated_prompts
 from edgewise.data.tokens import _is_token_id
 from edgewise.io.files import atomic_write
 
