@@ -234,6 +234,7 @@ def _ac_float64_shim(rec: Recorder) -> None:
     rec.note("auto_circuit: float64 shim on PatchWrapperImpl.forward (run_circuits writes float32 masks)")
     if _SHIMMED:
         return
+    import torch
     from auto_circuit.utils.patch_wrapper import PatchWrapperImpl
 
     original = PatchWrapperImpl.forward
@@ -242,15 +243,16 @@ def _ac_float64_shim(rec: Recorder) -> None:
         mask = getattr(self, "patch_mask", None)
         if getattr(self, "is_dest", False) and mask is not None and args and hasattr(args[0], "dtype"):
             if mask.dtype != args[0].dtype and args[0].is_floating_point():
-                mask.data = mask.data.to(args[0].dtype)
+                # outside inference mode: a mask made in run_circuits' inference pass would
+                # otherwise be an inference tensor, which later mask training cannot use
+                with torch.inference_mode(False):
+                    mask.data = mask.data.to(args[0].dtype)
         return original(self, *args, **kwargs)
 
     PatchWrapperImpl.forward = forward
     # subnetwork_probing_prune_scores calls t.optim.adam.Adam; torch 2.13's torch.optim
     # deletes its submodule attributes after importing them, so that lookup fails.
     import importlib as _il
-
-    import torch
 
     if not hasattr(torch.optim, "adam"):
         torch.optim.adam = _il.import_module("torch.optim.adam")

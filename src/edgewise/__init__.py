@@ -63,6 +63,21 @@ from edgewise.compat import (
     set_all_masks,
     train_mask_mode,
 )
+from edgewise.compat_ops import (
+    algo_measurements_auc,
+    batch_answer_diff_percents,
+    batch_avg_answer_diff,
+    batch_avg_answer_val,
+    correct_answer_greater_than_incorrect_proportion,
+    correct_answer_proportion,
+    indices_vals,
+    load_cache,
+    metric_measurements_auc,
+    multibatch_kl_div,
+    save_cache,
+    task_measurements_auc,
+    vocab_avg_val,
+)
 from edgewise.data import (
     PromptDataLoader,
     PromptDataset,
@@ -223,4 +238,10 @@ __all__ = [
     "LOGIT_DIFF_METRIC", "LOGIT_DIFF_PERCENT_METRIC", "LOGPROB_DIFF_METRIC",
     "LOGPROB_DIFF_PERCENT_METRIC", "PROB_DIFF_METRIC", "PROB_DIFF_PERCENT_METRIC",
     "WRONG_ANSWER_LOGIT_METRIC",
+    # auto-circuit's helpers (edgewise.compat_ops)
+    "indices_vals", "vocab_avg_val", "batch_avg_answer_val", "batch_avg_answer_diff",
+    "batch_answer_diff_percents", "correct_answer_proportion",
+    "correct_answer_greater_than_incorrect_proportion", "multibatch_kl_div",
+    "algo_measurements_auc", "task_measurements_auc", "metric_measurements_auc",
+    "save_cache", "load_cache",
 ]

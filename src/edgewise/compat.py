@@ -193,27 +193,29 @@ PRUNE_ALGO_DICT: dict[str, PruneAlgo] = {a.key: a for a in PRUNE_ALGOS}
 
 
 def _metrics() -> list[PruneMetric]:
+    """auto-circuit's metrics: its keys, display names, plot settings and list order."""
     log = {"log_x": True}
-    val = measure_answer_val
+    val, diff, pct = measure_answer_val, measure_answer_diff, measure_answer_diff_percent
     return [
-        PruneMetric("Clean KL Div", "Clean KL Div", _bind(measure_kl_div, compare_to_clean=True), **log, log_y=True, lower_better=True, y_min=1e-2),
-        PruneMetric("Corrupt KL Div", "Corrupt KL Div", _bind(measure_kl_div, compare_to_clean=False), **log, log_y=True, y_min=1e-6),
+        PruneMetric("Clean KL Div", "KL Divergence", _bind(measure_kl_div, compare_to_clean=True),
+                    **log, log_y=True, lower_better=True, y_min=1e-2),
+        PruneMetric("Corrupt KL Div", "KL Divergence", _bind(measure_kl_div, compare_to_clean=False),
+                    **log, log_y=True, y_min=1e-6),
+        PruneMetric("Answer Prob", "Answer Probability", _bind(val, prob_func="softmax"), **log),
         PruneMetric("Answer Logit", "Answer Logit", _bind(val, prob_func="logits"), **log),
         PruneMetric("Wrong Answer Logit", "Wrong Answer Logit",
                     _bind(val, prob_func="logits", wrong_answer=True), **log),
-        PruneMetric("Answer Prob", "Answer Prob", _bind(val, prob_func="softmax"), **log),
-        PruneMetric("Answer Logprob", "Answer Logprob", _bind(val, prob_func="log_softmax"), **log,
-                    log_y=True, y_min=1e-6),
-        PruneMetric("Logit Diff", "Logit Diff", _bind(measure_answer_diff, prob_func="logits"), **log),
-        PruneMetric("Prob Diff", "Prob Diff", _bind(measure_answer_diff, prob_func="softmax"), **log),
-        PruneMetric("Logprob Diff", "Logprob Diff", _bind(measure_answer_diff, prob_func="log_softmax"),
+        PruneMetric("Answer Logprob", "Answer Log Probability", _bind(val, prob_func="log_softmax"),
                     **log, log_y=True, y_min=1e-6),
-        PruneMetric("Logit Diff Percent", "Logit Diff Percent",
-                    _bind(measure_answer_diff_percent, prob_func="logits"), **log),
-        PruneMetric("Prob Diff Percent", "Prob Diff Percent",
-                    _bind(measure_answer_diff_percent, prob_func="softmax"), **log),
-        PruneMetric("LogProb Diff Percent", "LogProb Diff Percent",
-                    _bind(measure_answer_diff_percent, prob_func="log_softmax"), **log),
+        PruneMetric("Logit Diff", "Logit Difference", _bind(diff, prob_func="logits"), **log),
+        PruneMetric("Prob Diff", "Probability Difference", _bind(diff, prob_func="softmax"), **log),
+        PruneMetric("Logprob Diff", "Log Probability Difference", _bind(diff, prob_func="log_softmax"),
+                    **log, log_y=True, y_min=1e-6),
+        PruneMetric("Logit Diff Percent", "Logit Difference Percent", _bind(pct, prob_func="logits"), **log),
+        PruneMetric("Prob Diff Percent", "Probability Difference Percent", _bind(pct, prob_func="softmax"),
+                    **log),
+        PruneMetric("LogProb Diff Percent", "Log Probability Difference Percent",
+                    _bind(pct, prob_func="log_softmax"), **log),
         PruneMetric("Correct Answer Percent", "Correct Answer Percent", measure_correct_ans_percent, **log),
         PruneMetric("Correct Answer Greater Than Incorrect Percent",
                     "Correct Answer Greater Than Incorrect Percent",
@@ -223,8 +225,8 @@ def _metrics() -> list[PruneMetric]:
 
 PRUNE_METRICS: list[PruneMetric] = _metrics()
 PRUNE_METRIC_DICT: dict[str, PruneMetric] = {m.key: m for m in PRUNE_METRICS}
-(CLEAN_KL_DIV_METRIC, CORRUPT_KL_DIV_METRIC, ANSWER_LOGIT_METRIC, WRONG_ANSWER_LOGIT_METRIC,
- ANSWER_PROB_METRIC, ANSWER_LOGPROB_METRIC, LOGIT_DIFF_METRIC, PROB_DIFF_METRIC,
+(CLEAN_KL_DIV_METRIC, CORRUPT_KL_DIV_METRIC, ANSWER_PROB_METRIC, ANSWER_LOGIT_METRIC,
+ WRONG_ANSWER_LOGIT_METRIC, ANSWER_LOGPROB_METRIC, LOGIT_DIFF_METRIC, PROB_DIFF_METRIC,
  LOGPROB_DIFF_METRIC, LOGIT_DIFF_PERCENT_METRIC, PROB_DIFF_PERCENT_METRIC,
  LOGPROB_DIFF_PERCENT_METRIC, CORRECT_ANSWER_PERCENT_METRIC,
  CORRECT_ANSWER_GREATER_THAN_INCORRECT_PERCENT_METRIC) = PRUNE_METRICS  # fmt: skip

@@ -131,6 +131,40 @@ class Node:
     layer: int
     head_idx: int | None = None
 
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def head_dim(self) -> int | None:
+        """The head dimension of this node's hook tensor ``[batch, seq, head, d_model]``
+        (2), or ``None`` for a node without heads (auto-circuit's ``Node.head_dim``)."""
+        return None if self.head_idx is None else 2
+
+    @property
+    def weight(self) -> str | None:
+        """The name of the weight this node reads or writes through (auto-circuit's
+        ``Node.weight``, e.g. ``"blocks.0.attn.W_O"``), or ``None`` for residual-stream nodes."""
+        return _node_weight(self)
+
+    @property
+    def weight_head_dim(self) -> int | None:
+        """The head dimension of :attr:`weight` (0 for attention weights), else ``None``."""
+        return None if self.head_idx is None else 0
+
+
+def _node_weight(node: Node) -> str | None:
+    kind, block = getattr(node, "kind", None), getattr(node, "block", None)
+    if isinstance(node, SrcNode):
+        if kind == "embed":
+            return "embed.W_E"
+        return f"blocks.{block}.attn.W_O" if kind == "attn" else f"blocks.{block}.mlp.W_out"
+    if kind == "attn":
+        qkv = getattr(node, "qkv", None)
+        return f"blocks.{block}.attn.W_{'QKV' if qkv is None else qkv.upper()}"
+    if kind == "mlp":
+        return f"blocks.{block}.mlp.W_in"
+    return "unembed.W_U" if node.name == "Resid End" else None
+
 
 @dataclass(frozen=True, order=True)
 class SrcNode(Node):
@@ -156,6 +190,9 @@ class DestNode(Node):
     dest_idx: int = 0
     block: int = field(default=0, compare=False)
     kind: Literal["attn", "mlp", "resid"] = field(default="resid", compare=False)
+    min_src_idx: int = field(default=0, compare=False)
+    """The ``src_idx`` of this destination's first incoming source (0 in a factorized graph):
+    an edge's last ``patch_idx`` entry is ``src.src_idx - dest.min_src_idx``."""
 
 
 @dataclass(frozen=True)
@@ -179,6 +216,11 @@ class Edge:
     def __repr__(self) -> str:
         pos = "" if self.seq_idx is None else f"@{self.seq_idx}"
         return f"Edge({self.name}{pos})"
+
+    def __str__(self) -> str:
+        """The name, ``"A0.0->A1.0.K"``, as auto-circuit prints an edge (``repr`` adds
+        the token position)."""
+        return self.name
 
     def patch_mask(self, model: Any) -> Any:
         """The mask tensor of this edge's destination in ``model.patch_masks``

@@ -505,6 +505,24 @@ def test_load_shuffle_is_seeded():
     assert sorted(sum(split(7), [])) == sorted(file_order)
 
 
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_loading_reseeds_the_global_generators_as_auto_circuit_does(shuffle):
+    """After loading, torch's and Python's global generators are where a fresh
+    ``manual_seed(random_seed)`` / ``random.seed(random_seed)`` leaves them."""
+    import random
+
+    torch.manual_seed(123)
+    random.seed(123)
+    load_datasets_from_json(None, "toy_copy", train_test_size=(8, 8), batch_size=8,
+                            shuffle=shuffle, random_seed=5)
+    after = torch.rand(4), random.random()
+    torch.manual_seed(5)
+    random.seed(5)
+    if shuffle:  # the shuffle's own draws come first
+        random.shuffle(list(range(len(load_dataset_json("toy_copy")["prompts"]))))
+    assert torch.equal(after[0], torch.rand(4)) and after[1] == random.random()
+
+
 # ----------------------------------------------------------------------------------------
 # tail_divergence
 # ----------------------------------------------------------------------------------------
@@ -551,7 +569,9 @@ def test_tail_divergence_caches_shared_prefix(tmp_path):
     )
     assert train.diverge_idx == test.diverge_idx == 3
     assert train.seq_len == 3 and train.seq_labels == ["d", "e", "f"]
-    assert train.word_idxs == {"y": 1}
+    # word_idxs keep their positions in the full prompts (auto-circuit's; the official
+    # circuit functions subtract seq_start_idx = diverge_idx themselves)
+    assert train.word_idxs == test.word_idxs == {"x": 1, "y": 4}
     batch = next(iter(test))
     assert batch.clean.shape == (4, 3)
     full = torch.tensor([p["clean"] for p in prompts[4:8]])

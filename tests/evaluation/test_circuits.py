@@ -68,9 +68,38 @@ def test_edge_patch_restores_clean_edges_on_the_corrupt_run(pm):
         masks = pm.masks_from_edges(circuit_edges(pm, scores, 7))
         want = reference_patched_logits(pm, b.corrupt, masks, pm.src_outs(b.clean))
         torch.testing.assert_close(outs[7][b.key], want[pm.out_slice], atol=1e-10, rtol=0)
-    with pytest.raises(ValueError, match="only resample ablation"):
-        run_circuits(pm, loader, [1], scores, patch_type=PatchType.EDGE_PATCH,
-                     ablation_type=AblationType.ZERO)
+
+
+@pytest.mark.parametrize("ablation", list(AblationType))
+def test_edge_patch_gives_circuit_edges_the_clean_prompts_ablation(pm, ablation):
+    """auto-circuit's EDGE_PATCH with any ablation: the corrupt prompts run, the circuit's
+    edges carry the ablation computed from the clean prompts (dataset means: the dataset's),
+    every other edge is left alone. Reversed: the clean prompts run, patched from the corrupt."""
+    loader = random_loader(seed=5)
+    scores = random_scores(pm, 3)
+    top = circuit_edges(pm, scores, 9)
+    masks = pm.masks_from_edges(top)
+    for reverse, run_on, patch_from in ((False, "corrupt", "clean"), (True, "clean", "corrupt")):
+        outs = run_circuits(pm, loader, [0, 9], scores, patch_type=PatchType.EDGE_PATCH,
+                            ablation_type=ablation, reverse_clean_corrupt=reverse, progress=False)
+        patches = batch_src_ablations(pm, loader, ablation, None if ablation.mean_over_dataset else patch_from)
+        for b in loader:
+            tokens = getattr(b, run_on)
+            torch.testing.assert_close(outs[0][b.key], pm(tokens)[pm.out_slice], atol=1e-10, rtol=0)
+            want = reference_patched_logits(pm, tokens, masks, patches[b.key])
+            torch.testing.assert_close(outs[9][b.key], want[pm.out_slice], atol=1e-10, rtol=0)
+
+
+def test_zero_ablation_takes_clean_corrupt_none_and_other_batch_ablations_refuse_it(pm):
+    """auto-circuit passes clean_corrupt=None with zero ablation (no prompt's values are read)."""
+    loader = random_loader(seed=6)
+    zeros = batch_src_ablations(pm, loader, AblationType.ZERO, None)
+    for b in loader:
+        assert zeros[b.key].shape[0] == len(pm.srcs) and not zeros[b.key].any()
+    for ablation in (AblationType.RESAMPLE, AblationType.BATCH_TOKENWISE_MEAN, AblationType.BATCH_ALL_TOK_MEAN):
+        with pytest.raises(ValueError, match=f"clean_corrupt=None, but {ablation} ablation .* pass "
+                                             "clean_corrupt='clean' or 'corrupt'"):
+            batch_src_ablations(pm, loader, ablation, None)
 
 
 def test_tree_patch_of_a_circuit_equals_reference_patching(pm):

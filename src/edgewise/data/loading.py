@@ -21,7 +21,7 @@ from torch.utils.data import Dataset, Subset
 from edgewise.checks import require_device, require_int
 from edgewise.data.batches import PromptPair
 from edgewise.data.dataset import PromptDataLoader, PromptDataset, _base_prompt_dataset
-from edgewise.data.json_format import _pairs_to_json_dict, _shift_word_idxs, _validated_prompts
+from edgewise.data.json_format import _pairs_to_json_dict, _validated_prompts
 from edgewise.data.tokens import _is_token_id
 from edgewise.io.files import atomic_write
 
@@ -302,11 +302,16 @@ def load_datasets_from_json(
             must then have the same length (no padding). ``False``: ``seq_len`` is ``None``.
         tail_divergence: cut off the longest prefix shared by every clean and corrupt
             prompt, cache its keys/values with ``model`` (``loader.kv_cache``, one per
-            batch size) and set ``loader.diverge_idx`` to its length. ``seq_labels`` and
-            ``word_idxs`` are shifted to match. Needs a TransformerLens model.
-        shuffle: shuffle the prompts once, with ``random.Random(random_seed)``, before
+            batch size) and set ``loader.diverge_idx`` to its length. ``seq_labels`` are
+            cut to match; ``word_idxs`` keep their full-prompt positions, as in
+            auto-circuit (a word's position in the cut prompts is ``word_idxs[w] -
+            loader.diverge_idx``; official-circuit functions get ``seq_start_idx``).
+            Needs a TransformerLens model.
+        shuffle: shuffle the prompts once, seeded with ``random_seed``, before
             splitting; the loaders themselves do not reshuffle, so runs are reproducible.
-        random_seed: the shuffle seed.
+        random_seed: the shuffle seed. As auto-circuit does, loading also reseeds Python's
+            ``random`` and torch's global generator with it (always, shuffled or not), so
+            unseeded random draws after loading repeat from run to run.
         pad: left-pad prompts of different lengths to the longest, with a warning: the
             padding is attended to (no attention mask; see :mod:`edgewise.data.batches`).
             ``False``: different lengths are an error.
@@ -346,9 +351,12 @@ def load_datasets_from_json(
         file_names = [f"{source}: prompt {i}" for i in range(len(contents["prompts"]))]
         prompts += _validated_prompts(contents, file_names, source)
         names += file_names
+    # auto-circuit reseeds both global generators here; ported code relies on it
+    random.seed(random_seed)
+    torch.manual_seed(random_seed)
     if shuffle:  # one permutation for both (shuffle's swaps depend only on the length)
         order = list(range(len(prompts)))
-        random.Random(random_seed).shuffle(order)
+        random.shuffle(order)  # the global generator, just seeded: auto-circuit's draws
         prompts, names = [prompts[i] for i in order], [names[i] for i in order]
     where = ", ".join(sources)
     try:
@@ -413,7 +421,7 @@ def load_datasets_from_json(
                 pad_id=dataset.pad_id,
                 vocab_size=dataset.vocab_size,
                 seq_labels=None if labels is None else labels[diverge_idx:],
-                word_idxs=_shift_word_idxs(dataset.word_idxs, -diverge_idx),
+                word_idxs=dataset.word_idxs,  # full-prompt positions, as auto-circuit
             )
             seq_len = None if seq_len is None else seq_len - diverge_idx
 

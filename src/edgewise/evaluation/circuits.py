@@ -309,8 +309,11 @@ def run_circuits(
     ``"tree"``, ``"zero"``; any case).
 
     ``TREE_PATCH``: run the clean prompts, ablate every edge outside the circuit.
-    ``EDGE_PATCH``: run the corrupt prompts, give the circuit's edges their clean
-    values (resample ablation only). ``reverse_clean_corrupt`` swaps the roles.
+    ``EDGE_PATCH``: run the corrupt prompts and patch the circuit's edges with the
+    ``ablation_type`` values of the clean prompts (resample: their activations; zero:
+    zeros; batch means: the clean batch's means; dataset means: as for ``TREE_PATCH``).
+    ``reverse_clean_corrupt`` swaps the roles. (auto-circuit's default patch type is
+    ``EDGE_PATCH``; edgewise's is ``TREE_PATCH``.)
 
     ``ablation_values`` ``[n_srcs, 1, 1 | seq, d_model]`` (``TREE_PATCH`` only, instead of
     ``ablation_type``): what ablated edges carry, the same for every prompt, e.g. MIB's
@@ -325,7 +328,7 @@ def run_circuits(
         actual circuit size -> batch key -> output ``[batch, (seq,) vocab]``.
     """
     patch_type, ablation_type = PatchType(patch_type), AblationType(ablation_type)
-    require_full_prompts(dataloader, model, ablation_type if patch_type == PatchType.TREE_PATCH else None)
+    require_full_prompts(dataloader, model, ablation_type)
     _check_scores(model, prune_scores)
     batches = loader_batches(dataloader, "run_circuits")
     check_batches_for_model(model, batches, "run_circuits", right_padded=True)
@@ -333,11 +336,6 @@ def run_circuits(
         refuse_padded_means(batches, ablation_type, "run_circuits")
     if circuits_per_pass is not None:
         circuits_per_pass = require_int(circuits_per_pass, "circuits_per_pass", 1)
-    if patch_type == PatchType.EDGE_PATCH and ablation_type != AblationType.RESAMPLE:
-        raise ValueError(
-            "EDGE_PATCH runs the corrupt prompt and restores circuit edges to their clean values, "
-            f"which only resample ablation defines; use TREE_PATCH with {ablation_type}"
-        )
     if isinstance(test_edge_counts, int | float):
         raise TypeError(
             f"test_edge_counts must be a list of circuit sizes, got {test_edge_counts!r}; "
@@ -348,7 +346,7 @@ def run_circuits(
     whole = any(c == model.n_edges if isinstance(c, int) else c == 1.0 for c in requested)
     counts = edge_counts_util(model.n_edges, requested, zero_edges=0 in requested, all_edges=whole)
     thresholds = circuit_thresholds(flat_prune_scores(prune_scores, model).abs(), counts)
-    ablation = ablation_type if patch_type == PatchType.TREE_PATCH else AblationType.RESAMPLE
+    ablation = ablation_type
     patch_from = "clean" if (patch_type == PatchType.TREE_PATCH) == reverse_clean_corrupt else "corrupt"
     mean = src_ablations(model, dataloader, ablation) if ablation.mean_over_dataset else None
     if ablation_values is not None:

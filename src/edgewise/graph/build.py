@@ -208,16 +208,19 @@ def build_graph(
                 hook = f"blocks.{b}.hook_resid_post"
                 name = "Resid End" if b == spec.n_layers - 1 else f"Resid Post {b}"
                 add_module(hook, None, lo, hi, b, "resid")
-                dests.append(DestNode(name, hook, heads[0].layer + 1, None, None, len(dests), b))
+                dests.append(DestNode(name, hook, heads[0].layer + 1, None, None, len(dests), b,
+                                      min_src_idx=lo))
                 continue
             hook = f"blocks.{b}.hook_resid_mid"
             add_module(hook, None, lo, lo + spec.n_heads, b, "resid")
-            dests.append(DestNode(f"Resid Mid {b}", hook, heads[0].layer + 1, None, None, len(dests), b))
+            dests.append(DestNode(f"Resid Mid {b}", hook, heads[0].layer + 1, None, None, len(dests), b,
+                                  min_src_idx=lo))
             hook = f"blocks.{b}.hook_resid_post"
             mlp = srcs[lo + spec.n_heads]
             add_module(hook, None, mlp.src_idx, mlp.src_idx + 1, b, "resid")
             name = "Resid End" if b == spec.n_layers - 1 else f"Resid Post {b}"
-            dests.append(DestNode(name, hook, mlp.layer + 1, None, None, len(dests), b))
+            dests.append(DestNode(name, hook, mlp.layer + 1, None, None, len(dests), b,
+                                  min_src_idx=mlp.src_idx))
 
     mods_by_name = {m.module_name: m for m in dest_mods}
     edges: list[Edge] = []

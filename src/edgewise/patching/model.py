@@ -123,6 +123,57 @@ class PatchableModel(nn.Module):
     def cfg(self) -> Any:
         return self.wrapped_model.cfg
 
+    # ---- auto-circuit's PatchableModel attributes and pass-throughs to the wrapped model
+    seq_dim = 1  # the token axis of activations [batch, seq, d_model]
+    is_transformer = True
+
+    @property
+    def is_factorized(self) -> bool:
+        """auto-circuit's name for :attr:`factorized`."""
+        return self.factorized
+
+    @property
+    def kv_caches(self) -> dict[int, Any] | None:
+        """auto-circuit's view of the prefix cache (:meth:`set_kv_caches`): ``{batch size:
+        cache}``, or ``None`` without one. edgewise expands the one cache to any batch size."""
+        if self.kv_cache is None:
+            return None
+        return {int(self.kv_cache.previous_attention_mask.shape[0]): self.kv_cache}
+
+    def run_with_cache(self, tokens: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        """The wrapped model's ``run_with_cache`` (after the cached prefix, if any)."""
+        if self.kv_cache is not None and "past_kv_cache" not in kwargs:
+            kwargs["past_kv_cache"] = self._prefix_cache(tokens.shape[0])
+        return self.wrapped_model.run_with_cache(tokens, *args, **kwargs)
+
+    @property
+    def input_to_embed(self) -> Any:
+        return self.wrapped_model.input_to_embed
+
+    @property
+    def blocks(self) -> Any:
+        return self.wrapped_model.blocks
+
+    def add_hook(self, *args: Any, **kwargs: Any) -> Any:
+        return self.wrapped_model.add_hook(*args, **kwargs)
+
+    def reset_hooks(self, *args: Any, **kwargs: Any) -> Any:
+        return self.wrapped_model.reset_hooks(*args, **kwargs)
+
+    def to_string(self, *args: Any, **kwargs: Any) -> Any:
+        return self.wrapped_model.to_string(*args, **kwargs)
+
+    def to_tokens(self, *args: Any, **kwargs: Any) -> Any:
+        """The wrapped model's ``to_tokens(...)``. Without arguments, the method itself,
+        as auto-circuit returns it (``model.to_tokens()(text)`` works too)."""
+        fn = self.wrapped_model.to_tokens
+        return fn(*args, **kwargs) if args or kwargs else fn
+
+    def to_str_tokens(self, *args: Any, **kwargs: Any) -> Any:
+        """As :meth:`to_tokens`, for ``to_str_tokens``."""
+        fn = self.wrapped_model.to_str_tokens
+        return fn(*args, **kwargs) if args or kwargs else fn
+
     @property
     def tokenizer(self) -> Any:
         return getattr(self.wrapped_model, "tokenizer", None)
@@ -223,8 +274,9 @@ class PatchableModel(nn.Module):
         }
 
     def new_prune_scores(self, init_val: float = 0.0) -> PruneScores:
-        """Scores shaped like the masks, filled with ``init_val`` (float32)."""
-        return self.new_masks(init_val)
+        """Scores shaped like the masks, filled with ``init_val``, in :attr:`score_dtype`
+        (the model's dtype when it is float32 or float64, as auto-circuit's)."""
+        return self.new_masks(init_val, dtype=self.score_dtype)
 
     def circuit_prune_scores(
         self,

@@ -130,7 +130,15 @@ def batch_ablation(
     max_prompts: int | None = None,
 ) -> torch.Tensor:
     """Patch activations for one batch (per-batch ablation types only); ``src_block``
-    and ``max_prompts`` as in :func:`src_ablations`."""
+    and ``max_prompts`` as in :func:`src_ablations`. ``clean_corrupt=None`` is accepted for
+    zero ablation, which reads no prompt's activations (auto-circuit requires ``None`` there)."""
+    if clean_corrupt is None and AblationType(ablation_type) == AblationType.ZERO:
+        clean_corrupt = "clean"  # only the shape is used
+    elif clean_corrupt is None:
+        raise ValueError(
+            f"clean_corrupt=None, but {AblationType(ablation_type)} ablation is computed from one side "
+            "of each prompt pair: pass clean_corrupt='clean' or 'corrupt'"
+        )
     if clean_corrupt not in ("clean", "corrupt"):
         raise ValueError(f"clean_corrupt must be 'clean' or 'corrupt', got {clean_corrupt!r}")
     tokens = batch.clean if clean_corrupt == "clean" else batch.corrupt
