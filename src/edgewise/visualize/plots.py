@@ -4,8 +4,8 @@
 Each function returns a :class:`matplotlib.figure.Figure` on an Agg canvas (no pyplot
 state; a notebook shows it when it is the cell's value) drawn from the same data, with
 the same colours, as the HTML report of :func:`edgewise.visualize.write_report`.
-:func:`save_figure` writes one as PNG, SVG or PDF. matplotlib (``pip install
-edgewise[viz]``) is imported when a function is called.
+:func:`save_figure` writes one as PNG, SVG or PDF. matplotlib (a dependency of edgewise)
+is imported when a function is called.
 
 The results come from ``edgewise discover`` (``json.load`` of ``OUT/results.json``) or
 from Python: ``{"model": ..., "task": ..., "n_edges": pm.n_edges, "algorithms": {name:
