@@ -31,7 +31,9 @@ def evaluate_scores(
     from edgewise.evaluation.circuits import circuit_edges, edge_counts_util, run_circuits
     from edgewise.metrics.faithfulness import cpr_cmd, faithfulness_curve, measure_roc
 
-    sizes = edge_counts_util(pm.n_edges, None, scores)
+    # always the empty circuit and the full model: faithfulness is relative to them, also
+    # for scores of only one or two distinct values (ACDC with one tau, ground truth)
+    sizes = edge_counts_util(pm.n_edges, None, scores, zero_edges=True, all_edges=True)
     if len(sizes) > max_sizes:  # keep evaluation quick: a log-spaced subset
         step = len(sizes) / max_sizes
         sizes = sorted({sizes[int(i * step)] for i in range(max_sizes)} | {0, pm.n_edges})
