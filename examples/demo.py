@@ -1,8 +1,10 @@
 """End-to-end: score every edge of a tiny model, pick circuits, measure faithfulness.
 
-Runs offline in seconds: a random-weight 2-layer model and the `toy_copy` dataset that
-ships inside edgewise. Swap in `HookedTransformer.from_pretrained("gpt2")` and your own
-dataset JSON for a real experiment; nothing else changes.
+Runs offline in seconds: a random-weight 2-layer model (a TransformerLens
+`TransformerBridge` on a plain install, a `HookedTransformer` on TransformerLens 3.9) and
+the `toy_copy` dataset that ships inside edgewise. Swap in
+`edgewise.models.load_hf_bridge("path/to/model")` (a local Hugging Face folder) and your
+own dataset JSON (docs/datasets.md) for a real experiment; nothing else changes.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ def test_discover_evaluate_report_round_trip(tmp_path, capsys):
     assert main(["discover", "--task", "toy_ioi", "--algo", "eap", "ig", "--out", str(out), "--quiet"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["task"] == "toy_ioi" and results["n_edges"] == 1650
+    assert results["n_prompts"] == {"train": 64, "test": 64}  # for the report's page
+    assert results["seq_labels"][0] == "<|BOS|>" and results["seq_labels"][10] == "S2"
     for algo in ("eap", "ig"):
         r = results["algorithms"][algo]
         assert 0.5 < r["auc"] <= 1.0 and 0.0 < r["cpr"] <= 1.5
@@ -36,6 +38,7 @@ def test_discover_evaluate_report_round_trip(tmp_path, capsys):
     assert main(["report", str(out)]) == 0
     html = (out / "report.html").read_text()
     assert "<svg" in html and "https://" not in html
+    assert "64</b> prompt pairs to score edges" in html and "10: S2</text>" in html
 
 
 def test_unknown_names_list_the_valid_ones(tmp_path, capsys):

@@ -362,6 +362,9 @@ def _discover_locked(
     results: dict[str, Any] = {"model": model_name, "task": task_name, "n_edges": pm.n_edges,
                                "seq_len": pm.seq_len, "settings": settings,
                                "algorithms": _previous_results(out, algos, settings)}
+    # for the report: each position's token text and the prompt counts
+    results.update(seq_labels=getattr(train, "seq_labels", None),
+                   n_prompts={"train": count_prompts(train), "test": count_prompts(test)})
     params: dict[str, dict[str, Any]] = {}
     resume: dict[str, _Resume] = {}
     ablation = _check_ablation(args, algos)

@@ -19,20 +19,24 @@ def measure_task_metric(pm: Any, loader: Any, outs: Any, metric: str) -> list[tu
 
 def evaluate_scores(
     pm: Any, task: Any, test: Any, scores: Any, algo: str, quiet: bool = False,
-    max_memory: str | None = None, bootstrap: int | None = None,
+    max_memory: str | None = None, bootstrap: int | None = None, max_sizes: int = 40,
 ) -> dict[str, Any]:
     """Circuits of several sizes from ``scores``: metric, faithfulness, CPR/CMD, and
     ROC/AUC against the task's official circuit when it has one. ``bootstrap=N`` adds
     ``result["bootstrap"]``: 95% intervals of the faithfulness curve, CPR and CMD over
     ``N`` resamples of the test prompts (seed 0; see
-    :func:`edgewise.evaluation.bootstrap.bootstrap_faithfulness`)."""
+    :func:`edgewise.evaluation.bootstrap.bootstrap_faithfulness`). ``max_sizes`` bounds
+    the circuit sizes evaluated (a log-spaced subset, with 0 and every edge, when the
+    scores give more); the command line uses the default 40."""
     from edgewise.evaluation.circuits import circuit_edges, edge_counts_util, run_circuits
     from edgewise.metrics.faithfulness import cpr_cmd, faithfulness_curve, measure_roc
 
-    sizes = edge_counts_util(pm.n_edges, None, scores)
-    if len(sizes) > 40:  # keep evaluation quick: a log-spaced subset
-        step = len(sizes) / 40
-        sizes = sorted({sizes[int(i * step)] for i in range(40)} | {0, pm.n_edges})
+    # always the empty circuit and the full model: faithfulness is relative to them, also
+    # for scores of only one or two distinct values (ACDC with one tau, ground truth)
+    sizes = edge_counts_util(pm.n_edges, None, scores, zero_edges=True, all_edges=True)
+    if len(sizes) > max_sizes:  # keep evaluation quick: a log-spaced subset
+        step = len(sizes) / max_sizes
+        sizes = sorted({sizes[int(i * step)] for i in range(max_sizes)} | {0, pm.n_edges})
     outs = run_circuits(pm, test, sizes, scores, progress=not quiet, max_memory=max_memory)
     measured = measure_task_metric(pm, test, outs, task.metric)
     result: dict[str, Any] = {"algorithm": algo, "metric": task.metric, "measurements": measured}

@@ -33,7 +33,7 @@ td.best{font-weight:700}
 .graphbox{overflow-x:auto;border:1px solid var(--line);border-radius:8px;background:#fff;
  padding:6px}
 svg{display:block}
-svg.circuit{max-width:100%;height:auto;margin:0 auto}
+svg.circuit{max-width:none;height:auto;margin:0 auto}
 svg.circuit text{font-size:12px;fill:#111827}
 svg.circuit .rowlabel{fill:#6b7280;font-size:11.5px}
 svg.circuit .collabel{fill:#374151;font-size:12px;font-weight:600}
@@ -76,6 +76,17 @@ td.edge{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-si
 tr.edge-row:hover td{background:#f0f5ff}
 .yes{color:#15803d;font-weight:700}
 .note{font-size:12.5px;color:var(--muted);margin:6px 0 0}
+table.kv{width:auto;margin:0 0 10px}
+table.kv th{background:none;font-weight:500;color:var(--muted);padding:3px 14px 3px 0}
+table.kv td{white-space:normal;word-break:break-word;padding:3px 0;font-family:ui-monospace,
+ SFMono-Regular,Menlo,Consolas,monospace;font-size:12.5px}
+.settings-grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(280px,1fr));gap:4px 24px}
+.card h3{font-size:14px;margin:10px 0 4px}
+dl.defs{margin:0;display:grid;grid-template-columns:max-content 1fr;gap:6px 16px}
+dl.defs dt{font-weight:650}
+dl.defs dd{margin:0}
+table.overlap{width:auto}
+table.overlap td{min-width:88px;text-align:center}
 footer{color:var(--muted);font-size:12px;text-align:center;padding:0 0 24px}
 """
 

@@ -13,6 +13,8 @@ from edgewise.visualize.style import NODE_STYLE, esc, fmt
 
 # --------------------------------------------------------------------------- circuit
 
+MIN_SCALE = 0.8  # a circuit is never drawn smaller than this fraction of its layout size
+
 
 def svg_path(points: Sequence[tuple[float, float]]) -> str:
     """The SVG path data of a poly-Bezier (start point, then three points per cubic)."""
@@ -22,17 +24,23 @@ def svg_path(points: Sequence[tuple[float, float]]) -> str:
     return " ".join(d)
 
 
-def circuit_svg(edges: Sequence[EdgeRef], prefix: str) -> str:
+def circuit_svg(edges: Sequence[EdgeRef], prefix: str,
+                seq_labels: Sequence[str] | None = None) -> str:
     """An inline SVG of the circuit. Edges get ids ``{prefix}-e{i}`` (``i``: their index
-    in ``edges``) so the page's table can highlight them."""
+    in ``edges``) so the page's table can highlight them; ``seq_labels`` (token text per
+    position) head the position columns.
+
+    The drawing shrinks to the page's width but never below 80% of its natural size (a
+    wide circuit scrolls sideways in its box instead), so its 12 px labels stay at least
+    9.6 px on a narrow (800 px) window."""
     if not edges:
         return '<p class="muted">No edges to draw.</p>'
-    lay = layout(edges)
+    lay = layout(edges, seq_labels)
     w, h = math.ceil(lay.width), math.ceil(lay.height)
     zoom = max(1.0, min(1.5, 720 / h))  # small circuits are drawn larger
     out = [f'<svg class="circuit" data-prefix="{prefix}" viewBox="0 0 {w} {h}" width="{w}" '
-           f'height="{h}" style="width:min(100%,{w * zoom:.0f}px)" role="img" '
-           'aria-label="circuit graph">']
+           f'height="{h}" style="width:max(min(100%,{w * zoom:.0f}px),{MIN_SCALE * w:.0f}px)" '
+           'role="img" aria-label="circuit graph">']
     for y, label in lay.rows:
         out.append(f'<line class="row" x1="{LEFT - 8}" x2="{w - 6}" y1="{y:.1f}" y2="{y:.1f}"/>'
                    f'<text class="rowlabel" x="8" y="{y + 4:.1f}">{esc(label)}</text>')
@@ -102,6 +110,54 @@ def _tick_label(t: float) -> str:
     return f"{t:.6g}"
 
 
+LEGEND_ROW = 20  # px per legend row
+LEGEND_CHAR = 7.2  # px per character of a 12 px legend label (a generous average)
+
+
+def _legend_rows(series: Sequence[Series], width: float) -> list[list[tuple[float, Series]]]:
+    """The legend's entries placed left to right in rows of at most ``width`` px:
+    ``[[(x offset, series), ...], ...]``. Each entry is a 20 px line, a gap and its whole
+    text (never cut)."""
+    rows: list[list[tuple[float, Series]]] = []
+    x = width
+    for s in series:
+        w = 26 + LEGEND_CHAR * len(s.legend or s.name) + 18
+        if not rows or x + w > width:
+            rows.append([])
+            x = 0.0
+        rows[-1].append((x, s))
+        x += w
+    return rows
+
+
+def _log_axis(
+    xs: Sequence[float], x_range: tuple[float, float] | None
+) -> tuple[Callable[[float], float], float, float, list[float], list[float]]:
+    """A logarithmic x axis: ``(transform, x_lo, x_hi, ticks, minor grid values)``.
+
+    Ticks are powers of ten, at their true logarithmic places. Data without a point at or
+    below 0 get a plain log axis from the decade below their smallest ``x``; data with a
+    0 get a "0" tick one decade-width left of the smallest decade tick, the stretch
+    between the two linear (a symlog axis), so no point is drawn at a false place."""
+    lo_data = min(xs) if x_range is None else min(x_range[0], min(xs))
+    hi = max(xs) if x_range is None else x_range[1]
+    positive = [x for x in xs if x > 0]
+    first = math.floor(math.log10(min(positive))) if positive else 0
+    hi = max(hi, 10.0**first)
+    last = math.ceil(math.log10(hi) - 1e-9)
+    lin = 10.0**first
+    zero = lo_data <= 0
+
+    def fx(x: float) -> float:
+        if x >= lin:
+            return math.log10(x) - first + (1.0 if zero else 0.0)
+        return max(x, 0.0) / lin if zero else math.log10(max(x, 1e-300)) - first
+
+    ticks = ([0.0] if zero else []) + [10.0**k for k in range(first, last + 1)]
+    minor = [m * 10.0**k for k in range(first, last) for m in range(2, 10) if m * 10.0**k < hi]
+    return fx, (0.0 if zero else lin), hi, ticks, minor
+
+
 @dataclass
 class Series:
     """One line of a chart: its name, colour, points, legend text (default: name) and an
@@ -154,24 +210,24 @@ def line_chart(
     css: str = "",
 ) -> str:
     """An SVG line chart with axes, grid and a legend on the right."""
-    W, H = 600, 330
-    left, right, top, bottom = 58, 170, 14, 46
-    pw, ph = W - left - right, H - top - bottom
+    W, plot_h = 600, 284
+    left, right, top, bottom = 58, 14, 14, 46
+    legend = _legend_rows(series, W - left)
+    H = top + plot_h + bottom + LEGEND_ROW * len(legend)
+    pw, ph = W - left - right, plot_h
     pts = [p for s in series for p in s.points]
     xs = [x for x, _ in pts] or [0.0, 1.0]
     ys = [y for _, y in pts] or [0.0, 1.0]
     ys += [y for s in series for _, lo, hi in s.band for y in (lo, hi)]
-    fx = (lambda x: math.log10(1 + max(x, 0.0))) if log_x else (lambda x: x)
-    if x_range is not None:
+    fx: Callable[[float], float] = float
+    minor: list[float] = []
+    if log_x:
+        fx, x_lo, x_hi, x_ticks, minor = _log_axis(xs, x_range)
+    elif x_range is not None:
         x_lo, x_hi = x_range
-        x_ticks = _linear_ticks(x_lo, x_hi)[2] if not log_x else []
-    elif log_x:
-        x_lo, x_hi = 0.0, max(max(xs), 1.0)
-        x_ticks = []
+        x_ticks = _linear_ticks(x_lo, x_hi)[2]
     else:
         x_lo, x_hi, x_ticks = _linear_ticks(min(xs), max(xs))
-    if log_x:
-        x_ticks = [0.0] + [10.0**k for k in range(0, int(math.log10(x_hi)) + 1)]
     y_lo, y_hi = y_range if y_range is not None else (min(ys), max(ys))
     y_lo, y_hi = min([y_lo, *ref_y]), max([y_hi, *ref_y])
     y_lo, y_hi, y_ticks = _linear_ticks(y_lo, y_hi)
@@ -188,12 +244,9 @@ def line_chart(
            f'aria-label="{esc(y_label)} vs {esc(x_label)}">']
     out.append(f'<rect class="plot" x="{left}" y="{top}" width="{pw}" height="{ph}"/>')
     if log_x:  # minor grid lines at 2..9 x 10^k
-        for k in range(0, int(math.log10(max(x_hi, 1))) + 1):
-            for m in range(2, 10):
-                v = m * 10.0**k
-                if v < x_hi:
-                    out.append(f'<line class="grid minor" x1="{X(v):.1f}" x2="{X(v):.1f}" '
-                               f'y1="{top}" y2="{top + ph}"/>')
+        for v in minor:
+            out.append(f'<line class="grid minor" x1="{X(v):.1f}" x2="{X(v):.1f}" '
+                       f'y1="{top}" y2="{top + ph}"/>')
     for t in x_ticks:
         if not x_lo <= t <= x_hi:
             continue
@@ -211,7 +264,7 @@ def line_chart(
         out.append(f'<line class="ref" x1="{X(x_lo):.1f}" y1="{Y(y_lo):.1f}" x2="{X(x_hi):.1f}" '
                    f'y2="{Y(y_hi):.1f}"/>')
     out.append(f'<rect class="frame" x="{left}" y="{top}" width="{pw}" height="{ph}"/>')
-    out.append(f'<text class="axis" x="{left + pw / 2:.1f}" y="{H - 8}" text-anchor="middle">'
+    out.append(f'<text class="axis" x="{left + pw / 2:.1f}" y="{top + ph + 36}" text-anchor="middle">'
                f'{esc(x_label)}</text><text class="axis" transform="translate(14 '
                f'{top + ph / 2:.1f}) rotate(-90)" text-anchor="middle">{esc(y_label)}</text>')
     tol = (tx_hi - tx_lo) / 1000
@@ -233,10 +286,12 @@ def line_chart(
                 out.append(f'<circle cx="{X(x):.1f}" cy="{Y(y):.1f}" r="2.6" fill="{s.color}">'
                            f'<title>{esc(s.name)}: {esc(x_label)} {fmt(x)}, {esc(y_label)} '
                            f'{fmt(y)}</title></circle>')
-    for i, s in enumerate(series):
-        ly = top + 10 + 20 * i
-        out.append(f'<line x1="{left + pw + 14}" x2="{left + pw + 34}" y1="{ly}" y2="{ly}" '
-                   f'stroke="{s.color}" stroke-width="3"/><text class="legend" '
-                   f'x="{left + pw + 40}" y="{ly + 4}">{esc(s.legend or s.name)}</text>')
+    for row, entries in enumerate(legend):  # below the x axis's label, never clipped
+        ly = top + ph + bottom + 6 + LEGEND_ROW * row
+        for lx, s in entries:
+            x0 = left + lx
+            out.append(f'<line x1="{x0}" x2="{x0 + 20}" y1="{ly}" y2="{ly}" '
+                       f'stroke="{s.color}" stroke-width="3"/><text class="legend" '
+                       f'x="{x0 + 26}" y="{ly + 4}">{esc(s.legend or s.name)}</text>')
     out.append("</svg>")
     return "".join(out)

@@ -225,8 +225,10 @@ def acdc_prune_scores(
         show_graphs: after each tau's search, call
             ``draw_seq_graph_ref(model, prune_scores)`` with scores marking that circuit
             (1 in the circuit, 0 ablated); only on process 0 under ``torch.distributed``.
-        draw_seq_graph_ref: the drawing function for ``show_graphs`` (edgewise has no
-            visualiser of its own, so it must be passed).
+        draw_seq_graph_ref: the drawing function for ``show_graphs``, called as
+            ``draw_seq_graph_ref(model, prune_scores)``; edgewise's own is
+            :func:`edgewise.visualize.draw_seq_graph` (not a default, so that ACDC never
+            imports matplotlib unasked).
         checkpoint: a file path. The search state is saved there atomically after every
             destination; a rerun with the same arguments resumes from it and returns
             identical scores. A checkpoint from other arguments raises ``ValueError``.
@@ -264,7 +266,7 @@ def acdc_prune_scores(
     if show_graphs and draw_seq_graph_ref is None:
         raise ValueError(
             "show_graphs=True needs a drawing function: pass draw_seq_graph_ref, called as "
-            "draw_seq_graph_ref(model, prune_scores); edgewise has no visualiser of its own"
+            "draw_seq_graph_ref(model, prune_scores), e.g. edgewise.visualize.draw_seq_graph"
         )
     taus = acdc_thresholds(tao_exps, tao_bases)
     if getattr(dataloader, "kv_cache", None) is not None:
