@@ -143,8 +143,10 @@ def _setup(model_name: str | None, task_name: str, batch_size: int, kind: str | 
 
     model_name, task_name = _resolve_names(model_name, task_name)
     task = get_task(task_name)
+    from edgewise.runtime.resolve import on_device
+
     model = load_model(model_name, device=device, kind=kind, dtype=dtype)
-    train, test = task.dataloaders(model, batch_size)
+    train, test = (on_device(loader, device) for loader in task.dataloaders(model, batch_size))
     seq_len = train.seq_len if task.token_positions else None
     pm = patchable_model(model, slice_output=task.slice_output, seq_len=seq_len)  # type: ignore[arg-type]
     return task, pm, train, test
@@ -656,7 +658,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                               dtype if "dtype" in previous["settings"] else None)  # fmt: skip
         _check_current(paths, metas, now)
         if args.batch_size not in (None, saved_batch):
-            _, test = task.dataloaders(pm.wrapped_model, args.batch_size)
+            from edgewise.runtime.resolve import on_device
+
+            test = on_device(task.dataloaders(pm.wrapped_model, args.batch_size)[1], device)
         for algo, path in paths.items():
             scores, _ = load_prune_scores(path, pm)
             old = previous["algorithms"][algo]

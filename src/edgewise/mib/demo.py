@@ -117,6 +117,8 @@ def run_mib_demo(
     progress: bool = False,
     allow_existing: bool = False,
     seed: int = 0,
+    device: str = "cpu",
+    dtype: str | None = None,
 ) -> MibDemo:
     """Run the MIB loop (see the module docstring) and write its files into ``out``.
 
@@ -127,6 +129,9 @@ def run_mib_demo(
         allow_existing: write into a non-empty folder edgewise did not make (its files
             are left alone; none may have a name edgewise writes).
         seed: the resamples' seed.
+        device: where the model runs: cpu, cuda, cuda:N or auto
+            (:func:`edgewise.runtime.resolve.resolve_device`).
+        dtype: the model's dtype, one of float32 (``None``), float64, bfloat16, float16.
 
     Returns:
         A :class:`MibDemo` with the scores, the intervals and the paths written.
@@ -138,15 +143,18 @@ def run_mib_demo(
     """
     from edgewise.checks import require_int
     from edgewise.io.results_folder import check_output_folder, writing
+    from edgewise.runtime.resolve import resolve_device, resolve_dtype
 
     n_resamples = require_int(n_resamples, "n_resamples (--bootstrap)", 1)
+    device, torch_dtype = resolve_device(device), resolve_dtype(dtype)  # before any work
     folder = Path(out)
     check_output_folder(folder, DEMO_MODEL, DEMO_TASK, allow_existing)
     with writing(folder):  # the lock; links refused, a killed run's temporaries removed
-        return _run_locked(folder, n_resamples, progress, seed)
+        return _run_locked(folder, n_resamples, progress, seed, device, torch_dtype)
 
 
-def _run_locked(folder: Path, n_resamples: int, progress: bool, seed: int) -> MibDemo:
+def _run_locked(folder: Path, n_resamples: int, progress: bool, seed: int, device: str = "cpu",
+                dtype: Any = None) -> MibDemo:  # fmt: skip
     from edgewise import __version__
     from edgewise.benchmarks.toy_models import load
     from edgewise.io.files import write_json
@@ -164,10 +172,10 @@ def _run_locked(folder: Path, n_resamples: int, progress: bool, seed: int) -> Mi
 
     start = time.perf_counter()
     write_marker(folder, DEMO_MODEL, DEMO_TASK)
-    model = load(DEMO_MODEL)
+    model = load(DEMO_MODEL, device=device, **({} if dtype is None else {"dtype": dtype}))
     pm = patchable_model(model, slice_output="last_seq", seq_len=None)
-    train_ds = load_mib_task(MIB_TASK, None, model.tokenizer, split="train")
-    eval_ds = load_mib_task(MIB_TASK, None, model.tokenizer, split="validation")
+    train_ds = load_mib_task(MIB_TASK, None, model.tokenizer, split="train", device=device)
+    eval_ds = load_mib_task(MIB_TASK, None, model.tokenizer, split="validation", device=device)
     train, test = _loader(train_ds), _loader(eval_ds)
 
     # MIB's scale for every method, also those whose registry default is auto-circuit's sum
@@ -230,7 +238,8 @@ def format_summary(demo: MibDemo) -> str:
 def run_demo_command(args: argparse.Namespace) -> MibDemo:
     """``edgewise mib demo``: run the loop, print the summary table and the paths."""
     demo = run_mib_demo(args.out, args.bootstrap, progress=not args.quiet,
-                        allow_existing=args.allow_existing)  # fmt: skip
+                        allow_existing=args.allow_existing, device=args.device,
+                        dtype=args.dtype)  # fmt: skip
     print(format_summary(demo))
     return demo
 
@@ -256,5 +265,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="write into a non-empty folder edgewise did not make; its files are "
         "left alone (none may have a name edgewise writes)",
     )
+    from edgewise.runtime.resolve import add_device_arguments
+
+    add_device_arguments(p, kind=False)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(mib_run=run_demo_command)

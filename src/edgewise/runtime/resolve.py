@@ -324,10 +324,35 @@ def hub_error(name: str, kind: str, error: BaseException) -> str:
     reason = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
     reason = f"{type(error).__name__}: {reason}" if reason else type(error).__name__
     tried = (f"tried: a shipped model (none is named {name!r}), a local folder (none), "
-             f"then the Hugging Face hub as a {kind}"
+             f"then the Hugging Face hub (--kind {kind})"
              + (" with HF_HUB_OFFLINE set (the cache only)" if offline() else ""))
     return (f"cannot load model {name!r} ({reason}); {tried}. Check the name on the hub, "
             f"log in (hf auth login) for a gated model; {_get_weights(name)}")
+
+
+def on_device(loader: Any, device: Any) -> Any:
+    """Make ``loader`` (a :class:`~edgewise.data.PromptDataLoader`) yield its batches
+    with every tensor (``clean``, ``corrupt`` ``[batch, seq]``, the answers, ``lengths``)
+    on ``device``; the prompts stay where they were built. Returns ``loader``."""
+    if str(device) == "cpu":
+        return loader
+    import dataclasses
+
+    collate = loader.collate_fn
+
+    def move(x: Any) -> Any:
+        if isinstance(x, list):
+            return [t.to(device) for t in x]
+        return None if x is None else x.to(device)
+
+    def collate_on_device(items: Any) -> Any:
+        b = collate(items)
+        return dataclasses.replace(b, clean=move(b.clean), corrupt=move(b.corrupt),
+                                   answers=move(b.answers), wrong_answers=move(b.wrong_answers),
+                                   lengths=move(b.lengths))  # fmt: skip
+
+    loader.collate_fn = collate_on_device
+    return loader
 
 
 # ------------------------------------------------------------------- misspellings
@@ -392,6 +417,6 @@ def quiet_libraries(quiet: bool = True) -> Iterator[None]:
 
 __all__ = [
     "DTYPES", "KINDS", "DeviceUnavailableError", "add_device_arguments", "cached",
-    "check_model", "device_arg", "did_you_mean", "hub_error", "load_model", "looks_like_path", "offline",
+    "check_model", "device_arg", "did_you_mean", "on_device", "hub_error", "load_model", "looks_like_path", "offline",
     "quiet_libraries", "resolve_device", "resolve_dtype", "source",
 ]  # fmt: skip
