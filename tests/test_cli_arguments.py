@@ -157,7 +157,7 @@ def test_a_failure_while_loading_leaves_no_folder(tmp_path, capsys, monkeypatch)
     folder is not made yet."""
     import edgewise.benchmarks.tasks as tasks
 
-    def broken(name, device="cpu"):
+    def broken(name, device="cpu", **options):
         raise ValueError(f"cannot load model {name!r}: broken on purpose")
 
     monkeypatch.setattr(tasks, "load_model", broken)
