@@ -140,11 +140,10 @@ def _setup(model_name: str | None, task_name: str, batch_size: int, kind: str | 
     ``device`` in ``dtype``, and the loaders."""
     from edgewise.benchmarks.tasks import get_task, load_model
     from edgewise.patching.wrap import patchable_model
+    from edgewise.runtime.resolve import on_device
 
     model_name, task_name = _resolve_names(model_name, task_name)
     task = get_task(task_name)
-    from edgewise.runtime.resolve import on_device
-
     model = load_model(model_name, device=device, kind=kind, dtype=dtype)
     train, test = (on_device(loader, device) for loader in task.dataloaders(model, batch_size))
     seq_len = train.seq_len if task.token_positions else None
@@ -182,6 +181,8 @@ def _settings_differ(saved: dict[str, Any], expected: dict[str, Any]) -> list[An
     (:class:`edgewise.io.provenance.Difference`, in ``expected``'s order)."""
     from edgewise.io.provenance import differences
 
+    if "dtype" in expected and isinstance(saved, dict) and "dtype" not in saved:
+        saved = {**saved, "dtype": "float32"}  # saved before --dtype existed: float32 then
     return differences(saved, expected)
 
 
