@@ -297,3 +297,32 @@ def test_a_hub_name_loads_from_the_hugging_face_cache(tmp_path):
         assert results["settings"]["model_kind"] == kind_name
     bridge = json.loads((tmp_path / "bridge" / "results.json").read_text())["settings"]
     assert bridge["weights_sha256"] == expected["weights_sha256"]  # the cached checkpoint's
+
+
+# ------------------------------------------------------------------------- mib
+def test_mib_memory_plans_for_the_dtype_and_device_asked(capsys):
+    from edgewise.mib.models import MIB_MODELS
+
+    argv = ["mib", "memory", "--dtype", "float64", "--device", "cpu", "--max-memory", "80GiB"]
+    args = build_parser(argv).parse_args(argv)
+    plans = args.mib_run(args)
+    assert plans and all(p.weights == MIB_MODELS[p.model].n_params * 8 for p in plans)
+    assert "device: cpu, budget 80.0 GiB" in capsys.readouterr().out
+    argv = ["mib", "memory"]  # each model's MIB dtype: gpt2 float32, the others bfloat16
+    args = build_parser(argv).parse_args(argv)
+    for p in args.mib_run(args):
+        assert p.weights == MIB_MODELS[p.model].n_params * (4 if p.model == "gpt2" else 2)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+@pytest.mark.parametrize("argv", [
+    ["mib", "evaluate", "scores.json", "--task", "toy_ioi", "--device", "cuda"],
+    ["mib", "memory", "--device", "cuda:1"],
+    ["mib", "demo", "--out", "OUT", "--device", "cuda"],
+])  # fmt: skip
+def test_mib_commands_refuse_a_missing_gpu_before_loading(tmp_path, capsys, argv):
+    argv = [a.replace("OUT", str(tmp_path / "out")) for a in argv]
+    rc, _, err = run(argv, capsys)
+    assert rc == 1
+    one_line_error(err, "CUDA is not available here", "--device cpu")
+    assert not (tmp_path / "out").exists()
