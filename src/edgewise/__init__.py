@@ -166,6 +166,7 @@ if TYPE_CHECKING:  # the names and their modules; imported when first used (__ge
     from edgewise.prune_algos.node_attribution import node_attribution_scores
     from edgewise.prune_algos.optimal_ablation import optimal_ablation_values
     from edgewise.runtime.ablation import batch_src_ablations, src_ablations
+    from edgewise.runtime.resolve import load_model
     from edgewise.types import (
         AblationType,
         BatchKey,
@@ -210,6 +211,8 @@ __all__ = [
     "bootstrap_faithfulness", "bootstrap_scores", "eap_ig_activations_prune_scores",
     "clean_corrupted_prune_scores", "optimal_ablation_values", "GRAD_RULES", "GradRule",
     "run_mib_demo", "rescale_scores",
+    # a model by name (shipped, local folder, TransformerLens or hub) on a device, in a dtype
+    "load_model",
     # where saved results come from (edgewise.io.provenance)
     "ProvenanceError", "ProvenanceWarning", "weights_sha256",
     # auto-circuit's names (edgewise.compat, docs/auto_circuit.md)
