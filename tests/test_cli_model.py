@@ -326,3 +326,23 @@ def test_mib_commands_refuse_a_missing_gpu_before_loading(tmp_path, capsys, argv
     assert rc == 1
     one_line_error(err, "CUDA is not available here", "--device cpu")
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- edgewise.load_model
+@pytest.mark.parametrize("kind", ["hooked", "bridge"])
+def test_load_model_in_float64_computes_the_float32_function(kind):
+    import edgewise
+    from edgewise.models.kinds import hooked_transformer_available
+
+    if kind == "hooked" and not hooked_transformer_available():
+        with pytest.raises(ImportError, match="no HookedTransformer"):
+            edgewise.load_model("toy-ioi", kind=kind)
+        return
+    with quiet_libraries(True):
+        m32 = edgewise.load_model("toy-ioi", kind=kind)
+        m64 = edgewise.load_model("toy-ioi", kind=kind, dtype="float64")
+    assert {p.dtype for p in m32.parameters()} == {torch.float32}
+    assert {p.dtype for p in m64.parameters()} == {torch.float64}
+    tokens = torch.tensor([json.loads((DATASETS / "toy_ioi.json").read_text())["prompts"][0]["clean"]])
+    with torch.no_grad():
+        torch.testing.assert_close(m64(tokens), m32(tokens).double(), rtol=1e-4, atol=1e-4)
