@@ -21,7 +21,7 @@ def add_mib_parser(sub: argparse._SubParsersAction,
     import importlib
 
     mib = sub.add_parser("mib", help=help, description="The MIB circuit track: evaluate a "
-                         "scores file as MIB does, export and validate submissions, size EAP's "
+                         "scores file as MIB does, export and validate\nsubmissions, size EAP's "
                          "memory, run the whole loop on the toy model.")  # fmt: skip
     mib_sub = mib.add_subparsers(dest="mib_command", required=True, metavar="COMMAND",
                                  title="commands")  # fmt: skip
