@@ -96,7 +96,8 @@ def test_an_unknown_model_is_refused_before_the_folder(tmp_path, capsys):
     rc, err = run(["discover", "--task", "toy_ioi", "--model", "no-such-model/at-all", "--out", str(out)],
                   capsys)  # fmt: skip
     assert rc == 2
-    one_line_error(err, "cannot load model 'no-such-model/at-all'", "toy-ioi", "edgewise never downloads")
+    one_line_error(err, "cannot load model 'no-such-model/at-all'", "toy-ioi", "HF_HUB_OFFLINE is set",
+                   "hf download no-such-model/at-all")
     assert not out.exists()
     rc, err = run(["discover", "--task", "toy_ioi", "--model", "tracr-sort", "--out", str(out)], capsys)
     assert rc == 2 and "tracr-reverse" in err and not out.exists()
@@ -156,7 +157,7 @@ def test_a_failure_while_loading_leaves_no_folder(tmp_path, capsys, monkeypatch)
     folder is not made yet."""
     import edgewise.benchmarks.tasks as tasks
 
-    def broken(name, device="cpu"):
+    def broken(name, device="cpu", **options):
         raise ValueError(f"cannot load model {name!r}: broken on purpose")
 
     monkeypatch.setattr(tasks, "load_model", broken)

@@ -1,4 +1,4 @@
-"""The ``edgewise`` command line: discover, evaluate, report, demo.
+"""The edgewise command line: discover, evaluate, report, demo, mib.
 
     edgewise discover --model toy-ioi --task toy_ioi --algo eap ig acdc --out runs/ioi
     (interrupted? the same command again resumes; add --fresh to start over)
@@ -29,12 +29,28 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from edgewise.evaluation.pipeline import evaluate_scores
-from edgewise.io.files import write_json
-from edgewise.io.provenance import ProvenanceError
-from edgewise.io.results_folder import STATE_DIR, FolderInUseError
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Importing this module must not import torch or TransformerLens (``edgewise --help``
+# stays fast): everything that needs them is imported inside the functions using it.
+_LAZY = {"DataChangedError": "edgewise.io.provenance", "ProvenanceError": "edgewise.io.provenance",
+         "FolderInUseError": "edgewise.io.results_folder",
+         "STATE_DIR": "edgewise.io.results_folder"}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    """``edgewise.cli.DataChangedError`` and the like, imported when first asked for."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'edgewise.cli' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_LAZY[name]), name)
+
+
+def write_json(path: Path, doc: Any) -> None:
+    """:func:`edgewise.io.files.write_json` (whole or not at all)."""
+    from edgewise.io.files import write_json as write
+
+    write(path, doc)
 
 
 def _algorithm_params(
@@ -108,15 +124,28 @@ def _resolve_names(model_name: str | None, task_name: str) -> tuple[str, str]:
     return model_name, task_name
 
 
-def _setup(model_name: str | None, task_name: str, batch_size: int) -> tuple[Any, Any, Any, Any]:
-    """The task, the patchable model (``None``: the task's default), and the loaders."""
+def _device_and_dtype(args: argparse.Namespace) -> tuple[str, str]:
+    """``--device`` as it resolves on this machine (``auto``: cuda or cpu) and ``--dtype``'s
+    name (float32 when not given), checked before anything loads."""
+    from edgewise.runtime.resolve import resolve_device, resolve_dtype
+
+    device = resolve_device(getattr(args, "device", None))
+    dtype = str(resolve_dtype(getattr(args, "dtype", None))).removeprefix("torch.")
+    return device, dtype
+
+
+def _setup(model_name: str | None, task_name: str, batch_size: int, kind: str | None = None,
+           device: str = "cpu", dtype: str | None = None) -> tuple[Any, Any, Any, Any]:  # fmt: skip
+    """The task, the patchable model (``None``: the task's default) of ``kind`` on
+    ``device`` in ``dtype``, and the loaders."""
     from edgewise.benchmarks.tasks import get_task, load_model
     from edgewise.patching.wrap import patchable_model
+    from edgewise.runtime.resolve import on_device
 
     model_name, task_name = _resolve_names(model_name, task_name)
     task = get_task(task_name)
-    model = load_model(model_name)
-    train, test = task.dataloaders(model, batch_size)
+    model = load_model(model_name, device=device, kind=kind, dtype=dtype)
+    train, test = (on_device(loader, device) for loader in task.dataloaders(model, batch_size))
     seq_len = train.seq_len if task.token_positions else None
     pm = patchable_model(model, slice_output=task.slice_output, seq_len=seq_len)  # type: ignore[arg-type]
     return task, pm, train, test
@@ -152,28 +181,38 @@ def _settings_differ(saved: dict[str, Any], expected: dict[str, Any]) -> list[An
     (:class:`edgewise.io.provenance.Difference`, in ``expected``'s order)."""
     from edgewise.io.provenance import differences
 
+    if "dtype" in expected and isinstance(saved, dict) and "dtype" not in saved:
+        saved = {**saved, "dtype": "float32"}  # saved before --dtype existed: float32 then
     return differences(saved, expected)
 
 
 def _mismatch(path: Path, diffs: list[Any]) -> ValueError:
     """The error for a saved file of a run with other settings: names the first field
     that differs with both values (:func:`edgewise.io.provenance.mismatch_message`)."""
-    from edgewise.io.provenance import mismatch_message
+    from edgewise.io.provenance import ProvenanceError, mismatch_message
 
     return ProvenanceError(mismatch_message(
         str(path), diffs, "rerun with --fresh to start over, or use another --out"))
 
 
 def _run_provenance(model_name: str, task_name: str, batch_size: int, pm: Any, train: Any,
-                    test: Any) -> dict[str, Any]:  # fmt: skip
+                    test: Any, dtype: str | None = None) -> dict[str, Any]:  # fmt: skip
     """What produced this run's results (:data:`edgewise.io.provenance.RUN_FIELDS`): the
-    model's name, kind and weights, the task, its batching and data, the graph, versions."""
+    model's name, kind and weights, the task, its batching and data, the graph, versions;
+    and the model's ``dtype`` when given (after ``model_kind``: a resumed run in another
+    dtype names it first). The device is not among them: it does not change a result
+    beyond float rounding, so a run may resume on another device."""
     from edgewise.io.provenance import RUN_FIELDS, model_provenance
 
     fields = {"model": model_name, "task": task_name, "batch_size": batch_size,
               "seq_len": pm.seq_len, "data_sha256": _sha256_of_data(train, test),
               "graph_sha256": _sha256_of_edges(pm), **model_provenance(pm)}  # fmt: skip
-    return {k: fields[k] for k in RUN_FIELDS}
+    out: dict[str, Any] = {}
+    for k in RUN_FIELDS:
+        out[k] = fields[k]
+        if k == "model_kind" and dtype is not None:
+            out["dtype"] = dtype
+    return out
 
 
 @dataclass
@@ -215,6 +254,7 @@ def _load_resume(
 ) -> _Resume:
     """Check what ``out`` holds for ``algo`` against this run's settings."""
     from edgewise.io.files import FileFormatError, load_prune_scores, read_json
+    from edgewise.io.results_folder import STATE_DIR
     from edgewise.io.schema import check_resume_state
 
     r = _Resume(fingerprint)
@@ -256,6 +296,7 @@ def _previous_results(out: Path, algos: list[str], settings: dict[str, Any]) -> 
     """The results of algorithms not rerun now that ``out/results.json`` holds, checked
     to come from this run's settings (same data, graph and batch size)."""
     from edgewise.io.files import read_json
+    from edgewise.io.provenance import ProvenanceError
 
     path = out / "results.json"
     if not path.exists():
@@ -289,7 +330,10 @@ def discover(args: argparse.Namespace) -> dict[str, Any]:
     algos = list(dict.fromkeys(args.algo))
     unknown = [a for a in algos if a not in ALGORITHMS]
     if unknown:
-        raise ValueError(f"unknown algorithm(s) {unknown}. Algorithms: {', '.join(ALGORITHMS)}")
+        from edgewise.runtime.resolve import did_you_mean
+
+        named = ", ".join(f"{a!r}{did_you_mean(a, ALGORITHMS)}" for a in unknown)
+        raise ValueError(f"unknown algorithm(s) {named}. Algorithms: {', '.join(ALGORITHMS)}")
     _check_scale_options(args, algos)
     if getattr(args, "bootstrap", None) is not None and args.bootstrap < 1:
         raise ValueError(f"--bootstrap must be a number of resamples >= 1 (e.g. 100), got "
@@ -302,9 +346,11 @@ def discover(args: argparse.Namespace) -> dict[str, Any]:
         if needy:
             raise ValueError(f"{', '.join(needy)} needs the task's official circuit, and task "
                              f"{task_name!r} has none: drop it from --algo")  # fmt: skip
+    device, dtype = _device_and_dtype(args)  # a missing GPU: before any work
     out = Path(args.out)
     check_output_folder(out, model_name, task_name, getattr(args, "allow_existing", False))
-    setup = _setup(model_name, task_name, args.batch_size)  # a failure leaves no folder
+    setup = _setup(model_name, task_name, args.batch_size, getattr(args, "kind", None), device,
+                   dtype)  # a failure leaves no folder  # fmt: skip
     with writing(out):
         return _discover_locked(args, algos, model_name, task_name, out, setup)
 
@@ -342,9 +388,8 @@ def _discover_locked(
     args: argparse.Namespace, algos: list[str], model_name: str, task_name: str, out: Path,
     setup: tuple[Any, Any, Any, Any],
 ) -> dict[str, Any]:
-
     from edgewise.io.files import save_mib_json, save_prune_scores
-    from edgewise.io.results_folder import write_marker
+    from edgewise.io.results_folder import STATE_DIR, write_marker
     from edgewise.io.scale import SCALE_KEY, count_prompts, scale_metadata
     from edgewise.prune_algos import ALGORITHMS
 
@@ -357,11 +402,13 @@ def _discover_locked(
             for f in (state_dir / f"{algo}.json", state_dir / f"{algo}.pt",
                       out / f"scores_{algo}.safetensors", out / f"circuit_{algo}_mib.json"):
                 f.unlink(missing_ok=True)
-    common = _run_provenance(model_name, task_name, args.batch_size, pm, train, test)
+    device, dtype = _device_and_dtype(args)
+    common = _run_provenance(model_name, task_name, args.batch_size, pm, train, test, dtype)
     settings = dict(common)
+    kept = _previous_results(out, algos, settings)
+    settings["device"] = device  # recorded, not compared: a run may resume on another device
     results: dict[str, Any] = {"model": model_name, "task": task_name, "n_edges": pm.n_edges,
-                               "seq_len": pm.seq_len, "settings": settings,
-                               "algorithms": _previous_results(out, algos, settings)}
+                               "seq_len": pm.seq_len, "settings": settings, "algorithms": kept}
     # for the report: each position's token text and the prompt counts
     results.update(seq_labels=getattr(train, "seq_labels", None),
                    n_prompts={"train": count_prompts(train), "test": count_prompts(test)})
@@ -490,10 +537,6 @@ def _read_results(folder: Path) -> dict[str, Any]:
     return results
 
 
-class DataChangedError(ProvenanceError):
-    """Saved scores were computed on other prompts than the task gives now."""
-
-
 _RERUN = "or rerun edgewise discover with --fresh to recompute them"
 _OTHER_RUN = f"it is not the scores file of the results in results.json: restore that one, {_RERUN}"
 _FIXES = {  # what to do when a saved field differs from what evaluate has now
@@ -501,6 +544,7 @@ _FIXES = {  # what to do when a saved field differs from what evaluate has now
     "model_kind": "load the model as the kind it was (TransformerLens 3.x loads shipped "
                   f"models as HookedTransformer, 4.x as TransformerBridge), {_RERUN}",
     "weights_sha256": f"the model's weights changed since discover ran: restore them, {_RERUN}",
+    "dtype": f"load the model in the dtype the scores were computed in, {_RERUN}",
     "task": f"restore the task, {_RERUN}",
     "batch_size": f"restore the batch size, {_RERUN}",
     "seq_len": f"restore the task's prompt length, {_RERUN}",
@@ -514,7 +558,7 @@ def _check_evaluate_provenance(folder: Path, previous: dict[str, Any],
                                metas: dict[str, dict[str, Any]]) -> None:  # fmt: skip
     """Before loading a model: ``results.json`` records where its results came from,
     and every scores file comes from the same run (same fields, algorithm, parameters)."""
-    from edgewise.io.provenance import RUN_FIELDS, check_provenance
+    from edgewise.io.provenance import RUN_FIELDS, ProvenanceError, check_provenance
 
     path = folder / "results.json"
     settings = previous.get("settings") or {}
@@ -536,7 +580,12 @@ def _check_evaluate_provenance(folder: Path, previous: dict[str, Any],
 def _check_current(paths: dict[str, Path], metas: dict[str, dict[str, Any]],
                    now: dict[str, Any]) -> None:  # fmt: skip
     """The model, data and libraries at hand are those every scores file records."""
-    from edgewise.io.provenance import differences, mismatch_message
+    from edgewise.io.provenance import (
+        DataChangedError,
+        ProvenanceError,
+        differences,
+        mismatch_message,
+    )
 
     for algo, meta in metas.items():
         diffs = differences(meta, now)
@@ -548,6 +597,25 @@ def _check_current(paths: dict[str, Path], metas: dict[str, dict[str, Any]],
                 "gives now (their hash differs: the dataset changed since discover ran); "
                 "restore that data, or rerun edgewise discover with --fresh")
         raise ProvenanceError(mismatch_message(str(paths[algo]), diffs, _FIXES[diffs[0].field]))
+
+
+def _evaluate_device(args: argparse.Namespace, settings: dict[str, Any],
+                     folder: Path) -> tuple[str, str, str | None]:  # fmt: skip
+    """Where ``evaluate`` loads the model: ``--device``, in the dtype the scores were
+    computed in (float32 when ``results.json`` records none), as the kind it was (hooked
+    or bridge). ``--dtype`` naming another dtype is refused."""
+    from edgewise.runtime.resolve import resolve_device
+
+    saved = str(settings.get("dtype", "float32"))
+    asked = getattr(args, "dtype", None)
+    if asked is not None and asked != saved:
+        raise ValueError(f"--dtype {asked}: the scores in {folder} were computed in {saved} "
+                         f"(results.json's settings), and evaluate loads the model in that "
+                         f"dtype; drop --dtype, or rerun edgewise discover --dtype {asked} "
+                         "--fresh to score in it")  # fmt: skip
+    kinds = {"HookedTransformer": "hooked", "TransformerBridge": "bridge"}
+    return resolve_device(getattr(args, "device", None)), saved, kinds.get(
+        str(settings.get("model_kind")))
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
@@ -586,11 +654,16 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         metas = {algo: load_prune_scores(path)[1] for algo, path in paths.items()}
         _check_evaluate_provenance(folder, previous, metas)
         saved_batch = int(previous["settings"]["batch_size"])
-        task, pm, train, test = _setup(previous["model"], previous["task"], saved_batch)
-        now = _run_provenance(previous["model"], previous["task"], saved_batch, pm, train, test)
+        device, dtype, kind = _evaluate_device(args, previous["settings"], folder)
+        task, pm, train, test = _setup(previous["model"], previous["task"], saved_batch, kind,
+                                       device, dtype)  # fmt: skip
+        now = _run_provenance(previous["model"], previous["task"], saved_batch, pm, train, test,
+                              dtype if "dtype" in previous["settings"] else None)  # fmt: skip
         _check_current(paths, metas, now)
         if args.batch_size not in (None, saved_batch):
-            _, test = task.dataloaders(pm.wrapped_model, args.batch_size)
+            from edgewise.runtime.resolve import on_device
+
+            test = on_device(task.dataloaders(pm.wrapped_model, args.batch_size)[1], device)
         for algo, path in paths.items():
             scores, _ = load_prune_scores(path, pm)
             old = previous["algorithms"][algo]
@@ -648,7 +721,7 @@ def _check_report_provenance(folder: Path, results: dict[str, Any],
     """The results drawn are this folder's: ``results.json`` names the marker's task and
     model, and every scores file beside it records the same run. Results that record no
     provenance (older edgewise) are drawn with a warning."""
-    from edgewise.io.provenance import RUN_FIELDS, check_provenance
+    from edgewise.io.provenance import RUN_FIELDS, ProvenanceError, check_provenance
 
     path = folder / "results.json"
     if marker is not None and (marker.get("model"), marker.get("task")) != (results["model"],
@@ -701,24 +774,107 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
 
 class _Parser(argparse.ArgumentParser):
     """A parser whose errors are one line, ``edgewise: error: ...`` (exit 2), like the
-    command's other errors; its subcommands' parsers are of this class too."""
+    command's other errors, with a "did you mean" for a misspelled choice; its
+    subcommands' parsers are of this class too. Descriptions and epilogs keep their
+    line breaks."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
+        import re
+
+        from edgewise.runtime.resolve import did_you_mean
+
+        bad = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if bad:
+            choices = re.findall(r"'([^']*)'", bad.group(2)) or bad.group(2).split(", ")
+            message = message.replace(bad.group(0), bad.group(0) + did_you_mean(bad.group(1),
+                                                                               choices))
         self.exit(2, f"edgewise: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from edgewise.checks import cli_int
+_COMMANDS = {
+    "discover": "score edges, evaluate circuits, save results",
+    "evaluate": "re-evaluate saved scores",
+    "report": "write report.html for a results folder",
+    "demo": "the whole loop on the shipped toy model",
+    "mib": "the MIB circuit track: data, evaluation, submissions, memory (see edgewise mib "
+           "--help)",
+}  # fmt: skip
+_EPILOG = """examples:
+  edgewise demo
+  edgewise discover --model toy-ioi --task toy_ioi --algo eap ig acdc --out runs/ioi
+  edgewise discover --model gpt2 --device cuda --dtype bfloat16 --task DATA.json --out runs/g
+  edgewise report runs/ioi
+  edgewise mib demo
+each command's options: edgewise COMMAND --help"""
+
+
+def _command_of(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` names (its first word that is not an option)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append its default to the help of every option of ``parser`` and its
+    subcommands that has one (not a flag's False, not None: their help says what
+    happens then)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                _show_defaults(child)
+            continue
+        default = action.default
+        if (not action.option_strings or default in (None, False, argparse.SUPPRESS)
+                or action.help == argparse.SUPPRESS):  # fmt: skip
+            continue
+        if action.help and "default" in action.help.lower():
+            continue
+        shown = " ".join(map(str, default)) if isinstance(default, list | tuple) else default
+        text = f"default: {shown}".replace("%", "%%")
+        action.help = f"{action.help} ({text})" if action.help else text
+
+
+def _algorithms_epilog() -> str:
     from edgewise.prune_algos import ALGORITHMS
+
+    width = max(map(len, ALGORITHMS))
+    lines = [f"  {name:<{width}}  {a.description}" for name, a in ALGORITHMS.items()]
+    return "algorithms (--algo):\n" + "\n".join(lines)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The command line's parser. ``argv``: the arguments it will parse; when they name
+    no known command (``edgewise --help``, a misspelled command) only the command list
+    is built, so nothing imports torch; ``None``: every command's options."""
+    parser = _Parser(prog="edgewise", description=__doc__.split("\n")[0], epilog=_EPILOG)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                title="commands")  # fmt: skip
+    if argv is not None and _command_of(argv) not in _COMMANDS:
+        for name, text in _COMMANDS.items():
+            sub.add_parser(name, help=text)
+        return parser
+
+    from edgewise.checks import cli_int
+    from edgewise.io.results_folder import STATE_DIR
     from edgewise.prune_algos.optimal_ablation import add_optimal_ablation_arguments
     from edgewise.runtime.memory import memory_arg
+    from edgewise.runtime.resolve import add_device_arguments
 
-    parser = _Parser(prog="edgewise", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("discover", help="score edges, evaluate circuits, save results")
-    d.add_argument("--model", help="toy-ioi, tracr-reverse, a local HF directory, or a TL name")
+    d = sub.add_parser("discover", help=_COMMANDS["discover"], epilog=_algorithms_epilog(),
+                       description="Score every edge with each --algo, evaluate the circuits they "
+                                   "give (faithfulness\ncurve, CPR, CMD, AUC) and save everything "
+                                   "under --out; then: edgewise report DIR.")
+    d.add_argument("--model", help="a shipped model (toy-ioi, tracr-reverse, "
+                                   "tracr-xproportion), a local Hugging Face folder, a "
+                                   "TransformerLens name or a Hugging Face hub name (e.g. "
+                                   "gpt2; downloaded into the Hugging Face cache unless "
+                                   "HF_HUB_OFFLINE is set). Default: the task's model")
     d.add_argument("--task", required=True, help="a task name or a dataset JSON file")
-    d.add_argument("--algo", nargs="+", default=["eap"], help=f"any of {', '.join(ALGORITHMS)}")
+    d.add_argument("--algo", nargs="+", default=["eap"], metavar="ALGO",
+                   help="one or more of the algorithms listed below")
     d.add_argument("--out", required=True, metavar="DIR",
                    help="results folder. Rerunning the same command resumes an interrupted "
                         "run: finished algorithms are reused, ACDC and exact patching continue "
@@ -744,22 +900,26 @@ def build_parser() -> argparse.ArgumentParser:
                         "(seed 0): of the top edges' scores (train prompts) and of the "
                         "faithfulness curve, CPR and CMD (test prompts); saved in results.json "
                         "and drawn as bands in the report")
-    e = sub.add_parser("evaluate", help="re-evaluate saved scores")
-    e.add_argument("dir")
+    e = sub.add_parser("evaluate", help=_COMMANDS["evaluate"])
+    e.add_argument("dir", help="the --out folder of edgewise discover")
     e.add_argument("--batch-size", type=cli_int(1), default=None,
                    help="default: the batch size the scores were computed with")
-    r = sub.add_parser("report", help="write report.html for a results folder")
-    r.add_argument("dir")
-    m = sub.add_parser("demo", help="the whole loop on the shipped toy model")
-    m.add_argument("--out", default="runs/demo")
+    r = sub.add_parser("report", help=_COMMANDS["report"])
+    r.add_argument("dir", help="the --out folder of edgewise discover")
+    m = sub.add_parser("demo", help=_COMMANDS["demo"])
+    m.add_argument("--out", default="runs/demo", metavar="DIR", help="results folder")
     from edgewise.mib.cli import add_mib_parser
 
-    add_mib_parser(sub)
+    add_mib_parser(sub, _COMMANDS["mib"])
+    add_device_arguments(d)
+    add_device_arguments(m)
+    add_device_arguments(e, kind=False, dtype_help="the model's dtype: the one the scores were "
+                         "computed in (results.json's settings); another is refused")
     for p in (d, m):
         p.add_argument("--allow-existing", action="store_true",
                        help="write into a non-empty folder edgewise did not make; its files "
                             "are left alone (none may have a name edgewise writes)")
-        p.add_argument("--batch-size", type=cli_int(1), default=16)
+        p.add_argument("--batch-size", type=cli_int(1), default=16, help="prompts per batch")
         p.add_argument("--fresh", action="store_true",
                        help="start the requested algorithms over instead of resuming: delete "
                             f"their scores and DIR/{STATE_DIR} files (other algorithms' results "
@@ -769,7 +929,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="budget for each pass's patch buffers, e.g. 8GiB or auto (see "
                             "edgewise.runtime.memory); same scores, more passes")  # fmt: skip
     for p in (d, e, r, m):
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.add_argument("--quiet", action="store_true",
+                       help="no progress bars, no loading bars or warnings from transformers "
+                            "and the Hugging Face hub; errors still show")  # fmt: skip
+    _show_defaults(parser)
     return parser
 
 
@@ -802,6 +965,26 @@ def _after_interrupt(args: argparse.Namespace) -> str:
     return "nothing was written"
 
 
+def _environment_error(e: BaseException) -> bool:
+    """Whether ``e`` is about the machine rather than the input (exit status 1): an
+    ``OSError`` (full disk, permissions), a folder another run holds, a device this
+    machine lacks."""
+    from edgewise.io.results_folder import FolderInUseError
+    from edgewise.runtime.resolve import DeviceUnavailableError
+
+    return isinstance(e, OSError | FolderInUseError | DeviceUnavailableError)
+
+
+def _next_steps(folder: Path, report_written: bool = False) -> str:
+    """The closing line of discover, evaluate and demo: where the results are and what
+    to run or open next."""
+    if report_written:
+        return (f"results in {folder}/ (results.json, scores, circuits); open "
+                f"{folder / 'report.html'} in a browser")
+    return (f"results in {folder}/ (results.json, scores, circuits); next: edgewise report "
+            f"{folder} (writes {folder / 'report.html'} to open in a browser)")
+
+
 def _say(line: str) -> None:
     """Print ``line`` on stderr, unless stderr is gone (a closed pipe)."""
     try:
@@ -832,8 +1015,9 @@ def main(argv: list[str] | None = None) -> int:
     What the command prints goes to stdout once its work is done: a reader that has gone
     by then (``| head``) gives 0, quietly; a closed stderr during the work stops it
     quietly with 141, as SIGPIPE would."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(argv).parse_args(argv)
     except SystemExit as e:  # a bad argument (2, the one-line error printed) or --help (0)
         return e.code if isinstance(e.code, int) else 2
     # SIGTERM (a plain `kill`, a scheduler's preemption) and SIGHUP (a closed terminal)
@@ -848,18 +1032,24 @@ def main(argv: list[str] | None = None) -> int:
     stdout, printed, done = sys.stdout, io.StringIO(), False
     sys.stdout = printed
     try:
-        if args.command == "discover":
-            print(summary_table(discover(args)))
-        elif args.command == "evaluate":
-            print(summary_table(evaluate(args)))
-        elif args.command == "report":
-            print(report(args))
-        elif args.command == "mib":
-            from edgewise.mib.cli import run_mib
+        from edgewise.runtime.resolve import quiet_libraries
 
-            run_mib(args)
-        else:
-            demo(args)
+        with quiet_libraries(getattr(args, "quiet", False)):
+            if args.command == "discover":
+                print(summary_table(discover(args)))
+                _say(_next_steps(Path(args.out)))
+            elif args.command == "evaluate":
+                print(summary_table(evaluate(args)))
+                _say(_next_steps(Path(args.dir)))
+            elif args.command == "report":
+                print(report(args))
+            elif args.command == "mib":
+                from edgewise.mib.cli import run_mib
+
+                run_mib(args)
+            else:
+                demo(args)
+                _say(_next_steps(Path(args.out), report_written=True))
         sys.stdout, done = stdout, True
         stdout.write(printed.getvalue())
         stdout.flush()  # a closed pipe shows here, while it can still be handled
@@ -871,7 +1061,9 @@ def main(argv: list[str] | None = None) -> int:
             NotADirectoryError) as e:  # what the user gave: arguments, files, a model  # fmt: skip
         _say(f"edgewise: error: {e}")
         return 2
-    except (OSError, FolderInUseError) as e:  # the machine: full disk, permissions, a lock
+    except Exception as e:  # the machine: full disk, permissions, a lock, no such GPU
+        if not _environment_error(e):
+            raise
         _say(f"edgewise: error: {e}")
         return 1
     except KeyboardInterrupt as e:

@@ -62,8 +62,8 @@ def perturb(monkeypatch) -> None:
 
     real = tasks.load_model
 
-    def load(name, device="cpu"):
-        model = real(name, device)
+    def load(name, device="cpu", **options):
+        model = real(name, device, **options)
         with torch.no_grad():
             next(model.parameters()).view(-1)[0] += 0.01
         return model
@@ -235,7 +235,10 @@ def test_mib_json_records_provenance_outside_mibs_keys(two, tmp_path):
 def test_discover_records_provenance_everywhere(finished, data):
     results = json.loads((finished / "results.json").read_text())
     settings_ = results["settings"]
-    assert list(settings_) == list(RUN_FIELDS)
+    fields = [*RUN_FIELDS[:2], "dtype", *RUN_FIELDS[2:]]  # the dtype after model_kind
+    assert list(settings_) == [*fields, "device"]  # the device is recorded, not compared
+    assert (settings_["dtype"], settings_["device"]) == ("float32", "cpu")
+    settings_ = {k: settings_[k] for k in fields}
     assert settings_["model"] == "toy-ioi" and settings_["task"] == str(data)
     assert settings_["batch_size"] == 4 and settings_["seq_len"] is None
     from edgewise.benchmarks.tasks import load_model
@@ -245,12 +248,12 @@ def test_discover_records_provenance_everywhere(finished, data):
     params = results["algorithms"]["eap"]["parameters"]
     assert params["grad_function"] == "logit" and params["answer_function"] == "avg_diff"
     _, meta = load_prune_scores(finished / "scores_eap.safetensors")
-    assert {k: meta[k] for k in RUN_FIELDS} == settings_
+    assert {k: meta[k] for k in fields} == settings_
     assert meta["algorithm"] == "eap" and meta["parameters"] == params
     state = json.loads((finished / "checkpoints" / "eap.json").read_text())
-    assert {k: state["fingerprint"][k] for k in RUN_FIELDS} == settings_
+    assert {k: state["fingerprint"][k] for k in fields} == settings_
     mib = json.loads((finished / "circuit_eap_mib.json").read_text())
-    assert {k: mib["edgewise"][k] for k in RUN_FIELDS} == settings_
+    assert {k: mib["edgewise"][k] for k in fields} == settings_
 
 
 def test_evaluate_and_report_refuse_scores_of_another_model(run, other_model, data, capsys):

@@ -8,7 +8,6 @@ position).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,68 +103,37 @@ def dataset_task(path_or_name: str) -> Task:
 
 
 def get_task(name: str) -> Task:
-    """A registered task, or a dataset task for a JSON path or shipped dataset name."""
+    """A registered task, or a dataset task for a JSON path or shipped dataset name.
+
+    Raises:
+        FileNotFoundError: ``name`` looks like a file (``.json``, a path) that is not there.
+        ValueError: any other unknown name (with a "did you mean" when one is close)."""
     if name in TASKS:
         return TASKS[name]
     if Path(name).is_file() or name in shipped_dataset_names():
         return dataset_task(name)
+    from edgewise.runtime.resolve import did_you_mean, looks_like_path
+
+    if name.lower().endswith((".json", ".jsonl")) or looks_like_path(name) or Path(name).exists():
+        what = "a folder, not a dataset file" if Path(name).is_dir() else "no such file"
+        raise FileNotFoundError(f"task {name!r}: {what}. Give a dataset JSON file, or a "
+                                f"task name: {', '.join(TASKS)}")  # fmt: skip
     raise ValueError(
-        f"unknown task {name!r}. Tasks: {', '.join(TASKS)}; or a dataset JSON file; "
+        f"unknown task {name!r}{did_you_mean(name, [*TASKS, *shipped_dataset_names()])}. "
+        f"Tasks: {', '.join(TASKS)}; or a dataset JSON file; "
         f"shipped datasets: {', '.join(shipped_dataset_names())}"
     )
 
 
 def check_model_name(name: str) -> None:
-    """Check, without loading anything, that :func:`load_model` can load ``name``: a
-    shipped model, a tracr program, a readable local model folder
-    (:func:`edgewise.models.files.check_model_dir`), or a name whose Hugging Face files
-    are already on this machine. Raises ``ValueError`` naming ``name`` and the fix."""
-    from edgewise.benchmarks.toy_models import available
+    """Check, without loading anything, that :func:`load_model` can try ``name``: a
+    shipped model, a tracr program, a readable local model folder, or a TransformerLens
+    or Hugging Face hub name (in the cache when ``HF_HUB_OFFLINE`` is set). Raises
+    ``ValueError`` (``FileNotFoundError`` for a missing folder) naming ``name`` and the
+    fix (:func:`edgewise.runtime.resolve.check_model`)."""
+    from edgewise.runtime.resolve import check_model
 
-    if name in available() or name in model_names():
-        return
-    if name.startswith("tracr-"):
-        raise ValueError(f"unknown tracr model {name!r}; the tracr models are "
-                         f"{', '.join(n for n in model_names() if n.startswith('tracr-'))}")
-    if os.path.isdir(name):
-        from edgewise.models.files import check_model_dir
-
-        check_model_dir(name)
-        return
-    if os.path.exists(name):
-        raise ValueError(f"model {name!r} is a file: pass the folder holding its config.json "
-                         "and weights (a Hugging Face save_pretrained folder)")
-    if not _downloaded(name):
-        raise ValueError(
-            f"cannot load model {name!r}: it is not a shipped model, not a local folder, and no "
-            f"Hugging Face model of that name is on this machine. Models: "
-            f"{', '.join(model_names())}, a local Hugging Face folder, or a TransformerLens "
-            "name whose weights are already downloaded (edgewise never downloads)."
-        )
-
-
-def _downloaded(name: str) -> bool:
-    """Whether the Hugging Face cache holds a ``config.json`` for ``name`` (or for the
-    repository TransformerLens maps it to, e.g. ``gpt2-small`` to ``gpt2``)."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # cannot tell: loading will say
-        return True
-    def cached(repo: str) -> bool:
-        try:
-            return isinstance(try_to_load_from_cache(repo, "config.json"), str)
-        except Exception:  # not a valid repository id
-            return False
-
-    if cached(name):
-        return True
-    try:  # a TransformerLens alias (importing TransformerLens takes a while: only now)
-        from transformer_lens.loading_from_pretrained import get_official_model_name
-
-        official = get_official_model_name(name)
-    except Exception:  # not a TransformerLens name (or no such table)
-        return False
-    return official != name and cached(official)
+    check_model(name)
 
 
 def model_names() -> list[str]:
@@ -175,29 +143,12 @@ def model_names() -> list[str]:
     return [*available(), "tracr-reverse", "tracr-xproportion"]
 
 
-def load_model(name: str, device: str = "cpu") -> Any:
+def load_model(name: str, device: str = "cpu", kind: str | None = None, dtype: Any = None) -> Any:
     """A model by name: a model the package ships (``toy-ioi``), a tracr program
-    (``tracr-reverse``), a local Hugging Face directory, or a TransformerLens model
-    name whose weights are already on this machine (nothing is downloaded)."""
-    from edgewise.benchmarks.toy_models import available, load
+    (``tracr-reverse``), a local Hugging Face directory, a TransformerLens name or a
+    Hugging Face hub repository id (downloaded into the Hugging Face cache unless
+    ``HF_HUB_OFFLINE`` is set), of ``kind`` on ``device`` in ``dtype`` (float32 when
+    ``None``): :func:`edgewise.runtime.resolve.load_model`."""
+    from edgewise.runtime.resolve import load_model as resolve_and_load
 
-    if name in available():
-        return load(name, device=device)
-    if name.startswith("tracr-"):
-        from edgewise.benchmarks.tracr_models import compile_tracr
-
-        return compile_tracr(name.removeprefix("tracr-"), device=device)[0]  # type: ignore[arg-type]
-    if os.path.isdir(name):
-        from edgewise.models.kinds import load_hf_bridge
-
-        return load_hf_bridge(name, device=device)
-    try:
-        from edgewise.models.kinds import load_pretrained
-
-        return load_pretrained(name, device=device)
-    except Exception as e:
-        raise ValueError(
-            f"cannot load model {name!r}: {type(e).__name__}: {str(e)[:200]}. Models: "
-            f"{', '.join(model_names())}, a local Hugging Face directory, or a TransformerLens "
-            "name whose weights are already downloaded (edgewise never downloads)."
-        ) from None
+    return resolve_and_load(name, kind=kind, device=device, dtype=dtype)

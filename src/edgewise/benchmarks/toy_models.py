@@ -268,7 +268,8 @@ def load_weights(name: str = "toy-ioi") -> dict[str, torch.Tensor]:
     return load_safetensors(_model_dir(name).joinpath(WEIGHTS_FILE).read_bytes())
 
 
-def load(name: str = "toy-ioi", device: str | torch.device = "cpu", kind: ModelKind | None = None) -> Any:
+def load(name: str = "toy-ioi", device: str | torch.device = "cpu", kind: ModelKind | None = None,
+         dtype: torch.dtype = torch.float32) -> Any:
     """A shipped toy model in eval mode with its word-level tokenizer attached
     (``model.tokenizer``).
 
@@ -280,6 +281,7 @@ def load(name: str = "toy-ioi", device: str | torch.device = "cpu", kind: ModelK
             the shipped Hugging Face GPT-2 checkpoint (3.9 and 4.x; the unembedding bias is
             folded into the final LayerNorm's bias, so logits agree to float rounding).
             Default: ``"hooked"`` where TransformerLens has it, else ``"bridge"``.
+        dtype: the parameters' dtype (the shipped weights are float32).
 
     Raises:
         ValueError: ``name`` is not a shipped model (the message lists the valid names).
@@ -293,9 +295,10 @@ def load(name: str = "toy-ioi", device: str | torch.device = "cpu", kind: ModelK
         raise ValueError(f"{name}: {len(vocab)} vocabulary entries but d_vocab={fields['d_vocab']}")
     if resolve_kind(kind) == "bridge":
         with resources.as_file(folder.joinpath(HF_DIR)) as path:
-            model = load_hf_bridge(path, tokenizer=toy_ioi_tokenizer(vocab), device=str(device))
+            model = load_hf_bridge(path, tokenizer=toy_ioi_tokenizer(vocab), device=str(device),
+                                   dtype=dtype)  # fmt: skip
         return model.eval()
-    return from_tl_weights(fields, load_weights(name), kind="hooked",
+    return from_tl_weights({**fields, "dtype": dtype}, load_weights(name), kind="hooked",
                            tokenizer=toy_ioi_tokenizer(vocab), device=device)
 
 

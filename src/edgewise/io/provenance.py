@@ -74,6 +74,10 @@ class ProvenanceError(ValueError):
     and what to do."""
 
 
+class DataChangedError(ProvenanceError):
+    """Saved scores were computed on other prompts than the task gives now."""
+
+
 class ProvenanceWarning(UserWarning):
     """A saved result records no provenance, so it cannot be checked against the model
     it is used with."""
@@ -275,7 +279,8 @@ def check_model_identity(saved: Mapping[str, Any], model: nn.Module, what: str) 
 
 
 __all__ = [
-    "MODEL_FIELDS", "RUN_FIELDS", "VERSION_FIELDS", "Difference", "ProvenanceError",
+    "MODEL_FIELDS", "RUN_FIELDS", "VERSION_FIELDS", "DataChangedError", "Difference",
+    "ProvenanceError",
     "ProvenanceWarning", "check_model_identity", "check_provenance", "differences",
     "library_versions", "mismatch_message", "model_kind", "model_provenance",
     "weights_sha256",

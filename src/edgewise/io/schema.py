@@ -161,6 +161,7 @@ SETTING_CHECKS: dict[str, str] = {
     "seq_len": "seq_len", "data_sha256": "sha256", "graph_sha256": "sha256",
     "weights_sha256": "sha256", "edgewise_version": "text",
     "transformer_lens_version": "text", "algorithm": "text", "parameters": "object",
+    "dtype": "text", "device": "text",
 }  # fmt: skip
 """The provenance fields (``results.json``'s ``settings``, a resume state's
 ``fingerprint``) and how each is checked when present."""

@@ -15,12 +15,16 @@ _SUBCOMMANDS: list[tuple[str, str]] = [
 ]
 
 
-def add_mib_parser(sub: argparse._SubParsersAction) -> None:
+def add_mib_parser(sub: argparse._SubParsersAction,
+                   help: str = "the MIB circuit track: data, evaluation, submissions") -> None:  # fmt: skip
     """Add ``mib`` and its subcommands to the top-level parser's subparsers."""
     import importlib
 
-    mib = sub.add_parser("mib", help="the MIB circuit track: data, evaluation, submissions")
-    mib_sub = mib.add_subparsers(dest="mib_command", required=True)
+    mib = sub.add_parser("mib", help=help, description="The MIB circuit track: evaluate a "
+                         "scores file as MIB does, export and validate\nsubmissions, size EAP's "
+                         "memory, run the whole loop on the toy model.")  # fmt: skip
+    mib_sub = mib.add_subparsers(dest="mib_command", required=True, metavar="COMMAND",
+                                 title="commands")  # fmt: skip
     for module, function in _SUBCOMMANDS:
         add: Callable[[argparse._SubParsersAction], None] = getattr(
             importlib.import_module(module), function)

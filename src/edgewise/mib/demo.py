@@ -37,6 +37,7 @@ import torch
 
 from edgewise.checks import cli_int
 from edgewise.mib.intervals import MibIntervals
+from edgewise.runtime.memory import memory_arg
 
 __all__ = [
     "DEMO_MODEL",
@@ -117,6 +118,9 @@ def run_mib_demo(
     progress: bool = False,
     allow_existing: bool = False,
     seed: int = 0,
+    device: str = "cpu",
+    dtype: str | None = None,
+    max_memory: str | int | None = None,
 ) -> MibDemo:
     """Run the MIB loop (see the module docstring) and write its files into ``out``.
 
@@ -127,6 +131,11 @@ def run_mib_demo(
         allow_existing: write into a non-empty folder edgewise did not make (its files
             are left alone; none may have a name edgewise writes).
         seed: the resamples' seed.
+        device: where the model runs: cpu, cuda, cuda:N or auto
+            (:func:`edgewise.runtime.resolve.resolve_device`).
+        dtype: the model's dtype, one of float32 (``None``), float64, bfloat16, float16.
+        max_memory: a budget for each pass's patch buffers of the edge scoring and
+            evaluation (``"8GiB"``, ``"auto"``; :mod:`edgewise.runtime.memory`).
 
     Returns:
         A :class:`MibDemo` with the scores, the intervals and the paths written.
@@ -138,15 +147,18 @@ def run_mib_demo(
     """
     from edgewise.checks import require_int
     from edgewise.io.results_folder import check_output_folder, writing
+    from edgewise.runtime.resolve import resolve_device, resolve_dtype
 
     n_resamples = require_int(n_resamples, "n_resamples (--bootstrap)", 1)
+    device, torch_dtype = resolve_device(device), resolve_dtype(dtype)  # before any work
     folder = Path(out)
     check_output_folder(folder, DEMO_MODEL, DEMO_TASK, allow_existing)
     with writing(folder):  # the lock; links refused, a killed run's temporaries removed
-        return _run_locked(folder, n_resamples, progress, seed)
+        return _run_locked(folder, n_resamples, progress, seed, device, torch_dtype, max_memory)
 
 
-def _run_locked(folder: Path, n_resamples: int, progress: bool, seed: int) -> MibDemo:
+def _run_locked(folder: Path, n_resamples: int, progress: bool, seed: int, device: str = "cpu",
+                dtype: Any = None, max_memory: str | int | None = None) -> MibDemo:  # fmt: skip
     from edgewise import __version__
     from edgewise.benchmarks.toy_models import load
     from edgewise.io.files import write_json
@@ -164,14 +176,16 @@ def _run_locked(folder: Path, n_resamples: int, progress: bool, seed: int) -> Mi
 
     start = time.perf_counter()
     write_marker(folder, DEMO_MODEL, DEMO_TASK)
-    model = load(DEMO_MODEL)
+    model = load(DEMO_MODEL, device=device, **({} if dtype is None else {"dtype": dtype}))
     pm = patchable_model(model, slice_output="last_seq", seq_len=None)
-    train_ds = load_mib_task(MIB_TASK, None, model.tokenizer, split="train")
-    eval_ds = load_mib_task(MIB_TASK, None, model.tokenizer, split="validation")
+    train_ds = load_mib_task(MIB_TASK, None, model.tokenizer, split="train", device=device)
+    eval_ds = load_mib_task(MIB_TASK, None, model.tokenizer, split="validation", device=device)
     train, test = _loader(train_ds), _loader(eval_ds)
 
     # MIB's scale for every method, also those whose registry default is auto-circuit's sum
-    edge_scores = {m: ALGORITHMS[m](pm, train, None, progress=progress, scale="mean")
+    budget = {"max_memory": max_memory} if max_memory is not None else {}
+    edge_scores = {m: ALGORITHMS[m](pm, train, None, progress=progress, scale="mean",
+                                    **(budget if ALGORITHMS[m].max_memory else {}))
                    for m in EDGE_METHODS}  # fmt: skip
     node_scores = {
         (m, lvl): node_attribution_scores(pm, train, m, lvl, progress=progress)
@@ -187,7 +201,7 @@ def _run_locked(folder: Path, n_resamples: int, progress: bool, seed: int) -> Mi
 
     rows: list[tuple[str, MibIntervals]] = []
     for m, scores in edge_scores.items():
-        _, measured = mib_evaluate_per_prompt(pm, test, scores, progress=progress)
+        _, measured = mib_evaluate_per_prompt(pm, test, scores, progress=progress, **budget)
         rows.append((m, mib_bootstrap(measured, n_resamples, seed=seed)))
     for (m, _lvl), scores in node_scores.items():
         measured = mib_evaluate_nodes_per_prompt(pm, test, scores, progress=progress)
@@ -198,6 +212,7 @@ def _run_locked(folder: Path, n_resamples: int, progress: bool, seed: int) -> Mi
         "model": DEMO_MODEL, "task": f"MIB {MIB_TASK} (shipped made-up examples)",
         "mib_folder": f"{MIB_TASK}_{MIB_MODEL}", "n_edges": pm.n_edges,
         "n_train": len(train_ds), "n_eval": len(eval_ds), "note": NOTE,
+        "device": device, "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "rows": [{"method": m, **iv.to_json()} for m, iv in rows],
         "submission": submission,
         "seconds": round(time.perf_counter() - start, 3),
@@ -230,7 +245,8 @@ def format_summary(demo: MibDemo) -> str:
 def run_demo_command(args: argparse.Namespace) -> MibDemo:
     """``edgewise mib demo``: run the loop, print the summary table and the paths."""
     demo = run_mib_demo(args.out, args.bootstrap, progress=not args.quiet,
-                        allow_existing=args.allow_existing)  # fmt: skip
+                        allow_existing=args.allow_existing, device=args.device,
+                        dtype=args.dtype, max_memory=args.max_memory)  # fmt: skip
     print(format_summary(demo))
     return demo
 
@@ -256,5 +272,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="write into a non-empty folder edgewise did not make; its files are "
         "left alone (none may have a name edgewise writes)",
     )
+    from edgewise.runtime.resolve import add_device_arguments
+
+    add_device_arguments(p, kind=False)
+    p.add_argument("--max-memory", metavar="SIZE", default=None, type=memory_arg,
+                   help="budget for each pass's patch buffers, e.g. 8GiB or auto; same "
+                        "scores, more passes")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(mib_run=run_demo_command)

@@ -447,19 +447,24 @@ def mib_evaluate_circuits(
 
 # ------------------------------------------------------------------- the command line
 def load_mib_setup(
-    model_name: str, task_name: str, batch_size: int
+    model_name: str, task_name: str, batch_size: int, kind: str | None = None,
+    device: str | None = "cpu", dtype: str | None = None,
 ) -> tuple[PatchableModel, PromptDataLoader]:
     """The patchable model with MIB's graph (no token positions; with grouped-query
     attention one K/V input per query head, as MIB ungroups them, on a ``HookedTransformer``
-    and a ``TransformerBridge`` alike) and the task's test prompts, for ``edgewise mib ...``
-    commands."""
+    and a ``TransformerBridge`` alike) of ``kind`` on ``device`` in ``dtype``
+    (:func:`edgewise.runtime.resolve.load_model`) and the task's test prompts (their
+    batches on ``device``), for ``edgewise mib ...`` commands."""
     from edgewise.benchmarks.tasks import check_model_name, get_task, load_model
     from edgewise.patching.wrap import patchable_model
+    from edgewise.runtime.resolve import on_device, resolve_device, resolve_dtype
 
     task = get_task(task_name)
     check_model_name(model_name or task.model)  # a bad name or folder: before loading
-    model = load_model(model_name or task.model)
-    _, test = task.dataloaders(model, batch_size)
+    device = resolve_device(device)  # a missing GPU: before loading
+    model = load_model(model_name or task.model, device=device, kind=kind,
+                       dtype=resolve_dtype(dtype))  # fmt: skip
+    test = on_device(task.dataloaders(model, batch_size)[1], device)
     cfg = model.cfg
     grouped = getattr(cfg, "n_key_value_heads", None) not in (None, cfg.n_heads)
     pm = patchable_model(model, slice_output=task.slice_output, seq_len=None,  # type: ignore[arg-type]
@@ -507,7 +512,8 @@ def run_evaluate(args: argparse.Namespace) -> MibResult:
     if args.ablation == "optimal" and (args.oa_steps < 0 or not args.oa_lr > 0):
         raise ValueError(f"--oa-steps must be >= 0 and --oa-lr positive, got {args.oa_steps} "
                          f"and {args.oa_lr}")  # fmt: skip
-    pm, test = load_mib_setup(args.model, args.task, args.batch_size)
+    pm, test = load_mib_setup(args.model, args.task, args.batch_size, args.kind, args.device,
+                              args.dtype)  # fmt: skip
     scores = load_scores_file(args.scores_file, pm)
     measure = None
     if args.ablation == "optimal":
@@ -515,7 +521,9 @@ def run_evaluate(args: argparse.Namespace) -> MibResult:
         from edgewise.prune_algos.optimal_ablation import optimal_ablation_values
 
         task = get_task(args.task)
-        train, _ = task.dataloaders(pm.wrapped_model, args.batch_size)
+        from edgewise.runtime.resolve import on_device
+
+        train = on_device(task.dataloaders(pm.wrapped_model, args.batch_size)[0], pm.device)
         values = optimal_ablation_values(pm, train, args.oa_steps, args.oa_lr, args.oa_objective,
                                          task.grad_function, task.answer_function)  # fmt: skip
         measure = partial(measure_circuits, progress=not args.quiet, max_memory=args.max_memory,
@@ -532,7 +540,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "evaluate", help="CPR and CMD of a scores file, exactly as MIB computes them"
     )
     p.add_argument("scores_file", help="a MIB graph JSON (.json) or an edgewise scores file")
-    p.add_argument("--model", default=None, help="the model (default: the task's)")
+    p.add_argument("--model", default=None, help="the model (default: the task's): a shipped "
+                   "model, a local Hugging Face folder, a TransformerLens or hub name")
     p.add_argument("--task", required=True, help="a task name or a dataset JSON file")
     p.add_argument("--batch-size", type=cli_int(1), default=16)
     p.add_argument("--max-memory", metavar="SIZE", default=None, type=memory_arg)
@@ -540,5 +549,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         p, "what edges outside a circuit carry: the corrupt prompt's activations (patching: "
            "MIB's evaluation, whatever its --ablation) or optimal ablation constants fitted on "
            "the task's train prompts")
+    from edgewise.runtime.resolve import add_device_arguments
+
+    add_device_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(mib_run=run_evaluate)

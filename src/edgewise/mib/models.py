@@ -241,15 +241,25 @@ def _describe(plan: MemoryPlan, budget: int | None) -> str:
 
 
 def run_memory(args: argparse.Namespace) -> list[MemoryPlan]:
-    """``edgewise mib memory``: print the table; return its rows."""
-    budget = parse_memory(args.max_memory, torch.device("cpu"))
+    """``edgewise mib memory``: print the table; return its rows. The plan is for
+    ``--device`` (``--max-memory auto``: half its free memory) and ``--dtype`` (default:
+    each model's MIB dtype)."""
+    import dataclasses
+
+    from edgewise.runtime.resolve import resolve_device, resolve_dtype
+
+    device = resolve_device(getattr(args, "device", None))
+    budget = parse_memory(args.max_memory, torch.device(device))
+    dtype = resolve_dtype(args.dtype) if getattr(args, "dtype", None) else None
     pairs = MIB_PAIRS if not args.all else tuple(
         (t, m) for t in ASSUMED_SEQ_LEN for m in MIB_MODELS
     )  # fmt: skip
     plans = []
     for task, name in pairs:
         seq = args.seq_len or ASSUMED_SEQ_LEN[task]
-        plans.append(eap_memory(MIB_MODELS[name], task, seq, args.batch_size, budget))
+        model = MIB_MODELS[name] if dtype is None else dataclasses.replace(MIB_MODELS[name],
+                                                                           dtype=dtype)
+        plans.append(eap_memory(model, task, seq, args.batch_size, budget))
     head = (f"{'task':<24}{'model':<9}{'seq':>5}{'edges':>10}{'weights':>11}"
             f"{'activations':>13}{'buffers':>11}{'total':>11}  plan")  # fmt: skip
     print(head)
@@ -257,6 +267,7 @@ def run_memory(args: argparse.Namespace) -> list[MemoryPlan]:
         print(f"{p.task:<24}{p.model:<9}{p.seq:>5}{p.n_edges:>10}{human(p.weights):>11}"
               f"{human(p.activations):>13}{human(p.buffers):>11}{human(p.total):>11}  "
               f"{_describe(p, budget)}")  # fmt: skip
+    print(f"device: {device}" + (f", budget {human(budget)}" if budget is not None else ""))
     if not args.seq_len:
         print(
             "seq: assumed prompt lengths, not measured (pass --seq-len); activations "
@@ -272,4 +283,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=cli_int(1), default=20, help="prompts per batch (MIB: 20)")
     p.add_argument("--seq-len", type=cli_int(1), default=None, help="prompt length for every task")
     p.add_argument("--all", action="store_true", help="every model x task, not MIB's pairs")
+    from edgewise.runtime.resolve import add_device_arguments
+
+    add_device_arguments(p, kind=False, dtype_help="the models' dtype (default: each model's "
+                         "MIB dtype, bfloat16 but float32 for gpt2)")
     p.set_defaults(mib_run=run_memory)

@@ -531,7 +531,7 @@ def run_export(args: argparse.Namespace) -> list[Path]:
     check_output_folder(out, None, None, args.allow_existing, MIB_SUBMISSION, top.__contains__)
     for folder, name in targets:  # a mixed folder is refused before anything is written
         _refuse_mixed(folder, name)
-    pm, _ = load_mib_setup(args.model, args.task, 16)
+    pm, _ = load_mib_setup(args.model, args.task, 16, device=args.device, dtype=args.dtype)
     scores = load_scores_file(args.scores_file, pm)
     if not args.keep_scale:
         scores, note = to_mib_scale(args.scores_file, scores)
@@ -569,6 +569,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--mib-task", default=None, help="MIB's task name for the folder (default: --task)"
     )
     e.add_argument("--mib-model", required=True, help="MIB's model name for the folder, e.g. gpt2")
+    from edgewise.runtime.resolve import add_device_arguments
+
+    add_device_arguments(e, kind=False, dtype_help="the model's dtype (only its graph is used)")
     e.add_argument("--kind", choices=["importances", "circuits", "both"], default="importances")
     e.add_argument(
         "--absolute",

@@ -15,8 +15,6 @@ from typing import Any, Literal
 
 import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 Arch = Literal["gpt2", "neox", "llama", "qwen2", "gemma2"]
 ModelKind = Literal["hooked", "bridge"]
 """``"hooked"``: a TransformerLens ``HookedTransformer`` (TransformerLens 3.x only);
@@ -341,7 +339,8 @@ def load_hf_bridge(
 ) -> Any:
     """A ``TransformerBridge`` over a Hugging Face model: a loaded ``PreTrainedModel``,
     or a local directory holding a checkpoint (for example a downloaded GPT-2, Pythia
-    or Llama). Never reaches a hub: ``HF_HUB_OFFLINE`` is set. A directory whose
+    or Llama); a loaded model gets a word-level tokenizer unless ``tokenizer`` is given,
+    so nothing is looked up on a hub. A directory whose
     ``config.json`` or weight files are unreadable (truncated, not JSON, pickled Python
     objects) raises :class:`edgewise.io.files.FileFormatError` naming the file
     (:func:`edgewise.models.files.check_model_dir`) before anything loads."""
