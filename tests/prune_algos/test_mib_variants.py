@@ -11,7 +11,12 @@ import pytest
 import torch
 
 from edgewise import patchable_model
-from edgewise.models import from_tl_weights, random_bridge, random_model
+from edgewise.models import (
+    from_tl_weights,
+    random_bridge,
+    random_hooked_transformer,
+    random_model,
+)
 from edgewise.prune_algos import (
     ALGORITHMS,
     clean_corrupted_prune_scores,
@@ -20,7 +25,7 @@ from edgewise.prune_algos import (
     mask_gradient_prune_scores,
 )
 from edgewise.prune_algos.eap_ig_activations import module_output_hook
-from edgewise.prune_algos.grad_rules import check_grad_rules
+from edgewise.prune_algos.grad_rules import check_grad_rules, gradient_rules
 from edgewise.prune_algos.loss import answer_loss, grad_values
 from edgewise.runtime.ablation import batch_src_ablations
 from edgewise.types import AblationType
@@ -318,8 +323,6 @@ RULES = {
 @pytest.mark.parametrize("kind", _kinds())
 @pytest.mark.parametrize("rules", sorted(RULES))
 def test_grad_rules_equal_hand_written_backward(rules, kind):
-    if kind != "hooked" and "norm_scale" in RULES[rules]:
-        pytest.skip("norm_scale is refused on bridges (test_bad_arguments_are_named)")
     cfg, w = random_ln_weights()
     if kind == "hooked":
         model = from_tl_weights(cfg, w, kind="hooked")
@@ -397,10 +400,44 @@ def test_bad_arguments_are_named():
         eap_ig_inputs_prune_scores(pm, loader, endpoint="middle", progress=False)
     with pytest.raises(ValueError, match="integrated_grad_samples"):
         eap_ig_activations_prune_scores(pm, loader, integrated_grad_samples=0, progress=False)
-    with pytest.raises(
-        NotImplementedError, match="'norm_scale' is implemented for HookedTransformer only"
-    ):
-        clean_corrupted_prune_scores(pm, loader, grad_rules=["norm_scale"], progress=False)
+
+
+@requires_hooked
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_norm_scale_on_a_bridge_equals_the_hooked_transformer(arch):
+    """RMSNorm bridges (Gemma's with its ``1 + w`` gain) give the frozen-scale scores that a
+    HookedTransformer converted from the same Hugging Face weights gives through its
+    ``hook_scale``, and the rule changes them."""
+    kw = {"n_layers": 2, "d_vocab": VOCAB, "dtype": torch.float64, "seed": 4}
+    bridge = patchable_model(random_bridge(arch, **kw))
+    hooked = patchable_model(random_hooked_transformer(arch=arch, **kw))
+    loader = random_loader(seed=14, n=4, batch_size=2)
+    run = {"grad_function": "logit", "answer_function": "avg_diff", "mask_val": 0.0,
+           "progress": False}
+    got = mask_gradient_prune_scores(bridge, loader, None, grad_rules=["norm_scale"], **run)
+    want = mask_gradient_prune_scores(hooked, loader, None, grad_rules=["norm_scale"], **run)
+    # Hugging Face's Llama and Gemma RMSNorms compute in float32 even for float64 weights,
+    # so the two kinds agree to float32 rounding; the rule moves the scores 100x further
+    assert_scores_close(got, want, rel=1e-5)
+    plain = mask_gradient_prune_scores(bridge, loader, None, **run)
+    scale = max(v.abs().max().item() for v in plain.values())
+    assert max((got[n] - plain[n]).abs().max().item() for n in plain) > 1e-3 * scale
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_norm_scale_on_a_bridge_keeps_the_forward_and_removes_its_hooks(arch):
+    """Inside the rule the bridge's logits are bit-identical, and after it no hook is left
+    on any module."""
+    model = random_bridge(arch, n_layers=2, d_vocab=VOCAB, dtype=torch.float64, seed=5)
+    pm = patchable_model(model)
+    tokens = torch.randint(0, VOCAB, (2, 6), generator=torch.Generator().manual_seed(6))
+    hooks_before = {n: len(m._forward_hooks) for n, m in model.named_modules()}
+    with pm.adapter.flags(**pm.graph_flags):  # the flags the rule's passes run with
+        want = model(tokens)
+    with gradient_rules(pm, ["norm_scale"]):
+        got = model(tokens)
+    assert torch.equal(got, want)
+    assert {n: len(m._forward_hooks) for n, m in model.named_modules()} == hooks_before
 
 
 @requires_hooked
