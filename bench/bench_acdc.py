@@ -29,6 +29,16 @@ and corrupt forwards) divided by the number of edges tested (n_edges x number of
 cpu ms/edge the same with the process's CPU time (steadier on a shared machine; with
 ``--threads 1`` it equals wall time on an idle one).
 Every row's scores must equal the plain row's, or the script exits with an error.
+
+``--busy N`` starts N processes that only spin (a Python loop each) for the whole run and
+stops them at the end: the rows then measure ACDC on a loaded machine, e.g.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_acdc.py --busy 2 --layers 2 --batch 4 \
+        --seq 8 --vocab 500 --corrupt start --speculation auto 1
+
+(plain, the default and speculation 1 on the same load; the load column is the 1-minute
+load average after each row; rows run one after another, so compare them only where the
+load column is alike).
 """
 
 from __future__ import annotations
@@ -152,6 +162,9 @@ def main() -> None:
                         "one tau state per pass: no stacked tau groups)")
     p.add_argument("--task", choices=("random", "toy-ioi"), default="random")
     p.add_argument("--skip-plain", action="store_true", help="fast rows only (no equality check)")
+    p.add_argument("--busy", type=int, default=0, metavar="N",
+                   help="start N busy processes (a Python loop each) for the whole run, to "
+                        "measure the rows on a loaded machine (e.g. --busy 2 on 2 cores)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -163,6 +176,18 @@ def main() -> None:
     if any(r not in ("plain", "auto", "1-alone") and not r.isdigit() for r in rows):
         sys.exit("--speculation takes positive integers, 'auto' and '1-alone'")
     results = []
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    try:
+        run_rows(args, rows, results)
+    finally:
+        for proc in busy:  # only the processes started here
+            proc.terminate()
+            proc.wait()
+    report(args, results)
+
+
+def run_rows(args: argparse.Namespace, rows: list[str], results: list) -> None:
+    """Each row in its own process; every row's scores must equal the first row's."""
     with tempfile.TemporaryDirectory() as tmp:
         for row in rows:
             out = os.path.join(tmp, f"{row}.pt")
@@ -175,13 +200,17 @@ def main() -> None:
             if args.tau is not None:
                 cmd += ["--tau", repr(args.tau)]
             res = subprocess.run(cmd, check=True, capture_output=True, text=True)
-            results.append((json.loads(res.stdout.strip().splitlines()[-1]), out))
+            row = json.loads(res.stdout.strip().splitlines()[-1])
+            row["load"] = os.getloadavg()[0]
+            results.append((row, out))
         ref = torch.load(results[0][1])
         for r, out in results[1:]:
             got = torch.load(out)
             if any(not torch.equal(got[n], ref[n]) for n in ref):
                 sys.exit(f"row {r['row']} gives different scores from row {results[0][0]['row']}")
 
+
+def report(args: argparse.Namespace, results: list) -> None:
     first = results[0][0]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"torch {torch.__version__}, device {args.device}, threads {args.threads}")
@@ -195,13 +224,16 @@ def main() -> None:
               f"tokens; one tau = {first['tau']:.3g} (kl_div); {first['kept']} edges kept")
     base = first["ms_per_edge"]
     cbase = first["cpu_ms_per_edge"]
+    if args.busy:
+        print(f"load: {args.busy} busy processes started by this script (and whatever else runs "
+              "on the machine); the load column is the 1-minute load average after each row")
     print(f"{'row':<22}{'wall s':>9}{'ms/edge':>10}{'speed-up':>10}{'cpu ms/edge':>13}"
-          f"{'speed-up':>10}{'peak MiB':>10}")
+          f"{'speed-up':>10}{'peak MiB':>10}{'load':>7}")
     for r, _ in results:
         name = "plain sequential" if r["row"] == "plain" else f"fast, speculation {r['row']}"
         print(f"{name:<22}{r['wall_s']:>9.2f}{r['ms_per_edge']:>10.2f}"
               f"{base / r['ms_per_edge']:>9.1f}x{r['cpu_ms_per_edge']:>13.2f}"
-              f"{cbase / r['cpu_ms_per_edge']:>9.1f}x{r['peak_mib']:>10.0f}")
+              f"{cbase / r['cpu_ms_per_edge']:>9.1f}x{r['peak_mib']:>10.0f}{r['load']:>7.1f}")
     print(f"peak memory: {first['peak_kind']}; scores identical across rows: "
           f"{'yes' if len(results) > 1 else 'n/a'}")
 

@@ -11,7 +11,12 @@ import pytest
 import torch
 
 from edgewise import patchable_model
-from edgewise.models import from_tl_weights, random_bridge, random_model
+from edgewise.models import (
+    from_tl_weights,
+    random_bridge,
+    random_hooked_transformer,
+    random_model,
+)
 from edgewise.prune_algos import (
     ALGORITHMS,
     clean_corrupted_prune_scores,
@@ -20,7 +25,7 @@ from edgewise.prune_algos import (
     mask_gradient_prune_scores,
 )
 from edgewise.prune_algos.eap_ig_activations import module_output_hook
-from edgewise.prune_algos.grad_rules import check_grad_rules
+from edgewise.prune_algos.grad_rules import check_grad_rules, gradient_rules
 from edgewise.prune_algos.loss import answer_loss, grad_values
 from edgewise.runtime.ablation import batch_src_ablations
 from edgewise.types import AblationType
@@ -126,9 +131,9 @@ def test_ig_activations_equals_plain_hooks(kind):
     assert_scores_close(got, reference_ig_activations(pm, loader, 2, modules))
 
 
-@requires_hooked
-def test_ig_activations_with_positions_equals_plain_hooks():
-    pm = patchable_model(MODELS["hooked"](), seq_len=5)
+@pytest.mark.parametrize("kind", _kinds())
+def test_ig_activations_with_positions_equals_plain_hooks(kind):
+    pm = patchable_model(MODELS[kind](), seq_len=5)
     loader = random_loader(seed=5, n=2, batch_size=2, seq_len_edges=True)
     got = eap_ig_activations_prune_scores(pm, loader, integrated_grad_samples=2, scale="sum",
                                           progress=False)  # fmt: skip
@@ -166,11 +171,11 @@ def _loss_sum(pm, loader, masks_fn):
     return total
 
 
-@requires_hooked
-def test_ig_activations_completeness_per_module():
+@pytest.mark.parametrize("kind", _kinds())
+def test_ig_activations_completeness_per_module(kind):
     """With one module moved, its out-edges' scores are a left Riemann sum of
     d/dt L(clean + t (corrupt - clean)): they approach L(module ablated) - L(clean) like 1/m."""
-    pm = patchable_model(MODELS["hooked"]())
+    pm = patchable_model(MODELS[kind]())
     loader = random_loader(seed=7, n=3, batch_size=3)
     module = pm.graph.src_modules[1]  # block 0's attention: all its heads
 
@@ -258,6 +263,16 @@ def random_ln_weights(seed=9):
     return cfg, w
 
 
+def ln_model(kind):
+    """The model of :func:`random_ln_weights` of ``kind`` (``"hooked"`` or a GPT-2 bridge)."""
+    cfg, w = random_ln_weights()
+    if kind == "hooked":
+        return from_tl_weights(cfg, w, kind="hooked")
+    # GPT-2 has a second norm in each block; it reads only the (absent) MLP
+    ln2 = {f"blocks.{i}.ln2.{p}": torch.ones(8, dtype=torch.float64) for i in range(2) for p in "wb"}
+    return from_tl_weights(cfg, {**w, **ln2}, kind="bridge")
+
+
 def manual_forward(w, tokens, norm_scale=False, attention_pattern=False, n_heads=2, eps=1e-5):
     """The 2-layer attention-only LayerNorm transformer written out by hand from its
     weights ``w``: logits, source outputs, destination inputs."""
@@ -318,19 +333,8 @@ RULES = {
 @pytest.mark.parametrize("kind", _kinds())
 @pytest.mark.parametrize("rules", sorted(RULES))
 def test_grad_rules_equal_hand_written_backward(rules, kind):
-    if kind != "hooked" and "norm_scale" in RULES[rules]:
-        pytest.skip("norm_scale is refused on bridges (test_bad_arguments_are_named)")
-    cfg, w = random_ln_weights()
-    if kind == "hooked":
-        model = from_tl_weights(cfg, w, kind="hooked")
-    else:  # GPT-2 has a second norm in each block; it reads only the (absent) MLP
-        ln2 = {
-            f"blocks.{i}.ln2.{p}": torch.ones(8, dtype=torch.float64)
-            for i in range(2)
-            for p in "wb"
-        }
-        model = from_tl_weights(cfg, {**w, **ln2}, kind="bridge")
-    pm = patchable_model(model)
+    _, w = random_ln_weights()
+    pm = patchable_model(ln_model(kind))
     loader = random_loader(seed=10, n=4, batch_size=2)
     names = [r for r, on in (("norm_scale", "norm_scale" in RULES[rules]),
                              ("attention_pattern", "attention_pattern" in RULES[rules])) if on]  # fmt: skip
@@ -348,11 +352,11 @@ def test_grad_rules_equal_hand_written_backward(rules, kind):
         assert any(not torch.allclose(got[n].double(), plain[n]) for n in plain)
 
 
-@requires_hooked
-def test_grad_rules_reach_the_other_gradient_methods():
+@pytest.mark.parametrize("kind", _kinds())
+def test_grad_rules_reach_the_other_gradient_methods(kind):
     """IG on inputs, IG on activations and clean-corrupted take the same rules: with the
     rules at m = 1 (and the clean half), each equals its own ruled EAP part."""
-    pm = patchable_model(MODELS["hooked"]())
+    pm = patchable_model(MODELS[kind]())
     loader = random_loader(seed=11, n=2, batch_size=2)
     rules = ("attention_pattern", "norm_scale")
     eap = mask_gradient_prune_scores(
@@ -397,18 +401,52 @@ def test_bad_arguments_are_named():
         eap_ig_inputs_prune_scores(pm, loader, endpoint="middle", progress=False)
     with pytest.raises(ValueError, match="integrated_grad_samples"):
         eap_ig_activations_prune_scores(pm, loader, integrated_grad_samples=0, progress=False)
-    with pytest.raises(
-        NotImplementedError, match="'norm_scale' is implemented for HookedTransformer only"
-    ):
-        clean_corrupted_prune_scores(pm, loader, grad_rules=["norm_scale"], progress=False)
 
 
 @requires_hooked
-def test_grad_rules_with_token_positions_and_a_memory_budget():
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_norm_scale_on_a_bridge_equals_the_hooked_transformer(arch):
+    """RMSNorm bridges (Gemma's with its ``1 + w`` gain) give the frozen-scale scores that a
+    HookedTransformer converted from the same Hugging Face weights gives through its
+    ``hook_scale``, and the rule changes them."""
+    kw = {"n_layers": 2, "d_vocab": VOCAB, "dtype": torch.float64, "seed": 4}
+    bridge = patchable_model(random_bridge(arch, **kw))
+    hooked = patchable_model(random_hooked_transformer(arch=arch, **kw))
+    loader = random_loader(seed=14, n=4, batch_size=2)
+    run = {"grad_function": "logit", "answer_function": "avg_diff", "mask_val": 0.0,
+           "progress": False}
+    got = mask_gradient_prune_scores(bridge, loader, None, grad_rules=["norm_scale"], **run)
+    want = mask_gradient_prune_scores(hooked, loader, None, grad_rules=["norm_scale"], **run)
+    # Hugging Face's Llama and Gemma RMSNorms compute in float32 even for float64 weights,
+    # so the two kinds agree to float32 rounding; the rule moves the scores 100x further
+    assert_scores_close(got, want, rel=1e-5)
+    plain = mask_gradient_prune_scores(bridge, loader, None, **run)
+    scale = max(v.abs().max().item() for v in plain.values())
+    assert max((got[n] - plain[n]).abs().max().item() for n in plain) > 1e-3 * scale
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_norm_scale_on_a_bridge_keeps_the_forward_and_removes_its_hooks(arch):
+    """Inside the rule the bridge's logits are bit-identical, and after it no hook is left
+    on any module."""
+    model = random_bridge(arch, n_layers=2, d_vocab=VOCAB, dtype=torch.float64, seed=5)
+    pm = patchable_model(model)
+    tokens = torch.randint(0, VOCAB, (2, 6), generator=torch.Generator().manual_seed(6))
+    hooks_before = {n: len(m._forward_hooks) for n, m in model.named_modules()}
+    with pm.adapter.flags(**pm.graph_flags):  # the flags the rule's passes run with
+        want = model(tokens)
+    with gradient_rules(pm, ["norm_scale"]):
+        got = model(tokens)
+    assert torch.equal(got, want)
+    assert {n: len(m._forward_hooks) for n, m in model.named_modules()} == hooks_before
+
+
+@pytest.mark.parametrize("kind", _kinds())
+def test_grad_rules_with_token_positions_and_a_memory_budget(kind):
     """Per-position edges, and passes split into single prompts and source blocks by a
     small memory budget, give the hand-written frozen backward too."""
-    cfg, w = random_ln_weights()
-    pm = patchable_model(from_tl_weights(cfg, w, kind="hooked"), seq_len=5)
+    pm = patchable_model(ln_model(kind), seq_len=5)
+    _, w = random_ln_weights()
     loader = random_loader(seed=15, n=2, batch_size=2, seq_len_edges=True)
     rules = ("attention_pattern", "norm_scale")
     want = manual_eap(pm, w, loader, norm_scale=True, attention_pattern=True)

@@ -65,6 +65,7 @@ from edgewise.prune_algos.acdc.loss import (
     faithfulness_loss,
 )
 from edgewise.prune_algos.acdc.search import (
+    _choose_threads,
     _FastEvaluator,
     _Group,
     _PlainEvaluator,
@@ -373,7 +374,10 @@ def acdc_prune_scores(
     )
     counter = [n_forwards, 0]  # forward passes, edges accepted untested
     step_loss = _StepLoss(full, faithfulness_target, world)
+    threads = torch.get_num_threads()
     try:
+        if method == "fast" and first < len(order):  # 1 thread on a busy machine
+            _choose_threads(evaluator, model, order, dtype, device)  # type: ignore[arg-type]
         for i in range(first, len(order)):
             node, edges = order[i]
             new_groups = _search_destination(groups, node, edges, evaluator, step_loss, spec, check,
@@ -383,6 +387,7 @@ def acdc_prune_scores(
                 _save_checkpoint(checkpoint, _state(fingerprint, i + 1, groups, counter[0]))
     finally:
         bar.close()
+        torch.set_num_threads(threads)
 
     scores: PruneScores = {
         name: torch.full(m.mask_shape, math.inf, dtype=torch.float32, device=device)

@@ -4,6 +4,7 @@ speculation and the groups of taus that share a search state."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -171,6 +172,40 @@ class _Speculation:
     def widest(self, room: int) -> int:
         """How many copies a pass may have: ``room``, and no more than was measured."""
         return room if self.fixed is not None else max(1, min(room, max(self.times)))
+
+
+def _choose_threads(evaluator: _FastEvaluator, model: PatchableModel, order: list,
+                    dtype: torch.dtype, device: torch.device) -> int:  # fmt: skip
+    """Set torch's CPU threads for the search: the current number or 1, whichever runs a
+    one-candidate pass faster (best of 3 each, alternating), and return it.
+
+    The search runs thousands of small passes one after another. On a machine busy with
+    other jobs (more runnable threads than cores) every parallel region of such a pass
+    waits for its slowest thread to be scheduled, so with 2 threads on 2 loaded cores a
+    pass took 17x as long as with 1 (the same scores). On an idle machine the current
+    number is kept unless 1 thread is faster. Only on the CPU; the caller restores the
+    number after the search."""
+    current = torch.get_num_threads()
+    if device.type != "cpu" or current == 1:
+        return current
+    node = order[len(order) // 2][0]
+    block = model.dest_modules[node.module_name].block
+    masks = {name: torch.full(m.mask_shape, float(m.block > block or name == node.module_name),
+                              dtype=dtype, device=device)
+             for name, m in model.dest_modules.items()}  # fmt: skip
+    cand = masks[node.module_name].unsqueeze(0)
+    best = {current: math.inf, 1: math.inf}
+    try:
+        for n in (current, 1, current, 1, current, 1):
+            torch.set_num_threads(n)
+            start = time.perf_counter()
+            evaluator.outputs(masks, node.module_name, cand)
+            best[n] = min(best[n], time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(current)
+    chosen = 1 if best[1] < best[current] else current
+    torch.set_num_threads(chosen)
+    return chosen
 
 
 def _time_copies(evaluator: _FastEvaluator, model: PatchableModel, order: list, dtype: torch.dtype,
