@@ -142,16 +142,20 @@ _HF_CLASS = {"gpt2": "GPT2LMHeadModel", "pythia-1.4b": "GPTNeoXForCausalLM",
              "llama3": "LlamaForCausalLM"}  # fmt: skip
 
 
-def draw_normal_(p: torch.Tensor, std: float, gen: torch.Generator, chunk: int = DRAW_CHUNK) -> None:
+def draw_normal_(p: torch.Tensor, std: float, gen: torch.Generator, chunk: int | None = None) -> None:
     """Fill ``p`` (any floating dtype) in place with the values one float32
     ``normal_(0, std)`` of its shape would draw from ``gen``, rounded to its dtype, drawing
-    at most about ``chunk`` values at a time (whole rows, a multiple of 16 of them, so the
-    numbers drawn are the same)."""
+    at most about ``chunk`` (default :data:`DRAW_CHUNK`) values at a time (whole rows, a multiple of 16 of them, the last
+    part at least 16 values, so the numbers drawn are the same)."""
+    chunk = DRAW_CHUNK if chunk is None else chunk
     flat = p.view(p.shape[0], -1) if p.dim() > 1 else p.view(-1, 1)
     width = flat.shape[1]
     rows = max(16, (max(1, chunk // width) // 16) * 16)
-    for lo in range(0, flat.shape[0], rows):
-        part = flat[lo : lo + rows]
+    starts = list(range(0, flat.shape[0], rows))
+    if len(starts) > 1 and (flat.shape[0] - starts[-1]) * width < 16:
+        starts.pop()  # torch draws a tail of under 16 values differently: join it to the last
+    for lo, hi in zip(starts, [*starts[1:], flat.shape[0]], strict=True):
+        part = flat[lo:hi]
         if p.dtype == torch.float32:
             part.normal_(0.0, std, generator=gen)
         else:
