@@ -182,16 +182,18 @@ def run_one(args: argparse.Namespace, name: str, task: str, seq: int) -> dict[st
             cmd += [flag, str(value)]
     if cap is not None and shutil.which("prlimit"):
         cmd = ["prlimit", f"--as={cap}", *cmd]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
     stages = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("{"):
-            r = json.loads(line)
-            stages[r.pop("stage")] = r
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            if line.startswith("{"):
+                r = json.loads(line)
+                stages[r.pop("stage")] = r
+                print(f"  {name} {task}: {line.strip()}", flush=True)
+        stderr = proc.stderr.read()  # type: ignore[union-attr]
     row["stages"] = stages
     if proc.returncode != 0:
         last = list(stages)[-1] if stages else "start"
-        err = (proc.stderr.strip().splitlines() or ["(no message)"])[-1][:200]
+        err = (stderr.strip().splitlines() or ["(no message)"])[-1][:200]
         row["stopped"] = (f"stopped after {last!r} (exit {proc.returncode}): {err}; the memory "
                           f"model says EAP needs {human(pred['total'])} in one pass, at least "
                           f"{human(pred['least'])} with source blocks")  # fmt: skip
@@ -233,7 +235,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--try-anyway", action="store_true", help="start even above the cap")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--timeout", type=float, default=3600, help="seconds per child")
     p.add_argument("--json", default=None, help="also write the rows to this file")
     p.add_argument("--seq", type=int, default=None, help="prompt length (default: the task's)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
