@@ -100,11 +100,11 @@ def make_loader(vocab: int, batch: int, seq: int, seed: int = 0) -> Any:
 
 
 def child(args: argparse.Namespace) -> int:
-    import common
-
     from edgewise import eap_ig_inputs_prune_scores, mib_evaluate, patchable_model
     from edgewise.models.shapes import random_shape_model
     from edgewise.prune_algos.mask_gradient import mask_gradient_prune_scores
+
+    import common
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

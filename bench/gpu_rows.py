@@ -44,7 +44,6 @@ GOALS = {"acdc": 60.0, "pythia-peak": 20 * 2**30, "llama-500": 53.0}
 
 def shape_and_graph(name: str, layers: int | None, scale: int) -> tuple[Any, int, int]:
     from bench_shapes import scaled_shape
-
     from edgewise.graph.build import build_graph
 
     m = scaled_shape(name, layers, scale)
@@ -94,8 +93,9 @@ def build(name: str, device: torch.device, dry: bool) -> tuple[Any, Any]:
 
 
 def loader(model: Any, prompts: int, seq: int, device: torch.device) -> list[Any]:
-    import common
     from bench_shapes import make_loader
+
+    import common
 
     return common.device_loader(make_loader(int(model.cfg.d_vocab), prompts, seq), device)
 
@@ -121,7 +121,6 @@ def main(argv: list[str] | None = None) -> int:
         return (2, tiny) if dry else (prompts, seq)
     print(f"torch {torch.__version__}; {mode}\nprojections assume {H100.describe()}\n")
     from bench_eap import make_fns
-
     from edgewise.prune_algos.acdc import acdc_prune_scores
     from edgewise.prune_algos.mask_gradient import mask_gradient_prune_scores
 

@@ -16,7 +16,6 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from cost_model import H100, cost, forward_flops  # noqa: E402
-
 from edgewise.models.shapes import SHAPES  # noqa: E402
 
 
