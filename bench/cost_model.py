@@ -103,4 +103,30 @@ def cost(algo: str, m: Any, n_edges: int, n_srcs: int, prompts: int, seq: int,
     raise ValueError(f"unknown algorithm {algo!r}; choose floor, eap, eap-ig or acdc")
 
 
+def main() -> None:
+    """PROJECTION table: every shape at MIB's IOI length, 20 prompts a batch."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from edgewise.graph.build import build_graph
+    from edgewise.mib.models import ASSUMED_SEQ_LEN, eap_memory
+    from edgewise.models.shapes import SHAPES
+
+    seq, batch = ASSUMED_SEQ_LEN["ioi"], 20
+    print(f"PROJECTION, {H100.describe()}; {batch} prompts x {seq} tokens (MIB IOI, assumed length)")
+    print(f"{'model':<13}{'dtype':<10}{'edges':>10}{'EAP ms/prompt':>15}{'IG(5) ms/prompt':>17}"
+          f"{'peak GiB (EAP)':>16}")  # fmt: skip
+    for name, m in SHAPES.items():
+        g = build_graph(m.spec)
+        ms = [cost(a, m, g.n_edges, len(g.srcs), batch, seq).seconds(H100, m.n_layers, m.dtype)
+              * 1e3 / batch for a in ("eap", "eap-ig")]  # fmt: skip
+        peak = eap_memory(m, "ioi", seq, batch, None).total / 2**30
+        print(f"{name:<13}{str(m.dtype).removeprefix('torch.'):<10}{g.n_edges:>10}{ms[0]:>15.2f}"
+              f"{ms[1]:>17.2f}{peak:>16.1f}")  # fmt: skip
+
+
 __all__ = ["H100", "Cost", "Gpu", "cost", "forward_flops", "patch_flops"]
+
+if __name__ == "__main__":
+    main()

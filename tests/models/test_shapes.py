@@ -6,6 +6,7 @@ in the target dtype equal to one float32 draw."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -79,6 +80,7 @@ def test_eap_on_each_shape_is_the_closed_form(name):
                          ungroup_kv=True)  # fmt: skip
     spec = GraphSpec(2, m.n_heads, m.n_heads, parallel_attn_mlp=name == "pythia-1.4b")
     assert pm.n_edges == build_graph(spec).n_edges  # every query head its own K/V input
+    assert spec == dataclasses.replace(m, n_layers=2).spec  # what the memory model counts
     loader = random_loader(seed=2, n=2, seq=6, batch_size=2, vocab=60)
     got = edge_attribution_patching_prune_scores(pm, loader, progress=False)
     want = reference_eap_scores(pm, loader)

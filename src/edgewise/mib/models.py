@@ -65,6 +65,7 @@ class MIBModel:
         gated_mlp: gate and up projections (SwiGLU/GeGLU).
         qkv_bias, out_bias, mlp_bias: which projections have biases.
         dtype: MIB's dtype.
+        parallel: attention and MLP read the same residual (GPT-NeoX/Pythia).
     """
 
     name: str
@@ -86,6 +87,7 @@ class MIBModel:
     out_bias: bool = False
     mlp_bias: bool = False
     dtype: torch.dtype = torch.bfloat16
+    parallel: bool = False
 
     @property
     def n_params(self) -> int:
@@ -105,7 +107,8 @@ class MIBModel:
         """MIB's graph: with grouped-query attention every query head still has its own
         K and V input (TransformerLens' ``ungroup_grouped_query_attention``, as MIB and
         ``edgewise mib`` load the models)."""
-        return GraphSpec(self.n_layers, self.n_heads, self.n_heads)
+        return GraphSpec(self.n_layers, self.n_heads, self.n_heads,
+                         parallel_attn_mlp=self.parallel)  # fmt: skip
 
     @property
     def item(self) -> int:

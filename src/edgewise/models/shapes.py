@@ -51,7 +51,7 @@ from edgewise.models.kinds import ModelKind, resolve_kind
 PYTHIA_1_4B = MIBModel(
     "pythia-1.4b", "EleutherAI/pythia-1.4b", "neox", 24, 2048, 16, 16, 128, 8192, 50304,
     tied=False, layer_norm=True, gated_mlp=False, qkv_bias=True, out_bias=True, mlp_bias=True,
-    dtype=torch.float32,
+    dtype=torch.float32, parallel=True,
 )  # fmt: skip
 
 SHAPES: dict[str, MIBModel] = {
