@@ -52,6 +52,11 @@ test-all: install
 bench: install
 	$(BIN)/python bench/bench_patch.py
 
+# Every GPU row in one run (measured on CUDA, else projected); DRY=1: tiny, on the CPU
+.PHONY: bench-gpu
+bench-gpu: $(BIN4)/.installed
+	PYTHON=$(BIN4)/python bench/gpu.sh $(if $(DRY),--dry-run)
+
 # Parity with auto-circuit 1.0.1 (parity/README.md): auto-circuit in its own
 # TransformerLens 2.x environment (.venv-ac), edgewise from .venv, same float64 weights.
 VENVAC := .venv-ac

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,7 +93,7 @@ def pass_bytes_of(m: MIBModel, n_srcs: int) -> int:
 
 def test_activation_estimate_by_hand():
     m = tiny("gpt2", 4)  # d 16, H 4, d_head 4, d_mlp 64, 2 layers, vocab 50, float32
-    per_layer = 6 * 16 + 4 * 16 + 2 * 4 * 5 + 2 * 64
+    per_layer = 6 * 16 + 4 * 16 + 2 * 4 * 5 + 2 * 64 + 3 * (3 * 4 + 1) * 16
     assert activation_bytes(m, 2, 5) == 10 * (2 * per_layer * 4 + 2 * 50 * 4)
 
 
@@ -126,3 +127,49 @@ def test_grouped_query_attention_is_refused_by_the_mib_format(tmp_path):
     scores = {m.module_name: torch.zeros(m.mask_shape) for m in pm.graph.dest_modules}
     with pytest.raises(ValueError, match="grouped-query attention"):
         save_mib_json(tmp_path / "g.json", pm, scores)
+
+
+_MEASURE = """
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+import common
+from bench_shapes import make_loader
+from edgewise import patchable_model
+from edgewise.models.shapes import random_shape_model
+from edgewise.prune_algos.mask_gradient import mask_gradient_prune_scores
+torch.set_num_threads(1)
+model = random_shape_model("gpt2", n_layers=2, scale=2)
+pm = patchable_model(model, ungroup_kv=True, slice_output="last_seq")
+loader = make_loader(int(model.cfg.d_vocab), 16, 24)
+peak = common.peak_memory(lambda: mask_gradient_prune_scores(
+    pm, loader, None, "logit", "avg_diff", mask_val=0.0, progress=False), torch.device("cpu"))
+w = sum(p.numel() * p.element_size() for p in model.original_model.parameters())
+print(int(peak["peak_mib"] * 2**20), w)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's VmHWM reset")
+def test_memory_model_is_within_15_percent_of_a_measured_eap_peak():
+    """A 2-layer GPT-2-shaped bridge at half width, 16 prompts x 24 tokens: the measured
+    peak (weights plus the EAP call's resident-set peak) is within 15% of the prediction,
+    the bridge's split Q/K/V copy included; without the patched rows' activations the
+    old estimate missed most of the call's own memory."""
+    import subprocess
+    import sys
+
+    from edgewise.mib.models import PATCHED_ROW_TENSORS, bridge_copy_bytes
+    from edgewise.models.shapes import SHAPES
+
+    bench = str(Path(__file__).resolve().parents[2] / "bench")
+    out = subprocess.run([sys.executable, "-c", _MEASURE, bench], check=True, capture_output=True,
+                         text=True).stdout.split()  # fmt: skip
+    call, weights = int(out[-2]), int(out[-1])
+    g = SHAPES["gpt2"]
+    m = dataclasses.replace(g, n_layers=2, d_model=384, d_head=32, d_mlp=1536, d_vocab=50257 // 2)
+    plan = eap_memory(m, "ioi", 24, 16, None)
+    assert weights == plan.weights  # parameters plus the split Q/K/V copy, exactly
+    assert bridge_copy_bytes(m) == 2 * (3 * 384**2 + 3 * 384) * 4
+    measured = weights + call
+    assert abs(plan.total - measured) <= 0.15 * measured, (plan, measured)
+    rows = 16 * 24 * 2 * PATCHED_ROW_TENSORS * (3 * 12 + 1) * 384 * 4
+    assert plan.total - rows < 0.85 * measured  # the estimate before the patched rows: too low

@@ -13,11 +13,18 @@ Bytes of one EAP pass over ``p`` prompts of ``s`` tokens:
 - **patch buffers**: :func:`edgewise.runtime.memory.pass_bytes` on the model's graph
   (two ``[n_srcs, p, s, d_model]`` buffers and a block's float32 gradient rows), exact for
   edgewise's buffers;
-- **activations**: an *estimate* of what autograd keeps for the backward pass, per token
-  and layer: ``6 d_model + 4 H d_head + 2 H s`` (norm inputs, Q/K/V, head outputs, the
-  attention scores and probabilities) plus ``3 d_mlp`` (gated MLP: gate, up, product) or
-  ``2 d_mlp``, in the model's dtype, and float32 logits with their log-softmax
-  (``2 s d_vocab``). Real frameworks keep somewhat more or less; it is not measured.
+- **activations**: what autograd keeps for the backward pass, per token and layer:
+  ``6 d_model + 4 H d_head + 2 H s`` (norm inputs, Q/K/V, head outputs, the attention
+  scores and probabilities) plus ``3 d_mlp`` (gated MLP: gate, up, product) or
+  ``2 d_mlp``, plus :data:`PATCHED_ROW_TENSORS` ``(3 H + 1) d_model`` for the patched
+  pass's own inputs (every query, key and value head and the MLP reads its own patched
+  residual ``r + delta``, normalised and projected separately: the input, the norm's
+  output and the projection's input stay for the backward pass), in the model's dtype,
+  and float32 logits with their log-softmax (``2 s d_vocab``). Measured on bridges of
+  GPT-2 small's and Qwen2.5-0.5B's shapes (``bench/bench_shapes.py``): within 15%;
+- **bridge copies**: a ``TransformerBridge`` over GPT-2 splits the fused ``c_attn`` into
+  separate Q, K and V weights, a second copy of ``3 d_model^2 + 3 d_model`` per layer
+  (:func:`bridge_copy_bytes`);
 
 Prompt lengths: MIB's code states none, and the real data and tokenizers are not here,
 so :data:`ASSUMED_SEQ_LEN` are *assumptions* (order of magnitude from the tasks' prompt
@@ -44,7 +51,9 @@ __all__ = [
     "MIB_PAIRS",
     "MIBModel",
     "MemoryPlan",
+    "PATCHED_ROW_TENSORS",
     "activation_bytes",
+    "bridge_copy_bytes",
     "eap_memory",
     "run_memory",
 ]
@@ -65,6 +74,7 @@ class MIBModel:
         gated_mlp: gate and up projections (SwiGLU/GeGLU).
         qkv_bias, out_bias, mlp_bias: which projections have biases.
         dtype: MIB's dtype.
+        parallel: attention and MLP read the same residual (GPT-NeoX/Pythia).
     """
 
     name: str
@@ -86,6 +96,7 @@ class MIBModel:
     out_bias: bool = False
     mlp_bias: bool = False
     dtype: torch.dtype = torch.bfloat16
+    parallel: bool = False
 
     @property
     def n_params(self) -> int:
@@ -105,7 +116,8 @@ class MIBModel:
         """MIB's graph: with grouped-query attention every query head still has its own
         K and V input (TransformerLens' ``ungroup_grouped_query_attention``, as MIB and
         ``edgewise mib`` load the models)."""
-        return GraphSpec(self.n_layers, self.n_heads, self.n_heads)
+        return GraphSpec(self.n_layers, self.n_heads, self.n_heads,
+                         parallel_attn_mlp=self.parallel)  # fmt: skip
 
     @property
     def item(self) -> int:
@@ -143,12 +155,25 @@ ASSUMED_SEQ_LEN: dict[str, int] = {
 """Assumed (not measured) prompt lengths per task, BOS included; see the module docstring."""
 
 
+PATCHED_ROW_TENSORS = 3
+"""``[d_model]`` tensors autograd keeps per token for each patched destination row."""
+
+
 def activation_bytes(model: MIBModel, prompts: int, seq: int) -> int:
-    """The estimated bytes autograd keeps for one backward pass (module docstring)."""
+    """The bytes autograd keeps for one backward pass of EAP (module docstring)."""
     per_layer = 6 * model.d_model + 4 * model.n_heads * model.d_head
     per_layer += 2 * model.n_heads * seq + (3 if model.gated_mlp else 2) * model.d_mlp
+    per_layer += PATCHED_ROW_TENSORS * (3 * model.n_heads + 1) * model.d_model
     tokens = prompts * seq
     return tokens * (model.n_layers * per_layer * model.item + 2 * model.d_vocab * 4)
+
+
+def bridge_copy_bytes(model: MIBModel) -> int:
+    """Bytes a ``TransformerBridge`` holds beyond the Hugging Face weights: GPT-2's fused
+    Q/K/V projection split into separate copies (0 for the other architectures)."""
+    if model.arch != "gpt2":
+        return 0
+    return model.n_layers * (3 * model.d_model**2 + 3 * model.d_model) * model.item
 
 
 @lru_cache(maxsize=8)
@@ -176,7 +201,8 @@ class MemoryPlan:
     """The bytes of one model x task and how a batch fits a budget.
 
     Attributes:
-        weights, activations, buffers: bytes for the whole batch in one pass.
+        weights, activations, buffers: bytes for the whole batch in one pass (weights
+            with the bridge's copies, :func:`bridge_copy_bytes`).
         chunk: prompts per pass (0: does not fit); blocks: source blocks per pass.
     """
 
@@ -206,7 +232,7 @@ def eap_memory(model: MIBModel, task: str, seq: int, batch: int, budget: int | N
     graph = _graph(model.spec)
     shape = _shape(graph, model.d_model, model.dtype)
     n = len(graph.srcs)
-    weights = model.n_params * model.item
+    weights = model.n_params * model.item + bridge_copy_bytes(model)
 
     def total(prompts: int, n_srcs: int) -> int:
         return (

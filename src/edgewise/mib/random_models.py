@@ -70,24 +70,13 @@ def random_mib_hf_model(name: str = "qwen2.5", n_layers: int | None = None, seed
     """The Hugging Face causal LM of :func:`mib_hf_config` in eval mode, with weights drawn
     from ``seed``: every matrix, embedding and bias ``N(0, 0.02^2)`` (the config's
     ``initializer_range``; biases random too, so they matter), norm weights 1. The same
-    ``seed`` gives the same weights in every process."""
-    import transformers as tf
+    ``seed`` gives the same weights in every process. Weights are allocated once, in
+    ``dtype``, and drawn in chunks
+    (:func:`edgewise.models.shapes.random_shape_hf_model`)."""
+    mib_hf_config(name, n_layers)  # the checks and messages of this module
+    from edgewise.models.shapes import random_shape_hf_model
 
-    cfg = mib_hf_config(name, n_layers)
-    with _no_init():
-        hf = tf.Qwen2ForCausalLM(cfg)
-    hf.tie_weights()  # what the skipped initialisation would have done
-    gen = torch.Generator().manual_seed(seed)
-    std = float(cfg.initializer_range)
-    with torch.no_grad():
-        for pname, p in hf.named_parameters():  # tied embeddings listed once
-            if pname.endswith("norm.weight"):
-                p.fill_(1.0)
-            else:
-                p.normal_(0.0, std, generator=gen)
-    hf = hf.to(dtype)
-    hf.eval()
-    return hf
+    return random_shape_hf_model(name, n_layers, 1, seed, dtype)
 
 
 def random_mib_bridge(name: str = "qwen2.5", n_layers: int | None = None, seed: int = 0,

@@ -24,6 +24,8 @@ _HF_CLASSES = {
     "llama": "LlamaForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "gemma2": "Gemma2ForCausalLM",
+    "neox": "GPTNeoXForCausalLM",
+    "gpt2": "GPT2LMHeadModel",
 }
 
 
@@ -37,6 +39,14 @@ def tl_config_dict(arch: str, hf_cfg: Any) -> dict[str, Any]:
             f"no HookedTransformer conversion for architecture {arch!r} here; choose "
             f"one of {', '.join(_HF_CLASSES)} (or build gpt2/neox shapes directly)"
         )
+    if arch == "gpt2":  # TransformerLens 3.9 cannot read a transformers 5 GPT-2 config
+        return dict(d_model=hf_cfg.n_embd, d_head=hf_cfg.n_embd // hf_cfg.n_head,
+                    n_heads=hf_cfg.n_head, d_mlp=hf_cfg.n_inner or 4 * hf_cfg.n_embd,
+                    n_layers=hf_cfg.n_layer, n_ctx=hf_cfg.n_positions, eps=hf_cfg.layer_norm_epsilon,
+                    d_vocab=hf_cfg.vocab_size, act_fn=hf_cfg.activation_function,
+                    use_attn_scale=True, use_local_attn=False, scale_attn_by_inverse_layer_idx=False,
+                    normalization_type="LN", original_architecture="GPT2LMHeadModel",
+                    tokenizer_name=None)  # fmt: skip
     if arch == "gemma2":
         fields = convert_hf_model_config("google/gemma-2-2b")  # name-based: reads no file
         n = int(hf_cfg.num_hidden_layers)
@@ -83,6 +93,8 @@ def hooked_from_hf(arch: str, hf_model: Any, dtype: torch.dtype = torch.float32)
         "llama": wc.convert_llama_weights,
         "qwen2": wc.convert_qwen2_weights,
         "gemma2": wc.convert_gemma_weights,
+        "neox": wc.convert_neox_weights,
+        "gpt2": wc.convert_gpt2_weights,
     }[arch]
     state = convert(hf_model, cfg)
     model = HookedTransformer(cfg)
