@@ -378,10 +378,12 @@ class _Pass:
             if key is None:  # all masks 0
                 if torch.is_grad_enabled() and mask.requires_grad:
                     r = run.resid[dh.resid]  # type: ignore[index]
-                    return ProjectedMaskGrad.apply(
-                        x, mask, run.delta[lo - b0 : hi - b0], r.detach(), dh.weight().detach(),
+                    x4 = x.unflatten(-1, (mod.n_heads or 1, -1)) if dh.flat else x  # [b, p, h, d_head]
+                    out = ProjectedMaskGrad.apply(
+                        x4, mask, run.delta[lo - b0 : hi - b0], r.detach(), dh.weight().detach(),
                         eq_grad, dh.norm, self.pm.scratch, sink, name, dh.shift().detach(),
                     )  # fmt: skip
+                    return out.flatten(-2) if dh.flat else out
                 return x
             return dh.project(x, run.inputs.pop(name))
 
