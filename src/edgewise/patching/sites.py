@@ -11,8 +11,7 @@ With a norm of the summed head outputs before the residual stream (Gemma 2's
 (:class:`edgewise.models.post_norm.PostNorm`); the MLP's output is read after its norm (``hook_mlp_out``).
 
 **Destinations.** Most destinations are patched at the hook that carries their input
-(``hook_mlp_in``, the final residual). Query, key and value inputs of a
-``HookedTransformer`` are patched *after* the projection instead, at ``attn.hook_q`` /
+(``hook_mlp_in``, the final residual). Query, key and value inputs are patched *after* the projection instead, at ``attn.hook_q`` /
 ``hook_k`` / ``hook_v``, with the model's hook flags off::
 
     X'_h = X_h + (N(r + delta_h) - N(r)) @ W_X[h]     (computed as N(r + delta_h) @ W_X[h] + b_X[h])
@@ -22,10 +21,13 @@ added to head ``h``'s input; that is ``X'_h = N(r + delta_h) @ W_X[h] + b_X[h]``
 exactly what TransformerLens computes with ``use_split_qkv_input``. But destinations
 whose masks are 0 cost nothing, and the per-head copies of the residual stream and of
 ``ln1`` that the flag makes for every head in every forward and backward pass (3x the
-time of a GPT-2-small forward+backward at 32x32 tokens) are never built. Models where
-this is not known to hold (bridges, post-norm blocks, 4-bit weights) use
-TransformerLens' per-head input hooks, and :func:`patchable_model` checks once that
-both give the same outputs.
+time of a GPT-2-small forward+backward at 32x32 tokens) are never built. On a
+``TransformerBridge`` the same holds at the outputs of the Hugging Face Q/K/V
+projections (``attn.hook_q`` etc., ``[b, p, heads * d_head]``), with ``W_X`` read from
+the projection's ``nn.Linear`` and ``N`` the bridge's ``ln1`` as the bridge computes it
+(see ``_bridge_norm``). Models where this is not known to hold (post-norm blocks, 4-bit
+weights, norms not reproduced here) use TransformerLens' per-head input hooks, and
+:func:`patchable_model` checks once that both give the same outputs.
 """
 
 from __future__ import annotations
@@ -228,7 +230,9 @@ def _bridge_norm(model: nn.Module, block: int) -> Norm | None:
     weight [+ bias]``, no weight offset) over a Hugging Face norm with a weight. Else
     None."""
     try:
-        from transformer_lens.model_bridge.generalized_components.normalization import NormalizationBridge
+        from transformer_lens.model_bridge.generalized_components.normalization import (
+            NormalizationBridge,
+        )
     except ImportError:  # pragma: no cover - every TransformerLens with bridges has it
         return None
     ln = getattr(model.blocks[block], "ln1", None)
