@@ -36,24 +36,30 @@ def _masks(pm, gen, start):
 )  # fmt: skip
 def test_a_bridge_pass_from_every_start_block_equals_the_reference(arch, seq):
     """Every start block, one module's masks per copy (2 copies), the rest shared: the
-    pass from the clean residual stream gives the reference patcher's logits. Clean and
-    corrupt prompts share a prefix, which a bridge still computes (no prefix skip).
+    pass from the clean residual stream gives the reference patcher's logits (float64,
+    1e-12).
     Llama, Qwen 2, Gemma 2: rotary embeddings and grouped-query attention (2 key/value
     heads of 4); Gemma 2 also a sliding window (4) shorter than the prompts, so its
-    blocks get different attention masks; GPT-NeoX: parallel attention and MLP."""
+    blocks get different attention masks; GPT-NeoX: parallel attention and MLP. Clean
+    and corrupt prompts share a 2-token prefix, which the passes skip (each attention
+    given the prefix's clean keys and values), except in one case where the first
+    tokens differ."""
     model = random_bridge(arch, n_layers=N_LAYERS, d_vocab=VOCAB, dtype=torch.float64,
                           n_kv_heads=2 if arch in ("llama", "qwen2", "gemma2") else None)  # fmt: skip
     pm = patchable_model(model, seq_len=5 if seq else None)
-    assert pm.adapter.runs_partial_forwards and not pm.adapter.runs_prefix_skip
+    assert pm.adapter.runs_partial_forwards and pm.adapter.runs_prefix_skip
     gen = torch.Generator().manual_seed(5)
     clean = torch.randint(3, VOCAB, (3, 5), generator=gen)
     corrupt = torch.randint(3, VOCAB, (3, 5), generator=gen)
     corrupt[:, :2] = clean[:, :2]
+    if arch == "gpt2" and seq:  # one pass with no shared prefix: nothing skipped
+        corrupt[0, 0] = (clean[0, 0] + 1 - 3) % (VOCAB - 3) + 3
     patch = pm.src_outs(corrupt)
     with torch.inference_mode():
         full = pm(clean)[pm.out_slice]
     run = engine.clean_run(pm, clean, patch, full)
-    assert run.partial and run.skip == 0
+    assert run.partial and run.skip == (0 if arch == "gpt2" and seq else 2)
+    assert sorted(run.past) == list(range(N_LAYERS)) if run.skip else not run.past
     for start in range(N_LAYERS):
         masks = _masks(pm, gen, start)
         module = next(n for n, m in pm.dest_modules.items() if m.block == start)
@@ -68,7 +74,8 @@ def test_a_bridge_pass_from_every_start_block_equals_the_reference(arch, seq):
 def test_bridge_block_inputs_run_the_unpatched_model_from_any_block():
     """With no patch at all, the last block's output from each block's recorded input
     residual is the full model's (final norm and unembedding included), also for two
-    stacked copies; a prefix skip is refused with a clear error."""
+    stacked copies, and also when the pass computes only the positions after a prefix
+    of 1..5 tokens (each attention given the prefix's recorded keys and values)."""
     model = random_bridge(
         "llama", n_layers=N_LAYERS, d_vocab=VOCAB, dtype=torch.float64, n_kv_heads=2
     )
@@ -78,9 +85,12 @@ def test_bridge_block_inputs_run_the_unpatched_model_from_any_block():
     handles = [b.register_forward_pre_hook(lambda _m, a, i=i: resid.setdefault(i, a[0].clone()))
                for i, b in enumerate(model.blocks)]  # fmt: skip
     with torch.inference_mode():
-        want = model(tokens)
+        with pm.adapter.recording_keys_values() as kv:
+            want = model(tokens)
         for h in handles:
             h.remove()
+        assert sorted(kv) == list(range(N_LAYERS))
+        assert all(k.shape == v.shape == (2, 2, 6, 4) for k, v in kv.values())  # 2 K/V heads
         inputs = record_block_inputs(model, tokens)
         assert inputs["blocks.0.use_cache"] is False and all(not k.endswith(".cache") or v is None
                                                               for k, v in inputs.items())  # fmt: skip
@@ -90,8 +100,31 @@ def test_bridge_block_inputs_run_the_unpatched_model_from_any_block():
             torch.testing.assert_close(out, want, atol=1e-12, rtol=0)
             out2 = pm.adapter.forward_from(b, resid[b].repeat(2, 1, 1), (slice(None), -1), **twice)
             torch.testing.assert_close(out2, want[:, -1].repeat(2, 1), atol=1e-12, rtol=0)
-        with pytest.raises(ValueError, match="cannot skip a prefix"):
-            pm.adapter.forward_from(1, resid[1], (slice(None),), past=[None] * N_LAYERS, **inputs)
+            for skip in range(1, 6):
+                cut = pm.adapter.cut_start_kwargs(inputs, skip, 6)
+                assert cut is not None
+                past = [None] * b + [(k[..., :skip, :], v[..., :skip, :]) for k, v in
+                                     (kv[i] for i in range(b, N_LAYERS))]  # fmt: skip
+                out3 = pm.adapter.forward_from(b, resid[b][:, skip:], (slice(None),), past=past, **cut)
+                torch.testing.assert_close(out3, want[:, skip:], atol=1e-12, rtol=0)
+
+
+def test_a_bidirectional_bridge_computes_every_position():
+    """A bridge whose attention is not causal takes no prefix: forward_from refuses
+    ``past`` with an error naming the model class, and the clean run skips nothing
+    although clean and corrupt prompts share a prefix."""
+    model = random_bridge("gpt2", n_layers=2, d_vocab=VOCAB, dtype=torch.float64)
+    for block in model.blocks:
+        object.__setattr__(block.attn, "is_causal", False)
+    pm = patchable_model(model)
+    assert pm.adapter.runs_partial_forwards and not pm.adapter.runs_prefix_skip
+    gen = torch.Generator().manual_seed(2)
+    clean = torch.randint(3, VOCAB, (2, 5), generator=gen)
+    corrupt = torch.cat([clean[:, :3], torch.randint(3, VOCAB, (2, 2), generator=gen)], dim=1)
+    run = engine.clean_run(pm, clean, pm.src_outs(corrupt))
+    assert run.partial and run.skip == 0 and not run.past
+    with pytest.raises(ValueError, match=r"^TransformerBridge cannot skip a prefix \(past=\)"):
+        pm.adapter.forward_from(1, run.resid[1], (slice(None),), past=[None, None], **run.kwargs)
 
 
 class _Scale(nn.Module):

@@ -49,10 +49,80 @@ def test_hooked_transformer_uses_fast_hooks_and_no_per_head_flags():
                               "use_attn_result": True}
 
 
-def test_bridges_read_heads_from_hook_z_and_patch_tl_input_hooks():
-    pm = patchable_model(random_bridge("gpt2", d_vocab=VOCAB, dtype=torch.float64))
+def _bridge(arch, seed=0):
+    return random_bridge(arch, n_layers=2, n_heads=4, d_head=4, d_vocab=VOCAB, dtype=torch.float64,
+                         n_kv_heads=2 if arch != "gpt2" else None, seed=seed)  # fmt: skip
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
+def test_bridges_read_heads_from_hook_z_and_patch_qkv_after_the_projection(arch):
+    """GPT-2 (LayerNorm), Llama and Qwen 2 (RMSNorm, 2 key/value heads of 4) bridges:
+    head outputs from hook_z, Q/K/V patched at the projections' outputs (K/V per key/value
+    head), with TransformerLens' per-head flags off."""
+    model = _bridge(arch)
+    pm = patchable_model(model)
     assert all(h.point.endswith("attn.hook_z") for h in pm.src_hooks if h.module.n_heads)
-    assert not any(h.projected for h in pm.dest_hooks)
+    qkv = [h for h in pm.dest_hooks if h.module.n_heads]
+    assert qkv and all(h.projected and h.flat and h.point.split(".")[-1] in ("hook_q", "hook_k", "hook_v")
+                       for h in qkv)  # fmt: skip
+    assert {h.module.n_heads for h in qkv if h.qkv in "kv"} == {4 if arch == "gpt2" else 2}
+    assert not model.cfg.use_split_qkv_input and not model.cfg.use_attn_result
+
+
+@pytest.mark.parametrize(("arch", "use_seq", "copies", "value", "seed"), [
+    ("gpt2", False, 2, 0.0, 0), ("gpt2", True, 1, 0.3, 1), ("llama", False, 1, 0.0, 2),
+    ("llama", True, 2, 0.3, 3), ("qwen2", False, 2, 0.0, 4), ("qwen2", True, 1, 0.0, 5),
+])  # fmt: skip
+def test_bridge_projected_patching_matches_the_reference_values_and_gradients(arch, use_seq, copies,
+                                                                              value, seed):  # fmt: skip
+    """On bridges, at mask 0 (edge attribution patching: the hand-written gradient through
+    ln1) and at a fractional mask (autograd through the patched per-head inputs): logits
+    and mask gradients equal those through TransformerLens' own per-head hooks (the
+    reference patcher), in float64 (logits to 1e-12)."""
+    pm = patchable_model(_bridge(arch, seed % 3), seq_len=5 if use_seq else None)
+    assert any(h.projected for h in pm.dest_hooks)
+    gen = torch.Generator().manual_seed(seed)
+    clean, corrupt = _tokens(gen), _tokens(gen)
+    patch = pm.src_outs(corrupt)
+    w = torch.randn(VOCAB, generator=gen, dtype=torch.float64)
+    stacked = {n: torch.full((copies, *m.mask_shape), value, dtype=torch.float64,
+                             requires_grad=True) for n, m in pm.dest_modules.items()}  # fmt: skip
+    out = pm.run_patched(clean.repeat(copies, 1), stacked, patch)
+    (out * w).sum().backward()
+    masks = {n: torch.full(m.mask_shape, value, dtype=torch.float64, requires_grad=True)
+             for n, m in pm.dest_modules.items()}  # fmt: skip
+    want_out = reference_patched_logits(pm, clean, masks, patch)
+    (want_out * w).sum().backward()
+    torch.testing.assert_close(out.detach(), want_out.detach().repeat(copies, 1, 1), atol=1e-12, rtol=0)
+    # Llama's and Qwen 2's Hugging Face RMSNorm normalises in float32 even in a float64
+    # model, so the gradient through it (autograd's or the hand-written one) is exact to
+    # float32 only (sums over d_model and tokens: 1e-5 of the largest gradient); GPT-2's
+    # LayerNorm runs in float64
+    tol = 1e-12 if arch == "gpt2" else 1e-5
+    for n in masks:
+        scale = 1.0 + float(masks[n].grad.abs().max())
+        for i in range(copies):
+            torch.testing.assert_close(stacked[n].grad[i], masks[n].grad, atol=tol * scale, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_bridge_mask_only_backward_gives_the_same_gradients(arch):
+    """``param_grads=False`` on a bridge: the masks get the gradients of the model's own
+    backward (float64; float32 through Llama's RMSNorm)."""
+    pm = patchable_model(_bridge(arch, 1))
+    gen = torch.Generator().manual_seed(4)
+    clean, corrupt = _tokens(gen), _tokens(gen)
+    patch = pm.src_outs(corrupt)
+    w = torch.randn(VOCAB, generator=gen, dtype=torch.float64)
+    grads = {}
+    for param_grads in (True, False):
+        masks = pm.new_masks(0.0, requires_grad=True, dtype=torch.float64)
+        with pm.patch(masks, patch, param_grads=param_grads):
+            out = pm(clean)
+        grads[param_grads] = torch.autograd.grad((out * w).sum(), list(masks.values()))
+    tol = 1e-12 if arch == "gpt2" else 1e-5  # Llama's RMSNorm runs in float32
+    for got, want in zip(grads[False], grads[True]):
+        torch.testing.assert_close(got, want, atol=tol * (1.0 + float(want.abs().max())), rtol=0)
 
 
 @requires_hooked

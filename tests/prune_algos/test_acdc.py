@@ -131,6 +131,8 @@ MODELS = {
                                           dtype=F64, seed=5), {}),
     "bridge-llama-gqa": (lambda: random_bridge("llama", n_layers=1, n_heads=4, n_kv_heads=2,
                                                d_vocab=VOCAB, dtype=F64, seed=6), {}),
+    "bridge-qwen2-gqa": (lambda: random_bridge("qwen2", n_layers=2, n_heads=4, n_kv_heads=2,
+                                               d_vocab=VOCAB, dtype=F64, seed=7), {}),
 }
 
 
@@ -160,18 +162,28 @@ def test_fast_path_equals_plain_sequential_reference(kind, seq, target):
     assert values <= {float(torch.tensor(t, dtype=torch.float32)) for t in taus} | {math.inf}
 
 
-@requires_hooked
-def test_passes_start_mid_model_on_both_kinds_and_skip_the_prefix_on_hooked_transformer():
-    for kind, skip in [("hooked-2L", 3), ("bridge-gpt2", 0)]:  # corrupt: the last 2 of 5
-        pm = patchable_model(MODELS[kind][0]())
-        b = next(iter(random_loader(seed=1)))
-        full = pm(b.clean)[pm.out_slice]
-        ev = acdc._FastEvaluator(pm, b.clean, pm.src_outs(b.corrupt), full)
-        assert ev.partial and ev.clean.skip == skip
-        assert ev.positions == f"{5 - skip}/5"
-        # head results come from hook_z, so TransformerLens' use_attn_result stays off
-        assert all(h.point.endswith("attn.hook_z") for h in pm.src_hooks if h.module.n_heads)
-        assert not pm.wrapped_model.cfg.use_attn_result
+@pytest.mark.parametrize("kind", [
+    pytest.param("hooked-2L", marks=requires_hooked), "bridge-gpt2", "bridge-llama-gqa", "bridge-qwen2-gqa",
+])  # fmt: skip
+def test_passes_start_mid_model_and_skip_the_shared_prefix_on_both_kinds(kind):
+    """Clean and corrupt prompts agree on their first 3 of 5 tokens: the evaluator skips
+    them on every model kind (a bridge's attention gets the prefix's clean keys and
+    values), and the search's scores equal the plain search's (full passes, no skip)."""
+    pm = patchable_model(MODELS[kind][0]())
+    loader = random_loader(seed=2)  # a seed whose taus split the edges on every kind here
+    b = next(iter(loader))
+    full = pm(b.clean)[pm.out_slice]
+    ev = acdc._FastEvaluator(pm, b.clean, pm.src_outs(b.corrupt), full)
+    assert ev.partial and ev.clean.skip == 3
+    assert ev.positions == "2/5"
+    # head results come from hook_z, so TransformerLens' use_attn_result stays off
+    assert all(h.point.endswith("attn.hook_z") for h in pm.src_hooks if h.module.n_heads)
+    assert not pm.wrapped_model.cfg.use_attn_result
+    exps, bases, _ = taus_for(pm, loader, "kl_div")
+    fast = acdc_prune_scores(pm, loader, None, exps, bases, progress=False)
+    assert n_distinct(fast) >= 3
+    assert_same_scores(fast, acdc_prune_scores(pm, loader, None, exps, bases, progress=False,
+                                               method="plain"))  # fmt: skip
 
 
 def test_speculation_and_plain_method_do_not_change_scores_and_runs_repeat():

@@ -114,9 +114,59 @@ class HookAdapter:
     @property
     def runs_prefix_skip(self) -> bool:
         """Whether :meth:`forward_from` takes ``past`` (the frozen keys and values of a
-        prefix the pass does not compute): ``HookedTransformer`` only; a bridge's blocks
-        run Hugging Face's attention, which reads its own cache type."""
-        return self.is_hooked_transformer and self.runs_partial_forwards
+        prefix the pass does not compute): a causal ``HookedTransformer`` (its key-value
+        cache entries) or bridge (each attention module handed the prefix's keys and
+        values in TransformerLens' cache protocol: :mod:`edgewise.models.bridge_blocks`)."""
+        return self.runs_partial_forwards and self.is_causal
+
+    @contextmanager
+    def recording_keys_values(self) -> Iterator[dict[int, tuple[torch.Tensor, torch.Tensor]]]:
+        """Within the context, each forward pass records every block's keys and values as
+        its attention uses them: ``{block: (keys, values)}``, each ``[batch, kv_heads,
+        seq, d_head]`` (after rotary embeddings on a bridge, whose attention rotates
+        them before its cache sees them; ``hook_k``/``hook_v`` on a ``HookedTransformer``,
+        whose cache holds them before rotation). A block missing from the dict cannot take
+        a prefix (:meth:`forward_from`'s ``past``)."""
+        if self.is_bridge:
+            from edgewise.models.bridge_blocks import recording_keys_values
+
+            with recording_keys_values(self.model) as recorded:
+                yield recorded
+            return
+        recorded: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        seen: dict[tuple[str, int], torch.Tensor] = {}
+        handles = []
+
+        def keep(which: str, b: int):
+            def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
+                seen[which, b] = out.transpose(1, 2)  # [batch, seq, heads, d] -> heads first
+                if ("k", b) in seen and ("v", b) in seen:
+                    recorded[b] = (seen["k", b], seen["v", b])
+
+            return hook
+
+        try:
+            for b in range(int(self.cfg.n_layers)):
+                for which in ("k", "v"):
+                    name = self.resolve(f"blocks.{b}.attn.hook_{which}")
+                    if name is not None:
+                        handles.append(self.hook_dict[name].register_forward_hook(keep(which, b)))
+            yield recorded
+        finally:
+            for h in handles:
+                h.remove()
+
+    def cut_start_kwargs(self, kwargs: dict[str, Any], skip: int, seq: int) -> dict[str, Any] | None:
+        """``kwargs`` (:meth:`start_kwargs` of ``seq`` positions) for a pass that computes
+        positions ``[skip, seq)`` only, or ``None`` where they cannot be cut (a
+        ``HookedTransformer``'s padding mask or shortformer embedding; a bridge input
+        whose positions :func:`edgewise.models.bridge_blocks.slice_block_inputs` does not
+        know)."""
+        if self.is_bridge:
+            from edgewise.models.bridge_blocks import slice_block_inputs
+
+            return slice_block_inputs(kwargs, skip, seq)
+        return dict(kwargs) if not kwargs else None
 
     def start_kwargs(self, tokens: torch.Tensor) -> dict[str, Any]:
         """What a partial forward (:meth:`forward_from`) needs besides the residual stream
@@ -156,27 +206,31 @@ class HookAdapter:
         return w.detach().T.contiguous() if isinstance(w, torch.Tensor) else None
 
     def forward_from(self, block: int, resid: torch.Tensor, out_slice: tuple[slice | int, ...],
-                     unembed_weight: torch.Tensor | None = None, past: list[Any] | None = None,
+                     unembed_weight: torch.Tensor | None = None,
+                     past: list[tuple[torch.Tensor, torch.Tensor] | None] | None = None,
                      **kwargs: Any) -> torch.Tensor:  # fmt: skip
         """``logits[out_slice]`` from the residual stream ``resid`` ``[batch, seq, d_model]``
         entering ``block``: the blocks from there on, then the final norm, unembedding and
         logit soft-cap at the output positions only (see :attr:`runs_partial_forwards`).
         ``unembed_weight``: :meth:`unembed_weight`, made once by the caller. ``past``: per
-        block, the keys and values of the earlier positions ``resid`` lacks (objects like a
-        TransformerLens key-value cache entry; ``None`` before ``block``; see
-        :attr:`runs_prefix_skip`). ``kwargs``: :meth:`start_kwargs`, repeated to ``batch``."""
+        block, the keys and values ``[batch, kv_heads, skip, d_head]`` of the ``skip``
+        earlier positions ``resid`` lacks, as :meth:`recording_keys_values` records them
+        (``None`` before ``block``; see :attr:`runs_prefix_skip`). ``kwargs``:
+        :meth:`start_kwargs`, repeated to ``batch`` (and cut to ``resid``'s positions by
+        :meth:`cut_start_kwargs` with ``past``)."""
         m, n_layers = self.model, int(self.cfg.n_layers)
         bridge = self.is_bridge
+        if past is not None and not self.runs_prefix_skip:
+            raise ValueError(f"{type(m).__name__} cannot skip a prefix (past=): it is not a causal "
+                             "model that runs partial forwards; see HookAdapter.runs_prefix_skip")  # fmt: skip
         if bridge:
             from edgewise.models.bridge_blocks import run_blocks_from
 
-            if past is not None:
-                raise ValueError("a TransformerBridge pass cannot skip a prefix (past=): it computes "
-                                 "every position; see HookAdapter.runs_prefix_skip")  # fmt: skip
-            resid = run_blocks_from(m, block, resid, kwargs)
+            resid = run_blocks_from(m, block, resid, kwargs, past=past)
         else:
             if past is not None:
-                kwargs = {**kwargs, "past_kv_cache": past}
+                entries = [None if kv is None else _PrefixEntry(*kv) for kv in past]
+                kwargs = {**kwargs, "past_kv_cache": entries}
             resid = m(resid, start_at_layer=block, stop_at_layer=n_layers, **kwargs)
         squeeze = False
         if len(out_slice) == 2 and out_slice[0] == slice(None) and isinstance(out_slice[1], int):
@@ -311,3 +365,16 @@ class HookAdapter:
                 "per-head hooks; boot the bridge from a Hugging Face model instead."
             )
         return seen
+
+
+class _PrefixEntry:
+    """The keys and values of a prefix a ``HookedTransformer`` pass does not compute, in
+    the shape of a TransformerLens key-value cache entry (frozen): given heads first
+    ``[batch, kv_heads, skip, d_head]``, held as the entry holds them ``[batch, skip,
+    kv_heads, d_head]``."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+        self.past_keys, self.past_values = keys.transpose(1, 2), values.transpose(1, 2)
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.cat([self.past_keys, k], dim=1), torch.cat([self.past_values, v], dim=1)

@@ -9,12 +9,27 @@ nothing here builds them: :func:`record_block_inputs` records them as the model'
 loop passes them to each block (bridge block modules, whose hook points all fire), and
 :func:`run_blocks_from` calls the blocks from a given one on with the same inputs and a
 new residual stream. Key-value caches are left out (each block gets ``None`` and
-``use_cache=False``), so a pass computes every position.
+``use_cache=False``), so a pass computes every position, unless it is given the keys and
+values of a prefix it does not compute.
+
+A pass may skip a prefix of positions (keeping only positions ``[skip, seq)``): each
+block's per-position inputs are cut to those positions (:func:`slice_block_inputs`) and
+each attention module is handed the prefix's keys and values ``[batch, kv_heads, skip,
+d_head]`` as an object with ``update(keys, values, layer_idx)`` (:class:`PrefixKV`),
+the cache protocol TransformerLens' attention bridges call once they have projected
+(and rotated) the keys and values of the positions they compute. The Hugging Face block
+names its cache ``cache`` (transformers 5) and does not hand it to TransformerLens'
+attention in a form it reads, so the object goes to the attention module directly, as
+``past_key_values``. The prefix's keys and values are recorded the same way in the full
+clean pass (:func:`recording_keys_values`). Where an attention module never calls
+``update``, nothing is recorded for it and the caller computes every position.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -143,18 +158,125 @@ def repeat_block_inputs(inputs: dict[str, Any], copies: int) -> dict[str, Any]:
 
 
 def run_blocks_from(
-    model: nn.Module, block: int, resid: torch.Tensor, inputs: dict[str, Any]
+    model: nn.Module,
+    block: int,
+    resid: torch.Tensor,
+    inputs: dict[str, Any],
+    past: Sequence[tuple[torch.Tensor, torch.Tensor] | None] | None = None,
 ) -> torch.Tensor:
     """The residual stream ``[batch, seq, d_model]`` leaving the bridge's last block, from
     ``resid`` entering ``block``: each block from there on called as the model's own loop
-    calls it (``inputs``: :func:`record_block_inputs`, repeated to ``batch``)."""
+    calls it (``inputs``: :func:`record_block_inputs`, repeated to ``batch``). With
+    ``past`` (per block, the keys and values ``[batch, kv_heads, skip, d_head]`` of the
+    ``skip`` positions before ``resid``'s, as :func:`recording_keys_values` records them),
+    ``resid`` holds positions ``[skip, seq)`` only and ``inputs`` must be cut to them
+    (:func:`slice_block_inputs`)."""
     blocks = bridge_blocks(model)
     assert blocks is not None
     by_block: dict[int, dict[str, Any]] = {}
     for key, value in inputs.items():
         _, i, name = key.split(".", 2)
         by_block.setdefault(int(i), {})[name] = value
-    for i in range(block, len(blocks)):
-        out = blocks[i](resid, **by_block.get(i, {}))
-        resid = out[0] if isinstance(out, tuple | list) else out
+    prefixes = {i: PrefixKV(*kv) for i, kv in enumerate(past or ()) if kv is not None and i >= block}
+    with _attention_caches(blocks, prefixes):
+        for i in range(block, len(blocks)):
+            out = blocks[i](resid, **by_block.get(i, {}))
+            resid = out[0] if isinstance(out, tuple | list) else out
     return resid
+
+
+class PrefixKV:
+    """The keys and values ``[batch, kv_heads, skip, d_head]`` of a prefix a pass does not
+    compute, in the cache protocol of TransformerLens' attention bridges: ``update``
+    returns them followed by the computed positions' own (frozen: nothing is stored)."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+        self.keys, self.values = keys, values
+
+    def update(self, keys: torch.Tensor, values: torch.Tensor, *_args: Any,
+               **_kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        return torch.cat([self.keys, keys], dim=-2), torch.cat([self.values, values], dim=-2)
+
+
+class _Recorder:
+    """Keeps the keys and values an attention module computes, unchanged."""
+
+    def __init__(self, into: dict[int, tuple[torch.Tensor, torch.Tensor]], block: int):
+        self.into, self.block = into, block
+
+    def update(self, keys: torch.Tensor, values: torch.Tensor, *_args: Any,
+               **_kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        self.into[self.block] = (keys, values)
+        return keys, values
+
+
+@contextmanager
+def _attention_caches(blocks: nn.ModuleList, caches: dict[int, Any]) -> Iterator[None]:
+    """Hand ``caches[i]`` to block ``i``'s attention module as ``past_key_values``."""
+    handles = []
+
+    def inject(cache: Any):
+        def hook(_m: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            return args, {**kwargs, "past_key_values": cache}
+
+        return hook
+
+    try:
+        for i, cache in caches.items():
+            attn = getattr(blocks[i], "attn", None)
+            if not isinstance(attn, nn.Module):
+                raise BlockInputsUnknown(f"block {i} has no attention module to give a prefix to")
+            handles.append(attn.register_forward_pre_hook(inject(cache), with_kwargs=True))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def recording_keys_values(model: nn.Module) -> Iterator[dict[int, tuple[torch.Tensor, torch.Tensor]]]:
+    """Within the context, every forward pass of the bridge ``model`` records each
+    block's keys and values ``[batch, kv_heads, seq, d_head]`` as its attention module
+    uses them (after projection and rotary embeddings; ``{block: (keys, values)}``, the
+    last pass's). A block whose attention does not take TransformerLens' cache protocol
+    records nothing."""
+    blocks = bridge_blocks(model)
+    if blocks is None:
+        raise BlockInputsUnknown(f"{type(model).__name__} has no bridge blocks")
+    recorded: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    with _attention_caches(blocks, {i: _Recorder(recorded, i) for i in range(len(blocks))}):
+        yield recorded
+
+
+# inputs with one entry per position, and the dim that holds the positions
+_POSITION_DIM = {"position_ids": -1, "cache_position": -1, "position_embeddings": -2}
+
+
+def slice_block_inputs(inputs: dict[str, Any], skip: int, seq: int) -> dict[str, Any] | None:
+    """``inputs`` (:func:`record_block_inputs` for ``seq`` positions) for a pass that
+    computes positions ``[skip, seq)`` only: position ids, cache positions and rotary
+    embeddings cut to them, a 4-d attention mask to their query rows (its key columns
+    still cover every position). ``None`` if some input may hold
+    positions in a way not known here (then no position can be skipped)."""
+    out: dict[str, Any] = {}
+    for key, value in inputs.items():
+        name = key.rsplit(".", 1)[-1]
+        parts = value if isinstance(value, tuple) else (value,)
+        if not any(isinstance(v, torch.Tensor) and v.dim() > 0 for v in parts):
+            out[key] = value
+            continue
+        if not all(isinstance(v, torch.Tensor) for v in parts):
+            return None
+        if name == "attention_mask":
+            if value.dim() != 4 or value.shape[-2] != seq:
+                return None
+            out[key] = value[..., skip:, :]
+        elif name in _POSITION_DIM:
+            dim = _POSITION_DIM[name]
+            if any(v.shape[dim] != seq for v in parts):
+                return None
+            cut = tuple(v.narrow(dim, skip, seq - skip) for v in parts)
+            out[key] = cut if isinstance(value, tuple) else cut[0]
+        else:
+            return None
+    return out

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -63,8 +63,8 @@ def clean_run(pm: PatchableModel, tokens: torch.Tensor, patch_src_outs: torch.Te
     if can:
         for b in range(n_layers):
             points[b] = f"blocks.{b}.hook_resid_pre"
-            points[("k", b)], points[("v", b)] = f"blocks.{b}.attn.hook_k", f"blocks.{b}.attn.hook_v"
-    outs, captured = capture(pm, tokens, resid_points=points)
+    with pm.adapter.recording_keys_values() if can and pm.adapter.runs_prefix_skip else nullcontext({}) as kv:
+        outs, captured = capture(pm, tokens, resid_points=points)
     resid = {b: captured[b] for b in range(n_layers) if b in captured}
     n_srcs = len(pm.srcs)
     n_fixed = {}
@@ -82,12 +82,15 @@ def clean_run(pm: PatchableModel, tokens: torch.Tensor, patch_src_outs: torch.Te
             unembed_weight = pm.adapter.unembed_weight() if can else None
     clean = CleanRun(tokens, patch_src_outs, (patch_src_outs - outs).contiguous(), resid, n_fixed, kwargs,
                      partial=can and len(resid) == n_layers, unembed_weight=unembed_weight)  # fmt: skip
-    # no padding mask or shortformer embedding to align, and a model that takes a prefix's
-    # keys and values (a bridge computes every position)
-    if clean.partial and not kwargs and pm.adapter.runs_prefix_skip:
-        clean.skip = _clean_prefix(pm, clean.delta)
-        clean.past = {b: (captured["k", b][:, : clean.skip].contiguous(),
-                          captured["v", b][:, : clean.skip].contiguous()) for b in range(n_layers)}  # fmt: skip
+    # a causal model whose every block took its keys and values through the recorder, and
+    # whose other block inputs can be cut to the positions a pass computes
+    if clean.partial and len(kv) == n_layers:
+        skip = _clean_prefix(pm, clean.delta)
+        cut = pm.adapter.cut_start_kwargs(kwargs, skip, int(tokens.shape[1])) if skip else None
+        if cut is not None:
+            clean.skip, clean.kwargs = skip, cut
+            clean.past = {b: (k[..., :skip, :].contiguous(), v[..., :skip, :].contiguous())
+                          for b, (k, v) in kv.items()}  # fmt: skip
     if clean.partial and full_out is not None:
         clean.partial = _starts_match(pm, clean, full_out)
     return clean
@@ -375,10 +378,12 @@ class _Pass:
             if key is None:  # all masks 0
                 if torch.is_grad_enabled() and mask.requires_grad:
                     r = run.resid[dh.resid]  # type: ignore[index]
-                    return ProjectedMaskGrad.apply(
-                        x, mask, run.delta[lo - b0 : hi - b0], r.detach(), dh.weight().detach(),
+                    x4 = x.unflatten(-1, (mod.n_heads or 1, -1)) if dh.flat else x  # [b, p, h, d_head]
+                    out = ProjectedMaskGrad.apply(
+                        x4, mask, run.delta[lo - b0 : hi - b0], r.detach(), dh.weight().detach(),
                         eq_grad, dh.norm, self.pm.scratch, sink, name, dh.shift().detach(),
                     )  # fmt: skip
+                    return out.flatten(-2) if dh.flat else out
                 return x
             return dh.project(x, run.inputs.pop(name))
 
@@ -513,21 +518,10 @@ def patched_outputs(
             kwargs = pm.adapter.repeat_start_kwargs(clean.kwargs, k)
             past = None
             if skip:
-                past = [None] * start + [_Prefix(kv.repeat(k, 1, 1, 1), vv.repeat(k, 1, 1, 1))
+                past = [None] * start + [(kv.repeat(k, 1, 1, 1), vv.repeat(k, 1, 1, 1))
                                          for kv, vv in (clean.past[i] for i in range(start, int(pm.cfg.n_layers)))]  # fmt: skip
             out_slice = _shifted(pm.out_slice, skip, s)
             return pm.adapter.forward_from(start, resid, out_slice, clean.unembed_weight, past=past, **kwargs)
-
-
-class _Prefix:
-    """The clean keys and values ``[batch, skip, heads, d_head]`` of the positions a pass
-    does not compute, in the shape of a TransformerLens key-value cache entry (frozen)."""
-
-    def __init__(self, past_keys: torch.Tensor, past_values: torch.Tensor):
-        self.past_keys, self.past_values = past_keys, past_values
-
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.cat([self.past_keys, k], dim=1), torch.cat([self.past_values, v], dim=1)
 
 
 def _shifted(out_slice: tuple[slice | int, ...], skip: int, seq: int) -> tuple[slice | int, ...]:

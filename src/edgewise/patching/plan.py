@@ -38,7 +38,7 @@ class CleanRun:
     # equals its clean output there, and the model is causal): passes compute only
     # positions [skip, S), attending to the clean keys and values ``past`` of the prefix
     skip: int = 0
-    past: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # block -> K, V [B, skip, h, d]
+    past: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # block -> K, V [B, h, skip, d]
 
 
 # ---------------------------------------------------------------------------- plan

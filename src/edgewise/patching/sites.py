@@ -11,8 +11,7 @@ With a norm of the summed head outputs before the residual stream (Gemma 2's
 (:class:`edgewise.models.post_norm.PostNorm`); the MLP's output is read after its norm (``hook_mlp_out``).
 
 **Destinations.** Most destinations are patched at the hook that carries their input
-(``hook_mlp_in``, the final residual). Query, key and value inputs of a
-``HookedTransformer`` are patched *after* the projection instead, at ``attn.hook_q`` /
+(``hook_mlp_in``, the final residual). Query, key and value inputs are patched *after* the projection instead, at ``attn.hook_q`` /
 ``hook_k`` / ``hook_v``, with the model's hook flags off::
 
     X'_h = X_h + (N(r + delta_h) - N(r)) @ W_X[h]     (computed as N(r + delta_h) @ W_X[h] + b_X[h])
@@ -22,10 +21,13 @@ added to head ``h``'s input; that is ``X'_h = N(r + delta_h) @ W_X[h] + b_X[h]``
 exactly what TransformerLens computes with ``use_split_qkv_input``. But destinations
 whose masks are 0 cost nothing, and the per-head copies of the residual stream and of
 ``ln1`` that the flag makes for every head in every forward and backward pass (3x the
-time of a GPT-2-small forward+backward at 32x32 tokens) are never built. Models where
-this is not known to hold (bridges, post-norm blocks, 4-bit weights) use
-TransformerLens' per-head input hooks, and :func:`patchable_model` checks once that
-both give the same outputs.
+time of a GPT-2-small forward+backward at 32x32 tokens) are never built. On a
+``TransformerBridge`` the same holds at the outputs of the Hugging Face Q/K/V
+projections (``attn.hook_q`` etc., ``[b, p, heads * d_head]``), with ``W_X`` read from
+the projection's ``nn.Linear`` and ``N`` the bridge's ``ln1`` as the bridge computes it
+(see ``_bridge_norm``). Models where this is not known to hold (post-norm blocks, 4-bit
+weights, norms not reproduced here) use TransformerLens' per-head input hooks, and
+:func:`patchable_model` checks once that both give the same outputs.
 """
 
 from __future__ import annotations
@@ -137,10 +139,13 @@ def src_hooks(
 class Norm:
     """A block's ``ln1`` as TransformerLens computes it (``LN``, ``LNPre``, ``RMS``,
     ``RMSPre`` or none), on inputs with any leading dims, plus its Jacobian-transpose
-    product for hand-written gradients."""
+    product for hand-written gradients. ``native``: a Hugging Face RMSNorm a bridge runs
+    as it is (it normalises in float32 whatever the model's dtype): called for the
+    values, its float32 statistics used for the gradients."""
 
     kind: str | None
     module: nn.Module | None
+    native: nn.Module | None = None
 
     @property
     def centred(self) -> bool:
@@ -149,7 +154,7 @@ class Norm:
     def normalize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x_hat`` (centred for LayerNorm) and ``1 / sigma`` ``[..., 1]``, in float32
         or wider."""
-        x = x.to(torch.promote_types(x.dtype, torch.float32))
+        x = x.to(torch.float32 if self.native is not None else torch.promote_types(x.dtype, torch.float32))
         if self.centred:
             x = x - x.mean(-1, keepdim=True)
         inv = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.module.eps)  # type: ignore[union-attr]
@@ -159,6 +164,8 @@ class Norm:
         """``ln1(x)`` over the last dim (without its bias if not ``shift``)."""
         if self.kind is None:
             return x
+        if self.native is not None:  # an RMSNorm: no bias
+            return self.native(x)
         dtype, d = x.dtype, x.shape[-1]
         w = self.weight()
         b = getattr(self.module, "b", None) if self.kind == "LN" and shift else None
@@ -194,6 +201,75 @@ def _norm(model: nn.Module, block: int) -> Norm | None:
     return None
 
 
+class _BridgeNormParams:
+    """A bridge norm's parameters under TransformerLens' names (``w``, ``b``, ``eps``),
+    read from its Hugging Face module on every access (they follow ``model.to``)."""
+
+    def __init__(self, module: nn.Module, eps: float, has_bias: bool):
+        self._module, self.eps, self._has_bias = module, eps, has_bias
+
+    @property
+    def w(self) -> torch.Tensor | None:
+        return self._module.weight
+
+    @property
+    def b(self) -> torch.Tensor | None:
+        return self._module.bias if self._has_bias else None
+
+
+# Hugging Face RMSNorms computing weight * (x * rsqrt(mean(x^2) + eps)) in float32
+# (not Gemma's 1 + weight)
+_HF_RMS_NORMS = ("LlamaRMSNorm", "Qwen2RMSNorm", "MistralRMSNorm", "Qwen3RMSNorm")
+
+
+def _bridge_norm(model: nn.Module, block: int) -> Norm | None:
+    """The ``ln1`` of a bridge's ``block`` as :class:`Norm`, where it is known to compute
+    what :class:`Norm` does: an identity; a ``torch.nn.LayerNorm`` or a plain Hugging
+    Face RMSNorm run natively; or
+    TransformerLens' own normalisation (``(x [- mean]) / sqrt(mean(x^2) + cfg.eps) *
+    weight [+ bias]``, no weight offset) over a Hugging Face norm with a weight. Else
+    None."""
+    try:
+        from transformer_lens.model_bridge.generalized_components.normalization import (
+            NormalizationBridge,
+        )
+    except ImportError:  # pragma: no cover - every TransformerLens with bridges has it
+        return None
+    ln = getattr(model.blocks[block], "ln1", None)
+    hf = getattr(ln, "original_component", None)
+    if isinstance(hf, nn.Identity):
+        return Norm(None, None)
+    if not isinstance(ln, NormalizationBridge) or not isinstance(getattr(hf, "weight", None), torch.Tensor):
+        return None
+    cls = type(ln)
+    own = all(getattr(cls, f) is getattr(NormalizationBridge, f)
+              for f in ("forward", "_python_norm_forward", "_apply_weight_and_bias"))  # fmt: skip
+    cfg = model.cfg
+    rms_offset = getattr(cfg, "rmsnorm_uses_offset", False) or getattr(ln, "uses_weight_offset", False)
+    if not own or rms_offset:
+        return None
+    rms = bool(getattr(ln, "uses_rms_norm", False))
+    if getattr(ln, "use_native_layernorm_autograd", False) or getattr(cfg, "layer_norm_folding", False):
+        # the Hugging Face module's own forward
+        if type(hf) is nn.LayerNorm and hf.elementwise_affine:
+            return Norm("LN", _BridgeNormParams(hf, float(hf.eps), hf.bias is not None))  # type: ignore[arg-type]
+        if type(hf).__name__ in _HF_RMS_NORMS and not rms_offset:
+            params = _BridgeNormParams(hf, float(hf.variance_epsilon), False)
+            return Norm("RMS", params, native=hf)  # type: ignore[arg-type]
+        return None
+    bias = not rms and isinstance(getattr(hf, "bias", None), torch.Tensor)
+    return Norm("RMS" if rms else "LN", _BridgeNormParams(hf, float(getattr(cfg, "eps", 1e-5)), bias))  # type: ignore[arg-type]
+
+
+def _bridge_linear(model: nn.Module, block: int, qkv: str, n_heads: int, d_head: int) -> nn.Linear | None:
+    """The ``nn.Linear`` a bridge's attention projects ``qkv`` with, if it holds
+    ``n_heads`` heads of ``d_head`` (else None)."""
+    hf = getattr(getattr(model.blocks[block].attn, qkv, None), "original_component", None)
+    if type(hf) is not nn.Linear or tuple(hf.weight.shape) != (n_heads * d_head, int(model.cfg.d_model)):
+        return None
+    return hf
+
+
 # ---------------------------------------------------------------------------- destinations
 @dataclass(frozen=True)
 class DestHook:
@@ -212,13 +288,30 @@ class DestHook:
     norm: Norm | None = None
     attn: nn.Module | None = None
     qkv: str | None = None
+    # a bridge's projection (its Hugging Face Linear; ``point`` then carries ``X``
+    # flat, ``[b, p, heads * d_head]``)
+    linear: nn.Linear | None = None
 
     @property
     def projected(self) -> bool:
         return self.resid is not None
 
+    @property
+    def flat(self) -> bool:
+        """Whether ``point`` carries ``X`` as ``[b, p, heads * d_head]`` (a bridge)."""
+        return self.linear is not None
+
     def _param(self, kind: str) -> torch.Tensor:
         """``W_X`` or ``b_X`` of this destination's Q/K/V, per KV head where grouped."""
+        if self.linear is not None:  # weight [heads * d_head, d_model], bias [heads * d_head]
+            h = int(self.module.n_heads or 1)
+            if kind == "W":
+                return self.linear.weight.unflatten(0, (h, -1)).transpose(1, 2)
+            b = self.linear.bias
+            if b is None:
+                w = self.linear.weight
+                return torch.zeros(h, w.shape[0] // h, dtype=w.dtype, device=w.device)
+            return b.view(h, -1)
         attn, x = self.attn, self.qkv.upper()  # type: ignore[union-attr]
         grouped = (
             x in "KV"
@@ -250,6 +343,13 @@ class DestHook:
         per-head inputs (heads first, so the projection is one batched matmul), shaped
         like ``x`` ``[b, p, h, d_head]``, the unpatched ``X`` at ``point``. With
         ``heads`` (indices), ``z`` holds only those heads and the others keep ``x``."""
+        if self.flat:  # [b, p, heads * d_head] at a bridge's hook
+            x4 = x.unflatten(-1, (int(self.module.n_heads or 1), -1))
+            return self._project(x4, z, heads).flatten(-2)
+        return self._project(x, z, heads)
+
+    def _project(self, x: torch.Tensor, z: torch.Tensor, heads: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`project` with ``x`` ``[b, p, h, d_head]``."""
         norm = self.norm
         assert norm is not None
         h, b, p, d = z.shape
@@ -267,6 +367,8 @@ class DestHook:
 
 def projected_dests_available(model: nn.Module, adapter: HookAdapter, graph: Graph) -> bool:
     """Whether Q/K/V destinations can be patched after the projection (see module doc)."""
+    if adapter.is_bridge:
+        return _bridge_projected_available(model, adapter, graph)
     if not adapter.is_hooked_transformer:
         return False
     try:
@@ -289,13 +391,48 @@ def projected_dests_available(model: nn.Module, adapter: HookAdapter, graph: Gra
     return True
 
 
+def _bridge_projected_available(model: nn.Module, adapter: HookAdapter, graph: Graph) -> bool:
+    """A bridge's Q/K/V destinations can be patched after the projection where each
+    block's ``ln1`` is a norm :class:`Norm` reproduces, each projection a plain
+    ``nn.Linear`` per head (its hook ``attn.hook_q`` etc. carrying its output), and
+    nothing is added to the residual stream after the attention but the heads' sum."""
+    cfg = adapter.cfg
+    d_head = int(cfg.d_head)
+    for mod in graph.dest_modules:
+        if mod.qkv is None:
+            continue
+        b = mod.block
+        if post_norm(model, b) is not None or _bridge_norm(model, b) is None:
+            return False
+        if _bridge_linear(model, b, mod.qkv, int(mod.n_heads or 1), d_head) is None:
+            return False
+        if adapter.resolve(f"blocks.{b}.hook_resid_pre") is None:
+            return False
+        if adapter.resolve(f"blocks.{b}.attn.hook_{mod.qkv}") is None:
+            return False
+    return True
+
+
 def dest_hooks(
     model: nn.Module, adapter: HookAdapter, graph: Graph, projected: bool
 ) -> tuple[DestHook, ...]:
     """One :class:`DestHook` per destination module; Q/K/V projected if ``projected``."""
     hooks = []
     for mod in graph.dest_modules:
-        if projected and mod.qkv is not None:
+        if projected and mod.qkv is not None and adapter.is_bridge:
+            b, qkv = mod.block, mod.qkv
+            hooks.append(
+                DestHook(
+                    mod,
+                    point=adapter.resolve(f"blocks.{b}.attn.hook_{qkv}"),  # type: ignore[arg-type]
+                    resid=adapter.resolve(f"blocks.{b}.hook_resid_pre"),
+                    norm=_bridge_norm(model, b),
+                    attn=model.blocks[b].attn,
+                    qkv=qkv,
+                    linear=_bridge_linear(model, b, qkv, int(mod.n_heads or 1), int(adapter.cfg.d_head)),
+                )
+            )
+        elif projected and mod.qkv is not None:
             b, qkv = mod.block, mod.qkv
             hooks.append(
                 DestHook(

@@ -153,6 +153,9 @@ def _build(
     for h in dests:
         want, shape = h.module.n_heads, shapes[h.point]
         got = shape[2] if len(shape) == 4 else None
+        if h.flat and len(shape) == 3:  # a bridge's [b, p, heads * d_head]
+            w = h.weight()
+            got = w.shape[0] if shape[2] == w.shape[0] * w.shape[2] else None
         if want != got:
             raise ValueError(
                 f"hook {h.point} has shape {shape}; the graph expects {want} heads there. "

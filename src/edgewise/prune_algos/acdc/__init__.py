@@ -17,8 +17,8 @@ changing a single decision:
   ``positions=computed/all``). A check against the full model
   at setup falls back to full forward passes if any of this does not reproduce it.
   ``TransformerBridge`` passes start mid-model by calling the bridge's own blocks with
-  the inputs recorded in the clean run (:mod:`edgewise.models.bridge_blocks`); the
-  prefix skip needs a ``HookedTransformer``.
+  the inputs recorded in the clean run (:mod:`edgewise.models.bridge_blocks`), and skip
+  the prefix by handing each attention module the prefix's clean keys and values.
 - **Speculation.** The next ``k`` candidate edges of the current destination are tested
   in one forward pass over ``k`` stacked copies of the batch, copy ``j`` with candidates
   ``0 .. j`` ablated (it assumes the ones before it were removed). Results are accepted
