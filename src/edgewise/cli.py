@@ -610,7 +610,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         metas = {algo: load_prune_scores(path)[1] for algo, path in paths.items()}
         _check_evaluate_provenance(folder, previous, metas)
         saved_batch = int(previous["settings"]["batch_size"])
-        task, pm, train, test = _setup(previous["model"], previous["task"], saved_batch)
+        task, pm, train, test = _setup(previous["model"], previous["task"], saved_batch,
+                                       previous.get("seq_len") is not None)  # as discover did
         now = _run_provenance(previous["model"], previous["task"], saved_batch, pm, train, test)
         _check_current(paths, metas, now)
         if args.batch_size not in (None, saved_batch):
@@ -625,6 +626,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                     previous["algorithms"][algo][key] = old[key]
             previous["algorithms"][algo].setdefault("seconds", None)
         write_json(folder / "results.json", previous)
+    note = unfinished_note(previous)
+    if note:
+        print(f"edgewise: {note}", file=sys.stderr)
     return previous
 
 
@@ -651,7 +655,11 @@ def report(args: argparse.Namespace) -> Path:
     _check_report_provenance(folder, results, marker)
     check_writable(folder)
     with writing(folder):
-        return write_report(results, target)
+        path = write_report(results, target)
+    note = unfinished_note(results)
+    if note:
+        print(f"edgewise: {note}", file=sys.stderr)
+    return path
 
 
 def _scores_metadata(path: Path) -> dict[str, Any] | None:
@@ -713,8 +721,10 @@ def summary_table(results: dict[str, Any]) -> str:
 
 def demo(args: argparse.Namespace) -> dict[str, Any]:
     """The whole loop on the shipped toy model: EAP, IG and ACDC, circuits, curves, AUC,
-    report.html."""
+    report.html, and each circuit as MIB graph JSON (``circuit_<algo>_mib.json``: the
+    graph without token positions, which MIB's format holds)."""
     args.model, args.task, args.algo = None, "toy_ioi", ["eap", "ig", "acdc"]
+    args.positions = False  # MIB's graph: one edge per pair of modules
     results = discover(args)
     args.dir = args.out
     path = report(args)

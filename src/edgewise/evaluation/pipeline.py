@@ -29,7 +29,9 @@ def evaluate_scores(
     from edgewise.evaluation.circuits import circuit_edges, edge_counts_util, run_circuits
     from edgewise.metrics.faithfulness import cpr_cmd, faithfulness_curve, measure_roc
 
-    sizes = edge_counts_util(pm.n_edges, None, scores)
+    # the empty circuit and the full model always: faithfulness is measured between them
+    # (scores with two distinct values, e.g. a ground truth, give only two sizes otherwise)
+    sizes = edge_counts_util(pm.n_edges, None, scores, zero_edges=True, all_edges=True)
     if len(sizes) > 40:  # keep evaluation quick: a log-spaced subset
         step = len(sizes) / 40
         sizes = sorted({sizes[int(i * step)] for i in range(40)} | {0, pm.n_edges})
