@@ -96,9 +96,14 @@ def _setup(model_name: str | None, task_name: str, batch_size: int,
     model_name, task_name = _resolve_names(model_name, task_name)
     task = get_task(task_name)
     model = load_model(model_name)
-    train, test = task.dataloaders(model, batch_size)
     if positions is None:
         positions = task.token_positions
+    import inspect
+
+    if positions and "token_positions" in inspect.signature(task.dataloaders).parameters:
+        train, test = task.dataloaders(model, batch_size, token_positions=True)
+    else:
+        train, test = task.dataloaders(model, batch_size)
     if positions and train.seq_len is None:
         raise ValueError(f"--positions needs prompts of one token length, and task {task_name!r} "
                          "has prompts of several: drop --positions")  # fmt: skip
