@@ -904,7 +904,7 @@ def main(argv: list[str] | None = None) -> int:
         _silence_closed_streams()
         return 0 if done else 128 + 13
     except (ValueError, TypeError, FloatingPointError, ImportError, FileNotFoundError,
-            NotADirectoryError) as e:  # what the user gave: arguments, files, a model  # fmt: skip
+            NotADirectoryError, NotImplementedError) as e:  # what the user gave: arguments, files, a model  # fmt: skip
         _say(f"edgewise: error: {e}")
         return 2
     except (OSError, FolderInUseError) as e:  # the machine: full disk, permissions, a lock
