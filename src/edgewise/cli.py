@@ -2,6 +2,8 @@
 
     edgewise discover --model toy-ioi --task toy_ioi --algo eap ig acdc --out runs/ioi
     (interrupted? the same command again resumes; add --fresh to start over)
+    edgewise discover --task toy_ioi --algo ig acdc --ablation zero --param ig.steps=20 \
+        --param acdc.tau_exps=-4,-3 --no-positions --out runs/ioi-zero
     edgewise evaluate runs/ioi
     edgewise report runs/ioi
     edgewise demo
