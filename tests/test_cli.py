@@ -124,7 +124,10 @@ def test_resume_after_an_interruption_gives_identical_output(tmp_path, monkeypat
         _counting(m, "ig", calls, fail=KeyboardInterrupt())
         assert main([*RESUME_ARGS, "--out", str(out)]) == 130
     assert "run the same command again" in capsys.readouterr().err
-    assert (out / "scores_eap.safetensors").exists() and not (out / "results.json").exists()
+    assert (out / "scores_eap.safetensors").exists()
+    partial = json.loads((out / "results.json").read_text())  # what is finished, readable
+    assert list(partial["algorithms"]) == ["eap"]
+    assert partial["unfinished"]["algorithms"] == ["ig", "acdc"]
     (out / ".results.json.x1y2.edgewise-tmp").write_text("{half")  # what a killed write leaves
     (out / ".notes.tmp").write_text("mine")  # a user's file: never touched
     _counting(monkeypatch, "ig", calls)

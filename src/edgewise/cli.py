@@ -2,6 +2,8 @@
 
     edgewise discover --model toy-ioi --task toy_ioi --algo eap ig acdc --out runs/ioi
     (interrupted? the same command again resumes; add --fresh to start over)
+    edgewise discover --task toy_ioi --algo ig acdc --ablation zero --param ig.steps=20 \
+        --param acdc.tau_exps=-4,-3 --no-positions --out runs/ioi-zero
     edgewise evaluate runs/ioi
     edgewise report runs/ioi
     edgewise demo
@@ -53,52 +55,30 @@ def write_json(path: Path, doc: Any) -> None:
     write(path, doc)
 
 
-def _algorithm_params(
-    algo: str, task: Any, quiet: bool, max_memory: str | None = None,
-    scale: str | None = None, ig_endpoint: str | None = None,
-) -> dict[str, Any]:
-    from edgewise.prune_algos import ALGORITHMS
+def _algorithm_params(algo: str, task: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments ``discover`` passes to ``ALGORITHMS[algo]``
+    (:func:`edgewise.cli_params.call_parameters`)."""
+    from edgewise.cli_params import call_parameters
 
-    a = ALGORITHMS[algo]
-    params: dict[str, Any] = {"progress": not quiet} if a.progress else {}
-    if max_memory is not None and a.max_memory:
-        params["max_memory"] = max_memory
-    if scale is not None and a.takes_scale:  # --scale: where the algorithm has one
-        params["scale"] = scale
-    if ig_endpoint is not None and "endpoint" in a.defaults:
-        params["endpoint"] = ig_endpoint
-    if a.loss:
-        params.update(grad_function=task.grad_function, answer_function=task.answer_function)
-    if a.faithfulness:
-        params["faithfulness_target"] = "mse" if task.metric == "mse" else "kl_div"
-    return params
-
-
-def _takes_ablation_values(algo: str) -> bool:
-    """Whether an algorithm of the registry accepts fixed ``ablation_values``."""
-    import inspect
-
-    from edgewise.prune_algos import ALGORITHMS
-
-    return "ablation_values" in inspect.signature(ALGORITHMS[algo].function).parameters
+    return call_parameters(
+        algo, task, quiet=args.quiet, max_memory=args.max_memory,
+        scale=getattr(args, "scale", None), ig_endpoint=getattr(args, "ig_endpoint", None),
+        grad_function=getattr(args, "grad_function", None),
+        answer_function=getattr(args, "answer_function", None),
+        ablation=getattr(args, "ablation", "patching"),
+        params=getattr(args, "parsed_params", {}).get(algo))  # fmt: skip
 
 
 def _check_ablation(args: argparse.Namespace, algos: list[str]) -> dict[str, Any] | None:
-    """``--ablation optimal``: its settings (saved with the scores, so a resumed run
-    with others is caught), after checking every algorithm takes it; ``None`` for
-    ``patching``."""
-    if getattr(args, "ablation", "patching") == "patching":
-        return None
-    refused = [a for a in algos if not _takes_ablation_values(a)]
-    if refused:
-        from edgewise.prune_algos import ALGORITHMS
+    """``--ablation``: checks every algorithm takes it (before anything loads); for
+    ``optimal``, its fitting settings (saved with the scores, so a resumed run with
+    others is caught), else ``None`` (the choice is each algorithm's ``ablation_type``)."""
+    from edgewise.cli_params import check_ablation_choice
 
-        able = [a for a in ALGORITHMS if _takes_ablation_values(a)]
-        raise ValueError(
-            f"--ablation optimal: {', '.join(refused)} cannot patch with fixed values (MIB "
-            "refuses it for eap-ig-inputs and clean-corrupted, which patch from the corrupt "
-            f"prompts); the algorithms that can: {', '.join(able)}"
-        )
+    ablation = getattr(args, "ablation", "patching")
+    check_ablation_choice(ablation, algos)
+    if ablation != "optimal":
+        return None
     if args.oa_steps < 0 or not args.oa_lr > 0:
         raise ValueError(f"--oa-steps must be >= 0 and --oa-lr positive, got {args.oa_steps} "
                          f"and {args.oa_lr}")  # fmt: skip
@@ -135,9 +115,11 @@ def _device_and_dtype(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def _setup(model_name: str | None, task_name: str, batch_size: int, kind: str | None = None,
-           device: str = "cpu", dtype: str | None = None) -> tuple[Any, Any, Any, Any]:  # fmt: skip
+           device: str = "cpu", dtype: str | None = None,
+           positions: bool | None = None) -> tuple[Any, Any, Any, Any]:  # fmt: skip
     """The task, the patchable model (``None``: the task's default) of ``kind`` on
-    ``device`` in ``dtype``, and the loaders."""
+    ``device`` in ``dtype``, and the loaders; ``positions``: one edge per token position
+    (``None``: as the task says)."""
     from edgewise.benchmarks.tasks import get_task, load_model
     from edgewise.patching.wrap import patchable_model
     from edgewise.runtime.resolve import on_device
@@ -145,16 +127,24 @@ def _setup(model_name: str | None, task_name: str, batch_size: int, kind: str | 
     model_name, task_name = _resolve_names(model_name, task_name)
     task = get_task(task_name)
     model = load_model(model_name, device=device, kind=kind, dtype=dtype)
-    train, test = (on_device(loader, device) for loader in task.dataloaders(model, batch_size))
-    seq_len = train.seq_len if task.token_positions else None
+    if positions is None:
+        positions = task.token_positions
+    import inspect
+
+    if positions and "token_positions" in inspect.signature(task.dataloaders).parameters:
+        loaders = task.dataloaders(model, batch_size, token_positions=True)
+    else:
+        loaders = task.dataloaders(model, batch_size)
+    train, test = (on_device(loader, device) for loader in loaders)
+    if positions and train.seq_len is None:
+        raise ValueError(f"--positions needs prompts of one token length, and task {task_name!r} "
+                         "has prompts of several: drop --positions")  # fmt: skip
+    seq_len = train.seq_len if positions else None
     pm = patchable_model(model, slice_output=task.slice_output, seq_len=seq_len)  # type: ignore[arg-type]
     return task, pm, train, test
 
 
 # ------------------------------------------------------------------ resuming discover
-_NOT_PARAMETERS = ("progress", "checkpoint", "max_memory")  # never change the result
-
-
 def _sha256_of_edges(pm: Any) -> str:
     edges = json.dumps([[e.name, e.seq_idx] for e in pm.edges])
     return hashlib.sha256(edges.encode()).hexdigest()
@@ -335,6 +325,9 @@ def discover(args: argparse.Namespace) -> dict[str, Any]:
         named = ", ".join(f"{a!r}{did_you_mean(a, ALGORITHMS)}" for a in unknown)
         raise ValueError(f"unknown algorithm(s) {named}. Algorithms: {', '.join(ALGORITHMS)}")
     _check_scale_options(args, algos)
+    from edgewise.cli_params import parse_params
+
+    args.parsed_params = parse_params(getattr(args, "param", None), algos)  # before loading
     if getattr(args, "bootstrap", None) is not None and args.bootstrap < 1:
         raise ValueError(f"--bootstrap must be a number of resamples >= 1 (e.g. 100), got "
                          f"{args.bootstrap}")  # fmt: skip
@@ -350,7 +343,7 @@ def discover(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     check_output_folder(out, model_name, task_name, getattr(args, "allow_existing", False))
     setup = _setup(model_name, task_name, args.batch_size, getattr(args, "kind", None), device,
-                   dtype)  # a failure leaves no folder  # fmt: skip
+                   dtype, getattr(args, "positions", None))  # a failure leaves no folder  # fmt: skip
     with writing(out):
         return _discover_locked(args, algos, model_name, task_name, out, setup)
 
@@ -371,23 +364,25 @@ def _check_inputs(model_name: str, task_name: str) -> None:
 
 
 def _check_scale_options(args: argparse.Namespace, algos: list[str]) -> None:
-    """``--scale`` and ``--ig-endpoint`` must reach at least one requested algorithm."""
+    """``--scale``, ``--ig-endpoint``, ``--grad-function`` and ``--answer-function``
+    must reach at least one requested algorithm."""
+    from edgewise.cli_params import check_option_reaches
     from edgewise.prune_algos import ALGORITHMS
 
     for option, value, takes in (
         ("--scale", getattr(args, "scale", None), lambda a: a.takes_scale),
         ("--ig-endpoint", getattr(args, "ig_endpoint", None), lambda a: "endpoint" in a.defaults),
+        ("--grad-function", getattr(args, "grad_function", None), lambda a: a.loss),
+        ("--answer-function", getattr(args, "answer_function", None), lambda a: a.loss),
     ):
-        if value is not None and not any(takes(ALGORITHMS[a]) for a in algos):
-            users = ", ".join(n for n, a in ALGORITHMS.items() if takes(a))
-            raise ValueError(f"{option} applies to {users}; none of --algo {' '.join(algos)} "
-                             f"takes it: drop {option} or add one of those")  # fmt: skip
+        check_option_reaches(option, value, algos, lambda n, t=takes: t(ALGORITHMS[n]))
 
 
 def _discover_locked(
     args: argparse.Namespace, algos: list[str], model_name: str, task_name: str, out: Path,
     setup: tuple[Any, Any, Any, Any],
 ) -> dict[str, Any]:
+    from edgewise.cli_params import effective_parameters
     from edgewise.io.files import save_mib_json, save_prune_scores
     from edgewise.io.results_folder import STATE_DIR, write_marker
     from edgewise.io.scale import SCALE_KEY, count_prompts, scale_metadata
@@ -425,15 +420,13 @@ def _discover_locked(
 
             fitted["v"] = optimal_ablation_values(
                 pm, train, ablation["steps"], ablation["lr"], ablation["objective"],
-                task.grad_function, task.answer_function)  # fmt: skip
+                getattr(args, "grad_function", None) or task.grad_function,
+                getattr(args, "answer_function", None) or task.answer_function)  # fmt: skip
         return {"ablation_values": fitted["v"]}
 
     for algo in algos:  # every check before any work: a mismatch fails at once
-        params[algo] = _algorithm_params(algo, task, args.quiet, args.max_memory,
-                                         getattr(args, "scale", None),
-                                         getattr(args, "ig_endpoint", None))  # fmt: skip
-        saved = {k: v for k, v in {**ALGORITHMS[algo].defaults, **params[algo]}.items()
-                 if k not in _NOT_PARAMETERS}
+        params[algo] = _algorithm_params(algo, task, args)
+        saved = effective_parameters(algo, params[algo])  # every parameter, defaults too
         if ablation is not None:
             saved["ablation"] = ablation
         fingerprint = json.loads(json.dumps(  # as it reads back from JSON (tuples -> lists)
@@ -443,6 +436,8 @@ def _discover_locked(
         print("resuming: " + ", ".join(r.describe(a) for a, r in resume.items()),
               file=sys.stderr, flush=True)
 
+    no_mib: list[str] = []
+    finished: set[str] = set()
     for algo in algos:
         r = resume[algo]
         state_path, checkpoint = state_dir / f"{algo}.json", state_dir / f"{algo}.pt"
@@ -486,14 +481,51 @@ def _discover_locked(
                                      "result": result})
         results["algorithms"][algo] = {**result, "parameters": r.fingerprint["parameters"],
                                        "seconds": seconds}
+        finished.add(algo)
         try:
             save_mib_json(out / f"circuit_{algo}_mib.json", pm, scores,
                           [pm.edge(d["edge"], d["seq_idx"]) for d in result["top_edges"]],
                           provenance=r.fingerprint)
-        except ValueError:  # the format cannot express this graph (e.g. token positions)
-            pass
-    write_json(out / "results.json", results)
+        except ValueError:  # the format cannot express this graph (token positions)
+            if not no_mib:
+                no_mib.append(algo)
+                print("edgewise: note: no circuit_*_mib.json: MIB's format has no token "
+                      "positions; score with --no-positions to have it", file=sys.stderr)
+        # after each algorithm: an interrupted run leaves what is finished readable
+        _set_unfinished(results, [a for a in algos if a not in finished], args)
+        write_json(out / "results.json", results)
     return results
+
+
+def _set_unfinished(results: dict[str, Any], missing: list[str], args: argparse.Namespace) -> None:
+    """Record in ``results`` which requested algorithms are not finished yet and the
+    command that finishes them (the same ``discover`` resumes), or that none are."""
+    results.pop("unfinished", None)
+    if missing:
+        results["unfinished"] = {"algorithms": missing, "command": _command_line(args)}
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The ``edgewise`` command that produced ``args`` (as typed, when known)."""
+    import shlex
+
+    argv = getattr(args, "argv", None)
+    if argv is None:
+        argv = ["discover", "--task", str(args.task), "--algo", *args.algo, "--out", str(args.out)]
+        if getattr(args, "model", None):
+            argv[1:1] = ["--model", str(args.model)]
+    return shlex.join(["edgewise", *argv])
+
+
+def unfinished_note(results: dict[str, Any]) -> str | None:
+    """One line naming the algorithms an interrupted ``discover`` did not finish and how
+    to finish them, or ``None`` when every requested one is done."""
+    u = results.get("unfinished")
+    if not isinstance(u, dict) or not u.get("algorithms"):
+        return None
+    names = ", ".join(map(str, u["algorithms"]))
+    return (f"not finished: {names} (the run was interrupted); to finish, run the same "
+            f"command again: {u.get('command') or 'edgewise discover ... --out DIR'}")
 
 
 def _has_bootstrap(result: dict[str, Any], n_resamples: int) -> bool:
@@ -656,7 +688,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         saved_batch = int(previous["settings"]["batch_size"])
         device, dtype, kind = _evaluate_device(args, previous["settings"], folder)
         task, pm, train, test = _setup(previous["model"], previous["task"], saved_batch, kind,
-                                       device, dtype)  # fmt: skip
+                                       device, dtype,
+                                       previous.get("seq_len") is not None)  # as discover did  # fmt: skip
         now = _run_provenance(previous["model"], previous["task"], saved_batch, pm, train, test,
                               dtype if "dtype" in previous["settings"] else None)  # fmt: skip
         _check_current(paths, metas, now)
@@ -674,6 +707,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                     previous["algorithms"][algo][key] = old[key]
             previous["algorithms"][algo].setdefault("seconds", None)
         write_json(folder / "results.json", previous)
+    note = unfinished_note(previous)
+    if note:
+        print(f"edgewise: {note}", file=sys.stderr)
     return previous
 
 
@@ -700,7 +736,11 @@ def report(args: argparse.Namespace) -> Path:
     _check_report_provenance(folder, results, marker)
     check_writable(folder)
     with writing(folder):
-        return write_report(results, target)
+        path = write_report(results, target)
+    note = unfinished_note(results)
+    if note:
+        print(f"edgewise: {note}", file=sys.stderr)
+    return path
 
 
 def _scores_metadata(path: Path) -> dict[str, Any] | None:
@@ -762,8 +802,10 @@ def summary_table(results: dict[str, Any]) -> str:
 
 def demo(args: argparse.Namespace) -> dict[str, Any]:
     """The whole loop on the shipped toy model: EAP, IG and ACDC, circuits, curves, AUC,
-    report.html."""
+    report.html, and each circuit as MIB graph JSON (``circuit_<algo>_mib.json``: the
+    graph without token positions, which MIB's format holds)."""
     args.model, args.task, args.algo = None, "toy_ioi", ["eap", "ig", "acdc"]
+    args.positions = False  # MIB's graph: one edge per pair of modules
     results = discover(args)
     args.dir = args.out
     path = report(args)
@@ -858,8 +900,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         return parser
 
     from edgewise.checks import cli_int
+    from edgewise.cli_params import add_choice_arguments
     from edgewise.io.results_folder import STATE_DIR
-    from edgewise.prune_algos.optimal_ablation import add_optimal_ablation_arguments
     from edgewise.runtime.memory import memory_arg
     from edgewise.runtime.resolve import add_device_arguments
 
@@ -881,11 +923,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                         "from their checkpoints in DIR/checkpoints; other settings are an error. "
                         "Results of other algorithms in DIR are kept; DIR holds one task and "
                         "model, and one run at a time")
-    add_optimal_ablation_arguments(
-        d, "what scoring patches ablated edges with: the corrupt prompt's activations "
-           "(patching, the default) or MIB's optimal ablation, one constant per source fitted "
-           "on the train prompts (eap, ig, ig-layer, eap-frozen, eap-ig-activations). Circuits "
-           "are still evaluated with interchange ablation, as MIB's run_evaluation.py does")
+    add_choice_arguments(d)
     d.add_argument("--scale", choices=["sum", "mean"], default=None,
                    help="reduction of gradient scores over prompts: sum (the sum over batches "
                         "of each batch's mean; the default of eap, ig, ig-layer, eap-frozen) or "
@@ -1020,6 +1058,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser(argv).parse_args(argv)
     except SystemExit as e:  # a bad argument (2, the one-line error printed) or --help (0)
         return e.code if isinstance(e.code, int) else 2
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # to say how to resume
     # SIGTERM (a plain `kill`, a scheduler's preemption) and SIGHUP (a closed terminal)
     # unwind like Ctrl-C, so the time spent is recorded and no temporary file stays behind
     main_thread = threading.current_thread() is threading.main_thread()
@@ -1058,7 +1097,7 @@ def main(argv: list[str] | None = None) -> int:
         _silence_closed_streams()
         return 0 if done else 128 + 13
     except (ValueError, TypeError, FloatingPointError, ImportError, FileNotFoundError,
-            NotADirectoryError) as e:  # what the user gave: arguments, files, a model  # fmt: skip
+            NotADirectoryError, NotImplementedError) as e:  # what the user gave: arguments, files, a model  # fmt: skip
         _say(f"edgewise: error: {e}")
         return 2
     except Exception as e:  # the machine: full disk, permissions, a lock, no such GPU

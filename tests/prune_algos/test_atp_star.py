@@ -92,3 +92,38 @@ def test_grad_drop_is_the_mean_absolute_score_over_dropped_layers():
         torch.testing.assert_close(got[n], want[n], atol=1e-10, rtol=1e-8)
     with pytest.raises(ValueError, match="separate query and key"):
         atp_star_prune_scores(patchable_model(model, separate_qkv=False), loader, progress=False)
+
+
+@pytest.mark.parametrize("grad_drop", [False, True])
+def test_the_progress_bar_counts_every_pass_including_the_qk_fix(monkeypatch, grad_drop):
+    """The bar reaches its total only when the work is done: the Q/K fix's passes are on
+    it (no silent wait after 100%), ``ceil(q/k edges of a layer / edges_per_pass)`` per
+    layer and batch, besides one gradient pass per dropped layer (or one) per batch."""
+    import edgewise.prune_algos.atp_star as atp
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total, desc, **kw):
+            self.total, self.desc, self.n = total, desc, 0
+            bars.append(self)
+
+        def update(self, n=1):
+            self.n += n
+
+        def close(self):
+            self.closed_at = self.n
+
+    monkeypatch.setattr(atp, "tqdm", Bar)
+    pm = patchable_model(_sharp(2, 0), separate_qkv=True)
+    loader = random_loader(seed=1, n=4, seq=5, batch_size=2)  # 2 batches
+    atp_star_prune_scores(pm, loader, grad_drop=grad_drop, edges_per_pass=3)
+    per_layer: dict[int, int] = {}
+    for e in pm.edges:
+        if e.dest.qkv in ("q", "k"):
+            layer = pm.dest_modules[e.dest.module_name].block
+            per_layer[layer] = per_layer.get(layer, 0) + 1
+    qk_passes = sum(-(-n // 3) for n in per_layer.values())
+    (bar,) = bars
+    assert bar.total == bar.closed_at == 2 * ((2 if grad_drop else 1) + qk_passes)
+    assert bar.desc == "AtP* gradients + Q/K patterns"

@@ -94,9 +94,11 @@ TASKS: dict[str, Task] = {
 def dataset_task(path_or_name: str) -> Task:
     """A task over a dataset JSON (a path, or the name of a shipped dataset)."""
 
-    def loaders(model: Any, batch_size: int) -> Loaders:
+    def loaders(model: Any, batch_size: int, token_positions: bool = False) -> Loaders:
+        # token_positions: the loaders carry the prompts' common length (one is required)
         return load_datasets_from_json(model, path_or_name, batch_size=batch_size,
-                                       train_test_size=(0.5, 0.5), shuffle=False)
+                                       train_test_size=(0.5, 0.5), shuffle=False,
+                                       return_seq_length=token_positions)
 
     return Task(path_or_name, "", "last_seq", "logit", "avg_diff", False, "logit_diff", loaders,
                 description=f"logit difference on {path_or_name}")

@@ -353,7 +353,8 @@ def _check_mib_compatible(model: PatchableModel) -> None:
     spec = model.adapter.spec
     problems = []
     if model.seq_len is not None:
-        problems.append("token-position edges (build the model with seq_len=None)")
+        problems.append("token-position edges (build the model with seq_len=None; on the "
+                        "command line: edgewise discover --no-positions)")
     if not (model.factorized and model.separate_qkv):
         problems.append("a graph other than the factorized one with separate Q/K/V")
     if any(m.qkv in ("k", "v") and m.n_heads != spec.n_heads for m in model.dest_modules.values()):

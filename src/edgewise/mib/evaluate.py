@@ -484,8 +484,8 @@ def load_scores_file(path: str | Path, model: PatchableModel) -> PruneScores:
     if meta.get("seq_len") is not None:
         raise ValueError(
             f"{path} holds scores per token position (seq_len={meta['seq_len']}); MIB's "
-            "graph has none: score again without token positions, or export summed "
-            "scores as MIB JSON"
+            "graph has none: score again without them (edgewise discover ... --no-positions, "
+            "which also writes circuit_<algo>_mib.json) and use that scores file"
         )
     return load_prune_scores(path, model)[0]
 

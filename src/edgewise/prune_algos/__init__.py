@@ -134,8 +134,9 @@ ALGORITHMS: dict[str, Algorithm] = {
     "atp-star": Algorithm(
         "atp-star", atp_star_prune_scores,
         {"grad_function": "logit", "answer_function": "avg_diff", "qk_fix": True,
-         "grad_drop": True},
-        "AtP* for edges: exact attention patterns for Q/K edges, GradDrop (Kramar et al. 2024)",
+         "grad_drop": False},
+        "AtP* for edges: exact attention patterns for Q/K edges (Kramar et al. 2024); GradDrop "
+        "with --param atp-star.grad_drop=true",
         loss=True, fixed_scale="sum",
     ),
     "exact": Algorithm(

@@ -107,7 +107,13 @@ def atp_star_prune_scores(
     drops: list[int | None] = list(range(n_layers)) if grad_drop else [None]
     scores = {n: torch.zeros(m.mask_shape, dtype=dtype, device=model.device)
               for n, m in model.dest_modules.items()}  # fmt: skip
-    bar = tqdm(total=len(dataloader) * len(drops), desc="AtP*", disable=not progress)
+    by_layer: dict[int, int] = {}
+    for e in qk:
+        block = model.dest_modules[e.dest.module_name].block
+        by_layer[block] = by_layer.get(block, 0) + 1
+    qk_passes = sum(-(-n // edges_per_pass) for n in by_layer.values())  # the QK fix's passes
+    bar = tqdm(total=len(dataloader) * (len(drops) + qk_passes), unit="pass",
+               desc="AtP* gradients" + (" + Q/K patterns" if qk else ""), disable=not progress)
     for batch in dataloader:
         patch = patches[batch.key]
         runs, grads_a = {}, {}
@@ -117,7 +123,7 @@ def atp_star_prune_scores(
             )
             bar.update()
         if qk:  # Q/K edges: the exact change of the pattern instead of its linearisation
-            exact = _qk_scores(model, batch, patch, qk, edges_per_pass, grads_a, clean)
+            exact = _qk_scores(model, batch, patch, qk, edges_per_pass, grads_a, clean, bar)
             for drop in drops:
                 for e, value in zip(qk, exact[drop]):
                     runs[drop][e.dest.module_name][e.patch_idx] = value
@@ -182,6 +188,7 @@ def _qk_scores(
     edges_per_pass: int,
     grads_a: dict[int | None, dict[int, torch.Tensor]],
     clean_patterns: dict[int, torch.Tensor],
+    bar: Any = None,
 ) -> dict[int | None, list[float]]:
     """``sum dL/dA . (A(edge patched) - A(clean))`` for each Q/K edge and each dropped layer."""
     dtype = model.dtype
@@ -204,7 +211,9 @@ def _qk_scores(
                 pattern = model.output_at(point, batch.clean.repeat(k, 1))
             diff = pattern.view(k, *clean.shape).double() - clean.double()
             for drop, grads in grads_a.items():
-                values = torch.einsum("kbhqp,bhqp->k", diff, grads[layer].double())
+                values = torch.einsum("kbhqp,bhqp->k", diff, grads[layer].double()).tolist()
                 for j, i in enumerate(chunk):
-                    out[drop][i] = float(values[j])
+                    out[drop][i] = values[j]
+            if bar is not None:
+                bar.update()
     return out

@@ -47,6 +47,13 @@ from edgewise.types import AblationType, Edge, PruneScores
 IGMode = Literal["all", "layer"]
 
 
+def _label(samples: int | None, mode: str, rules: Iterable[GradRule] | None) -> str:
+    """The progress bar's label: which method the passes compute."""
+    if samples is None:
+        return "EAP gradients" + (" (frozen)" if rules else "")
+    return f"IG gradients ({samples} steps{', per layer' if mode == 'layer' else ''})"
+
+
 @scoring_entry
 def mask_gradient_prune_scores(
     model: PatchableModel,
@@ -179,7 +186,8 @@ def mask_gradient_prune_scores(
         chunk = fine.chunk if fine is not None else None
         mean = torch.cat([src_ablations(model, dataloader, ablation_type, blk, chunk) for blk in blocks])
     bar = tqdm(total=sum(_n_passes(p, b, steps) for p, b in zip(plans.values(), mine)),
-               desc="mask gradients", unit="pass", disable=not progress or rank != 0)  # fmt: skip
+               desc=_label(integrated_grad_samples, integrated_grad_mode, grad_rules),
+               unit="pass", disable=not progress or rank != 0)  # fmt: skip
     shrunk: Plan | None = None  # after running out of memory, later batches stay smaller
     # with gradient rules, the passes run on a view of the model (grad_rules.py)
     with gradient_rules(model, grad_rules) as ruled:

@@ -180,12 +180,18 @@ def _constant(value: torch.Tensor):
     return hook
 
 
-def add_optimal_ablation_arguments(parser: Any, ablation_help: str) -> None:
-    """Add ``--ablation patching|optimal`` (described by ``ablation_help``) and the
+def add_optimal_ablation_arguments(parser: Any, ablation_help: str,
+                                   ablation_type: Any = None) -> None:  # fmt: skip
+    """Add ``--ablation patching|optimal`` (described by ``ablation_help``; with
+    ``ablation_type``, a function reading any choice it accepts instead) and the
     fitting options ``--oa-steps``, ``--oa-lr``, ``--oa-objective`` (MIB's ``oa.py``
     defaults) to an ``argparse`` parser."""
-    parser.add_argument("--ablation", choices=("patching", "optimal"), default="patching",
-                        help=ablation_help)
+    if ablation_type is None:
+        parser.add_argument("--ablation", choices=("patching", "optimal"), default="patching",
+                            help=ablation_help)
+    else:
+        parser.add_argument("--ablation", type=ablation_type, default="patching",
+                            metavar="KIND", help=ablation_help)
     parser.add_argument("--oa-steps", type=int, default=1000, metavar="N",
                         help="--ablation optimal: Adam steps per source module (MIB: 1000)")
     parser.add_argument("--oa-lr", type=float, default=1e-3, metavar="LR",

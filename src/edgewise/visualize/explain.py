@@ -133,6 +133,9 @@ def settings_section(results: Mapping[str, Any]) -> str:
                    "</h3>" + (_kv_table(rows, "params") if rows else
                               '<p class="muted">No parameters recorded.</p>') + "</div>")
     if per:
+        out.append('<p class="muted">Each algorithm\'s parameters, defaults included, as its '
+                   "scores were computed; <code>edgewise discover --param ALGO.NAME=VALUE</code> "
+                   "sets one.</p>")
         out.append('<div class="settings-grid">' + "".join(per) + "</div>")
     out.append("</section>")
     return "".join(out)

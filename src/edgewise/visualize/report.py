@@ -216,6 +216,18 @@ def _curves(algos: Mapping[str, Mapping[str, Any]], colors: Mapping[str, str],
     return f'<div class="charts">{"".join(figs)}</div>{extra}'
 
 
+def _unfinished(results: Mapping[str, Any]) -> str:
+    """A note naming requested algorithms an interrupted run did not finish."""
+    u = results.get("unfinished")
+    if not isinstance(u, Mapping) or not u.get("algorithms"):
+        return ""
+    names = ", ".join(str(a) for a in u["algorithms"])
+    command = u.get("command") or "the same edgewise discover command"
+    return (f'<section class="card" id="unfinished"><p class="note">Not finished: '
+            f"<b>{esc(names)}</b> (the run was interrupted). To finish, run the same command "
+            f"again; it resumes: <code>{esc(command)}</code></p></section>")
+
+
 def _json_for_html(obj: Any) -> str:
     def clean(x: Any) -> Any:
         if isinstance(x, float) and not math.isfinite(x):
@@ -254,6 +266,7 @@ def _render_report(results: Mapping[str, Any]) -> str:
         f"<style>{CSS}</style><script>{JS_HEAD}</script></head><body>",
         f'<header><h1>Circuit report — {esc(task)}</h1><div class="meta">'
         + "".join(f"<span>{m}</span>" for m in meta) + "</div></header><main>",
+        _unfinished(results),
     ]
     if not algos:
         parts.append('<section class="card"><p class="muted">No algorithms in these results.'
