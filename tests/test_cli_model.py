@@ -301,17 +301,22 @@ def test_a_hub_name_loads_from_the_hugging_face_cache(tmp_path):
 
 # ------------------------------------------------------------------------- mib
 def test_mib_memory_plans_for_the_dtype_and_device_asked(capsys):
-    from edgewise.mib.models import MIB_MODELS
+    import dataclasses
+
+    from edgewise.mib.models import MIB_MODELS, bridge_copy_bytes
 
     argv = ["mib", "memory", "--dtype", "float64", "--device", "cpu", "--max-memory", "80GiB"]
     args = build_parser(argv).parse_args(argv)
     plans = args.mib_run(args)
-    assert plans and all(p.weights == MIB_MODELS[p.model].n_params * 8 for p in plans)
+    assert plans and all(
+        p.weights == bridge_copy_bytes(dataclasses.replace(MIB_MODELS[p.model], dtype=torch.float64))
+        + MIB_MODELS[p.model].n_params * 8 for p in plans)  # fmt: skip
     assert "device: cpu, budget 80.0 GiB" in capsys.readouterr().out
     argv = ["mib", "memory"]  # each model's MIB dtype: gpt2 float32, the others bfloat16
     args = build_parser(argv).parse_args(argv)
     for p in args.mib_run(args):
-        assert p.weights == MIB_MODELS[p.model].n_params * (4 if p.model == "gpt2" else 2)
+        m = MIB_MODELS[p.model]
+        assert p.weights == m.n_params * (4 if p.model == "gpt2" else 2) + bridge_copy_bytes(m)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")

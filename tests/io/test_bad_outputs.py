@@ -404,11 +404,13 @@ def test_a_full_disk_is_one_clear_error(tmp_path, data, monkeypatch, capsys):
 
 def test_damaged_checkpoints_name_the_file_and_suggest_fresh(run, data, monkeypatch, capsys):
     import dataclasses
+    import functools
 
     from edgewise.prune_algos import ALGORITHMS
 
     argv = ["discover", "--task", str(data), "--algo", "acdc", *RUN, "--out", str(run)]
 
+    @functools.wraps(ALGORITHMS["acdc"].function)  # its signature: the recorded parameters
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 

@@ -59,7 +59,7 @@ def test_every_algorithm_gets_a_curve_cpr_cmd_and_a_report_section(tmp_path, sma
         assert 0.0 <= r["auc"] <= 1.0, algo
         assert r["parameters"] == json.loads(
             (out / "checkpoints" / f"{algo}.json").read_text())["fingerprint"]["parameters"]
-        assert f'data-algorithm="{algo}"' in html and f"<td>{algo}</td>" in html, algo
+        assert f'data-algorithm="{algo}"' in html and f"</span>{algo}</td>" in html, algo  # its row
         assert (out / f"circuit_{algo}_mib.json").exists(), algo
     assert results["algorithms"]["ground-truth"]["auc"] == 1.0
     assert results["algorithms"]["ig"]["parameters"]["integrated_grad_samples"] == 2

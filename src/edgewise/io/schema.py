@@ -333,7 +333,9 @@ def check_results_doc(doc: Any, file: Any, fix: str) -> dict[str, Any]:
     Required: ``model``, ``task`` (strings), ``n_edges`` (>= 1), ``algorithms`` (a
     non-empty object of :func:`check_algorithm_result` entries). Checked when present:
     ``seq_len`` (>= 1 or null) and ``settings`` (:func:`check_settings`), which must
-    agree with ``model``, ``task`` and ``seq_len``.
+    agree with ``model``, ``task`` and ``seq_len``; ``seq_labels`` (strings or null),
+    ``n_prompts`` (whole numbers >= 0 by split) and ``unfinished`` (the algorithms an
+    interrupted run did not finish and its command).
 
     Raises:
         FieldError: naming ``file``, the field's JSON path and ``fix``.
@@ -351,6 +353,18 @@ def check_results_doc(doc: Any, file: Any, fix: str) -> dict[str, Any]:
             if key in settings and settings[key] != value:
                 raise s.fail(join("settings", key), f"is {settings[key]!r}, but {key} is "
                                                     f"{value!r}: they must agree")  # fmt: skip
+    if doc.get("seq_labels") is not None:
+        for i, label in enumerate(s.lst(doc["seq_labels"], "seq_labels")):
+            s.text(label, join("seq_labels", i), nonempty=False)
+    if "n_prompts" in doc:
+        for split, n in s.obj(doc["n_prompts"], "n_prompts").items():
+            s.integer(n, join("n_prompts", split), 0)
+    if "unfinished" in doc:
+        u = s.obj(doc["unfinished"], "unfinished", ("algorithms",))
+        for i, algo in enumerate(s.lst(u["algorithms"], join("unfinished", "algorithms"))):
+            s.text(algo, join(join("unfinished", "algorithms"), i))
+        if "command" in u:
+            s.text(u["command"], join("unfinished", "command"))
     algos = s.obj(doc["algorithms"], "algorithms")
     if not algos:
         raise s.fail("algorithms", "holds no algorithms' results")

@@ -16,12 +16,13 @@ Bytes of one EAP pass over ``p`` prompts of ``s`` tokens:
 - **activations**: what autograd keeps for the backward pass, per token and layer:
   ``6 d_model + 4 H d_head + 2 H s`` (norm inputs, Q/K/V, head outputs, the attention
   scores and probabilities) plus ``3 d_mlp`` (gated MLP: gate, up, product) or
-  ``2 d_mlp``, plus :data:`PATCHED_ROW_TENSORS` ``(3 H + 1) d_model`` for the patched
-  pass's own inputs (every query, key and value head and the MLP reads its own patched
-  residual ``r + delta``, normalised and projected separately: the input, the norm's
-  output and the projection's input stay for the backward pass), in the model's dtype,
-  and float32 logits with their log-softmax (``2 s d_vocab``). Measured on bridges of
-  GPT-2 small's and Qwen2.5-0.5B's shapes (``bench/bench_shapes.py``): within 15%;
+  ``2 d_mlp``, plus :data:`PATCHED_ROW_TENSORS` ``d_model`` per patched destination row
+  for the patched pass's own inputs (the input, the norm's output and the projection's
+  input stay for the backward pass): the MLP's, and where Q/K/V cannot be patched after
+  the projection (Gemma 2's post-attention norm) every query, key and value head's too
+  (``3 H + 1`` rows), in the model's dtype, and float32 logits with their log-softmax
+  (``2 s d_vocab``). Measured on bridges of GPT-2 small's and Qwen2.5-0.5B's shapes
+  (``bench/bench_shapes.py``): within 15%;
 - **bridge copies**: a ``TransformerBridge`` over GPT-2 splits the fused ``c_attn`` into
   separate Q, K and V weights, a second copy of ``3 d_model^2 + 3 d_model`` per layer
   (:func:`bridge_copy_bytes`);
@@ -120,6 +121,12 @@ class MIBModel:
                          parallel_attn_mlp=self.parallel)  # fmt: skip
 
     @property
+    def qkv_projected(self) -> bool:
+        """Whether edgewise patches Q/K/V after the projection (no per-head copies of the
+        residual stream): every block without a norm after its attention (not Gemma 2)."""
+        return self.norms_per_block == 2
+
+    @property
     def item(self) -> int:
         return torch.empty(0, dtype=self.dtype).element_size()
 
@@ -163,7 +170,8 @@ def activation_bytes(model: MIBModel, prompts: int, seq: int) -> int:
     """The bytes autograd keeps for one backward pass of EAP (module docstring)."""
     per_layer = 6 * model.d_model + 4 * model.n_heads * model.d_head
     per_layer += 2 * model.n_heads * seq + (3 if model.gated_mlp else 2) * model.d_mlp
-    per_layer += PATCHED_ROW_TENSORS * (3 * model.n_heads + 1) * model.d_model
+    rows = 1 if model.qkv_projected else 3 * model.n_heads + 1
+    per_layer += PATCHED_ROW_TENSORS * rows * model.d_model
     tokens = prompts * seq
     return tokens * (model.n_layers * per_layer * model.item + 2 * model.d_vocab * 4)
 
