@@ -26,7 +26,7 @@ from edgewise.data import (
     shipped_dataset_names,
 )
 
-from util import requires_hooked
+from util import grad_tol, requires_hooked
 
 PAD = 0
 WORDS = [
@@ -528,22 +528,39 @@ def test_loading_reseeds_the_global_generators_as_auto_circuit_does(shuffle):
 # ----------------------------------------------------------------------------------------
 
 
-@requires_hooked  # past_kv_cache is HookedTransformer's
-def test_tail_divergence_caches_shared_prefix(tmp_path):
-    transformer_lens = pytest.importorskip("transformer_lens")
-    cfg = transformer_lens.HookedTransformerConfig(
-        n_layers=2,
-        d_model=16,
-        n_heads=2,
-        d_head=8,
-        d_mlp=32,
-        n_ctx=16,
-        d_vocab=50,
-        act_fn="relu",
-        device="cpu",
-        seed=0,
-    )
-    model = transformer_lens.HookedTransformer(cfg).eval()
+# a HookedTransformer (TransformerLens 3.9 only) and bridges: GPT-2 (learned positions),
+# Llama (rotary, RMSNorm, grouped-query attention) and Qwen 2 (rotary, Q/K/V biases)
+PREFIX_MODEL_KINDS = [pytest.param("hooked", marks=requires_hooked), "gpt2", "llama", "qwen2"]
+
+
+def prefix_model(kind: str, n_layers: int = 2, seed: int = 0):
+    """A float64 random model of ``kind`` (``"hooked"`` or a bridge architecture)."""
+    from edgewise.models import random_bridge, random_model
+
+    if kind == "hooked":
+        return random_model(n_layers=n_layers, d_vocab=50, dtype=torch.float64, seed=seed,
+                            kind="hooked")
+    return random_bridge(kind, n_layers=n_layers, d_vocab=50, dtype=torch.float64, seed=seed,
+                         n_kv_heads=2 if kind == "llama" else None)
+
+
+def run_after_prefix(model, tokens, cache):
+    """``model``'s logits of ``tokens`` run after the prefix ``cache`` holds."""
+    from edgewise.models.bridge_blocks import BridgePrefixCache, after_prefix
+
+    if isinstance(cache, BridgePrefixCache):
+        with after_prefix(model, cache.rows(tokens.shape[0])) as kwargs:
+            return model(tokens, **kwargs)
+    return model(tokens, past_kv_cache=cache, attention_mask=torch.ones_like(tokens))
+
+
+@pytest.mark.parametrize("kind", PREFIX_MODEL_KINDS)
+def test_tail_divergence_caches_shared_prefix(tmp_path, kind):
+    """The loaders cut the shared prefix and cache its keys and values in the model's own
+    form; running the cut prompts after that cache gives the full prompts' logits."""
+    from edgewise import patchable_model
+
+    model = prefix_model(kind)
     prefix = [3, 4, 5]
     prompts = [
         {
@@ -577,24 +594,67 @@ def test_tail_divergence_caches_shared_prefix(tmp_path):
     full = torch.tensor([p["clean"] for p in prompts[4:8]])
     with torch.no_grad():
         expected = model(full)[:, 3:]
-        got = model(
-            batch.clean, past_kv_cache=test.kv_cache, attention_mask=torch.ones_like(batch.clean)
-        )
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        got = run_after_prefix(model, batch.clean, test.kv_cache)
+        # in the patchable model, a cache of other rows (train's, 2) serves any batch size
+        got_2 = patchable_model(model, kv_caches=train.kv_cache)(batch.clean[:3])
+    torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-9)
+    torch.testing.assert_close(got_2, expected[:3], atol=1e-10, rtol=1e-9)
     with pytest.raises(ValueError, match="needs a model"):
         load_datasets_from_json(
             None, path, train_test_size=(4, 4), batch_size=2, tail_divergence=True
         )
 
 
-@requires_hooked  # the prefix cache is HookedTransformer's
-def test_no_algorithm_runs_on_prompts_cut_after_their_prefix(tmp_path):
+def test_sliding_window_bridge_runs_after_a_prefix_longer_than_its_window(tmp_path):
+    """Gemma 2's sliding-window layers (a window of 4) after a 6-token cached prefix: the
+    masks the Hugging Face model builds over prefix and prompt keep the window."""
+    from edgewise import patchable_model
+    from edgewise.models.kinds import GEMMA2_WINDOW
+
+    model = prefix_model("gemma2")
+    prefix = [3, 4, 5, 6, 7, 8]
+    assert len(prefix) > GEMMA2_WINDOW
+    prompts = [{"clean": [*prefix, 10 + i, 20, 30], "corrupt": [*prefix, 10 + i, 21, 30],
+                "answers": [i], "wrong_answers": [i + 1]} for i in range(4)]
+    path = write_json(tmp_path / "g.json", {"prompts": prompts})
+    train, test = load_datasets_from_json(model, path, batch_size=2, train_test_size=(2, 2),
+                                          tail_divergence=True, shuffle=False)
+    assert train.diverge_idx == len(prefix)
+    pm = patchable_model(model, kv_caches=(train.kv_cache, test.kv_cache))
+    full = torch.tensor([p["clean"] for p in prompts])
+    with torch.no_grad():
+        expected = model(full)[:, len(prefix):]
+        got = pm(full[:, len(prefix):])
+    # Gemma 2's RMSNorm normalises in float32 even in float64
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+
+
+@requires_hooked
+def test_a_prefix_cache_of_the_other_model_kind_is_refused(tmp_path):
+    """A HookedTransformer's prefix cache on a bridge, and a bridge's on a
+    HookedTransformer, would not be read: patchable_model refuses them."""
+    from edgewise import patchable_model
+
+    hooked, bridge = prefix_model("hooked"), prefix_model("gpt2")
+    prompts = [{"clean": [3, 4, 5, 10 + i, 20], "corrupt": [3, 4, 5, 10 + i, 21],
+                "answers": [i], "wrong_answers": [i + 1]} for i in range(4)]
+    path = write_json(tmp_path / "t.json", {"prompts": prompts})
+    kw = dict(batch_size=2, train_test_size=(2, 2), tail_divergence=True, shuffle=False)
+    hooked_cache = load_datasets_from_json(hooked, path, **kw)[0].kv_cache
+    bridge_cache = load_datasets_from_json(bridge, path, **kw)[0].kv_cache
+    with pytest.raises(ValueError, match="built with a HookedTransformer"):
+        patchable_model(bridge, kv_caches=hooked_cache)
+    with pytest.raises(ValueError, match="built with a TransformerBridge"):
+        patchable_model(hooked, kv_caches=bridge_cache)
+
+
+@pytest.mark.parametrize("kind", [pytest.param("hooked", marks=requires_hooked), "gpt2"])
+def test_no_algorithm_runs_on_prompts_cut_after_their_prefix(tmp_path, kind):
     """A tail_divergence loader's prompts lack their prefix (it lives in the loader's KV
     cache): every scorer and run_circuits refuses it instead of scoring the cut prompts."""
     import edgewise as ew
-    from edgewise.models import random_model
 
-    model = random_model(n_layers=1, d_vocab=50)
+    model = prefix_model(kind, n_layers=1)
     prompts = [{"clean": [3, 4, 5, 10 + i, 20], "corrupt": [3, 4, 5, 10 + i, 21],
                 "answers": [i], "wrong_answers": [i + 1]} for i in range(4)]
     path = write_json(tmp_path / "t.json", {"prompts": prompts})
@@ -621,16 +681,15 @@ def test_no_algorithm_runs_on_prompts_cut_after_their_prefix(tmp_path):
             pytest.fail(f"{name} ran on the cut prompts")
 
 
-@requires_hooked  # the prefix cache is HookedTransformer's
-def test_prefix_cached_prompts_give_the_full_prompts_results(tmp_path):
+@pytest.mark.parametrize("kind", PREFIX_MODEL_KINDS)
+def test_prefix_cached_prompts_give_the_full_prompts_results(tmp_path, kind):
     """tail_divergence loaders with the prefix cache in the model (auto-circuit's
     kv_caches) give what the full prompts give: EAP, fractional masks, IG, EAP-IG on
     inputs, exact patching, the hook reference and run_circuits. Algorithms that cannot
     use the cache, and ablations that would leave the prefix unablated, refuse."""
     import edgewise as ew
-    from edgewise.models import random_model
 
-    model = random_model(n_layers=2, d_vocab=50, dtype=torch.float64, seed=3)
+    model = prefix_model(kind, seed=3)
     gen = torch.Generator().manual_seed(0)
     prefix = [3, 4, 5, 6]
     prompts = []
@@ -646,9 +705,12 @@ def test_prefix_cached_prompts_give_the_full_prompts_results(tmp_path):
     pm_full = ew.patchable_model(model)
     pm_cut = ew.patchable_model(model, kv_caches=(cut.kv_cache, cut_test.kv_cache))
 
+    # Hugging Face's RMSNorm (Llama, Qwen 2) normalises in float32 even in float64
+    rtol = grad_tol(pm_full, 1e-7)
+
     def same(a, b):
         for n in a:
-            torch.testing.assert_close(b[n].double(), a[n].double(), atol=1e-9, rtol=1e-7)
+            torch.testing.assert_close(b[n].double(), a[n].double(), atol=rtol * 1e-2, rtol=rtol)
 
     grad = ew.mask_gradient_prune_scores
     for kwargs in ({"mask_val": 0.0}, {"mask_val": 0.5}, {"integrated_grad_samples": 2}):

@@ -333,8 +333,13 @@ class PromptDataLoader(DataLoader[PromptPairBatch]):
             default the dataset's ``padding_side`` (else ``"left"``).
         seq_labels: label per token position; default the dataset's.
         word_idxs: ``{word: position}``; default the dataset's.
-        kv_cache: a frozen TransformerLens key/value cache of the cut-off prefix, built
-            for ``batch_size`` rows; pass it as ``past_kv_cache`` when running batches.
+        kv_cache: a frozen key/value cache of the cut-off prefix, built for
+            ``batch_size`` rows: TransformerLens' key-value cache for a
+            ``HookedTransformer`` (pass it as ``past_kv_cache`` when running batches), a
+            :class:`~edgewise.models.bridge_blocks.BridgePrefixCache` for a
+            ``TransformerBridge`` (run batches inside
+            :func:`~edgewise.models.bridge_blocks.after_prefix`). Either works as
+            ``patchable_model(..., kv_caches=...)``.
         drop_last: drop the last incomplete batch (default ``True``, as in auto-circuit,
             so every batch has ``batch_size`` rows).
         name: what the loader holds, for error messages (e.g. ``"the train split of

@@ -238,13 +238,22 @@ def _common_prefix_len(dataset: PromptDataset) -> int:
 
 
 def _prefix_kv_caches(model: Any, prefix: Tensor, batch_sizes: set[int]) -> dict[int, Any]:
-    """Run ``prefix`` ([d] token ids) through ``model`` once per batch size; frozen caches."""
+    """Frozen caches of ``prefix`` ([d] token ids) in ``model``, one per batch size: a
+    TransformerLens key-value cache for a ``HookedTransformer``, a
+    :class:`~edgewise.models.bridge_blocks.BridgePrefixCache` for a ``TransformerBridge``
+    (the prefix run once; each batch size gets views of that row)."""
     cfg = getattr(model, "cfg", None)
     if cfg is None or not callable(model):
         raise ValueError(
             "tail_divergence needs a TransformerLens model (with .cfg) to cache the "
             "shared prefix's keys and values"
         )
+    from edgewise.models.adapter import HookAdapter
+
+    adapter = HookAdapter(model)
+    device = getattr(cfg, "device", None) or prefix.device
+    if not adapter.is_hooked_transformer:
+        return _bridge_prefix_caches(adapter, prefix.to(device), batch_sizes)
     try:
         from transformer_lens.cache.key_value_cache import (
             TransformerLensKeyValueCache as KVCache,
@@ -253,7 +262,6 @@ def _prefix_kv_caches(model: Any, prefix: Tensor, batch_sizes: set[int]) -> dict
         from transformer_lens.past_key_value_caching import (  # type: ignore[no-redef]
             HookedTransformerKeyValueCache as KVCache,
         )
-    device = getattr(cfg, "device", None) or prefix.device
     caches: dict[int, Any] = {}
     for size in sorted(batch_sizes):
         cache = KVCache.init_cache(cfg, device, size)
@@ -263,6 +271,25 @@ def _prefix_kv_caches(model: Any, prefix: Tensor, batch_sizes: set[int]) -> dict
         cache.freeze()
         caches[size] = cache
     return caches
+
+
+def _bridge_prefix_caches(adapter: Any, prefix: Tensor, batch_sizes: set[int]) -> dict[int, Any]:
+    """:func:`_prefix_kv_caches` for a ``TransformerBridge``; a clear error for one whose
+    attention cannot be handed a prefix's keys and values (or that is not causal)."""
+    from edgewise.models.bridge_blocks import BlockInputsUnknown, bridge_prefix_cache
+
+    name = type(adapter.model).__name__
+    if not adapter.is_bridge or not adapter.is_causal:
+        raise ValueError(
+            f"tail_divergence caches the shared prefix of a causal HookedTransformer or "
+            f"TransformerBridge whose blocks edgewise can drive; {name} is neither. Load the "
+            "dataset with tail_divergence=False (the default)."
+        )
+    try:
+        cache = bridge_prefix_cache(adapter.model, prefix.unsqueeze(0))
+    except BlockInputsUnknown as err:
+        raise ValueError(f"tail_divergence cannot cache a prefix in {name}: {err}") from err
+    return {size: cache.rows(size) for size in sorted(batch_sizes)}
 
 
 def load_datasets_from_json(
@@ -306,7 +333,12 @@ def load_datasets_from_json(
             cut to match; ``word_idxs`` keep their full-prompt positions, as in
             auto-circuit (a word's position in the cut prompts is ``word_idxs[w] -
             loader.diverge_idx``; official-circuit functions get ``seq_start_idx``).
-            Needs a TransformerLens model.
+            Needs a causal ``HookedTransformer`` (the cache is TransformerLens' key-value
+            cache) or ``TransformerBridge`` (a
+            :class:`~edgewise.models.bridge_blocks.BridgePrefixCache`: per block, the
+            prefix's keys and values ``[batch, kv_heads, diverge_idx, d_head]``). Pass both
+            loaders' caches to ``patchable_model(..., kv_caches=(train.kv_cache,
+            test.kv_cache))``.
         shuffle: shuffle the prompts once, seeded with ``random_seed``, before
             splitting; the loaders themselves do not reshuffle, so runs are reproducible.
         random_seed: the shuffle seed. As auto-circuit does, loading also reseeds Python's

@@ -23,6 +23,13 @@ attention in a form it reads, so the object goes to the attention module directl
 ``past_key_values``. The prefix's keys and values are recorded the same way in the full
 clean pass (:func:`recording_keys_values`). Where an attention module never calls
 ``update``, nothing is recorded for it and the caller computes every position.
+
+The same objects run a whole forward pass after a prompt prefix shared by every prompt
+(``load_datasets_from_json(..., tail_divergence=True)``): :func:`bridge_prefix_cache`
+records the prefix's keys and values once (:class:`BridgePrefixCache`), and within
+:func:`after_prefix` each attention module gets them, while the Hugging Face model gets
+a cache of its own kind holding the same tensors, from which it derives the positions
+and attention masks of the positions after the prefix.
 """
 
 from __future__ import annotations
@@ -280,3 +287,102 @@ def slice_block_inputs(inputs: dict[str, Any], skip: int, seq: int) -> dict[str,
         else:
             return None
     return out
+
+
+class BridgePrefixCache:
+    """The frozen keys and values of a prompt prefix shared by every prompt, for a bridge
+    to run the rest of the prompts after (``load_datasets_from_json(...,
+    tail_divergence=True)`` builds it; :func:`after_prefix` runs a pass after it).
+
+    Per block, the keys and values ``[batch, kv_heads, prefix_len, d_head]`` as its
+    attention module uses them (after projection and rotary embeddings), recorded by
+    :func:`recording_keys_values` in a pass of the prefix alone. Nothing is ever stored
+    into it (``frozen`` is always ``True``)."""
+
+    frozen = True
+
+    def __init__(self, keys_values: Sequence[tuple[torch.Tensor, torch.Tensor]]):
+        if not keys_values:
+            raise ValueError("a prefix cache needs the keys and values of at least one block")
+        self.keys_values = tuple((k, v) for k, v in keys_values)
+
+    @property
+    def batch_size(self) -> int:
+        """The rows the cache holds (every row is the same prefix)."""
+        return int(self.keys_values[0][0].shape[0])
+
+    @property
+    def prefix_len(self) -> int:
+        """The positions of the prefix."""
+        return int(self.keys_values[0][0].shape[-2])
+
+    def rows(self, batch: int) -> BridgePrefixCache:
+        """The cache with ``batch`` rows: views of its first row (no copies)."""
+        if batch == self.batch_size:
+            return self
+
+        def expand(t: torch.Tensor) -> torch.Tensor:
+            return t[:1].expand(batch, *t.shape[1:])
+
+        return BridgePrefixCache([(expand(k), expand(v)) for k, v in self.keys_values])
+
+    def same_prefix(self, other: BridgePrefixCache) -> bool:
+        """Whether ``other`` holds the same prefix (compared on the first row)."""
+        return len(other.keys_values) == len(self.keys_values) and all(
+            torch.equal(a[0][:1], b[0][:1]) and torch.equal(a[1][:1], b[1][:1])
+            for a, b in zip(self.keys_values, other.keys_values)
+        )
+
+    def to(self, *args: Any, **kwargs: Any) -> BridgePrefixCache:
+        """The cache with every tensor moved (``Tensor.to``'s arguments)."""
+        return BridgePrefixCache([(k.to(*args, **kwargs), v.to(*args, **kwargs))
+                                  for k, v in self.keys_values])  # fmt: skip
+
+
+def bridge_prefix_cache(model: nn.Module, prefix: torch.Tensor) -> BridgePrefixCache:
+    """The frozen keys and values of ``prefix`` ``[batch, prefix_len]`` (token ids) in the
+    bridge ``model``, for passes after it (:func:`after_prefix`). Raises
+    :class:`BlockInputsUnknown` for a bridge whose blocks this module cannot drive, and
+    ``ValueError`` where some attention module does not take TransformerLens' cache
+    protocol (its keys and values cannot be handed to it)."""
+    blocks = bridge_blocks(model)
+    if blocks is None:
+        raise BlockInputsUnknown(f"{type(model).__name__} has no bridge blocks to cache a prefix in")
+    with torch.no_grad(), recording_keys_values(model) as recorded:
+        model(prefix)
+    missing = [i for i in range(len(blocks)) if i not in recorded]
+    if missing:
+        raise ValueError(
+            f"the attention of block(s) {missing} of {type(model).__name__} does not take "
+            "TransformerLens' key-value cache protocol, so it cannot run after a cached "
+            "prefix; load the dataset with tail_divergence=False (the default)"
+        )
+    return BridgePrefixCache([(k.detach(), v.detach()) for k, v in
+                              (recorded[i] for i in range(len(blocks)))])  # fmt: skip
+
+
+@contextmanager
+def after_prefix(model: nn.Module, cache: BridgePrefixCache) -> Iterator[dict[str, Any]]:
+    """Within the context, a forward pass of the bridge ``model`` on tokens ``[batch,
+    seq]`` called with the yielded keyword arguments computes them as positions
+    ``[prefix_len, prefix_len + seq)`` after ``cache``'s prefix (``cache`` with ``batch``
+    rows: :meth:`BridgePrefixCache.rows`). Each attention module is handed the prefix's
+    keys and values (:class:`PrefixKV`, as passes that skip a prefix get them), and the
+    Hugging Face model a cache of its own kind holding the same tensors
+    (``past_key_values``), from which it derives the positions (position ids, rotary
+    embeddings) and the attention masks over prefix and prompt (causal, or a sliding
+    window). That cache is new for every context and the prefix's tensors are never
+    written to; use one context per pass."""
+    from transformers.cache_utils import DynamicCache
+
+    blocks = bridge_blocks(model)
+    if blocks is None:
+        raise BlockInputsUnknown(f"{type(model).__name__} has no bridge blocks")
+    if len(cache.keys_values) != len(blocks):
+        raise ValueError(f"the prefix cache holds {len(cache.keys_values)} blocks' keys and "
+                         f"values, the model has {len(blocks)} blocks")  # fmt: skip
+    hf_cache = DynamicCache()
+    for i, (k, v) in enumerate(cache.keys_values):
+        hf_cache.update(k, v, i)
+    with _attention_caches(blocks, {i: PrefixKV(k, v) for i, (k, v) in enumerate(cache.keys_values)}):
+        yield {"past_key_values": hf_cache}

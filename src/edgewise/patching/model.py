@@ -24,6 +24,7 @@ from torch import nn
 
 from edgewise.graph.build import DestModule, Graph, SrcModule
 from edgewise.models.adapter import HookAdapter
+from edgewise.models.bridge_blocks import BridgePrefixCache, after_prefix
 from edgewise.patching import engine
 from edgewise.patching.buffers import BufferCache
 from edgewise.patching.sites import (
@@ -138,13 +139,14 @@ class PatchableModel(nn.Module):
         cache}``, or ``None`` without one. edgewise expands the one cache to any batch size."""
         if self.kv_cache is None:
             return None
-        return {int(self.kv_cache.previous_attention_mask.shape[0]): self.kv_cache}
+        return {_cache_shape(self.kv_cache)[0]: self.kv_cache}
 
     def run_with_cache(self, tokens: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         """The wrapped model's ``run_with_cache`` (after the cached prefix, if any)."""
-        if self.kv_cache is not None and "past_kv_cache" not in kwargs:
-            kwargs["past_kv_cache"] = self._prefix_cache(tokens.shape[0])
-        return self.wrapped_model.run_with_cache(tokens, *args, **kwargs)
+        if self.kv_cache is None or "past_kv_cache" in kwargs:
+            return self.wrapped_model.run_with_cache(tokens, *args, **kwargs)
+        with self._after_prefix(tokens, kwargs) as kwargs:
+            return self.wrapped_model.run_with_cache(tokens, *args, **kwargs)
 
     @property
     def input_to_embed(self) -> Any:
@@ -182,10 +184,23 @@ class PatchableModel(nn.Module):
         """Logits ``[batch, seq, vocab]`` for tokens ``[batch, seq]`` (after the cached
         prefix, if the model has one: see :meth:`set_kv_caches`)."""
         self.check_tokens(tokens)
-        if self.kv_cache is not None and "past_kv_cache" not in kwargs:
-            kwargs["past_kv_cache"] = self._prefix_cache(tokens.shape[0])
-            kwargs.setdefault("attention_mask", torch.ones_like(tokens))
-        return self.wrapped_model(tokens, **kwargs)
+        if self.kv_cache is None or "past_kv_cache" in kwargs:
+            return self.wrapped_model(tokens, **kwargs)
+        with self._after_prefix(tokens, kwargs) as kwargs:
+            return self.wrapped_model(tokens, **kwargs)
+
+    @contextmanager
+    def _after_prefix(self, tokens: torch.Tensor, kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """``kwargs`` for one pass of ``tokens`` ``[batch, seq]`` after the cached prefix:
+        a ``HookedTransformer``'s ``past_kv_cache`` (and an all-ones attention mask); on a
+        bridge, its attention driven by the prefix's keys and values while the context
+        lasts (:func:`edgewise.models.bridge_blocks.after_prefix`)."""
+        cache = self._prefix_cache(int(tokens.shape[0]))
+        if isinstance(cache, BridgePrefixCache):
+            with after_prefix(self.wrapped_model, cache) as extra:
+                yield {**kwargs, **extra}
+            return
+        yield {"attention_mask": torch.ones_like(tokens), **kwargs, "past_kv_cache": cache}
 
     def check_tokens(self, tokens: Any, who: str | None = None) -> None:
         """Raise a clear error for prompts this model cannot run (shape checks only, no
@@ -217,26 +232,43 @@ class PatchableModel(nn.Module):
             )
 
     def set_kv_caches(self, kv_caches: Any) -> None:
-        """Run every forward pass after a frozen TransformerLens key/value cache of a
-        prompt prefix shared by every prompt (``load_datasets_from_json(...,
-        tail_divergence=True)`` builds them: pass ``(train.kv_cache, test.kv_cache)``).
-        The prompts the loaders yield are then the parts after that prefix, and results
-        equal those of the full prompts with resample ablation. Any batch size works."""
+        """Run every forward pass after a frozen key/value cache of a prompt prefix shared
+        by every prompt (``load_datasets_from_json(..., tail_divergence=True)`` builds them:
+        pass ``(train.kv_cache, test.kv_cache)``, or one cache; ``None`` removes it). The
+        prompts the loaders yield are then the parts after that prefix, and results equal
+        those of the full prompts with resample ablation. Any batch size works.
+
+        On a ``HookedTransformer`` the cache is TransformerLens' key-value cache, passed as
+        ``past_kv_cache``; on a ``TransformerBridge`` it is a
+        :class:`~edgewise.models.bridge_blocks.BridgePrefixCache` (per block, keys and
+        values ``[batch, kv_heads, prefix_len, d_head]``), handed to each attention module
+        (:func:`~edgewise.models.bridge_blocks.after_prefix`). A cache built with the other
+        kind of model is refused."""
         caches = [c for c in (kv_caches if isinstance(kv_caches, list | tuple) else [kv_caches])
                   if c is not None]
         if not caches:
             self.kv_cache, self.kv_prefix_len = None, 0
             return
-        lengths = {int(c.previous_attention_mask.shape[1]) for c in caches}
+        bridge = self.adapter.is_bridge
+        for c in caches:
+            if isinstance(c, BridgePrefixCache) != bridge:
+                built, here = (("a HookedTransformer", "TransformerBridge") if bridge
+                               else ("a TransformerBridge", "HookedTransformer"))
+                raise ValueError(f"this prefix cache was built with {built}, but the model is a "
+                                 f"{here}; load the dataset with this model")
+        lengths = {_cache_shape(c)[1] for c in caches}
         if len(lengths) != 1:
             raise ValueError(f"the caches hold prefixes of different lengths {sorted(lengths)}")
         first = caches[0]
         for c in caches[1:]:  # one shared prefix: every row of every cache is the same
-            same = all(torch.equal(a.past_keys[:1], b.past_keys[:1]) for a, b in zip(c.entries, first.entries))
-            if not same:
+            if not _same_prefix(first, c):
                 raise ValueError("the caches hold different prefixes; edgewise needs one shared prefix")
         if not getattr(first, "frozen", False):
             raise ValueError("the key/value cache must be frozen (cache.freeze()), or it grows every pass")
+        if bridge:
+            if len(first.keys_values) != int(self.cfg.n_layers):
+                raise ValueError(f"the prefix cache holds {len(first.keys_values)} blocks' keys and "
+                                 f"values, the model has {self.cfg.n_layers} blocks")
         self.kv_cache, self.kv_prefix_len = first, lengths.pop()
 
     def _prefix_cache(self, batch: int) -> Any:
@@ -244,6 +276,8 @@ class PatchableModel(nn.Module):
         import dataclasses
 
         c = self.kv_cache
+        if isinstance(c, BridgePrefixCache):
+            return c.rows(batch)
         if c.previous_attention_mask.shape[0] == batch:
             return c
 
@@ -445,3 +479,18 @@ class PatchableModel(nn.Module):
         dimensions ``src_dims`` selects, see :meth:`patch`)."""
         with self.patch(masks, patch_src_outs, src_dims=src_dims):
             return self(tokens)
+
+
+def _cache_shape(cache: Any) -> tuple[int, int]:
+    """``(rows, prefix length)`` of a prefix cache (TransformerLens' or a bridge's)."""
+    if isinstance(cache, BridgePrefixCache):
+        return cache.batch_size, cache.prefix_len
+    shape = cache.previous_attention_mask.shape
+    return int(shape[0]), int(shape[1])
+
+
+def _same_prefix(a: Any, b: Any) -> bool:
+    """Whether two prefix caches of the same kind hold the same prefix (first rows)."""
+    if isinstance(a, BridgePrefixCache):
+        return a.same_prefix(b)
+    return all(torch.equal(x.past_keys[:1], y.past_keys[:1]) for x, y in zip(b.entries, a.entries))

@@ -75,8 +75,10 @@ def patchable_model(
         device: where masks live (default: the model's device). The model is moved there.
         kv_caches: frozen key/value caches of the prompts' shared prefix, as
             ``load_datasets_from_json(..., tail_divergence=True)`` builds them (e.g.
-            ``(train.kv_cache, test.kv_cache)``, as in auto-circuit); see
-            :meth:`PatchableModel.set_kv_caches`.
+            ``(train.kv_cache, test.kv_cache)``, as in auto-circuit), built with this
+            model (TransformerLens' key-value caches for a ``HookedTransformer``,
+            :class:`~edgewise.models.bridge_blocks.BridgePrefixCache` s for a
+            ``TransformerBridge``); see :meth:`PatchableModel.set_kv_caches`.
         ungroup_kv: with grouped-query attention, give each query head its own K and V
             destination (``True``: MIB's graph, ``a{l}.h{h}<k>`` per query head), one per
             key/value head (``False``), or follow the model's
