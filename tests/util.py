@@ -52,6 +52,10 @@ def hooked_only(why: str) -> pytest.MarkDecorator:
     )
 
 
+hooked_case = hooked_only("the HookedTransformer case of a test whose bridge cases run on 4.x")
+"""The mark of a parametrized test's ``HookedTransformer`` case, beside its bridge cases."""
+
+
 def planted_model(kind=None):
     """Attention-only, no LayerNorm. The embedding writes dims 0-3, head 0 copies them
     (uniform attention: W_Q = W_K = 0) into dims 4-7, and the unembedding reads only
