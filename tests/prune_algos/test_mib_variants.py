@@ -31,7 +31,7 @@ from edgewise.runtime.ablation import batch_src_ablations
 from edgewise.types import AblationType
 
 from reference import capture_sources_and_dests, reference_eap_scores
-from util import VOCAB, random_loader, requires_hooked
+from util import VOCAB, hooked_case, hooked_only, random_loader
 
 MODELS = {
     "hooked": lambda: random_model(n_layers=2, d_vocab=VOCAB, dtype=torch.float64, seed=3),
@@ -40,7 +40,7 @@ MODELS = {
 
 
 def _kinds():
-    return [pytest.param("hooked", marks=requires_hooked), "bridge-gpt2"]
+    return [pytest.param("hooked", marks=hooked_case), "bridge-gpt2"]
 
 
 def assert_scores_close(got, want, rel=1e-9):
@@ -403,7 +403,8 @@ def test_bad_arguments_are_named():
         eap_ig_activations_prune_scores(pm, loader, integrated_grad_samples=0, progress=False)
 
 
-@requires_hooked
+@hooked_only("compares with random_hooked_transformer(arch=...)'s hook_scale; bridges: "
+             "test_norm_scale_on_rms_norm_bridges_is_the_frozen_scale_backward (Gemma 2)")
 @pytest.mark.parametrize("arch", ["llama", "gemma2"])
 def test_norm_scale_on_a_bridge_equals_the_hooked_transformer(arch):
     """RMSNorm bridges (Gemma's with its ``1 + w`` gain) give the frozen-scale scores that a
@@ -421,6 +422,32 @@ def test_norm_scale_on_a_bridge_equals_the_hooked_transformer(arch):
     # so the two kinds agree to float32 rounding; the rule moves the scores 100x further
     assert_scores_close(got, want, rel=1e-5)
     plain = mask_gradient_prune_scores(bridge, loader, None, **run)
+    scale = max(v.abs().max().item() for v in plain.values())
+    assert max((got[n] - plain[n]).abs().max().item() for n in plain) > 1e-3 * scale
+
+
+def test_norm_scale_on_rms_norm_bridges_is_the_frozen_scale_backward(monkeypatch):
+    """On a Gemma 2 bridge (RMSNorms with the ``1 + w`` gain, run by Hugging Face's own
+    module) the rule's scores are the plain scores of the same model with every norm's
+    ``1 / rms(x)`` detached, written here as Hugging Face's forward, and the rule changes
+    them."""
+    from transformers.models.gemma2.modeling_gemma2 import Gemma2RMSNorm
+
+    def frozen_scale(self: Gemma2RMSNorm, x: torch.Tensor) -> torch.Tensor:
+        inv = torch.rsqrt(x.detach().float().pow(2).mean(-1, keepdim=True) + self.eps)
+        return (x.float() * inv * (1.0 + self.weight.float())).type_as(x)
+
+    pm = patchable_model(random_bridge("gemma2", n_layers=2, n_heads=2, d_head=2, d_vocab=VOCAB,
+                                       dtype=torch.float64, seed=4))  # fmt: skip
+    loader = random_loader(seed=14, n=4, batch_size=2)
+    run = {"grad_function": "logit", "answer_function": "avg_diff", "mask_val": 0.0,
+           "progress": False}
+    got = mask_gradient_prune_scores(pm, loader, None, grad_rules=["norm_scale"], **run)
+    plain = mask_gradient_prune_scores(pm, loader, None, **run)
+    monkeypatch.setattr(Gemma2RMSNorm, "forward", frozen_scale)
+    want = mask_gradient_prune_scores(pm, loader, None, **run)
+    # Gemma2RMSNorm computes in float32 even for float64 weights: float32 rounding
+    assert_scores_close(got, want, rel=1e-5)
     scale = max(v.abs().max().item() for v in plain.values())
     assert max((got[n] - plain[n]).abs().max().item() for n in plain) > 1e-3 * scale
 
