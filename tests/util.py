@@ -42,6 +42,20 @@ requires_hooked = pytest.mark.skipif(
 )
 
 
+def hooked_only(why: str) -> pytest.MarkDecorator:
+    """Skip on TransformerLens 4.x, which has no ``HookedTransformer``: for a test of an API
+    only TransformerLens 3.x has, ``why`` naming it (and the bridge test of the same
+    feature, if any)."""
+    return pytest.mark.skipif(
+        not hooked_transformer_available(),
+        reason=f"HookedTransformer API, TransformerLens 3.x only: {why}",
+    )
+
+
+hooked_case = hooked_only("the HookedTransformer case of a test whose bridge cases run on 4.x")
+"""The mark of a parametrized test's ``HookedTransformer`` case, beside its bridge cases."""
+
+
 def planted_model(kind=None):
     """Attention-only, no LayerNorm. The embedding writes dims 0-3, head 0 copies them
     (uniform attention: W_Q = W_K = 0) into dims 4-7, and the unembedding reads only

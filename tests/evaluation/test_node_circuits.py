@@ -19,7 +19,7 @@ from edgewise.evaluation.node_circuits import (
 )
 from edgewise.models import random_bridge, random_model
 
-from util import VOCAB, random_loader, requires_hooked
+from util import VOCAB, hooked_only, random_loader
 
 
 def reference_node_ablated_logits(pm, tokens, ablated, patch):
@@ -94,7 +94,8 @@ def check_circuits_match_reference(pm, gen, level):
     torch.testing.assert_close(both.view(2, *outs[0].shape), torch.stack(outs), atol=1e-8, rtol=0)
 
 
-@requires_hooked
+@hooked_only("HookedTransformerConfig's shapes (parallel blocks with grouped-query attention, "
+             "1-4 heads, attention-only); bridges: test_circuits_match_reference_bridge")
 @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     n_layers=st.integers(1, 2),

@@ -37,7 +37,7 @@ from edgewise.io.schema import FieldError
 from edgewise.models import random_model
 
 from folders import ROOT, RUN, api, cli_error, dataset, snapshot
-from util import requires_hooked
+from util import hooked_only
 
 pytestmark = pytest.mark.usefixtures("few_circuit_sizes")
 
@@ -188,7 +188,7 @@ def test_scores_without_provenance_load_with_a_warning(two, tmp_path):
     assert all(torch.equal(back[k], scores[k]) for k in scores)
 
 
-@requires_hooked
+@hooked_only("a HookedTransformer's recorded model_kind against a bridge's")
 def test_the_model_kind_is_part_of_its_identity(tmp_path):
     hooked = patchable_model(random_model(n_layers=1, d_vocab=20, kind="hooked"))
     bridge = patchable_model(random_model(n_layers=1, d_vocab=20, kind="bridge"))

@@ -26,7 +26,7 @@ from edgewise.prune_algos import (
 )
 from edgewise.prune_algos.node_attribution import node_attribution_scores
 
-from util import VOCAB, requires_hooked
+from util import VOCAB, hooked_case
 
 LENGTHS = [5, 7, 4, 6]
 PAD = 1
@@ -48,7 +48,7 @@ def _pm(kind: str):
 
 
 def _kinds(*kinds: str):
-    return [pytest.param(k, marks=requires_hooked) if k == "hooked" else k for k in kinds]
+    return [pytest.param(k, marks=hooked_case) if k == "hooked" else k for k in kinds]
 
 
 @pytest.fixture(params=[*_kinds("hooked", "bridge-gpt2"),
@@ -129,7 +129,7 @@ BRIDGE_DEFAULT = ("eap", "eap-ig-inputs", "eap-ig-activations", "node-eap")
 
 @pytest.mark.parametrize(
     ("kind", "scorer"),
-    [pytest.param("hooked", s, marks=requires_hooked) for s in SCORERS]
+    [pytest.param("hooked", s, marks=hooked_case) for s in SCORERS]
     # the same on a bridge, the slower passes (covered on the HookedTransformer) marked slow
     + [("bridge-gpt2", s) if s in BRIDGE_DEFAULT else pytest.param("bridge-gpt2", s, marks=pytest.mark.slow)
        for s in SCORERS]

@@ -14,14 +14,13 @@ from edgewise import edge_attribution_patching_prune_scores, patchable_model
 from edgewise.io.files import load_mib_json, mib_edge_name, save_mib_json
 from edgewise.mib.submission import mib_graph_names
 from edgewise.models import (
-    hooked_transformer_available,
     random_bridge,
     random_hf_model,
     random_hooked_transformer,
 )
 
 from reference import reference_eap_scores, reference_patched_logits
-from util import VOCAB, random_loader, requires_hooked
+from util import VOCAB, hooked_case, hooked_only, random_loader
 
 GQA = ("llama", "qwen2", "gemma2")
 SHAPE = dict(n_layers=2, n_heads=4, d_head=4, d_vocab=VOCAB, n_kv_heads=2, dtype=torch.float64)
@@ -49,7 +48,8 @@ def fractional_masks(pm, gen):
 
 
 # ------------------------------------------------------------------ HookedTransformer archs
-@requires_hooked
+@hooked_only("edgewise's HookedTransformer builder random_hooked_transformer(arch=...); a "
+             "bridge runs the Hugging Face model itself")
 @pytest.mark.parametrize("arch", GQA)
 def test_hooked_arch_computes_what_the_hugging_face_model_computes(arch):
     hf = random_hf_model(arch, seed=3, **{k: v for k, v in SHAPE.items()})
@@ -63,13 +63,15 @@ def test_hooked_arch_computes_what_the_hugging_face_model_computes(arch):
     assert ht.cfg.original_architecture.lower().startswith(arch[:4])
 
 
-@requires_hooked
+@hooked_only("the argument check of random_hooked_transformer(arch=...)")
 def test_hooked_arch_refuses_shape_arguments_the_architecture_fixes():
     with pytest.raises(ValueError, match="normalization_type"):
         random_hooked_transformer(arch="llama", normalization_type="RMS")
 
 
-@requires_hooked
+@hooked_only("the HookedTransformer conversions; bridges: test_architectures.py::"
+             "test_eap_scores_are_gradients_of_the_reference, test_bridge_ungroup.py::"
+             "test_eap_on_ungrouped_bridge_is_the_closed_form")
 @pytest.mark.parametrize("arch", GQA)
 def test_eap_on_hooked_arch_is_the_closed_form(arch):
     pm = patchable_model(hooked(arch))
@@ -83,7 +85,8 @@ def test_eap_on_hooked_arch_is_the_closed_form(arch):
 
 
 # ------------------------------------------------------------------ ungrouped K/V (MIB)
-@requires_hooked
+@hooked_only("TransformerLens' ungroup_grouped_query_attention; bridges: test_bridge_ungroup.py::"
+             "test_ungrouped_bridge_has_mibs_graph_and_files")
 @pytest.mark.parametrize("arch", GQA)
 def test_ungrouped_graph_has_mibs_edges(arch, tmp_path):
     pm = patchable_model(hooked(arch), ungroup_kv=True)
@@ -101,14 +104,15 @@ def test_ungrouped_graph_has_mibs_edges(arch, tmp_path):
         torch.testing.assert_close(back[n], scores[n], atol=0, rtol=0)
 
 
-@requires_hooked
-def test_grouped_graph_is_refused_by_the_mib_format_naming_the_fix(tmp_path):
-    pm = patchable_model(hooked("llama"))
+@pytest.mark.parametrize("kind", [pytest.param("hooked", marks=hooked_case), "bridge"])
+def test_grouped_graph_is_refused_by_the_mib_format_naming_the_fix(kind, tmp_path):
+    pm = patchable_model(hooked("llama") if kind == "hooked" else random_bridge("llama", **SHAPE))
     with pytest.raises(ValueError, match="ungroup_kv=True"):
         save_mib_json(tmp_path / "g.json", pm, pm.new_masks(0.0))
 
 
-@requires_hooked
+@hooked_only("TransformerLens' ungroup_grouped_query_attention; bridges: test_bridge_ungroup.py::"
+             "test_ungrouped_bridge_patching_matches_reference")
 @pytest.mark.parametrize("arch", GQA)
 def test_ungrouped_patching_matches_reference(arch):
     pm = patchable_model(hooked(arch), ungroup_kv=True)
@@ -121,7 +125,8 @@ def test_ungrouped_patching_matches_reference(arch):
     assert (got - pm(clean)).abs().max() > 1e-3
 
 
-@requires_hooked
+@hooked_only("TransformerLens' ungroup_grouped_query_attention; bridges: test_bridge_ungroup.py::"
+             "test_patching_every_query_head_of_a_group_is_patching_the_grouped_input")
 @pytest.mark.parametrize("qkv", ["k", "v"])
 def test_patching_every_query_head_of_a_group_is_patching_the_grouped_input(qkv):
     """Query heads 2 and 3 share key/value head 1: patching an edge into both their
@@ -141,10 +146,8 @@ def test_patching_every_query_head_of_a_group_is_patching_the_grouped_input(qkv)
 
 
 # ------------------------------------------------------------------ Gemma 2
-@pytest.mark.parametrize("kind", ["bridge", "hooked"])
+@pytest.mark.parametrize("kind", ["bridge", pytest.param("hooked", marks=hooked_case)])
 def test_gemma2_patching_matches_reference(kind):
-    if kind == "hooked" and not hooked_transformer_available():
-        pytest.skip("HookedTransformer exists only in TransformerLens 3.x")
     model = random_bridge("gemma2", **SHAPE) if kind == "bridge" else hooked("gemma2")
     pm = patchable_model(model)
     clean, corrupt, gen = prompts(4)
@@ -163,11 +166,12 @@ def test_gemma2_patching_matches_reference(kind):
     torch.testing.assert_close(pm.run_patched(clean, zero, patch), pm(clean), atol=atol, rtol=0)
 
 
-@requires_hooked
-def test_gemma2_head_outputs_sum_to_what_the_block_adds():
+@pytest.mark.parametrize("kind", ["bridge", pytest.param("hooked", marks=hooked_case)])
+def test_gemma2_head_outputs_sum_to_what_the_block_adds(kind):
     """Read after the norm, the heads' outputs sum to ``hook_attn_out`` (what reaches the
-    residual stream), and the MLP's output is ``hook_mlp_out`` (after its norm)."""
-    pm = patchable_model(hooked("gemma2"))
+    residual stream: on a bridge the output of ``ln1_post``), and the MLP's output is
+    ``hook_mlp_out`` (after its norm)."""
+    pm = patchable_model(hooked("gemma2") if kind == "hooked" else random_bridge("gemma2", **SHAPE))
     tokens = prompts(5)[0]
     names = [f"blocks.{b}.hook_{x}_out" for b in range(2) for x in ("attn", "mlp")]
     with torch.no_grad():
@@ -182,11 +186,15 @@ def test_gemma2_head_outputs_sum_to_what_the_block_adds():
         torch.testing.assert_close(outs[mlp], cache[f"blocks.{b}.hook_mlp_out"], atol=0, rtol=0)
 
 
-@requires_hooked
-def test_a_centred_norm_of_the_summed_heads_is_refused_with_the_reason():
-    from transformer_lens.components import LayerNorm
+@pytest.mark.parametrize("kind", ["bridge", pytest.param("hooked", marks=hooked_case)])
+def test_a_centred_norm_of_the_summed_heads_is_refused_with_the_reason(kind):
+    if kind == "hooked":
+        from transformer_lens.components import LayerNorm
 
-    model = hooked("gemma2")
-    model.blocks[1].ln1_post = LayerNorm(model.cfg)
-    with pytest.raises(ValueError, match="blocks.1.ln1_post"):
+        model = hooked("gemma2")
+        model.blocks[1].ln1_post = LayerNorm(model.cfg)
+    else:  # Hugging Face's post_attention_layernorm, under the bridge's ln1_post
+        model = random_bridge("gemma2", **SHAPE)
+        model.blocks[1].ln1_post.set_original_component(torch.nn.LayerNorm(16, dtype=torch.float64))
+    with pytest.raises(ValueError, match="centred norm \\(blocks.1.ln1_post, LayerNorm\\)"):
         patchable_model(model)

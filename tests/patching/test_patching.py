@@ -11,7 +11,7 @@ from edgewise import GraphSpec, build_graph, patchable_model
 from edgewise.models import random_bridge, random_model
 
 from reference import reference_patched_logits
-from util import requires_hooked
+from util import hooked_case, hooked_only
 
 torch.set_default_dtype(torch.float32)
 VOCAB = 20
@@ -51,7 +51,9 @@ def test_graph_order_is_deterministic_and_patch_idx_is_unique():
     assert sum(1 for d in a.dests if d.name.startswith("A0.") and d.name.endswith(".K")) == 2
 
 
-@requires_hooked
+@hooked_only("HookedTransformerConfig's shapes (LNPre/RMSPre norms, parallel blocks with "
+             "grouped-query attention); bridges: test_random_binary_masks_match_reference_bridge, "
+             "test_unfactorized_and_joint_qkv_bridges_match_reference")
 @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     n_layers=st.integers(1, 3),
@@ -104,6 +106,23 @@ def test_random_binary_masks_match_reference_bridge(arch, kv, use_seq):
         got = pm.run_patched(clean, masks, patch)
         want = reference_patched_logits(pm, clean, masks, patch)
         torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(("arch", "factorized", "separate_qkv"),
+                         [("gpt2", False, True), ("neox", True, False)])  # fmt: skip
+def test_unfactorized_and_joint_qkv_bridges_match_reference(arch, factorized, separate_qkv):
+    """The graph options of the hooked property test on bridges: residual-stream edges
+    only (``factorized=False``), and one ``hook_attn_in`` input per head for Q, K and V
+    (``separate_qkv=False``) with parallel attention and MLP (GPT-NeoX)."""
+    model = random_bridge(arch, n_layers=2, n_heads=2, d_head=2, d_vocab=VOCAB, dtype=torch.float64)
+    pm = patchable_model(model, factorized=factorized, separate_qkv=separate_qkv, seq_len=5)
+    gen = torch.Generator().manual_seed(7)
+    clean, corrupt = tokens(gen), tokens(gen)
+    patch = pm.src_outs(corrupt)
+    masks = random_binary_masks(pm, gen)
+    got = pm.run_patched(clean, masks, patch)
+    torch.testing.assert_close(got, reference_patched_logits(pm, clean, masks, patch), atol=1e-6, rtol=0)
+    assert (got - pm(clean)).abs().max() > 1e-6
 
 
 MODEL_KINDS = {
@@ -179,13 +198,28 @@ def test_patch_context_restores_model_after_exception():
     torch.testing.assert_close(pm(clean), before, atol=0, rtol=0)
 
 
-@requires_hooked  # a bridge rebuilds hook_dict on every access
 def test_model_without_hooks_gets_a_clear_error():
     with pytest.raises(TypeError, match="no TransformerLens hook points"):
         patchable_model(torch.nn.Linear(3, 3))
-    model = random_model(n_layers=1)
+
+
+@hooked_only("deletes an entry of HookedTransformer.hook_dict (a bridge's case: "
+             "test_bridge_without_a_hook_point_gets_a_clear_error)")
+def test_hooked_transformer_without_a_hook_point_gets_a_clear_error():
+    model = random_model(n_layers=1, kind="hooked")
     del model.hook_dict["blocks.0.hook_mlp_out"]
     with pytest.raises(ValueError, match="lacks hook points.*blocks.0.hook_mlp_out"):
+        patchable_model(model)
+
+
+def test_bridge_without_a_hook_point_gets_a_clear_error(monkeypatch):
+    """A bridge builds ``hook_dict`` anew on every access: the property is replaced by one
+    without ``blocks.0.hook_mlp_out``."""
+    model = random_bridge("gpt2", n_layers=1, n_heads=2, d_head=2, d_vocab=VOCAB)
+    listed = type(model).hook_dict
+    monkeypatch.setattr(type(model), "hook_dict", property(
+        lambda self: {k: v for k, v in listed.__get__(self).items() if k != "blocks.0.hook_mlp_out"}))
+    with pytest.raises(ValueError, match="^TransformerBridge lacks hook points.*blocks.0.hook_mlp_out"):
         patchable_model(model)
 
 
@@ -220,10 +254,10 @@ def test_stacked_masks_patch_each_copy_of_the_batch_by_its_own_circuit():
         pm.run_patched(clean, {n: m[:2].detach() for n, m in stacked.items()}, patch)
 
 
-@requires_hooked
+@pytest.mark.parametrize("kind", [pytest.param("hooked", marks=hooked_case), "bridge"])
 @pytest.mark.parametrize(("seq", "prefix", "rotary"),
                          [(False, 0, False), (True, 0, False), (False, 3, False), (True, 2, True)])  # fmt: skip
-def test_a_pass_from_a_clean_start_equals_the_full_patched_pass(seq, prefix, rotary):
+def test_a_pass_from_a_clean_start_equals_the_full_patched_pass(seq, prefix, rotary, kind):
     """One module's masks per copy, the others shared, every mask before the start block
     0: starting at that block from the clean run gives the full model's patched outputs
     (the reference patcher), also after a shared mask changes in place. Where clean and
@@ -231,7 +265,7 @@ def test_a_pass_from_a_clean_start_equals_the_full_patched_pass(seq, prefix, rot
     positions after it (attending to the clean keys and values of the prefix)."""
     from edgewise.patching import engine
 
-    model = random_model(n_layers=3, d_vocab=VOCAB, dtype=torch.float64,
+    model = random_model(n_layers=3, d_vocab=VOCAB, dtype=torch.float64, kind=kind,
                          **({"positional_embedding_type": "rotary", "n_kv_heads": 2} if rotary else {}))  # fmt: skip
     pm = patchable_model(model, seq_len=5 if seq else None)
     gen = torch.Generator().manual_seed(21)

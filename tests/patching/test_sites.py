@@ -16,7 +16,7 @@ from edgewise import patchable_model
 from edgewise.models import random_bridge, random_model
 
 from reference import reference_patched_logits
-from util import requires_hooked
+from util import hooked_only
 
 VOCAB = 20
 NORMS = ["LN", "LNPre", "RMS", "RMSPre", None]
@@ -34,7 +34,8 @@ def _model(norm="LN", n_kv=None, parallel=False, dtype=torch.float64, seed=0):
     )
 
 
-@requires_hooked
+@hooked_only("HookedTransformer's hook points and cfg flags; bridges: "
+             "test_bridges_read_heads_from_hook_z_and_patch_qkv_after_the_projection")
 def test_hooked_transformer_uses_fast_hooks_and_no_per_head_flags():
     model = _model()
     pm = patchable_model(model)
@@ -107,25 +108,35 @@ def test_bridge_projected_patching_matches_the_reference_values_and_gradients(ar
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_bridge_mask_only_backward_gives_the_same_gradients(arch):
-    """``param_grads=False`` on a bridge: the masks get the gradients of the model's own
+    """``param_grads=False`` on a bridge: the masks and every upstream activation (here
+    the embeddings, which reach every block) get the gradients of the model's own
     backward (float64; float32 through Llama's RMSNorm)."""
     pm = patchable_model(_bridge(arch, 1))
     gen = torch.Generator().manual_seed(4)
     clean, corrupt = _tokens(gen), _tokens(gen)
     patch = pm.src_outs(corrupt)
     w = torch.randn(VOCAB, generator=gen, dtype=torch.float64)
+    embed = pm.adapter.hook_point("hook_embed")
     grads = {}
     for param_grads in (True, False):
         masks = pm.new_masks(0.0, requires_grad=True, dtype=torch.float64)
-        with pm.patch(masks, patch, param_grads=param_grads):
-            out = pm(clean)
-        grads[param_grads] = torch.autograd.grad((out * w).sum(), list(masks.values()))
+        seen: list[torch.Tensor] = []
+        handle = embed.register_forward_hook(lambda _m, _i, out, seen=seen: seen.append(out))
+        try:
+            with pm.patch(masks, patch, param_grads=param_grads):
+                out = pm(clean)
+        finally:
+            handle.remove()
+        assert len(seen) == 1
+        grads[param_grads] = torch.autograd.grad((out * w).sum(), list(masks.values()) + seen)
     tol = 1e-12 if arch == "gpt2" else 1e-5  # Llama's RMSNorm runs in float32
     for got, want in zip(grads[False], grads[True]):
         torch.testing.assert_close(got, want, atol=tol * (1.0 + float(want.abs().max())), rtol=0)
 
 
-@requires_hooked
+@hooked_only("HookedTransformerConfig's norm types (LNPre, RMSPre, none) and parallel blocks "
+             "with grouped-query attention; bridges (GPT-2, Llama, Qwen 2): "
+             "test_bridge_projected_patching_matches_the_reference_values_and_gradients")
 @settings(max_examples=16, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     norm=st.sampled_from(NORMS),
@@ -162,7 +173,8 @@ def test_mask_gradients_match_autograd_of_reference(norm, gqa, parallel, use_seq
             torch.testing.assert_close(stacked[n].grad[i], masks[n].grad, atol=1e-7, rtol=1e-6)
 
 
-@requires_hooked
+@hooked_only("HookedTransformerConfig's norm types (LNPre, RMSPre, none) and parallel blocks "
+             "with grouped-query attention; bridges: test_bridge_mask_only_backward_gives_the_same_gradients")
 @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
 @given(norm=st.sampled_from(NORMS), gqa=st.booleans(), parallel=st.booleans(),
        seed=st.integers(0, 2**16))

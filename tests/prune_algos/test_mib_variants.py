@@ -31,7 +31,7 @@ from edgewise.runtime.ablation import batch_src_ablations
 from edgewise.types import AblationType
 
 from reference import capture_sources_and_dests, reference_eap_scores
-from util import VOCAB, random_loader, requires_hooked
+from util import VOCAB, hooked_case, hooked_only, random_loader
 
 MODELS = {
     "hooked": lambda: random_model(n_layers=2, d_vocab=VOCAB, dtype=torch.float64, seed=3),
@@ -40,7 +40,7 @@ MODELS = {
 
 
 def _kinds():
-    return [pytest.param("hooked", marks=requires_hooked), "bridge-gpt2"]
+    return [pytest.param("hooked", marks=hooked_case), "bridge-gpt2"]
 
 
 def assert_scores_close(got, want, rel=1e-9):
@@ -403,7 +403,8 @@ def test_bad_arguments_are_named():
         eap_ig_activations_prune_scores(pm, loader, integrated_grad_samples=0, progress=False)
 
 
-@requires_hooked
+@hooked_only("compares with random_hooked_transformer(arch=...)'s hook_scale; bridges: "
+             "test_norm_scale_on_rms_norm_bridges_is_the_frozen_scale_backward")
 @pytest.mark.parametrize("arch", ["llama", "gemma2"])
 def test_norm_scale_on_a_bridge_equals_the_hooked_transformer(arch):
     """RMSNorm bridges (Gemma's with its ``1 + w`` gain) give the frozen-scale scores that a
@@ -421,6 +422,50 @@ def test_norm_scale_on_a_bridge_equals_the_hooked_transformer(arch):
     # so the two kinds agree to float32 rounding; the rule moves the scores 100x further
     assert_scores_close(got, want, rel=1e-5)
     plain = mask_gradient_prune_scores(bridge, loader, None, **run)
+    scale = max(v.abs().max().item() for v in plain.values())
+    assert max((got[n] - plain[n]).abs().max().item() for n in plain) > 1e-3 * scale
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_norm_scale_on_rms_norm_bridges_is_the_frozen_scale_backward(arch, monkeypatch):
+    """On Llama and Gemma 2 bridges (RMSNorms, Gemma's with the ``1 + w`` gain) the rule's
+    scores are the plain scores of the same model with every norm's ``1 / rms(x)``
+    detached, written here as the forward of the bridge's norms and of the Hugging Face
+    modules they wrap; and the rule changes them. One ``hook_attn_in`` input per head
+    (``separate_qkv=False``): Q/K/V patched after the projection have edgewise's own
+    backward through ``ln1``, which a replaced forward does not reach (that path:
+    test_norm_scale_on_a_bridge_equals_the_hooked_transformer, TransformerLens 3.x)."""
+    from transformer_lens.model_bridge.generalized_components.normalization import (
+        NormalizationBridge,
+    )
+    from transformers.models.gemma2.modeling_gemma2 import Gemma2RMSNorm
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    def frozen_scale(self: torch.nn.Module, x: torch.Tensor, **_: object) -> torch.Tensor:
+        """The norm with its scale detached; a bridge's norm still fires its hook_in and
+        hook_out (edgewise reads Gemma 2's heads after ``ln1_post``)."""
+        bridge = isinstance(self, NormalizationBridge)
+        raw = self.original_component if bridge else self
+        x = self.hook_in(x) if bridge else x
+        eps = getattr(raw, "variance_epsilon", getattr(raw, "eps", None))
+        gain = raw.weight.float() + (1.0 if isinstance(raw, Gemma2RMSNorm) else 0.0)
+        inv = torch.rsqrt(x.detach().float().pow(2).mean(-1, keepdim=True) + eps)
+        out = (x.float() * inv * gain).type_as(x)
+        return self.hook_out(out) if bridge else out
+
+    model = random_bridge(arch, n_layers=2, n_heads=2, d_head=2, d_vocab=VOCAB,
+                          dtype=torch.float64, seed=4)  # fmt: skip
+    pm = patchable_model(model, separate_qkv=False)
+    loader = random_loader(seed=14, n=4, batch_size=2)
+    run = {"grad_function": "logit", "answer_function": "avg_diff", "mask_val": 0.0,
+           "progress": False}
+    got = mask_gradient_prune_scores(pm, loader, None, grad_rules=["norm_scale"], **run)
+    plain = mask_gradient_prune_scores(pm, loader, None, **run)
+    for cls in (NormalizationBridge, LlamaRMSNorm, Gemma2RMSNorm):
+        monkeypatch.setattr(cls, "forward", frozen_scale)
+    want = mask_gradient_prune_scores(pm, loader, None, **run)
+    # the Hugging Face RMSNorms compute in float32 even for float64 weights
+    assert_scores_close(got, want, rel=1e-5)
     scale = max(v.abs().max().item() for v in plain.values())
     assert max((got[n] - plain[n]).abs().max().item() for n in plain) > 1e-3 * scale
 

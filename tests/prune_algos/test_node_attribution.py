@@ -19,7 +19,7 @@ from edgewise.prune_algos.node_attribution import flat_node_scores, node_attribu
 from edgewise.runtime.ablation import batch_src_ablations
 
 from reference import capture_sources_and_dests
-from util import VOCAB, grad_tol, random_loader, requires_hooked
+from util import VOCAB, grad_tol, hooked_case, hooked_only, random_loader
 
 INPUT = "blocks.0.hook_resid_pre"
 
@@ -76,7 +76,9 @@ def assert_scores_close(got, want, rel=1e-8):
         torch.testing.assert_close(got[n].double(), want[n], atol=rel * scale, rtol=0)
 
 
-@requires_hooked
+@hooked_only("HookedTransformerConfig's shapes (parallel blocks, grouped-query attention "
+             "with standard positions); bridges: test_neuron_eap_equals_closed_form_bridge, "
+             "test_node_eap_is_the_sum_of_its_edges_bridge")
 @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     n_layers=st.integers(1, 2),
@@ -128,6 +130,32 @@ def test_neuron_eap_equals_closed_form_bridge(arch, kv):
     got = node_attribution_scores(pm, loader, level="neuron", mlp_gradient="output",
                                   scale="sum", progress=False)  # fmt: skip
     assert_scores_close(got, reference_neuron_scores(pm, loader), rel=grad_tol(pm, 1e-8))
+
+
+@pytest.mark.parametrize("arch,kv,mlp_gradient", [("neox", None, "input"), ("llama", 2, "output")])
+def test_node_eap_is_the_sum_of_its_edges_bridge(arch, kv, mlp_gradient):
+    """GPT-NeoX (parallel blocks) and Llama (grouped-query attention) bridges: node and
+    neuron EAP equal the closed form for either MLP gradient, and with the MLP's output
+    gradient a node's score is the sum of the EAP scores of the edges out of it."""
+    model = random_bridge(arch, n_layers=2, n_heads=2, d_head=2, d_vocab=VOCAB, n_kv_heads=kv,
+                          dtype=torch.float64)  # fmt: skip
+    pm = patchable_model(model)
+    loader = random_loader(seed=3)
+    rel = grad_tol(pm, 1e-8)
+    want = reference_neuron_scores(pm, loader, mlp_gradient=mlp_gradient)
+    kw = {"mlp_gradient": mlp_gradient, "scale": "sum", "progress": False}
+    neuron = node_attribution_scores(pm, loader, level="neuron", **kw)
+    node = node_attribution_scores(pm, loader, level="node", **kw)
+    assert_scores_close(neuron, want, rel=rel)
+    assert_scores_close(node, {n: w.sum(-1) for n, w in want.items()}, rel=rel)
+    assert flat_node_scores(pm, neuron).shape == (len(pm.srcs), int(pm.cfg.d_model))
+    if mlp_gradient == "output":
+        edges = edge_attribution_patching_prune_scores(pm, loader, progress=False)
+        summed = torch.zeros(len(pm.srcs), dtype=torch.float64)
+        for name, mod in pm.dest_modules.items():
+            summed[mod.src_lo : mod.src_hi] += edges[name].double().reshape(-1, mod.src_hi - mod.src_lo).sum(0)
+        torch.testing.assert_close(flat_node_scores(pm, node).double(), summed,
+                                   atol=rel * (1 + float(summed.abs().max())), rtol=0)  # fmt: skip
 
 
 def small_pm():
@@ -253,7 +281,7 @@ def reference_ig_activations_neurons(pm, loader, m):
     return out
 
 
-@pytest.mark.parametrize("kind", [pytest.param("hooked", marks=requires_hooked), "bridge"])
+@pytest.mark.parametrize("kind", [pytest.param("hooked", marks=hooked_case), "bridge"])
 def test_eap_ig_activations_equals_mibs_computation_with_plain_hooks(kind):
     if kind == "hooked":
         model = random_model(n_layers=2, n_heads=2, d_head=2, d_vocab=VOCAB, dtype=torch.float64)
@@ -266,11 +294,10 @@ def test_eap_ig_activations_equals_mibs_computation_with_plain_hooks(kind):
     got = node_attribution_scores(pm, loader, method="eap-ig-activations", level="neuron",
                                   integrated_grad_samples=2, progress=False)  # fmt: skip
     assert_scores_close(got, {n: w / 3 for n, w in want["input"].items()})
-    if kind == "hooked":  # (the slower bridge: the default only)
-        out = node_attribution_scores(pm, loader, method="eap-ig-activations", level="node",
-                                      integrated_grad_samples=2, mlp_gradient="output",
-                                      scale="sum", progress=False)  # fmt: skip
-        assert_scores_close(out, {n: w.sum(-1) for n, w in want["output"].items()})
+    out = node_attribution_scores(pm, loader, method="eap-ig-activations", level="node",
+                                  integrated_grad_samples=2, mlp_gradient="output",
+                                  scale="sum", progress=False)  # fmt: skip
+    assert_scores_close(out, {n: w.sum(-1) for n, w in want["output"].items()})
     # a moved MLP passes no gradient back to its input: the two reads differ on MLPs
     mlp = next(mod.module_name for mod in pm.graph.src_modules if mod.kind == "mlp")
     assert not torch.allclose(want["input"][mlp], want["output"][mlp])
