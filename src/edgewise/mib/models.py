@@ -19,8 +19,8 @@ Bytes of one EAP pass over ``p`` prompts of ``s`` tokens:
   ``2 d_mlp``, plus :data:`PATCHED_ROW_TENSORS` ``d_model`` per patched destination row
   for the patched pass's own inputs (the input, the norm's output and the projection's
   input stay for the backward pass): the MLP's, and where Q/K/V cannot be patched after
-  the projection (Gemma 2's post-attention norm) every query, key and value head's too
-  (``3 H + 1`` rows), in the model's dtype, and float32 logits with their log-softmax
+  the projection (Gemma 2's post-attention norm; grouped K/V, which MIB ungrouped) every
+  query, key and value head's too (``3 H + 1`` rows), in the model's dtype, and float32 logits with their log-softmax
   (``2 s d_vocab``). Measured on bridges of GPT-2 small's and Qwen2.5-0.5B's shapes
   (``bench/bench_shapes.py``): within 15%;
 - **bridge copies**: a ``TransformerBridge`` over GPT-2 splits the fused ``c_attn`` into
@@ -123,8 +123,11 @@ class MIBModel:
     @property
     def qkv_projected(self) -> bool:
         """Whether edgewise patches Q/K/V after the projection (no per-head copies of the
-        residual stream): every block without a norm after its attention (not Gemma 2)."""
-        return self.norms_per_block == 2
+        residual stream) as MIB loads the model: blocks without a norm after their
+        attention (not Gemma 2) and one key/value head per query head (grouped K/V are
+        ungrouped for MIB's graph, and each query head's K/V input is then patched
+        before the projection)."""
+        return self.norms_per_block == 2 and self.n_kv_heads == self.n_heads
 
     @property
     def item(self) -> int:
