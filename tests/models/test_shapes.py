@@ -154,3 +154,21 @@ def test_bfloat16_build_never_holds_a_float32_copy():
     n = 75968 * 448 + 2 * 448 * 448 + 2 * 448 * 64 + 448 + 2 * 64 + 3 * 448 * 2432 + 3 * 448
     assert n == 37_762_944 and weights == 2 * n
     assert grew < weights + 30 * 2**20 < 2 * weights
+
+
+@pytest.mark.parametrize("name", SHAPES)
+def test_a_bridge_holds_the_counted_weights_and_its_split_qkv_copy(name):
+    """What ``edgewise mib memory`` counts as weights is what a bridge holds: the
+    parameters, plus a split copy of the fused Q/K/V projection on GPT-2 and GPT-NeoX
+    (Pythia); TransformerLens 3.9's bridge also gives the unembedding a bias."""
+    from edgewise.mib.models import bridge_copy_bytes
+
+    model = random_shape_model(name, "bridge", n_layers=2, scale=16, dtype=torch.float32)
+    held = sum(p.numel() * p.element_size() for p in model.original_model.parameters())
+    plain = random_shape_hf_model(name, n_layers=2, scale=16, dtype=torch.float32)  # no bridge
+    counted = sum(p.numel() for p in plain.parameters())
+    m = dataclasses.replace(SHAPES[name], n_layers=2, d_model=int(model.cfg.d_model),
+                            dtype=torch.float32)  # fmt: skip
+    copy = bridge_copy_bytes(m)
+    assert (copy > 0) == (name in ("gpt2", "pythia-1.4b"))
+    assert held - counted * 4 in (copy, copy + 4 * int(model.cfg.d_vocab)), (held, counted, copy)

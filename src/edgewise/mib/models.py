@@ -23,9 +23,9 @@ Bytes of one EAP pass over ``p`` prompts of ``s`` tokens:
   query, key and value head's too (``3 H + 1`` rows), in the model's dtype, and float32 logits with their log-softmax
   (``2 s d_vocab``). Measured on bridges of GPT-2 small's and Qwen2.5-0.5B's shapes
   (``bench/bench_shapes.py``): within 15%;
-- **bridge copies**: a ``TransformerBridge`` over GPT-2 splits the fused ``c_attn`` into
-  separate Q, K and V weights, a second copy of ``3 d_model^2 + 3 d_model`` per layer
-  (:func:`bridge_copy_bytes`);
+- **bridge copies**: a ``TransformerBridge`` over GPT-2 or GPT-NeoX splits the fused Q/K/V
+  projection into separate Q, K and V weights, a second copy of ``3 d_model^2 + 3 d_model``
+  per layer (:func:`bridge_copy_bytes`);
 
 Prompt lengths: MIB's code states none, and the real data and tokenizers are not here,
 so :data:`ASSUMED_SEQ_LEN` are *assumptions* (order of magnitude from the tasks' prompt
@@ -180,9 +180,10 @@ def activation_bytes(model: MIBModel, prompts: int, seq: int) -> int:
 
 
 def bridge_copy_bytes(model: MIBModel) -> int:
-    """Bytes a ``TransformerBridge`` holds beyond the Hugging Face weights: GPT-2's fused
-    Q/K/V projection split into separate copies (0 for the other architectures)."""
-    if model.arch != "gpt2":
+    """Bytes a ``TransformerBridge`` holds beyond the Hugging Face weights: the fused Q/K/V
+    projection of GPT-2 and GPT-NeoX (Pythia) split into separate copies (0 for the
+    architectures with separate projections)."""
+    if model.arch not in ("gpt2", "neox"):
         return 0
     return model.n_layers * (3 * model.d_model**2 + 3 * model.d_model) * model.item
 
