@@ -106,6 +106,23 @@ def test_bridge_projected_patching_matches_the_reference_values_and_gradients(ar
             torch.testing.assert_close(stacked[n].grad[i], masks[n].grad, atol=tol * scale, rtol=0)
 
 
+def _patched_run_and_embeddings(pm, clean, masks, patch, param_grads):
+    """Logits of ``clean`` patched with ``masks`` and ``patch`` (``param_grads`` as
+    :meth:`PatchableModel.patch` takes it), and the embeddings that run computed (every
+    block's input depends on them): the upstream activation whose gradient the
+    mask-only backward must leave unchanged."""
+    seen: list[torch.Tensor] = []
+    embed = pm.adapter.hook_point("hook_embed")
+    handle = embed.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    try:
+        with pm.patch(masks, patch, param_grads=param_grads):
+            out = pm(clean)
+    finally:
+        handle.remove()
+    assert len(seen) == 1
+    return out, seen[0]
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_bridge_mask_only_backward_gives_the_same_gradients(arch):
     """``param_grads=False`` on a bridge: the masks and every upstream activation (here
@@ -116,19 +133,11 @@ def test_bridge_mask_only_backward_gives_the_same_gradients(arch):
     clean, corrupt = _tokens(gen), _tokens(gen)
     patch = pm.src_outs(corrupt)
     w = torch.randn(VOCAB, generator=gen, dtype=torch.float64)
-    embed = pm.adapter.hook_point("hook_embed")
     grads = {}
     for param_grads in (True, False):
         masks = pm.new_masks(0.0, requires_grad=True, dtype=torch.float64)
-        seen: list[torch.Tensor] = []
-        handle = embed.register_forward_hook(lambda _m, _i, out, seen=seen: seen.append(out))
-        try:
-            with pm.patch(masks, patch, param_grads=param_grads):
-                out = pm(clean)
-        finally:
-            handle.remove()
-        assert len(seen) == 1
-        grads[param_grads] = torch.autograd.grad((out * w).sum(), list(masks.values()) + seen)
+        out, embedded = _patched_run_and_embeddings(pm, clean, masks, patch, param_grads)
+        grads[param_grads] = torch.autograd.grad((out * w).sum(), [*masks.values(), embedded])
     tol = 1e-12 if arch == "gpt2" else 1e-5  # Llama's RMSNorm runs in float32
     for got, want in zip(grads[False], grads[True]):
         torch.testing.assert_close(got, want, atol=tol * (1.0 + float(want.abs().max())), rtol=0)
@@ -188,19 +197,12 @@ def test_mask_only_backward_gives_the_same_gradients(norm, gqa, parallel, seed):
     clean, corrupt = _tokens(gen), _tokens(gen)
     patch = pm.src_outs(corrupt)
     w = torch.randn(VOCAB, generator=gen, dtype=torch.float64)
-    embed = pm.adapter.hook_point("hook_embed")
     grads = {}
     for param_grads in (True, False):
         pm.wrapped_model.zero_grad(set_to_none=True)
         masks = pm.new_masks(0.0, requires_grad=True, dtype=torch.float64)
-        seen: list[torch.Tensor] = []
-        handle = embed.register_forward_hook(lambda _m, _i, out, seen=seen: seen.append(out))
-        try:
-            with pm.patch(masks, patch, param_grads=param_grads):
-                out = pm(clean)
-        finally:
-            handle.remove()
-        inputs = list(masks.values()) + seen
+        out, embedded = _patched_run_and_embeddings(pm, clean, masks, patch, param_grads)
+        inputs = [*masks.values(), embedded]
         grads[param_grads] = torch.autograd.grad((out * w).sum(), inputs, retain_graph=True)
         if param_grads:
             (out * w).sum().backward()
