@@ -110,10 +110,17 @@ def _patched_run_and_embeddings(pm, clean, masks, patch, param_grads):
     """Logits of ``clean`` patched with ``masks`` and ``patch`` (``param_grads`` as
     :meth:`PatchableModel.patch` takes it), and the embeddings that run computed (every
     block's input depends on them): the upstream activation whose gradient the
-    mask-only backward must leave unchanged."""
+    mask-only backward must leave unchanged. They are made a leaf that requires a
+    gradient: with ``param_grads=False`` no parameter does, so nothing upstream of the
+    first patched activation would be in the autograd graph."""
     seen: list[torch.Tensor] = []
+
+    def leaf(_m, _i, out):
+        seen.append(out.detach().requires_grad_(True))
+        return seen[-1]
+
     embed = pm.adapter.hook_point("hook_embed")
-    handle = embed.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    handle = embed.register_forward_hook(leaf)
     try:
         with pm.patch(masks, patch, param_grads=param_grads):
             out = pm(clean)

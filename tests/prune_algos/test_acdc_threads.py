@@ -24,8 +24,8 @@ def _model_and_data():
 
 @pytest.fixture(scope="module")
 def plain_search():
-    """The model, data, taus and the plain search's scores (computed once)."""
-    torch.set_num_threads(2)
+    """The model, data, taus and the plain search's scores (computed once, on the
+    suite's thread count)."""
     pm, loader = _model_and_data()
     exps, bases, _ = taus_for(pm, loader, "kl_div")
     plain = acdc_prune_scores(pm, loader, None, exps, bases, progress=False, method="plain")

@@ -208,6 +208,16 @@ def batch_output(model: Any, logits: Tensor, batch: PromptPairBatch) -> Tensor:
     return select_output(logits, model.out_slice, batch.lengths)
 
 
+def model_output(model: Any, tokens: Tensor, batch: PromptPairBatch) -> Tensor:
+    """:func:`batch_output` of ``model(tokens)``: through ``model.outputs`` where the model
+    has it (a ``PatchableModel``: the unembedding at the output positions only), else from
+    the full logits (any callable with an ``out_slice``)."""
+    outputs = getattr(model, "outputs", None)
+    if callable(outputs):
+        return outputs(tokens, batch.lengths)
+    return batch_output(model, model(tokens), batch)
+
+
 def _stack_or_list(tensors: Sequence[Tensor]) -> Tensor | list[Tensor]:
     if all(t.shape == tensors[0].shape for t in tensors):
         return torch.stack(list(tensors))

@@ -23,7 +23,6 @@ from edgewise.data import (
     loader_batches,
     refuse_padded_means,
     require_full_prompts,
-    select_output,
 )
 from edgewise.data.checks import scoring_entry
 from edgewise.patching.model import PatchableModel
@@ -277,14 +276,13 @@ def _batch_circuits(
         for i in range(0, len(sizes), stack):
             chunk = sizes[i : i + stack]
             masks = [circuit_masks(model, prune_scores, t, in_value) for _, t in chunk]
-            if len(chunk) == 1:
-                logits = model.run_patched(toks, masks[0], patch)[None]
-            else:  # several circuits in one pass: copy c of the batch runs circuit c
-                stacked = {n: torch.stack([m[n] for m in masks]) for n in masks[0]}
-                logits = model.run_patched(toks.repeat(len(chunk), 1), stacked, patch)
-                logits = logits.view(len(chunk), toks.shape[0], *logits.shape[1:])
-            for (size, _), out in zip(chunk, logits):
-                parts[size].append(select_output(out, model.out_slice, part.lengths))
+            c = len(chunk)  # several circuits in one pass: copy i of the batch runs circuit i
+            stacked = masks[0] if c == 1 else {n: torch.stack([m[n] for m in masks]) for n in masks[0]}
+            lengths = None if part.lengths is None else part.lengths.repeat(c)
+            with model.patch(stacked, patch):
+                outs = model.outputs(toks.repeat(c, 1), lengths)
+            for (size, _), out in zip(chunk, outs.view(c, toks.shape[0], *outs.shape[1:])):
+                parts[size].append(out)
     return {size: p[0] if len(p) == 1 else torch.cat(p) for size, p in parts.items()}
 
 

@@ -40,7 +40,6 @@ from edgewise.data import (
     loader_batches,
     refuse_padded_means,
     require_full_prompts,
-    select_output,
 )
 from edgewise.data.checks import scoring_entry
 from edgewise.patching.model import PatchableModel
@@ -235,17 +234,17 @@ def run_node_circuits(
                 c = len(chunk)
                 if c == 1:
                     masks, dims = chunk[0]
-                    logits = model.run_patched(toks, masks, patch, src_dims=dims)[None]
                 else:
                     masks = {n: torch.stack([m[n] for m, _ in chunk]) for n in chunk[0][0]}
                     dims = None
                     if any(dm is not None for _, dm in chunk):
                         full = [dm if dm is not None else _node_dims(model) for _, dm in chunk]
                         dims = torch.stack(full)
-                    logits = model.run_patched(toks.repeat(c, 1), masks, patch, src_dims=dims)
-                    logits = logits.view(c, toks.shape[0], *logits.shape[1:])
-                for n, out in zip(counts[i : i + c], logits):
-                    outputs[n][batch.key] = select_output(out, model.out_slice, batch.lengths).clone()
+                lengths = None if batch.lengths is None else batch.lengths.repeat(c)
+                with model.patch(masks, patch, src_dims=dims):
+                    outs = model.outputs(toks.repeat(c, 1), lengths)
+                for n, out in zip(counts[i : i + c], outs.view(c, toks.shape[0], *outs.shape[1:])):
+                    outputs[n][batch.key] = out.clone()
                 bar.update(c)
     bar.close()
     return outputs

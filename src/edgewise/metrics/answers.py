@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from edgewise.data import (
     PromptDataLoader,
     PromptPairBatch,
-    batch_output,
     check_answer_ids,
     loader_batches,
 )
+from edgewise.data.batches import model_output
 from edgewise.data.checks import scoring_entry
 from edgewise.patching.model import PatchableModel
 from edgewise.types import CircuitOutputs, Measurements
@@ -247,7 +247,7 @@ def full_model_outputs(
     prompt's last token) per batch key."""
     with torch.inference_mode():
         return {
-            b.key: batch_output(model, model(b.clean if clean else b.corrupt), b)
+            b.key: model_output(model, b.clean if clean else b.corrupt, b)
             for b in dataloader
         }
 

@@ -13,15 +13,21 @@ Bytes of one EAP pass over ``p`` prompts of ``s`` tokens:
 - **patch buffers**: :func:`edgewise.runtime.memory.pass_bytes` on the model's graph
   (two ``[n_srcs, p, s, d_model]`` buffers and a block's float32 gradient rows), exact for
   edgewise's buffers;
-- **activations**: what autograd keeps for the backward pass, per token and layer:
-  ``6 d_model + 4 H d_head + 2 H s`` (norm inputs, Q/K/V, head outputs, the attention
-  scores and probabilities) plus ``3 d_mlp`` (gated MLP: gate, up, product) or
-  ``2 d_mlp``, plus :data:`PATCHED_ROW_TENSORS` ``d_model`` per patched destination row
-  for the patched pass's own inputs (the input, the norm's output and the projection's
-  input stay for the backward pass): the MLP's, and where Q/K/V cannot be patched after
-  the projection (Gemma 2's post-attention norm; grouped K/V, which MIB ungrouped) every
-  query, key and value head's too (``3 H + 1`` rows), in the model's dtype, and float32 logits with their log-softmax
-  (``2 s d_vocab``). Measured on bridges of GPT-2 small's and Qwen2.5-0.5B's shapes
+- **activations**: what autograd keeps for the backward pass of a patched pass whose
+  parameters require no gradient (``param_grads=False``: a linear layer then keeps its
+  weight, not its input), counted with ``torch.autograd.graph.saved_tensors_hooks`` on
+  bridges of each shape and tested per layer in ``tests/mib/test_mib_models.py``. Per
+  token and layer: with LayerNorm (GPT-2, GPT-NeoX) ``3 d_model`` (GPT-2; ``1`` in
+  GPT-NeoX's parallel block) ``+ 6 H d_head + H s`` in the model's dtype; with a
+  Hugging Face RMSNorm, which normalises in float32 (Qwen 2, Llama, Gemma 2), ``2 d_model``
+  (Gemma 2's four norms: ``4``) float32 inputs, ``3 H d_head`` and ``H s`` in the
+  model's dtype and ``2 H s`` float32 scores; plus :data:`MLP_TENSORS` ``d_mlp``; plus,
+  where Q/K/V cannot be patched after the projection (Gemma 2's post-attention norm;
+  grouped K/V, which MIB ungroups), the norm's input of every query, key and value head's
+  patched row (``3 H d_model``, float32 under an RMSNorm). Per layer, ungrouped K/V also
+  keep their per-head weights (``2 H d_model d_head``). Per prompt, the float32 logits
+  with their log-softmax at the one output position (``2 d_vocab``; the unembedding runs
+  there only, :meth:`PatchableModel.outputs`). Measured on bridges at the real shapes
   (``bench/bench_shapes.py``): within 15%;
 - **bridge copies**: a ``TransformerBridge`` over GPT-2 or GPT-NeoX splits the fused Q/K/V
   projection into separate Q, K and V weights, a second copy of ``3 d_model^2 + 3 d_model``
@@ -52,10 +58,11 @@ __all__ = [
     "MIB_PAIRS",
     "MIBModel",
     "MemoryPlan",
-    "PATCHED_ROW_TENSORS",
+    "MLP_TENSORS",
     "activation_bytes",
     "bridge_copy_bytes",
     "eap_memory",
+    "patched_row_bytes",
     "run_memory",
 ]
 
@@ -165,18 +172,32 @@ ASSUMED_SEQ_LEN: dict[str, int] = {
 """Assumed (not measured) prompt lengths per task, BOS included; see the module docstring."""
 
 
-PATCHED_ROW_TENSORS = 3
-"""``[d_model]`` tensors autograd keeps per token for each patched destination row."""
+MLP_TENSORS: dict[str, int] = {"gpt2": 4, "neox": 1}
+"""``[d_mlp]`` tensors autograd keeps per token in the MLP, by architecture: GPT-2's tanh
+GELU, written out in Python, keeps four, GPT-NeoX's GELU one, the gated MLPs of Qwen 2,
+Gemma 2 and Llama three (gate, up, activation)."""
+
+
+def patched_row_bytes(model: MIBModel) -> int:
+    """Bytes per token and ``d_model`` that autograd keeps for one patched Q/K/V row: the
+    norm's input, float32 under a Hugging Face RMSNorm."""
+    return model.item if model.layer_norm else max(model.item, 4)
 
 
 def activation_bytes(model: MIBModel, prompts: int, seq: int) -> int:
-    """The bytes autograd keeps for one backward pass of EAP (module docstring)."""
-    per_layer = 6 * model.d_model + 4 * model.n_heads * model.d_head
-    per_layer += 2 * model.n_heads * seq + (3 if model.gated_mlp else 2) * model.d_mlp
-    rows = 1 if model.qkv_projected else 3 * model.n_heads + 1
-    per_layer += PATCHED_ROW_TENSORS * rows * model.d_model
-    tokens = prompts * seq
-    return tokens * (model.n_layers * per_layer * model.item + 2 * model.d_vocab * 4)
+    """The bytes autograd keeps for one backward pass of EAP (module docstring), for
+    ``prompts`` prompts of ``seq`` tokens read at their last position."""
+    d, hd, hs, item = model.d_model, model.n_heads * model.d_head, model.n_heads * seq, model.item
+    if model.layer_norm:
+        per_token = ((1 if model.parallel else 3) * d + 6 * hd + hs) * item
+    else:
+        per_token = (4 if model.norms_per_block == 4 else 2) * d * 4 + (3 * hd + hs) * item + 2 * hs * 4
+    per_token += MLP_TENSORS.get(model.arch, 3) * model.d_mlp * item
+    if not model.qkv_projected:
+        per_token += 3 * model.n_heads * d * patched_row_bytes(model)
+    ungrouped = model.n_kv_heads < model.n_heads  # MIB's per-head K/V weights, kept per layer
+    kv_weights = 2 * model.n_heads * d * model.d_head * item * ungrouped
+    return model.n_layers * (prompts * seq * per_token + kv_weights) + prompts * 2 * model.d_vocab * 4
 
 
 def bridge_copy_bytes(model: MIBModel) -> int:
@@ -255,8 +276,8 @@ def eap_memory(model: MIBModel, task: str, seq: int, batch: int, budget: int | N
 
     chunk, blocks = batch, 1
     if budget is not None and total(batch, n) > budget:
-        per_prompt = total(2, n) - total(1, n)
-        chunk = max(0, min(batch, (budget - weights) // per_prompt))
+        per_prompt = total(2, n) - total(1, n)  # the rest is per pass: weights, K/V copies
+        chunk = max(0, min(batch, (budget - total(1, n) + per_prompt) // per_prompt))
         if chunk == 0:
             per_src = total(1, 1) - total(1, 0)
             max_srcs = (budget - total(1, 0)) // per_src

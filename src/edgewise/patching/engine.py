@@ -507,7 +507,7 @@ def patched_outputs(
     with torch.inference_mode():
         if start is None:
             with patching(pm, make_plan(pm, masks, patch_src_outs)):
-                return pm(tokens)[pm.out_slice]
+                return pm.outputs(tokens)
         plan = make_plan(pm, masks, patch_src_outs, clean=clean, start=start)
         assert clean is not None
         k, skip = plan.copies, clean.skip

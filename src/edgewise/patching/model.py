@@ -189,6 +189,56 @@ class PatchableModel(nn.Module):
         with self._after_prefix(tokens, kwargs) as kwargs:
             return self.wrapped_model(tokens, **kwargs)
 
+    def outputs(self, tokens: torch.Tensor, lengths: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+        """The output metrics read: ``select_output(self(tokens), self.out_slice, lengths)``
+        (``[batch, vocab]`` at one position, ``[batch, k, vocab]`` at ``k``), with the
+        unembedding run at those positions only. Its input is cut by a pre-hook on the
+        model's ``unembed`` (the final norm and logit soft-cap act per position), so a pass
+        neither computes nor keeps for backward the ``[batch, seq, vocab]`` logits: at a
+        150,000-token vocabulary those are most of a small model's forward and backward.
+        Equal to the full logits' selection to float rounding."""
+        from edgewise.data.batches import select_output
+
+        seq = int(tokens.shape[-1])
+        where = self.out_slice[1] if len(self.out_slice) == 2 and self.out_slice[0] == slice(None) else None
+        unembed = getattr(self.wrapped_model, "unembed", None)
+        if lengths is not None:
+            select_output(tokens[..., None], self.out_slice, lengths)  # its checks, before the pass
+            rows = torch.arange(tokens.shape[0], device=tokens.device)
+            last = lengths.to(tokens.device) - 1
+
+            def cut(x: torch.Tensor) -> torch.Tensor:
+                return x[rows.to(x.device), last.to(x.device)][:, None]
+        elif isinstance(where, int):
+            j = where % seq
+
+            def cut(x: torch.Tensor) -> torch.Tensor:
+                return x[:, j : j + 1]
+        elif isinstance(where, slice):
+            def cut(x: torch.Tensor) -> torch.Tensor:
+                return x[:, where]
+        else:
+            unembed = None
+        if not isinstance(unembed, nn.Module):
+            return select_output(self(tokens, **kwargs), self.out_slice, lengths)
+        done: list[bool] = []
+
+        def pre_hook(_: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+            x = args[0] if args else None
+            if done or not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[1] != seq:
+                return None  # not the residual stream of this pass: leave it whole
+            done.append(True)
+            return (cut(x), *args[1:])
+
+        handle = unembed.register_forward_pre_hook(pre_hook)
+        try:
+            logits = self(tokens, **kwargs)
+        finally:
+            handle.remove()
+        if not done:  # the unembedding never saw [batch, seq, d_model]: the full logits
+            return select_output(logits, self.out_slice, lengths)
+        return logits if isinstance(where, slice) and lengths is None else logits[:, 0]
+
     @contextmanager
     def _after_prefix(self, tokens: torch.Tensor, kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """``kwargs`` for one pass of ``tokens`` ``[batch, seq]`` after the cached prefix:
@@ -446,7 +496,8 @@ class PatchableModel(nn.Module):
         runs interpolated inputs against the clean run's differences).
 
         ``param_grads=False``: backward passes are for the masks (and activations) only;
-        the model's parameters get no gradients. At mask 0 the backward through each
+        the model's parameters get no gradients (they stop requiring them within the
+        context, so no pass records them: no weight gradient is computed or kept). At mask 0 the backward through each
         block's ``ln1`` and Q/K/V projection is then replaced by the sum of the mask
         gradients' own rows (the same values, one pass less over the weights).
 
@@ -465,8 +516,17 @@ class PatchableModel(nn.Module):
         The hooks are removed on exit, also after an exception."""
         plan = engine.make_plan(self, masks, patch_src_outs, fixed_delta, param_grads, src_block,
                                 src_dims=src_dims)
-        with engine.patching(self, plan):
-            yield self
+        # without parameter gradients the passes record no weight in their autograd graph
+        # (the [d_vocab, d_model] embedding and unembedding gradients alone are GBs)
+        frozen = [] if param_grads else [p for p in self.wrapped_model.parameters() if p.requires_grad]
+        try:
+            for p in frozen:
+                p.requires_grad_(False)
+            with engine.patching(self, plan):
+                yield self
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
 
     def run_patched(
         self,

@@ -166,7 +166,7 @@ def _gradients(
         points += [(f"blocks.{drop}.{leaf}", dropped) for leaf in ("hook_attn_out", "hook_mlp_out")
                    if adapter.resolve(f"blocks.{drop}.{leaf}") is not None]  # fmt: skip
     with model.hooks(points), model.patch(masks, patch, param_grads=False):  # drops before reads
-        logits = model(batch.clean)[model.out_slice]
+        logits = model.outputs(batch.clean)
     loss = answer_loss(grad_values(logits, grad_function), batch, answer_function)
     inputs = list(masks.values()) + [patterns[layer] for layer in layers]
     grads = torch.autograd.grad(loss, inputs, allow_unused=True)

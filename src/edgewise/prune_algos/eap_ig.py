@@ -35,7 +35,6 @@ from edgewise.checks import require_int
 from edgewise.data import (
     PromptDataLoader,
     PromptPairBatch,
-    batch_output,
     checked_batches,
     require_full_prompts,
 )
@@ -146,7 +145,7 @@ def hooked_mask_grads(model: PatchableModel, hooks: list[tuple[str, Any]], patch
     rule) is left out."""
     masks = model.new_masks(0.0, requires_grad=True, dtype=dtype)
     with model.hooks(hooks), model.patch(masks, patch, fixed_delta=delta, param_grads=False):
-        logits = batch_output(model, model(batch.clean), batch)
+        logits = model.outputs(batch.clean, batch.lengths)
     loss = answer_loss(grad_values(logits, grad_function), batch, answer_function)
     grads = torch.autograd.grad(loss, list(masks.values()), allow_unused=True)
     return {name: g for name, g in zip(masks, grads) if g is not None}

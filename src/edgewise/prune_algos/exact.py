@@ -126,7 +126,7 @@ def exact_patching_prune_scores(
             if (b_idx + 1) * per_batch <= done:
                 continue
             patch = patches[batch.key]
-            base = answer_loss(grad_values(model(batch.clean)[model.out_slice], grad_function),
+            base = answer_loss(grad_values(model.outputs(batch.clean), grad_function),
                                batch, answer_function)  # fmt: skip
             for c_idx, i in enumerate(range(0, len(todo), edges_per_pass)):
                 if b_idx * per_batch + c_idx < done:
@@ -137,10 +137,11 @@ def exact_patching_prune_scores(
                          for n, m in model.dest_modules.items()}  # fmt: skip
                 for j, e in enumerate(chunk):
                     masks[e.dest.module_name][(j, *e.patch_idx)] = 1.0
-                out = model.run_patched(batch.clean.repeat(k, 1), masks, patch)
+                with model.patch(masks, patch):
+                    out = model.outputs(batch.clean.repeat(k, 1))
                 out = out.view(k, -1, *out.shape[1:])
                 for j, e in enumerate(chunk):
-                    vals = grad_values(out[j][model.out_slice], grad_function)
+                    vals = grad_values(out[j], grad_function)
                     loss = answer_loss(vals, batch, answer_function)
                     scores[e.dest.module_name][e.patch_idx] += (loss - base).to(dtype)
                 done = b_idx * per_batch + c_idx + 1

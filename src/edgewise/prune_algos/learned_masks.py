@@ -116,7 +116,7 @@ def learned_mask_prune_scores(
     patches = batch_src_ablations(model, dataloader, AblationType.RESAMPLE,
                                   "corrupt" if tree else "clean")  # fmt: skip
     with torch.inference_mode():
-        targets = {b.key: F.log_softmax(model(b.clean)[model.out_slice].float(), -1)
+        targets = {b.key: F.log_softmax(model.outputs(b.clean).float(), -1)
                    for b in dataloader}  # fmt: skip
     p = (init_keep - _LEFT) / (_RIGHT - _LEFT) if mask_fn == "hard_concrete" else init_keep
     init = math.log(p / (1 - p))
@@ -130,7 +130,7 @@ def learned_mask_prune_scores(
             keep = {n: keep_values(t, mask_fn, gen) for n, t in theta.items()}
             masks = {n: (1 - k if tree else k).to(dtype) for n, k in keep.items()}
             with model.patch(masks, patches[batch.key]):
-                out = model(batch.clean if tree else batch.corrupt)[model.out_slice]
+                out = model.outputs(batch.clean if tree else batch.corrupt)
             logp = F.log_softmax(out.float(), -1)
             kl = F.kl_div(logp, targets[batch.key], log_target=True, reduction="sum") / out.shape[0]
             kept = sum(_expected_kept(t, mask_fn) for t in theta.values())

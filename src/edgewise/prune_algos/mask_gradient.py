@@ -15,7 +15,6 @@ from edgewise.checks import require_int, require_real
 from edgewise.data import (
     PromptDataLoader,
     PromptPairBatch,
-    batch_output,
     checked_batches,
     refuse_padded_means,
     require_full_prompts,
@@ -257,7 +256,7 @@ def _batch_grads(
                 for name in group:
                     masks[name].fill_(value).requires_grad_(True)
                 with model.patch(masks, patch, param_grads=False, src_block=src_block):
-                    logits = batch_output(model, model(part.clean), part)
+                    logits = model.outputs(part.clean, part.lengths)
                 loss = answer_loss(grad_values(logits, grad_function), part, answer_function)
                 if not bool(torch.isfinite(loss)):
                     raise FloatingPointError(

@@ -63,7 +63,6 @@ from tqdm.auto import tqdm
 from edgewise.checks import require_int
 from edgewise.data import (
     PromptDataLoader,
-    batch_output,
     checked_batches,
     refuse_padded_means,
     require_full_prompts,
@@ -286,7 +285,7 @@ def _output_grads(
     for point in sorted(set(points.values()) - {INPUT_HOOK}):
         hooks.append((point, _add_leaf(leaves, point)))
     with torch.enable_grad(), model.hooks(hooks):
-        logits = batch_output(model, model(batch.clean), batch)
+        logits = model.outputs(batch.clean, batch.lengths)
         loss = answer_loss(grad_values(logits, grad_function), batch, answer_function)
         names = sorted(leaves)
         got = torch.autograd.grad(loss, [x_leaf] + [leaves[n] for n in names], allow_unused=True)

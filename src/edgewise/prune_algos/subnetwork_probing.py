@@ -173,11 +173,10 @@ def subnetwork_probing_prune_scores(
     if ablation_type is None:
         ablation_type = AblationType.TOKENWISE_MEAN_CORRUPT if tree else AblationType.RESAMPLE
     patches = batch_src_ablations(model, dataloader, ablation_type, "corrupt" if tree else "clean")
-    out_slice = model.out_slice
     val_batches = list(validation_dataloader or [])
     with torch.inference_mode():
-        clean: dict[BatchKey, torch.Tensor] = {b.key: model(b.clean)[out_slice] for b in dataloader}
-        val_clean = {b.key: F.log_softmax(model(b.clean)[out_slice], -1)
+        clean: dict[BatchKey, torch.Tensor] = {b.key: model.outputs(b.clean) for b in dataloader}
+        val_clean = {b.key: F.log_softmax(model.outputs(b.clean), -1)
                      for b in val_batches}  # fmt: skip
     val_patches = (batch_src_ablations(model, validation_dataloader, ablation_type,
                                        "corrupt" if tree else "clean")
@@ -201,7 +200,7 @@ def subnetwork_probing_prune_scores(
             if dropout_p > 0:
                 masks = {n: _dropout(m, dropout_p, gen) for n, m in masks.items()}
             with model.patch(masks, patches[batch.key], param_grads=False):
-                logits = model(batch.clean if tree else batch.corrupt)[out_slice]
+                logits = model.outputs(batch.clean if tree else batch.corrupt)
             faithful = _faithfulness(faithfulness_target, logits, clean[batch.key], batch)
             flat = torch.cat([t.flatten() for t in theta.values()])
             kept = _masks({"all": flat[None]}, mask_fn, 1, gen)["all"].sum() if mask_fn else flat.sum()
@@ -249,7 +248,7 @@ def _validate(model: PatchableModel, batches: list[PromptPairBatch], i: int, the
     with torch.no_grad():
         masks = _masks(theta, mask_fn, batch.clean.shape[0], gen)
         with model.patch(masks, patches[batch.key], param_grads=False):
-            logits = model(batch.clean if tree else batch.corrupt)[model.out_slice]
+            logits = model.outputs(batch.clean if tree else batch.corrupt)
         percent = batch_answer_diffs(F.log_softmax(logits, -1), batch) / batch_answer_diffs(clean[batch.key], batch)
         return float(100 * percent.mean())
 

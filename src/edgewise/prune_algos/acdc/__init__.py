@@ -296,7 +296,7 @@ def acdc_prune_scores(
     dtype = model.dtype
     patch = model.src_outs(corrupt)
     with torch.inference_mode():
-        full = model(clean)[model.out_slice]
+        full = model.outputs(clean)
     # a NaN in the model makes every loss NaN, and ACDC keeps every edge (score +inf)
     for tokens, outs, what in ((clean, full, "output on the clean prompts"),
                                (corrupt, patch, "source outputs on the corrupt prompts")):  # fmt: skip
@@ -336,7 +336,7 @@ def acdc_prune_scores(
         full_batch = full
         if rows is not None:
             with torch.inference_mode():
-                full_batch = model(batch.clean.to(device))[model.out_slice]
+                full_batch = model.outputs(batch.clean.to(device))
         check = _ReferenceCheck(
             model, dataloader, batch, full_batch, faithfulness_target, run_circuits_ref, rows
         )
