@@ -204,10 +204,13 @@ def test_faithfulness_interval_of_identical_prompts_is_the_point(toy):
     scores = ALGORITHMS["eap"](pm, train, progress=False)
     outs = run_circuits(pm, same, _sizes(pm), scores, progress=False)
     f = bootstrap_faithfulness(pm, same, outs, n_resamples=8, seed=0)
-    assert f.lower == pytest.approx(f.faithfulness, abs=1e-9)
-    assert f.upper == pytest.approx(f.faithfulness, abs=1e-9)
-    assert f.cpr[1:] == pytest.approx((f.cpr[0], f.cpr[0]), abs=1e-9)
-    assert f.cmd[1:] == pytest.approx((f.cmd[0], f.cmd[0]), abs=1e-9)
+    # to float32 rounding: a row of a matrix product can round differently by its place
+    # in the batch, so identical prompts agree to ~1e-7, not bit for bit
+    tol = dict(rel=1e-6, abs=1e-6)
+    assert f.lower == pytest.approx(f.faithfulness, **tol)
+    assert f.upper == pytest.approx(f.faithfulness, **tol)
+    assert f.cpr[1:] == pytest.approx((f.cpr[0], f.cpr[0]), **tol)
+    assert f.cmd[1:] == pytest.approx((f.cmd[0], f.cmd[0]), **tol)
 
 
 def test_per_prompt_mse_averages_to_measure_mse():

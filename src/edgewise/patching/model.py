@@ -496,10 +496,11 @@ class PatchableModel(nn.Module):
         runs interpolated inputs against the clean run's differences).
 
         ``param_grads=False``: backward passes are for the masks (and activations) only;
-        the model's parameters get no gradients (they stop requiring them within the
-        context, so no pass records them: no weight gradient is computed or kept). At mask 0 the backward through each
-        block's ``ln1`` and Q/K/V projection is then replaced by the sum of the mask
-        gradients' own rows (the same values, one pass less over the weights).
+        the model's parameters stop requiring gradients within the context, so no weight
+        gradient is computed or kept (nor the layer inputs only they need). At mask 0 the
+        backward through each block's ``ln1`` and Q/K/V projection is then replaced by the
+        sum of the mask gradients' own rows (the same values, one pass less over the
+        weights).
 
         ``src_block=(lo, hi)`` (every mask 0; ``lo``/``hi`` on source-module boundaries,
         see :meth:`src_blocks`): only sources ``lo..hi-1`` are tracked, so the pass keeps
