@@ -81,3 +81,30 @@ def test_gradients_through_the_cut_unembedding_equal_the_full_ones():
         out[:, 3].sum().backward()
         grads.append(torch.cat([m.grad.flatten() for m in masks.values()]))
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", [pytest.param("hooked", marks=hooked_case), "bridge"])
+def test_mask_only_passes_compute_no_weight_gradient_and_leave_parameters_as_they_were(kind):
+    """``param_grads=False``: the backward pass gives the masks their gradients and no
+    parameter one (the embedding and unembedding gradients alone are GBs at real
+    shapes); afterwards every parameter requires a gradient again, and a pass with
+    ``param_grads=True`` gives them theirs."""
+    model = random_shape_model("gpt2", kind, n_layers=1, scale=16, dtype=torch.float64)
+    pm = patchable_model(model)
+    gen = torch.Generator().manual_seed(2)
+    tokens, corrupt = torch.randint(0, int(model.cfg.d_vocab), (2, 2, 5), generator=gen)
+    patch = pm.src_outs(corrupt)
+    params = list(model.parameters())
+    assert all(p.requires_grad for p in params)
+    for param_grads in (False, True):
+        masks = pm.new_masks(0.0, requires_grad=True)
+        with pm.patch(masks, patch, param_grads=param_grads):
+            assert all(p.requires_grad == param_grads for p in params)
+            out = pm.outputs(tokens)
+        out.sum().backward()
+        assert all(p.requires_grad for p in params)
+        assert all(m.grad is not None for m in masks.values())
+        got = [p.grad is not None for p in params]
+        # (a bridge also holds GPT-2's fused Q/K/V weights, which its split copies replace)
+        assert any(got) if param_grads else not any(got)
+        model.zero_grad(set_to_none=True)
