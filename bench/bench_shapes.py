@@ -6,7 +6,7 @@ memory against what ``edgewise mib memory`` predicts (``edgewise.mib.models.eap_
     HF_HUB_OFFLINE=1 .venv-tl4/bin/python bench/bench_shapes.py --models gpt2,qwen2.5
     HF_HUB_OFFLINE=1 .venv-tl4/bin/python bench/bench_shapes.py --models pythia-1.4b --batch 1
     HF_HUB_OFFLINE=1 .venv-tl4/bin/python bench/bench_shapes.py --models llama3 --batch 1 \\
-        --algos eap --max-memory 2GiB --cap 22GiB       # 16 GB of bfloat16 weights
+        --algos eap --cap ''   # 16 GB of bfloat16 weights: 19.3 GiB peak; no address-space cap
 
 Each (model, task) runs in its own process under ``prlimit --as=CAP`` (CPU; ``--cap``),
 so one that does not fit fails alone. The child prints one JSON line per stage it
