@@ -67,7 +67,7 @@ def make_fns(model, pm, batches, device):
                 store = {}
                 handle = resid0.register_forward_hook(lambda _m, _i, o: store.setdefault("x", o))
                 try:
-                    logits = model(batch.clean)[pm.out_slice]
+                    logits = pm.outputs(batch.clean)  # the unembedding at the output only, as EAP
                 finally:
                     handle.remove()
                 loss = answer_loss(grad_values(logits, "logit"), batch, "avg_diff")
