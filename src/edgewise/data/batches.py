@@ -202,6 +202,23 @@ def select_output(
     return logits[rows, lengths.to(logits.device) - 1]
 
 
+def cut_to_output(
+    x: Tensor, out_slice: tuple[slice | int, ...]
+) -> tuple[Tensor, tuple[slice | int, ...]]:
+    """``x`` ``[batch, seq, ...]`` cut to the positions ``out_slice`` reads (one position
+    kept as a length-1 axis), and the index that then gives ``logits[out_slice]`` from the
+    logits of the cut ``x``: a position-wise computation (final norm, unembedding) need run
+    only there. An ``out_slice`` of another form leaves ``x`` whole."""
+    if len(out_slice) == 2 and out_slice[0] == slice(None):
+        where = out_slice[1]
+        if isinstance(where, int):
+            j = where % x.shape[1]
+            return x[:, j : j + 1], (slice(None), 0)
+        if isinstance(where, slice):
+            return x[:, where], (slice(None),)
+    return x, out_slice
+
+
 def batch_output(model: Any, logits: Tensor, batch: PromptPairBatch) -> Tensor:
     """:func:`select_output` of ``logits`` ``[batch, seq, vocab]`` at ``model.out_slice``
     and ``batch.lengths``: the output a loss or metric reads for ``batch``."""

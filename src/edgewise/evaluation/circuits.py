@@ -245,6 +245,25 @@ def circuit_edges(model: PatchableModel, prune_scores: PruneScores, size: int) -
     return [e for e in model.edges if abs(prune_scores[e.dest.module_name][e.patch_idx]) >= threshold]
 
 
+def circuits_outputs(
+    model: PatchableModel,
+    tokens: torch.Tensor,
+    lengths: torch.Tensor | None,
+    masks: dict[str, torch.Tensor],
+    patch: torch.Tensor,
+    copies: int,
+    src_dims: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The outputs ``[copies, batch, ...]`` of ``copies`` circuits in one pass: copy ``i``
+    of ``tokens`` ``[batch, seq]`` (right-padded to ``lengths``, or not) runs circuit ``i``
+    of ``masks`` (stacked on a first axis; unstacked for one circuit), patched from
+    ``patch`` (and ``src_dims``, see :meth:`PatchableModel.patch`)."""
+    lengths = None if lengths is None else lengths.repeat(copies)
+    with model.patch(masks, patch, src_dims=src_dims):
+        outs = model.outputs(tokens.repeat(copies, 1), lengths)
+    return outs.view(copies, tokens.shape[0], *outs.shape[1:])
+
+
 def _batch_circuits(
     model: PatchableModel,
     batch: PromptPairBatch,
@@ -276,12 +295,9 @@ def _batch_circuits(
         for i in range(0, len(sizes), stack):
             chunk = sizes[i : i + stack]
             masks = [circuit_masks(model, prune_scores, t, in_value) for _, t in chunk]
-            c = len(chunk)  # several circuits in one pass: copy i of the batch runs circuit i
+            c = len(chunk)
             stacked = masks[0] if c == 1 else {n: torch.stack([m[n] for m in masks]) for n in masks[0]}
-            lengths = None if part.lengths is None else part.lengths.repeat(c)
-            with model.patch(stacked, patch):
-                outs = model.outputs(toks.repeat(c, 1), lengths)
-            for (size, _), out in zip(chunk, outs.view(c, toks.shape[0], *outs.shape[1:])):
+            for (size, _), out in zip(chunk, circuits_outputs(model, toks, part.lengths, stacked, patch, c)):
                 parts[size].append(out)
     return {size: p[0] if len(p) == 1 else torch.cat(p) for size, p in parts.items()}
 

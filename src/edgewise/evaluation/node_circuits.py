@@ -42,6 +42,7 @@ from edgewise.data import (
     require_full_prompts,
 )
 from edgewise.data.checks import scoring_entry
+from edgewise.evaluation.circuits import circuits_outputs
 from edgewise.patching.model import PatchableModel
 from edgewise.runtime.ablation import batch_ablation, src_ablations
 from edgewise.types import AblationType, CircuitOutputs, NodeLevel, NodeScores
@@ -240,10 +241,8 @@ def run_node_circuits(
                     if any(dm is not None for _, dm in chunk):
                         full = [dm if dm is not None else _node_dims(model) for _, dm in chunk]
                         dims = torch.stack(full)
-                lengths = None if batch.lengths is None else batch.lengths.repeat(c)
-                with model.patch(masks, patch, src_dims=dims):
-                    outs = model.outputs(toks.repeat(c, 1), lengths)
-                for n, out in zip(counts[i : i + c], outs.view(c, toks.shape[0], *outs.shape[1:])):
+                outs = circuits_outputs(model, toks, batch.lengths, masks, patch, c, src_dims=dims)
+                for n, out in zip(counts[i : i + c], outs):
                     outputs[n][batch.key] = out.clone()
                 bar.update(c)
     bar.close()

@@ -232,12 +232,9 @@ class HookAdapter:
                 entries = [None if kv is None else _PrefixEntry(*kv) for kv in past]
                 kwargs = {**kwargs, "past_kv_cache": entries}
             resid = m(resid, start_at_layer=block, stop_at_layer=n_layers, **kwargs)
-        squeeze = False
-        if len(out_slice) == 2 and out_slice[0] == slice(None) and isinstance(out_slice[1], int):
-            j = out_slice[1] % resid.shape[1]
-            resid, squeeze, out_slice = resid[:, j : j + 1], True, (slice(None),)
-        elif len(out_slice) == 2 and out_slice[0] == slice(None) and isinstance(out_slice[1], slice):
-            resid, out_slice = resid[:, out_slice[1]], (slice(None),)
+        from edgewise.data.batches import cut_to_output
+
+        resid, out_slice = cut_to_output(resid, out_slice)
         if bridge or self.cfg.normalization_type is not None:
             resid = m.ln_final(resid)
         if unembed_weight is None:
@@ -247,7 +244,7 @@ class HookAdapter:
         cap = getattr(self.cfg, "output_logits_soft_cap", None)
         if cap is not None and cap > 0:
             logits = cap * torch.tanh(logits / cap)
-        return logits[:, 0] if squeeze else logits[out_slice]
+        return logits[out_slice]
 
     def enable_flags(self, flags: Iterable[str]) -> None:
         """Turn on each TransformerLens flag in ``flags``; raise naming those it cannot."""

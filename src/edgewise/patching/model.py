@@ -197,47 +197,36 @@ class PatchableModel(nn.Module):
         neither computes nor keeps for backward the ``[batch, seq, vocab]`` logits: at a
         150,000-token vocabulary those are most of a small model's forward and backward.
         Equal to the full logits' selection to float rounding."""
-        from edgewise.data.batches import select_output
+        from edgewise.data.batches import cut_to_output, select_output
 
-        seq = int(tokens.shape[-1])
-        where = self.out_slice[1] if len(self.out_slice) == 2 and self.out_slice[0] == slice(None) else None
-        unembed = getattr(self.wrapped_model, "unembed", None)
         if lengths is not None:
             select_output(tokens[..., None], self.out_slice, lengths)  # its checks, before the pass
-            rows = torch.arange(tokens.shape[0], device=tokens.device)
-            last = lengths.to(tokens.device) - 1
-
-            def cut(x: torch.Tensor) -> torch.Tensor:
-                return x[rows.to(x.device), last.to(x.device)][:, None]
-        elif isinstance(where, int):
-            j = where % seq
-
-            def cut(x: torch.Tensor) -> torch.Tensor:
-                return x[:, j : j + 1]
-        elif isinstance(where, slice):
-            def cut(x: torch.Tensor) -> torch.Tensor:
-                return x[:, where]
-        else:
-            unembed = None
+        unembed = getattr(self.wrapped_model, "unembed", None)
         if not isinstance(unembed, nn.Module):
             return select_output(self(tokens, **kwargs), self.out_slice, lengths)
-        done: list[bool] = []
+        seq = int(tokens.shape[-1])
+        index: list[tuple[slice | int, ...]] = []  # how to read the cut logits, once cut
 
         def pre_hook(_: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
             x = args[0] if args else None
-            if done or not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[1] != seq:
+            if index or not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[1] != seq:
                 return None  # not the residual stream of this pass: leave it whole
-            done.append(True)
-            return (cut(x), *args[1:])
+            if lengths is None:
+                x, read = cut_to_output(x, self.out_slice)
+            else:  # each prompt's own last token
+                rows = torch.arange(x.shape[0], device=x.device)
+                x, read = x[rows, lengths.to(x.device) - 1][:, None], (slice(None), 0)
+            index.append(read)
+            return (x, *args[1:])
 
         handle = unembed.register_forward_pre_hook(pre_hook)
         try:
             logits = self(tokens, **kwargs)
         finally:
             handle.remove()
-        if not done:  # the unembedding never saw [batch, seq, d_model]: the full logits
+        if not index:  # the unembedding never saw [batch, seq, d_model]: the full logits
             return select_output(logits, self.out_slice, lengths)
-        return logits if isinstance(where, slice) and lengths is None else logits[:, 0]
+        return logits[index[0]]
 
     @contextmanager
     def _after_prefix(self, tokens: torch.Tensor, kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
